@@ -1,0 +1,19 @@
+//! Compiles proto/ with tonic-build. Uses a vendored protoc so that a fresh
+//! machine with only cargo builds the crate.
+use std::{env, path::PathBuf};
+
+fn main() -> Result<(), Box<dyn std::error::Error>> {
+    if env::var_os("PROTOC").is_none() {
+        env::set_var("PROTOC", protoc_bin_vendored::protoc_bin_path()?);
+    }
+    let out = PathBuf::from(env::var("OUT_DIR")?);
+    tonic_build::configure()
+        .file_descriptor_set_path(out.join("raftkv_descriptor.bin"))
+        .bytes([".raftkv.v1.Entry.data", ".raftkv.v1.ProposeRequest.command"])
+        .compile_protos(
+            &["proto/raftkv/v1/kv.proto", "proto/raftkv/v1/raft.proto"],
+            &["proto"],
+        )?;
+    println!("cargo:rerun-if-changed=proto");
+    Ok(())
+}

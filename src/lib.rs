@@ -1,0 +1,2 @@
+//! raftkv: a Raft-replicated, strongly consistent key-value service.
+pub mod raft;

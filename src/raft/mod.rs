@@ -1,0 +1,8 @@
+//! The consensus core: no tokio, no tonic, no file system, no clock.
+pub mod log;
+pub mod node;
+pub mod progress;
+pub mod types;
+
+pub use node::{Config, ConfigError, ProposeError, RawNode};
+pub use types::*;

@@ -1,0 +1,781 @@
+//! The Raft state machine: `tick`, `step`, `propose`, `read_index`, `ready`, `advance`.
+//!
+//! Deterministic: time is counted in ticks, randomness comes from a seeded RNG,
+//! and nothing here performs I/O. The driver feeds it and carries out `Ready`.
+use std::collections::BTreeMap;
+
+use bytes::Bytes;
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+
+use super::log::RaftLog;
+use super::progress::{quorum_index, Progress, ProgressState};
+use super::types::*;
+
+#[derive(Clone, Debug)]
+pub struct Config {
+    pub id: NodeId,
+    /// Every voting member, this node included.
+    pub voters: Vec<NodeId>,
+    /// Minimum election timeout; each timeout is drawn from `[election_ticks, 2 * election_ticks)`.
+    pub election_ticks: u32,
+    pub heartbeat_ticks: u32,
+    /// Appends carrying entries outstanding per follower.
+    pub max_inflight: usize,
+    pub max_batch_bytes: usize,
+    pub max_batch_entries: usize,
+    /// A leader that has not heard from a quorum within an election timeout steps down.
+    pub check_quorum: bool,
+    pub seed: u64,
+}
+
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum ConfigError {
+    #[error("node id {0} is not among the voters")]
+    NotAVoter(NodeId),
+    #[error("heartbeat ticks must be at least 1 and at most half the election ticks ({heartbeat} vs {election})")]
+    Timing { heartbeat: u32, election: u32 },
+    #[error("max_inflight, max_batch_bytes and max_batch_entries must be positive")]
+    Batch,
+}
+
+impl Config {
+    pub fn new(id: NodeId, voters: Vec<NodeId>) -> Self {
+        Config {
+            id,
+            voters,
+            election_ticks: 15,
+            heartbeat_ticks: 5,
+            max_inflight: 8,
+            max_batch_bytes: 1 << 20,
+            max_batch_entries: 4096,
+            check_quorum: true,
+            seed: id,
+        }
+    }
+
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        if !self.voters.contains(&self.id) {
+            return Err(ConfigError::NotAVoter(self.id));
+        }
+        if self.heartbeat_ticks == 0 || self.heartbeat_ticks * 2 > self.election_ticks {
+            return Err(ConfigError::Timing {
+                heartbeat: self.heartbeat_ticks,
+                election: self.election_ticks,
+            });
+        }
+        if self.max_inflight == 0 || self.max_batch_bytes == 0 || self.max_batch_entries == 0 {
+            return Err(ConfigError::Batch);
+        }
+        Ok(())
+    }
+}
+
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum ProposeError {
+    #[error("not the leader")]
+    NotLeader { leader: Option<NodeId> },
+}
+
+#[derive(Debug)]
+struct PendingRead {
+    ctx: u64,
+    index: Index,
+    round: u64,
+}
+
+pub struct RawNode {
+    cfg: Config,
+    rng: ChaCha8Rng,
+    term: Term,
+    vote: Option<NodeId>,
+    role: Role,
+    leader: Option<NodeId>,
+    log: RaftLog,
+    /// Leader only: one entry per other voter.
+    progress: BTreeMap<NodeId, Progress>,
+    votes: BTreeMap<NodeId, bool>,
+    election_elapsed: u32,
+    randomized_timeout: u32,
+    heartbeat_elapsed: u32,
+    /// Leader: heartbeat round stamped on appends; reads wait for a quorum to ack it.
+    round: u64,
+    round_bump: bool,
+    /// Leader: the heartbeat is due: send every follower an append carrying all new entries.
+    heartbeat_due: bool,
+    /// Leader: send an append (possibly empty) to every follower at the next ready,
+    /// for a new leader or a ReadIndex round.
+    broadcast_pending: bool,
+    /// Leader: entries up to here may go out before the next heartbeat; entries
+    /// proposed lazily after it wait for the heartbeat.
+    eager_hi: Index,
+    /// Leader: send new entries, or a commit index they do not know, to followers.
+    replicate_pending: bool,
+    pending_reads: Vec<PendingRead>,
+    /// Reads received before this leader committed an entry of its term.
+    waiting_reads: Vec<u64>,
+    ready_reads: Vec<ReadState>,
+    msgs: Vec<Message>,
+    last_hard_state: HardState,
+}
+
+impl RawNode {
+    /// A node starting from durable state (`HardState::default()` and no entries when new).
+    pub fn new(cfg: Config, hs: HardState, entries: Vec<Entry>) -> Result<Self, ConfigError> {
+        cfg.validate()?;
+        let mut voters = cfg.voters.clone();
+        voters.sort_unstable();
+        voters.dedup();
+        let cfg = Config { voters, ..cfg };
+        let mut node = RawNode {
+            rng: ChaCha8Rng::seed_from_u64(cfg.seed),
+            term: hs.term,
+            vote: hs.vote,
+            role: Role::Follower,
+            leader: None,
+            log: RaftLog::restore(entries, hs.commit),
+            progress: BTreeMap::new(),
+            votes: BTreeMap::new(),
+            election_elapsed: 0,
+            randomized_timeout: 0,
+            heartbeat_elapsed: 0,
+            round: 0,
+            round_bump: false,
+            heartbeat_due: false,
+            broadcast_pending: false,
+            eager_hi: 0,
+            replicate_pending: false,
+            pending_reads: Vec::new(),
+            waiting_reads: Vec::new(),
+            ready_reads: Vec::new(),
+            msgs: Vec::new(),
+            last_hard_state: hs,
+            cfg,
+        };
+        node.reset_election_timer();
+        Ok(node)
+    }
+
+    pub fn id(&self) -> NodeId {
+        self.cfg.id
+    }
+
+    pub fn status(&self) -> Status {
+        Status {
+            id: self.cfg.id,
+            role: self.role,
+            term: self.term,
+            vote: self.vote,
+            leader: self.leader,
+            commit: self.log.committed,
+            applied: self.log.applied,
+            last_index: self.log.last_index(),
+        }
+    }
+
+    pub fn log(&self) -> &RaftLog {
+        &self.log
+    }
+
+    pub fn hard_state(&self) -> HardState {
+        HardState {
+            term: self.term,
+            vote: self.vote,
+            commit: self.log.committed,
+        }
+    }
+
+    fn quorum(&self) -> usize {
+        self.cfg.voters.len() / 2 + 1
+    }
+
+    fn peers(&self) -> impl Iterator<Item = NodeId> + '_ {
+        let me = self.cfg.id;
+        self.cfg.voters.iter().copied().filter(move |&v| v != me)
+    }
+
+    fn reset_election_timer(&mut self) {
+        self.election_elapsed = 0;
+        let base = self.cfg.election_ticks;
+        self.randomized_timeout = base + self.rng.gen_range(0..base);
+    }
+
+    fn send(&mut self, to: NodeId, body: MessageBody) {
+        self.msgs.push(Message {
+            from: self.cfg.id,
+            to,
+            term: self.term,
+            body,
+        });
+    }
+
+    // ---- role transitions -------------------------------------------------
+
+    pub fn become_follower(&mut self, term: Term, leader: Option<NodeId>) {
+        if term > self.term {
+            self.term = term;
+            self.vote = None;
+        }
+        self.role = Role::Follower;
+        self.leader = leader;
+        self.progress.clear();
+        self.votes.clear();
+        self.pending_reads.clear();
+        self.waiting_reads.clear();
+        self.heartbeat_due = false;
+        self.broadcast_pending = false;
+        self.replicate_pending = false;
+        self.reset_election_timer();
+    }
+
+    fn become_candidate(&mut self) {
+        self.term += 1;
+        self.vote = Some(self.cfg.id);
+        self.role = Role::Candidate;
+        self.leader = None;
+        self.progress.clear();
+        self.pending_reads.clear();
+        self.waiting_reads.clear();
+        self.votes.clear();
+        self.votes.insert(self.cfg.id, true);
+        self.reset_election_timer();
+    }
+
+    fn become_leader(&mut self) {
+        self.role = Role::Leader;
+        self.leader = Some(self.cfg.id);
+        self.heartbeat_elapsed = 0;
+        self.election_elapsed = 0;
+        self.round = 0;
+        self.round_bump = false;
+        let next = self.log.last_index() + 1;
+        self.progress = self.peers().map(|p| (p, Progress::new(next))).collect();
+        self.votes.clear();
+        // §5.4.2: a leader commits entries of earlier terms only through one of its own.
+        let noop = Entry {
+            index: next,
+            term: self.term,
+            kind: EntryKind::Noop,
+            data: Bytes::new(),
+        };
+        self.log.append(noop);
+        self.eager_hi = next;
+        self.broadcast_pending = true;
+    }
+
+    /// Starts an election now (election timeout, or the controller's TIMEOUT).
+    pub fn campaign(&mut self) {
+        self.become_candidate();
+        if self.votes.len() >= self.quorum() {
+            self.become_leader();
+            return;
+        }
+        let (last_log_index, last_log_term) = (self.log.last_index(), self.log.last_term());
+        for p in self.peers().collect::<Vec<_>>() {
+            self.send(
+                p,
+                MessageBody::RequestVote {
+                    last_log_index,
+                    last_log_term,
+                },
+            );
+        }
+    }
+
+    // ---- time -------------------------------------------------------------
+
+    pub fn tick(&mut self) {
+        match self.role {
+            Role::Leader => self.tick_leader(),
+            Role::Follower | Role::Candidate => {
+                self.election_elapsed += 1;
+                if self.election_elapsed >= self.randomized_timeout {
+                    self.campaign();
+                }
+            }
+        }
+    }
+
+    fn tick_leader(&mut self) {
+        self.election_elapsed += 1;
+        if self.election_elapsed >= self.cfg.election_ticks {
+            self.election_elapsed = 0;
+            if self.cfg.check_quorum {
+                let active = 1 + self.progress.values().filter(|p| p.recent_active).count();
+                if active < self.quorum() {
+                    tracing::info!(term = self.term, "leader lost its quorum, stepping down");
+                    self.become_follower(self.term, None);
+                    return;
+                }
+                for p in self.progress.values_mut() {
+                    p.recent_active = false;
+                }
+            }
+        }
+        self.heartbeat_elapsed += 1;
+        if self.heartbeat_elapsed >= self.cfg.heartbeat_ticks {
+            self.heartbeat_elapsed = 0;
+            // The periodic AppendEntries is the heartbeat; it also carries new entries
+            // and re-sends an unanswered probe.
+            for p in self.progress.values_mut() {
+                p.on_heartbeat();
+            }
+            self.heartbeat_due = true;
+        }
+    }
+
+    // ---- client requests --------------------------------------------------
+
+    /// Appends a client command. With `replicate_now` the followers are sent it at
+    /// the next ready; otherwise it waits for the next heartbeat.
+    pub fn propose(
+        &mut self,
+        data: Bytes,
+        replicate_now: bool,
+    ) -> Result<(Index, Term), ProposeError> {
+        if self.role != Role::Leader {
+            return Err(ProposeError::NotLeader {
+                leader: self.leader,
+            });
+        }
+        let index = self.log.last_index() + 1;
+        self.log.append(Entry {
+            index,
+            term: self.term,
+            kind: EntryKind::Normal,
+            data,
+        });
+        if replicate_now {
+            self.eager_hi = index;
+            self.replicate_pending = true;
+        }
+        Ok((index, self.term))
+    }
+
+    /// Asks for a linearizable read point (Raft thesis §6.4). The answer comes in a
+    /// later `Ready::reads` with the same `ctx`, or never if leadership is lost.
+    pub fn read_index(&mut self, ctx: u64) -> Result<(), ProposeError> {
+        if self.role != Role::Leader {
+            return Err(ProposeError::NotLeader {
+                leader: self.leader,
+            });
+        }
+        if self.log.term(self.log.committed) != Some(self.term) {
+            self.waiting_reads.push(ctx);
+            return Ok(());
+        }
+        self.add_read(ctx);
+        Ok(())
+    }
+
+    fn add_read(&mut self, ctx: u64) {
+        if self.quorum() == 1 {
+            self.ready_reads.push(ReadState {
+                ctx,
+                index: self.log.committed,
+            });
+            return;
+        }
+        if !self.round_bump {
+            self.round_bump = true;
+            self.broadcast_pending = true;
+        }
+        self.pending_reads.push(PendingRead {
+            ctx,
+            index: self.log.committed,
+            round: self.round + 1,
+        });
+    }
+
+    fn check_reads(&mut self) {
+        if self.pending_reads.is_empty() {
+            return;
+        }
+        let mut acked: Vec<u64> = self.progress.values().map(|p| p.acked_round).collect();
+        acked.push(self.round);
+        let confirmed = quorum_index(acked);
+        let ready = &mut self.ready_reads;
+        self.pending_reads.retain(|r| {
+            if r.round <= confirmed {
+                ready.push(ReadState {
+                    ctx: r.ctx,
+                    index: r.index,
+                });
+                false
+            } else {
+                true
+            }
+        });
+    }
+
+    // ---- messages ---------------------------------------------------------
+
+    /// Feeds one message. A request returns its response, which must be sent only
+    /// after the next `ready()` has been persisted.
+    pub fn step(&mut self, m: Message) -> Option<Message> {
+        if m.body == MessageBody::Unreachable {
+            if let Some(p) = self.progress.get_mut(&m.from) {
+                if p.state == ProgressState::Replicate {
+                    p.become_probe(p.matched + 1);
+                }
+            }
+            return None;
+        }
+        if m.term > self.term {
+            let leader = matches!(m.body, MessageBody::AppendEntries { .. }).then_some(m.from);
+            if self.role == Role::Leader {
+                tracing::info!(
+                    term = self.term,
+                    new_term = m.term,
+                    from = m.from,
+                    "leader saw a higher term, stepping down"
+                );
+            }
+            self.become_follower(m.term, leader);
+        } else if m.term < self.term {
+            // A stale request gets our term so that its sender steps down; stale responses are dropped.
+            return match m.body {
+                MessageBody::RequestVote { .. } => {
+                    Some(self.reply(m.from, MessageBody::RequestVoteResponse { granted: false }))
+                }
+                MessageBody::AppendEntries {
+                    prev_log_index,
+                    round,
+                    ..
+                } => Some(self.reply(
+                    m.from,
+                    MessageBody::AppendEntriesResponse {
+                        success: false,
+                        match_index: 0,
+                        reject_index: prev_log_index,
+                        conflict_index: 0,
+                        conflict_term: 0,
+                        round,
+                    },
+                )),
+                _ => None,
+            };
+        }
+        match m.body {
+            MessageBody::RequestVote {
+                last_log_index,
+                last_log_term,
+            } => Some(self.handle_request_vote(m.from, last_log_index, last_log_term)),
+            MessageBody::RequestVoteResponse { granted } => {
+                self.handle_vote_response(m.from, granted);
+                None
+            }
+            MessageBody::AppendEntries {
+                prev_log_index,
+                prev_log_term,
+                entries,
+                commit,
+                round,
+            } => Some(self.handle_append(
+                m.from,
+                prev_log_index,
+                prev_log_term,
+                entries,
+                commit,
+                round,
+            )),
+            MessageBody::AppendEntriesResponse {
+                success,
+                match_index,
+                reject_index,
+                conflict_index,
+                conflict_term,
+                round,
+            } => {
+                self.handle_append_response(
+                    m.from,
+                    success,
+                    match_index,
+                    reject_index,
+                    conflict_index,
+                    conflict_term,
+                    round,
+                );
+                None
+            }
+            MessageBody::Unreachable => None,
+        }
+    }
+
+    fn reply(&self, to: NodeId, body: MessageBody) -> Message {
+        Message {
+            from: self.cfg.id,
+            to,
+            term: self.term,
+            body,
+        }
+    }
+
+    fn handle_request_vote(&mut self, from: NodeId, last_index: Index, last_term: Term) -> Message {
+        let can_vote = self.vote.is_none_or(|v| v == from) && self.leader.is_none_or(|l| l == from);
+        let granted = can_vote && self.log.is_up_to_date(last_index, last_term);
+        if granted {
+            self.vote = Some(from);
+            // A vote resets the voter's election timer (§5.2).
+            self.reset_election_timer();
+        }
+        self.reply(from, MessageBody::RequestVoteResponse { granted })
+    }
+
+    fn handle_vote_response(&mut self, from: NodeId, granted: bool) {
+        if self.role != Role::Candidate {
+            return;
+        }
+        self.votes.entry(from).or_insert(granted);
+        let yes = self.votes.values().filter(|&&g| g).count();
+        let no = self.votes.len() - yes;
+        if yes >= self.quorum() {
+            tracing::info!(term = self.term, votes = yes, "won the election");
+            self.become_leader();
+        } else if no >= self.quorum() {
+            self.become_follower(self.term, None);
+        }
+    }
+
+    fn handle_append(
+        &mut self,
+        from: NodeId,
+        prev_index: Index,
+        prev_term: Term,
+        entries: Vec<Entry>,
+        commit: Index,
+        round: u64,
+    ) -> Message {
+        if self.role != Role::Follower || self.leader != Some(from) {
+            // A candidate of this term learns who won; a follower learns the leader.
+            self.become_follower(self.term, Some(from));
+        }
+        self.election_elapsed = 0;
+        let reject = |conflict_index, conflict_term| MessageBody::AppendEntriesResponse {
+            success: false,
+            match_index: 0,
+            reject_index: prev_index,
+            conflict_index,
+            conflict_term,
+            round,
+        };
+        if prev_index > self.log.last_index() {
+            let body = reject(self.log.last_index() + 1, 0);
+            return self.reply(from, body);
+        }
+        match self.log.term(prev_index) {
+            Some(t) if t == prev_term => {}
+            Some(t) => {
+                let body = reject(self.log.first_index_of_term(prev_index, t), t);
+                return self.reply(from, body);
+            }
+            // Before our first index: covered by a snapshot, hence committed and matching.
+            None => {}
+        }
+        let last_new = prev_index + entries.len() as Index;
+        for e in entries {
+            if e.index <= self.log.committed {
+                continue;
+            }
+            match self.log.term(e.index) {
+                Some(t) if t == e.term => continue,
+                Some(_) => self.log.truncate(e.index),
+                None => {}
+            }
+            self.log.append(e);
+        }
+        let commit = commit.min(last_new);
+        if commit > self.log.committed {
+            self.log.committed = commit;
+        }
+        self.reply(
+            from,
+            MessageBody::AppendEntriesResponse {
+                success: true,
+                match_index: last_new,
+                reject_index: 0,
+                conflict_index: 0,
+                conflict_term: 0,
+                round,
+            },
+        )
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn handle_append_response(
+        &mut self,
+        from: NodeId,
+        success: bool,
+        match_index: Index,
+        reject_index: Index,
+        conflict_index: Index,
+        conflict_term: Term,
+        round: u64,
+    ) {
+        if self.role != Role::Leader {
+            return;
+        }
+        let max_inflight = self.cfg.max_inflight;
+        let Some(p) = self.progress.get_mut(&from) else {
+            return;
+        };
+        p.recent_active = true;
+        p.acked_round = p.acked_round.max(round);
+        if success {
+            if p.on_success(match_index) {
+                self.maybe_commit();
+            }
+            self.replicate_pending = true;
+        } else {
+            let stale = match p.state {
+                ProgressState::Replicate => reject_index <= p.matched,
+                ProgressState::Probe => reject_index + 1 != p.next,
+            };
+            if !stale {
+                let hint = if conflict_term > 0 {
+                    self.log
+                        .last_index_of_term(conflict_term)
+                        .map_or(conflict_index, |i| i + 1)
+                } else {
+                    conflict_index
+                };
+                let p = self.progress.get_mut(&from).expect("checked above");
+                p.become_probe(hint.min(reject_index).max(1));
+                self.send_append(from, true, self.eager_hi, max_inflight);
+            }
+        }
+        self.check_reads();
+    }
+
+    /// Advances the commit index to what a quorum holds, if that is of this term (§5.4.2).
+    fn maybe_commit(&mut self) -> bool {
+        let mut matched: Vec<Index> = self.progress.values().map(|p| p.matched).collect();
+        matched.push(self.log.stable);
+        let q = quorum_index(matched);
+        if q > self.log.committed && self.log.term(q) == Some(self.term) {
+            self.log.committed = q;
+            let reads = std::mem::take(&mut self.waiting_reads);
+            for ctx in reads {
+                self.add_read(ctx);
+            }
+            return true;
+        }
+        false
+    }
+
+    /// Sends an append to `to`. Entries up to `hi` go if its progress has room. An
+    /// empty append goes when `force` (heartbeat, read round) or when it tells the
+    /// follower a commit index it does not know yet. To a pipelined follower an empty
+    /// append carries `prev = matched`, so it cannot be rejected for overtaking an
+    /// append in flight.
+    fn send_append(&mut self, to: NodeId, force: bool, hi: Index, max_inflight: usize) {
+        let (max_bytes, max_count) = (self.cfg.max_batch_bytes, self.cfg.max_batch_entries);
+        let committed = self.log.committed;
+        let Some(p) = self.progress.get(&to) else {
+            return;
+        };
+        let paused = p.is_paused(max_inflight);
+        let entries = if paused {
+            Vec::new()
+        } else {
+            self.log.slice(p.next, hi, max_bytes, max_count)
+        };
+        let is_probe = p.state == ProgressState::Probe && !paused;
+        let prev_index = if entries.is_empty() && !is_probe {
+            p.matched
+        } else {
+            p.next - 1
+        };
+        let tells = committed.min(prev_index + entries.len() as Index);
+        if entries.is_empty() && !force && tells <= p.commit_told {
+            return;
+        }
+        let Some(prev_term) = self.log.term(prev_index) else {
+            // Compacted away: needs a snapshot (not in this core yet).
+            return;
+        };
+        let p = self.progress.get_mut(&to).expect("checked above");
+        p.commit_told = p.commit_told.max(tells);
+        if is_probe {
+            p.probe_sent = true;
+        } else if let Some(last) = entries.last().map(|e| e.index) {
+            p.next = last + 1;
+            p.inflight.push_back(last);
+        }
+        let body = MessageBody::AppendEntries {
+            prev_log_index: prev_index,
+            prev_log_term: prev_term,
+            entries,
+            commit: committed,
+            round: self.round,
+        };
+        self.send(to, body);
+    }
+
+    fn flush_appends(&mut self) {
+        if self.role != Role::Leader
+            || !(self.heartbeat_due || self.broadcast_pending || self.replicate_pending)
+        {
+            return;
+        }
+        let force = self.heartbeat_due || self.broadcast_pending;
+        if self.round_bump && force {
+            self.round += 1;
+            self.round_bump = false;
+        }
+        let hi = if self.heartbeat_due {
+            self.log.last_index()
+        } else {
+            self.eager_hi
+        };
+        self.heartbeat_due = false;
+        self.broadcast_pending = false;
+        self.replicate_pending = false;
+        let max_inflight = self.cfg.max_inflight;
+        let peers: Vec<NodeId> = self.peers().collect();
+        for p in peers {
+            self.send_append(p, force, hi, max_inflight);
+        }
+    }
+
+    // ---- ready / advance --------------------------------------------------
+
+    pub fn has_ready(&self) -> bool {
+        !self.msgs.is_empty()
+            || self.hard_state() != self.last_hard_state
+            || self.log.has_unstable()
+            || self.log.has_committed_to_apply()
+            || !self.ready_reads.is_empty()
+            || (self.role == Role::Leader
+                && (self.heartbeat_due || self.broadcast_pending || self.replicate_pending))
+    }
+
+    /// Collects what the driver must do now. Call `advance` once it is done.
+    pub fn ready(&mut self) -> Ready {
+        self.flush_appends();
+        let hs = self.hard_state();
+        let hard_state = (hs != self.last_hard_state).then_some(hs);
+        self.last_hard_state = hs;
+        Ready {
+            hard_state,
+            entries: self.log.take_unstable(),
+            messages: std::mem::take(&mut self.msgs),
+            committed: self.log.take_committed(usize::MAX),
+            reads: std::mem::take(&mut self.ready_reads),
+        }
+    }
+
+    /// Tells the core that `persisted` (the last entry of a ready's `entries`) is durable.
+    pub fn advance(&mut self, persisted: Option<(Index, Term)>) {
+        if let Some((index, term)) = persisted {
+            self.log.stable_to(index, term);
+            if self.role == Role::Leader && self.maybe_commit() {
+                self.replicate_pending = true;
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+#[path = "node_tests.rs"]
+mod tests;

@@ -1,0 +1,128 @@
+//! Plain-Rust types of the consensus core. No protobuf, no I/O.
+use bytes::Bytes;
+
+/// A node's numeric id inside the core. The server maps names to ids.
+pub type NodeId = u64;
+pub type Term = u64;
+pub type Index = u64;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum EntryKind {
+    /// A client command; `data` is opaque to the core.
+    Normal,
+    /// Appended by a new leader so that it can commit entries of earlier terms (§5.4.2).
+    Noop,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Entry {
+    pub index: Index,
+    pub term: Term,
+    pub kind: EntryKind,
+    pub data: Bytes,
+}
+
+impl Entry {
+    /// Approximate size on the wire, used to bound batches.
+    pub fn size(&self) -> usize {
+        self.data.len() + 24
+    }
+}
+
+/// The state that must be durable before the node answers anything that depends on it.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct HardState {
+    pub term: Term,
+    pub vote: Option<NodeId>,
+    pub commit: Index,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Role {
+    Follower,
+    Candidate,
+    Leader,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Message {
+    pub from: NodeId,
+    pub to: NodeId,
+    pub term: Term,
+    pub body: MessageBody,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum MessageBody {
+    RequestVote {
+        last_log_index: Index,
+        last_log_term: Term,
+    },
+    RequestVoteResponse {
+        granted: bool,
+    },
+    AppendEntries {
+        prev_log_index: Index,
+        prev_log_term: Term,
+        entries: Vec<Entry>,
+        commit: Index,
+        /// Leader's heartbeat round, echoed back; confirms ReadIndex requests.
+        round: u64,
+    },
+    AppendEntriesResponse {
+        success: bool,
+        /// On success, the last index known to match the leader's log.
+        match_index: Index,
+        /// On rejection, the `prev_log_index` of the rejected request.
+        reject_index: Index,
+        /// On rejection: first index of `conflict_term` in the follower's log,
+        /// or its last index + 1 (with `conflict_term` 0) when its log is too short.
+        conflict_index: Index,
+        conflict_term: Term,
+        round: u64,
+    },
+    /// Local only: the transport could not deliver a request to `from`.
+    Unreachable,
+}
+
+impl MessageBody {
+    pub fn is_request(&self) -> bool {
+        matches!(
+            self,
+            MessageBody::RequestVote { .. } | MessageBody::AppendEntries { .. }
+        )
+    }
+}
+
+/// A linearizable read confirmed by a quorum: safe to serve once `index` is applied.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ReadState {
+    pub ctx: u64,
+    pub index: Index,
+}
+
+/// What the driver must do, in this order: persist `hard_state` and `entries`
+/// (truncating the stored log from `entries[0].index` first), send `messages`
+/// (and any responses `step` returned since the last ready), apply
+/// `committed`, serve `reads`, then call `advance`.
+#[derive(Debug, Default)]
+pub struct Ready {
+    pub hard_state: Option<HardState>,
+    pub entries: Vec<Entry>,
+    pub messages: Vec<Message>,
+    pub committed: Vec<Entry>,
+    pub reads: Vec<ReadState>,
+}
+
+/// A snapshot of the node's volatile and persistent state, for status and tests.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Status {
+    pub id: NodeId,
+    pub role: Role,
+    pub term: Term,
+    pub vote: Option<NodeId>,
+    pub leader: Option<NodeId>,
+    pub commit: Index,
+    pub applied: Index,
+    pub last_index: Index,
+}
