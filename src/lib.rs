@@ -1,2 +1,19 @@
 //! raftkv: a Raft-replicated, strongly consistent key-value service.
+//!
+//! - [`raft`]: the sans-IO consensus core.
+//! - [`server`]: the tokio driver that owns a core, and node startup.
+//! - [`transport`]: peer gRPC (`raftkv.v1.Raft`), one channel per peer, fault injection.
+//! - [`api`]: client gRPC (`raftkv.v1.KeyValue`).
+//! - [`kv`]: the key-value state machine.
+// tonic::Status (176 bytes) is the error type of every gRPC handler and of the
+// conversions feeding them; boxing it everywhere would only add allocations.
+#![allow(clippy::result_large_err)]
+
+pub mod api;
+pub mod config;
+pub mod error;
+pub mod kv;
+pub mod proto;
 pub mod raft;
+pub mod server;
+pub mod transport;

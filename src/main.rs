@@ -1,1 +1,91 @@
-fn main() {}
+//! The `raftkv` command: run a node, run a local cluster, or talk to one.
+#![allow(clippy::result_large_err)]
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+mod cli;
+
+#[derive(Parser)]
+#[command(
+    name = "raftkv",
+    version,
+    about = "A Raft-replicated, strongly consistent key-value service"
+)]
+struct Cli {
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Run one node.
+    Serve(cli::serve::ServeArgs),
+    /// Run a local cluster: N `raftkv serve` child processes on loopback.
+    Dev(cli::dev::DevArgs),
+    /// Set KEY to VALUE (answers once committed by a majority).
+    Put {
+        key: String,
+        value: String,
+        #[command(flatten)]
+        conn: cli::client::Conn,
+    },
+    /// Read KEY (linearizable unless --serializable).
+    Get {
+        key: String,
+        /// Answer from the contacted node's own state, which may be stale.
+        #[arg(long)]
+        serializable: bool,
+        #[command(flatten)]
+        conn: cli::client::Conn,
+    },
+    /// Delete KEY.
+    Delete {
+        key: String,
+        #[command(flatten)]
+        conn: cli::client::Conn,
+    },
+    /// List every client entry committed at one node, in log order.
+    Retrieve {
+        /// The node to ask, by name (default: the first endpoint that answers).
+        #[arg(long)]
+        node: Option<String>,
+        #[command(flatten)]
+        conn: cli::client::Conn,
+    },
+    /// Show every endpoint's view: name, role, term, leader, commit, applied.
+    Status {
+        #[command(flatten)]
+        conn: cli::client::Conn,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let rt = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => return cli::fail(format!("cannot start the runtime: {e}")),
+    };
+    let result = rt.block_on(async move {
+        match cli.cmd {
+            Cmd::Serve(args) => cli::serve::run(args).await,
+            Cmd::Dev(args) => cli::dev::run(args).await,
+            Cmd::Put { key, value, conn } => cli::client::put(&conn, key, value).await,
+            Cmd::Get {
+                key,
+                serializable,
+                conn,
+            } => cli::client::get(&conn, key, serializable).await,
+            Cmd::Delete { key, conn } => cli::client::delete(&conn, key).await,
+            Cmd::Retrieve { node, conn } => cli::client::retrieve(&conn, node).await,
+            Cmd::Status { conn } => cli::client::status(&conn).await,
+        }
+    });
+    match result {
+        Ok(code) => code,
+        Err(msg) => cli::fail(msg),
+    }
+}

@@ -1,0 +1,190 @@
+//! The client gRPC service `raftkv.v1.KeyValue`.
+use std::time::Duration;
+
+use tonic::{Request, Response, Status};
+
+use crate::config::{MAX_KEY_BYTES, MAX_REQUEST_WAIT, MAX_VALUE_BYTES};
+use crate::error::Error;
+use crate::kv::Command;
+use crate::proto as pb;
+use crate::raft::Role;
+use crate::server::NodeHandle;
+
+pub struct KvService {
+    node: NodeHandle,
+}
+
+impl KvService {
+    pub fn new(node: NodeHandle) -> Self {
+        KvService { node }
+    }
+}
+
+/// How long a request may wait: the client's `grpc-timeout`, capped by the server.
+pub fn deadline<T>(req: &Request<T>) -> Duration {
+    req.metadata()
+        .get("grpc-timeout")
+        .and_then(|v| v.to_str().ok())
+        .and_then(parse_grpc_timeout)
+        .map_or(MAX_REQUEST_WAIT, |d| d.min(MAX_REQUEST_WAIT))
+}
+
+/// Parses the gRPC wire format of a timeout: up to 8 digits and a unit (H M S m u n).
+fn parse_grpc_timeout(s: &str) -> Option<Duration> {
+    if s.len() < 2 || s.len() > 9 {
+        return None;
+    }
+    let (digits, unit) = s.split_at(s.len() - 1);
+    let n: u64 = digits.parse().ok()?;
+    Some(match unit {
+        "H" => Duration::from_secs(n * 3600),
+        "M" => Duration::from_secs(n * 60),
+        "S" => Duration::from_secs(n),
+        "m" => Duration::from_millis(n),
+        "u" => Duration::from_micros(n),
+        "n" => Duration::from_nanos(n),
+        _ => return None,
+    })
+}
+
+fn check_key(key: &str) -> Result<(), Error> {
+    if key.is_empty() {
+        return Err(Error::InvalidArgument("key must not be empty".into()));
+    }
+    if key.len() > MAX_KEY_BYTES {
+        return Err(Error::InvalidArgument(format!(
+            "key is {} bytes; the limit is {MAX_KEY_BYTES}",
+            key.len()
+        )));
+    }
+    Ok(())
+}
+
+#[tonic::async_trait]
+impl pb::key_value_server::KeyValue for KvService {
+    async fn store(
+        &self,
+        req: Request<pb::StoreRequest>,
+    ) -> Result<Response<pb::StoreResponse>, Status> {
+        let deadline = deadline(&req);
+        let pb::StoreRequest { key, value } = req.into_inner();
+        check_key(&key)?;
+        if value.len() > MAX_VALUE_BYTES {
+            let msg = format!(
+                "value is {} bytes; the limit is {MAX_VALUE_BYTES}",
+                value.len()
+            );
+            return Err(Error::InvalidArgument(msg).into());
+        }
+        let (index, term) = self
+            .node
+            .propose(&Command::Put { key, value }, deadline)
+            .await?;
+        Ok(Response::new(pb::StoreResponse { index, term }))
+    }
+
+    async fn delete(
+        &self,
+        req: Request<pb::DeleteRequest>,
+    ) -> Result<Response<pb::DeleteResponse>, Status> {
+        let deadline = deadline(&req);
+        let key = req.into_inner().key;
+        check_key(&key)?;
+        let (index, term) = self
+            .node
+            .propose(&Command::Delete { key }, deadline)
+            .await?;
+        Ok(Response::new(pb::DeleteResponse { index, term }))
+    }
+
+    async fn retrieve(
+        &self,
+        _req: Request<pb::RetrieveRequest>,
+    ) -> Result<Response<pb::RetrieveResponse>, Status> {
+        let kv = self.node.kv();
+        let entries = kv
+            .history()
+            .iter()
+            .map(|h| {
+                let (key, value, op) = match &h.command {
+                    Command::Put { key, value } => (key.clone(), value.clone(), pb::Op::Put),
+                    Command::Delete { key } => (key.clone(), String::new(), pb::Op::Delete),
+                };
+                pb::LogEntry {
+                    index: h.index,
+                    term: h.term,
+                    key,
+                    value,
+                    op: op as i32,
+                }
+            })
+            .collect();
+        // Entries are those applied, which are all committed; report the commit index
+        // the history is complete up to.
+        let commit_index = kv.applied();
+        drop(kv);
+        Ok(Response::new(pb::RetrieveResponse {
+            node: self.node.name().to_string(),
+            commit_index,
+            entries,
+        }))
+    }
+
+    async fn get(&self, req: Request<pb::GetRequest>) -> Result<Response<pb::GetResponse>, Status> {
+        let deadline = deadline(&req);
+        let pb::GetRequest { key, consistency } = req.into_inner();
+        check_key(&key)?;
+        match pb::Consistency::try_from(consistency) {
+            Ok(pb::Consistency::Linearizable) => self.node.linearizable_barrier(deadline).await?,
+            Ok(pb::Consistency::Serializable) => {}
+            Err(_) => {
+                return Err(
+                    Error::InvalidArgument(format!("unknown consistency {consistency}")).into(),
+                )
+            }
+        }
+        let value = self.node.kv().get(&key).cloned();
+        Ok(Response::new(pb::GetResponse {
+            found: value.is_some(),
+            value: value.unwrap_or_default(),
+        }))
+    }
+
+    async fn status(
+        &self,
+        _req: Request<pb::StatusRequest>,
+    ) -> Result<Response<pb::StatusResponse>, Status> {
+        let st = self.node.status();
+        let role = match st.role {
+            Role::Follower => pb::Role::Follower,
+            Role::Candidate => pb::Role::Candidate,
+            Role::Leader => pb::Role::Leader,
+        };
+        Ok(Response::new(pb::StatusResponse {
+            name: self.node.name().to_string(),
+            role: role as i32,
+            term: st.term,
+            leader: self.node.leader_name().unwrap_or_default(),
+            commit_index: st.commit,
+            applied_index: st.applied,
+            last_log_index: st.last_index,
+            members: self.node.names().0.clone(),
+        }))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn grpc_timeout_parses_all_units_and_rejects_garbage() {
+        assert_eq!(parse_grpc_timeout("5S"), Some(Duration::from_secs(5)));
+        assert_eq!(parse_grpc_timeout("250m"), Some(Duration::from_millis(250)));
+        assert_eq!(parse_grpc_timeout("1H"), Some(Duration::from_secs(3600)));
+        assert_eq!(parse_grpc_timeout("7u"), Some(Duration::from_micros(7)));
+        assert_eq!(parse_grpc_timeout("S"), None);
+        assert_eq!(parse_grpc_timeout("123456789S"), None);
+        assert_eq!(parse_grpc_timeout("5x"), None);
+    }
+}

@@ -1,0 +1,208 @@
+//! Client commands: put, get, delete, retrieve, status.
+use std::process::ExitCode;
+use std::time::Duration;
+
+use clap::Args;
+use raftkv::proto::{self as pb, key_value_client::KeyValueClient};
+use tonic::transport::{Channel, Endpoint};
+use tonic::{Code, Status};
+
+use super::CmdResult;
+
+/// The endpoints of `raftkv dev` with its default 5 nodes.
+pub const DEV_ENDPOINTS: &str =
+    "127.0.0.1:7001,127.0.0.1:7002,127.0.0.1:7003,127.0.0.1:7004,127.0.0.1:7005";
+
+#[derive(Args, Debug, Clone)]
+pub struct Conn {
+    /// Client addresses of the cluster's nodes, comma-separated.
+    #[arg(long, env = "RAFTKV_ENDPOINTS", value_delimiter = ',', default_value = DEV_ENDPOINTS)]
+    pub endpoints: Vec<String>,
+    /// Deadline of each request, in milliseconds.
+    #[arg(long, default_value_t = 5000)]
+    pub timeout_ms: u64,
+}
+
+impl Conn {
+    fn timeout(&self) -> Duration {
+        Duration::from_millis(self.timeout_ms)
+    }
+
+    async fn client(&self, endpoint: &str) -> Result<KeyValueClient<Channel>, String> {
+        let ep = Endpoint::from_shared(format!("http://{endpoint}"))
+            .map_err(|e| format!("bad endpoint {endpoint:?}: {e}"))?
+            .connect_timeout(Duration::from_millis(1000))
+            .timeout(self.timeout());
+        let ch = ep
+            .connect()
+            .await
+            .map_err(|e| format!("{endpoint}: cannot connect: {e}"))?;
+        Ok(KeyValueClient::new(ch))
+    }
+
+    /// Runs `call` against each endpoint in turn until one answers with anything other
+    /// than "unreachable" or "unavailable".
+    async fn first<T, F, Fut>(&self, call: F) -> Result<T, String>
+    where
+        F: Fn(KeyValueClient<Channel>) -> Fut,
+        Fut: std::future::Future<Output = Result<T, Status>>,
+    {
+        let mut last = String::from("no endpoints given");
+        for ep in &self.endpoints {
+            let client = match self.client(ep).await {
+                Ok(c) => c,
+                Err(e) => {
+                    last = e;
+                    continue;
+                }
+            };
+            match call(client).await {
+                Ok(v) => return Ok(v),
+                Err(s) if s.code() == Code::Unavailable => last = format!("{ep}: {}", describe(&s)),
+                Err(s) => return Err(format!("{ep}: {}", describe(&s))),
+            }
+        }
+        Err(last)
+    }
+}
+
+fn describe(s: &Status) -> String {
+    let code = format!("{:?}", s.code());
+    match s
+        .metadata()
+        .get(raftkv::error::LEADER_METADATA)
+        .and_then(|v| v.to_str().ok())
+    {
+        Some(l) => format!("{code}: {} (leader: {l})", s.message()),
+        None => format!("{code}: {}", s.message()),
+    }
+}
+
+pub async fn put(conn: &Conn, key: String, value: String) -> CmdResult {
+    let r = conn
+        .first(|mut c| {
+            let req = pb::StoreRequest {
+                key: key.clone(),
+                value: value.clone(),
+            };
+            async move { c.store(req).await.map(|r| r.into_inner()) }
+        })
+        .await?;
+    println!("OK index={} term={}", r.index, r.term);
+    Ok(ExitCode::SUCCESS)
+}
+
+pub async fn delete(conn: &Conn, key: String) -> CmdResult {
+    let r = conn
+        .first(|mut c| {
+            let req = pb::DeleteRequest { key: key.clone() };
+            async move { c.delete(req).await.map(|r| r.into_inner()) }
+        })
+        .await?;
+    println!("OK index={} term={}", r.index, r.term);
+    Ok(ExitCode::SUCCESS)
+}
+
+pub async fn get(conn: &Conn, key: String, serializable: bool) -> CmdResult {
+    let consistency = if serializable {
+        pb::Consistency::Serializable
+    } else {
+        pb::Consistency::Linearizable
+    };
+    let r = conn
+        .first(|mut c| {
+            let req = pb::GetRequest {
+                key: key.clone(),
+                consistency: consistency as i32,
+            };
+            async move { c.get(req).await.map(|r| r.into_inner()) }
+        })
+        .await?;
+    if !r.found {
+        eprintln!("raftkv: key {key:?} not found");
+        return Ok(ExitCode::from(1));
+    }
+    println!("{}", r.value);
+    Ok(ExitCode::SUCCESS)
+}
+
+pub async fn retrieve(conn: &Conn, node: Option<String>) -> CmdResult {
+    let mut conn = conn.clone();
+    if let Some(name) = &node {
+        let mut found = None;
+        for ep in &conn.endpoints {
+            if let Ok(mut c) = conn.client(ep).await {
+                if let Ok(st) = c.status(pb::StatusRequest {}).await {
+                    if &st.into_inner().name == name {
+                        found = Some(ep.clone());
+                        break;
+                    }
+                }
+            }
+        }
+        let ep = found.ok_or_else(|| format!("no reachable endpoint is node {name:?}"))?;
+        conn.endpoints = vec![ep];
+    }
+    let r = conn
+        .first(|mut c| async move {
+            c.retrieve(pb::RetrieveRequest {})
+                .await
+                .map(|r| r.into_inner())
+        })
+        .await?;
+    println!(
+        "node {} commit_index {} entries {}",
+        r.node,
+        r.commit_index,
+        r.entries.len()
+    );
+    for e in r.entries {
+        match pb::Op::try_from(e.op) {
+            Ok(pb::Op::Delete) => println!("{:>8} {:>6}  DELETE {}", e.index, e.term, e.key),
+            _ => println!(
+                "{:>8} {:>6}  PUT    {} = {}",
+                e.index, e.term, e.key, e.value
+            ),
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+pub async fn status(conn: &Conn) -> CmdResult {
+    println!(
+        "{:<12} {:<22} {:<10} {:>6} {:<12} {:>8} {:>8}",
+        "NAME", "ENDPOINT", "ROLE", "TERM", "LEADER", "COMMIT", "APPLIED"
+    );
+    let mut reachable = 0;
+    for ep in &conn.endpoints {
+        let st = match conn.client(ep).await {
+            Ok(mut c) => c
+                .status(pb::StatusRequest {})
+                .await
+                .map(|r| r.into_inner())
+                .map_err(|s| describe(&s)),
+            Err(e) => Err(e),
+        };
+        match st {
+            Ok(s) => {
+                reachable += 1;
+                let role = pb::Role::try_from(s.role)
+                    .map_or("?".into(), |r| format!("{r:?}").to_lowercase());
+                let leader = if s.leader.is_empty() {
+                    "-".to_string()
+                } else {
+                    s.leader
+                };
+                println!(
+                    "{:<12} {:<22} {:<10} {:>6} {:<12} {:>8} {:>8}",
+                    s.name, ep, role, s.term, leader, s.commit_index, s.applied_index
+                );
+            }
+            Err(_) => println!("{:<12} {:<22} {:<10}", "-", ep, "unreachable"),
+        }
+    }
+    if reachable == 0 {
+        return Err("no endpoint answered".into());
+    }
+    Ok(ExitCode::SUCCESS)
+}

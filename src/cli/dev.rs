@@ -1,0 +1,162 @@
+//! `raftkv dev`: a local cluster of `raftkv serve` child processes on loopback.
+use std::process::{ExitCode, Stdio};
+use std::time::Duration;
+
+use clap::Args;
+use tokio::io::{AsyncBufReadExt, BufReader};
+use tokio::process::{Child, Command};
+
+use super::CmdResult;
+
+#[derive(Args, Debug)]
+pub struct DevArgs {
+    /// Number of nodes.
+    #[arg(long, default_value_t = 5)]
+    pub nodes: u16,
+    /// Node i (1-based) serves clients on BASE+i and peers on BASE+100+i.
+    #[arg(long, default_value_t = 7000)]
+    pub base_port: u16,
+    /// Minimum election timeout passed to every node.
+    #[arg(long, default_value_t = 150)]
+    pub election_timeout_ms: u64,
+    /// Heartbeat interval passed to every node.
+    #[arg(long, default_value_t = 50)]
+    pub heartbeat_ms: u64,
+}
+
+struct DevNode {
+    name: String,
+    client: String,
+    peer: String,
+    pid: u32,
+    child: Child,
+}
+
+pub async fn run(args: DevArgs) -> CmdResult {
+    if args.nodes == 0 || args.base_port as u32 + 100 + args.nodes as u32 > 65535 {
+        return Err(format!(
+            "--nodes {} with --base-port {} does not fit the port range",
+            args.nodes, args.base_port
+        ));
+    }
+    let exe = std::env::current_exe().map_err(|e| format!("cannot find my own executable: {e}"))?;
+    let spec: Vec<(String, String, String)> = (1..=args.nodes)
+        .map(|i| {
+            (
+                format!("node{i}"),
+                format!("127.0.0.1:{}", args.base_port + i),
+                format!("127.0.0.1:{}", args.base_port + 100 + i),
+            )
+        })
+        .collect();
+    let cluster: Vec<String> = spec.iter().map(|(n, _, p)| format!("{n}={p}")).collect();
+    let cluster = cluster.join(",");
+    println!("raftkv dev: starting {} nodes", args.nodes);
+    let mut children = Vec::new();
+    for (name, client, peer) in spec {
+        let mut child = Command::new(&exe)
+            .arg("serve")
+            .args([
+                "--name",
+                &name,
+                "--client-addr",
+                &client,
+                "--peer-addr",
+                &peer,
+            ])
+            .args(["--initial-cluster", &cluster])
+            .args([
+                "--election-timeout-ms",
+                &args.election_timeout_ms.to_string(),
+            ])
+            .args(["--heartbeat-ms", &args.heartbeat_ms.to_string()])
+            .env(
+                "RUST_LOG",
+                std::env::var("RUST_LOG").unwrap_or_else(|_| "info".into()),
+            )
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .kill_on_drop(true)
+            .spawn()
+            .map_err(|e| format!("cannot start {name}: {e}"))?;
+        // Each node's log lines, prefixed with its name.
+        if let Some(err) = child.stderr.take() {
+            let prefix = name.clone();
+            tokio::spawn(async move {
+                let mut lines = BufReader::new(err).lines();
+                while let Ok(Some(line)) = lines.next_line().await {
+                    eprintln!("[{prefix}] {line}");
+                }
+            });
+        }
+        children.push(DevNode {
+            name,
+            client,
+            peer,
+            pid: child.id().unwrap_or(0),
+            child,
+        });
+    }
+    println!(
+        "{:<8} {:>8}  {:<18} {:<18}",
+        "NAME", "PID", "CLIENT", "PEER"
+    );
+    for c in &children {
+        println!(
+            "{:<8} {:>8}  {:<18} {:<18}",
+            c.name, c.pid, c.client, c.peer
+        );
+    }
+    let endpoints: Vec<&str> = children.iter().map(|c| c.client.as_str()).collect();
+    let first = endpoints[0];
+    println!();
+    println!("Try:");
+    println!("  grpcurl -plaintext {first} list");
+    println!("  grpcurl -plaintext -d '{{\"key\":\"a\",\"value\":\"1\"}}' {first} raftkv.v1.KeyValue/Store");
+    println!("  grpcurl -plaintext -d '{{\"key\":\"a\"}}' {first} raftkv.v1.KeyValue/Get");
+    println!("  grpcurl -plaintext {first} raftkv.v1.KeyValue/Retrieve");
+    println!("  grpcurl -plaintext {first} raftkv.v1.KeyValue/Status");
+    let ep_flag = if args.nodes == 5 && args.base_port == 7000 {
+        String::new()
+    } else {
+        format!(" --endpoints {}", endpoints.join(","))
+    };
+    println!("  raftkv put a 1{ep_flag}");
+    println!("  raftkv get a{ep_flag}");
+    println!("  raftkv status{ep_flag}");
+    println!("Kill a node for real with kill -9 PID. Ctrl-C stops the cluster.");
+    println!();
+
+    let mut alive: Vec<bool> = vec![true; children.len()];
+    loop {
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => break,
+            _ = tokio::time::sleep(Duration::from_millis(200)) => {
+                for (i, c) in children.iter_mut().enumerate() {
+                    if alive[i] {
+                        if let Ok(Some(status)) = c.child.try_wait() {
+                            alive[i] = false;
+                            println!("raftkv dev: {} (pid {}) exited: {status}", c.name, c.pid);
+                        }
+                    }
+                }
+                if !alive.iter().any(|a| *a) {
+                    return Err("every node exited".into());
+                }
+            }
+        }
+    }
+    println!("raftkv dev: stopping {} nodes", children.len());
+    for c in &children {
+        if let Some(pid) = c.child.id() {
+            // SAFETY: sending a signal to our own child process by its PID.
+            unsafe { libc::kill(pid as i32, libc::SIGTERM) };
+        }
+    }
+    for c in &mut children {
+        let _ = tokio::time::timeout(Duration::from_secs(5), c.child.wait()).await;
+        let _ = c.child.start_kill();
+    }
+    println!("raftkv dev: stopped");
+    Ok(ExitCode::SUCCESS)
+}

@@ -1,0 +1,14 @@
+//! Subcommands of the `raftkv` binary.
+pub mod client;
+pub mod dev;
+pub mod serve;
+
+use std::process::ExitCode;
+
+/// Prints one line to stderr and returns the failure exit code.
+pub fn fail(msg: String) -> ExitCode {
+    eprintln!("raftkv: error: {msg}");
+    ExitCode::FAILURE
+}
+
+pub type CmdResult = Result<ExitCode, String>;

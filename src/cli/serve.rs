@@ -1,0 +1,88 @@
+//! `raftkv serve`: one node.
+use std::process::ExitCode;
+
+use clap::Args;
+use raftkv::config::{parse_initial_cluster, NodeConfig};
+use raftkv::server::Node;
+use tokio::net::TcpListener;
+
+use super::CmdResult;
+
+#[derive(Args, Debug)]
+pub struct ServeArgs {
+    /// This node's name; must appear in --initial-cluster.
+    #[arg(long, env = "RAFTKV_NAME")]
+    pub name: String,
+    /// Address for the client gRPC service (KeyValue, health, reflection).
+    #[arg(long, env = "RAFTKV_CLIENT_ADDR", default_value = "127.0.0.1:7001")]
+    pub client_addr: String,
+    /// Address for the peer gRPC service (Raft) to listen on.
+    #[arg(long, env = "RAFTKV_PEER_ADDR", default_value = "127.0.0.1:7101")]
+    pub peer_addr: String,
+    /// Every member's peer address: NAME=HOST:PORT,... (host may be a DNS name).
+    #[arg(long, env = "RAFTKV_INITIAL_CLUSTER")]
+    pub initial_cluster: String,
+    /// Minimum election timeout; each timeout is drawn from [min, 2*min).
+    #[arg(long, env = "RAFTKV_ELECTION_TIMEOUT_MS", default_value_t = 150)]
+    pub election_timeout_ms: u64,
+    /// Heartbeat interval; at most half the election timeout.
+    #[arg(long, env = "RAFTKV_HEARTBEAT_MS", default_value_t = 50)]
+    pub heartbeat_ms: u64,
+}
+
+fn init_logging() {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .with_writer(std::io::stderr)
+        .try_init();
+}
+
+async fn terminated() {
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = async { match term.as_mut() { Some(s) => { s.recv().await; } None => std::future::pending().await } } => {}
+    }
+}
+
+pub async fn run(args: ServeArgs) -> CmdResult {
+    init_logging();
+    let members = parse_initial_cluster(&args.initial_cluster).map_err(|e| e.to_string())?;
+    let cfg = NodeConfig {
+        name: args.name.clone(),
+        members,
+        election_timeout_ms: args.election_timeout_ms,
+        heartbeat_ms: args.heartbeat_ms,
+    };
+    cfg.validate().map_err(|e| e.to_string())?;
+    let client = TcpListener::bind(&args.client_addr)
+        .await
+        .map_err(|e| format!("cannot listen on --client-addr {}: {e}", args.client_addr))?;
+    let peer = TcpListener::bind(&args.peer_addr)
+        .await
+        .map_err(|e| format!("cannot listen on --peer-addr {}: {e}", args.peer_addr))?;
+    let node = Node::start(cfg.clone(), client, peer, None)
+        .await
+        .map_err(|e| e.to_string())?;
+    let members: Vec<String> = cfg
+        .members
+        .iter()
+        .map(|m| format!("{}={}", m.name, m.peer_addr))
+        .collect();
+    tracing::info!(
+        name = %args.name,
+        client = %node.client_addr(),
+        peer = %node.peer_addr(),
+        election_timeout_ms = args.election_timeout_ms,
+        heartbeat_ms = args.heartbeat_ms,
+        members = %members.join(","),
+        "raftkv node serving"
+    );
+    terminated().await;
+    tracing::info!(name = %args.name, "stopping");
+    node.shutdown().await;
+    Ok(ExitCode::SUCCESS)
+}

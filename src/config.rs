@@ -1,0 +1,140 @@
+//! Node configuration: parsed from flags/env in main.rs, validated here.
+use std::time::Duration;
+
+use crate::raft::NodeId;
+
+/// Largest key accepted, in bytes.
+pub const MAX_KEY_BYTES: usize = 4096;
+/// Largest value accepted, in bytes.
+pub const MAX_VALUE_BYTES: usize = 1 << 20;
+/// A request waits at most this long when the client set no shorter deadline.
+pub const MAX_REQUEST_WAIT: Duration = Duration::from_secs(10);
+
+#[derive(Clone, Debug)]
+pub struct Member {
+    pub name: String,
+    /// Peer address, `host:port`; host may be a DNS name.
+    pub peer_addr: String,
+}
+
+#[derive(Clone, Debug)]
+pub struct NodeConfig {
+    pub name: String,
+    /// Every voting member, this node included.
+    pub members: Vec<Member>,
+    /// Minimum election timeout; each one is drawn from `[min, 2 * min)`.
+    pub election_timeout_ms: u64,
+    pub heartbeat_ms: u64,
+}
+
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum ConfigError {
+    #[error("--initial-cluster: {0}")]
+    Cluster(String),
+    #[error("--name {0:?} is not in --initial-cluster")]
+    NotAMember(String),
+    #[error("--heartbeat-ms ({heartbeat}) must be positive and at most half of --election-timeout-ms ({election})")]
+    Timing { heartbeat: u64, election: u64 },
+}
+
+/// Parses `NAME=HOST:PORT,NAME=HOST:PORT,...`.
+pub fn parse_initial_cluster(s: &str) -> Result<Vec<Member>, ConfigError> {
+    let mut members = Vec::new();
+    for part in s.split(',').map(str::trim).filter(|p| !p.is_empty()) {
+        let (name, addr) = part
+            .split_once('=')
+            .ok_or_else(|| ConfigError::Cluster(format!("{part:?} is not NAME=HOST:PORT")))?;
+        let (name, addr) = (name.trim(), addr.trim());
+        if name.is_empty() {
+            return Err(ConfigError::Cluster(format!("{part:?} has an empty name")));
+        }
+        match addr.rsplit_once(':') {
+            Some((host, port)) if !host.is_empty() && port.parse::<u16>().is_ok() => {}
+            _ => return Err(ConfigError::Cluster(format!("{addr:?} is not HOST:PORT"))),
+        }
+        if members.iter().any(|m: &Member| m.name == name) {
+            return Err(ConfigError::Cluster(format!("name {name:?} appears twice")));
+        }
+        members.push(Member {
+            name: name.to_string(),
+            peer_addr: addr.to_string(),
+        });
+    }
+    if members.is_empty() {
+        return Err(ConfigError::Cluster("no members".into()));
+    }
+    Ok(members)
+}
+
+impl NodeConfig {
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        if !self.members.iter().any(|m| m.name == self.name) {
+            return Err(ConfigError::NotAMember(self.name.clone()));
+        }
+        if self.heartbeat_ms == 0 || self.heartbeat_ms * 2 > self.election_timeout_ms {
+            return Err(ConfigError::Timing {
+                heartbeat: self.heartbeat_ms,
+                election: self.election_timeout_ms,
+            });
+        }
+        Ok(())
+    }
+
+    /// Members sorted by name: a member's id is its position + 1, the same on every node
+    /// whatever order `--initial-cluster` lists them in.
+    pub fn sorted_members(&self) -> Vec<Member> {
+        let mut m = self.members.clone();
+        m.sort_by(|a, b| a.name.cmp(&b.name));
+        m
+    }
+
+    pub fn id_of(&self, name: &str) -> Option<NodeId> {
+        self.sorted_members()
+            .iter()
+            .position(|m| m.name == name)
+            .map(|i| i as NodeId + 1)
+    }
+
+    /// The tick: 10 ms, or finer for very short heartbeats.
+    pub fn tick(&self) -> Duration {
+        Duration::from_millis((self.heartbeat_ms / 2).clamp(1, 10))
+    }
+
+    pub fn ticks(&self, ms: u64) -> u32 {
+        (ms / self.tick().as_millis() as u64).max(1) as u32
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_and_rejects_initial_cluster() {
+        let m = parse_initial_cluster("a=127.0.0.1:1, b=raftkv-1.raftkv:7100").unwrap();
+        assert_eq!(m.len(), 2);
+        assert_eq!(m[1].peer_addr, "raftkv-1.raftkv:7100");
+        assert!(parse_initial_cluster("a=1.2.3.4").is_err());
+        assert!(parse_initial_cluster("a=h:1,a=h:2").is_err());
+        assert!(parse_initial_cluster("=h:1").is_err());
+        assert!(parse_initial_cluster("").is_err());
+    }
+
+    #[test]
+    fn validate_checks_membership_and_timing() {
+        let members = parse_initial_cluster("b=h:1,a=h:2").unwrap();
+        let mut c = NodeConfig {
+            name: "a".into(),
+            members,
+            election_timeout_ms: 150,
+            heartbeat_ms: 50,
+        };
+        assert_eq!(c.validate(), Ok(()));
+        assert_eq!(c.id_of("a"), Some(1));
+        assert_eq!(c.ticks(150), 15);
+        c.heartbeat_ms = 100;
+        assert!(matches!(c.validate(), Err(ConfigError::Timing { .. })));
+        c.name = "z".into();
+        assert_eq!(c.validate(), Err(ConfigError::NotAMember("z".into())));
+    }
+}

@@ -1,0 +1,52 @@
+//! The node's error type, and its one conversion into a gRPC status.
+use tonic::{metadata::MetadataValue, Code, Status};
+
+/// Response metadata key naming the leader, when one is known.
+pub const LEADER_METADATA: &str = "raftkv-leader";
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("this node is not the leader")]
+    NotLeader { leader: Option<String> },
+    #[error("no leader is known (election in progress, or no quorum)")]
+    NoLeader,
+    #[error("leadership changed before the entry committed; it was not applied")]
+    Dropped,
+    #[error("deadline exceeded before the request completed; a write may still commit")]
+    Timeout,
+    #[error("{0}")]
+    InvalidArgument(String),
+    #[error("the node is shutting down")]
+    Shutdown,
+    #[error("the leader is unreachable from this node: {0}")]
+    LeaderUnreachable(String),
+    /// An error returned by the leader a request was forwarded to.
+    #[error("{}", .0.message())]
+    Remote(Status),
+}
+
+impl From<Error> for Status {
+    fn from(e: Error) -> Status {
+        let msg = e.to_string();
+        let leader = match &e {
+            Error::NotLeader { leader } => leader.clone(),
+            _ => None,
+        };
+        let mut status = match e {
+            Error::Remote(s) => return s,
+            Error::NotLeader { .. }
+            | Error::NoLeader
+            | Error::Dropped
+            | Error::Shutdown
+            | Error::LeaderUnreachable(_) => Status::new(Code::Unavailable, msg),
+            Error::Timeout => Status::new(Code::DeadlineExceeded, msg),
+            Error::InvalidArgument(_) => Status::new(Code::InvalidArgument, msg),
+        };
+        if let Some(v) = leader.and_then(|l| MetadataValue::try_from(l).ok()) {
+            status.metadata_mut().insert(LEADER_METADATA, v);
+        }
+        status
+    }
+}
+
+pub type Result<T, E = Error> = std::result::Result<T, E>;

@@ -1,0 +1,208 @@
+//! The tokio driver that owns one core: ticker, inputs, and the Ready protocol
+//! (persist → send → apply → advance).
+use std::collections::{BTreeMap, HashMap};
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
+
+use tokio::sync::{mpsc, oneshot, watch};
+use tokio::time::MissedTickBehavior;
+
+use super::{Input, Metrics, NodeStatus};
+use crate::error::Error;
+use crate::kv::KvState;
+use crate::raft::{Index, Message, MessageBody, NodeId, ProposeError, RawNode, Role, Term};
+use crate::transport::convert::Names;
+
+type ProposalReply = oneshot::Sender<Result<(Index, Term), Error>>;
+
+/// Inputs handled per loop iteration before the ready is processed (one batch).
+const MAX_BATCH: usize = 4096;
+
+pub(super) struct Driver {
+    pub core: RawNode,
+    pub names: Names,
+    pub input: mpsc::Receiver<Input>,
+    pub peers: BTreeMap<NodeId, mpsc::Sender<Message>>,
+    pub kv: Arc<RwLock<KvState>>,
+    pub status: watch::Sender<NodeStatus>,
+    pub metrics: Arc<Metrics>,
+    pub tick: Duration,
+    pub shutdown: watch::Receiver<bool>,
+    /// Answers to peer requests, held until what they promise is persisted.
+    pub held: Vec<(oneshot::Sender<Message>, Message)>,
+    pub proposals: BTreeMap<Index, (Term, ProposalReply)>,
+    pub reads: HashMap<u64, oneshot::Sender<Result<Index, Error>>>,
+    pub next_read: u64,
+    pub waiters: BTreeMap<Index, Vec<oneshot::Sender<()>>>,
+}
+
+impl Driver {
+    pub async fn run(mut self) {
+        let mut ticker = tokio::time::interval(self.tick);
+        ticker.set_missed_tick_behavior(MissedTickBehavior::Skip);
+        loop {
+            tokio::select! {
+                biased;
+                _ = self.shutdown.changed() => break,
+                _ = ticker.tick() => self.core.tick(),
+                input = self.input.recv() => {
+                    let Some(input) = input else { break };
+                    self.handle(input);
+                    // Everything that queued meanwhile joins this batch: one ready, one persist.
+                    for _ in 0..MAX_BATCH {
+                        match self.input.try_recv() {
+                            Ok(input) => self.handle(input),
+                            Err(_) => break,
+                        }
+                    }
+                }
+            }
+            self.process_ready();
+        }
+        tracing::debug!("driver stopped");
+    }
+
+    fn leader_name(&self, leader: Option<NodeId>) -> Option<String> {
+        leader.map(|l| self.names.name(l).to_string())
+    }
+
+    fn not_leader(&self, e: ProposeError) -> Error {
+        let ProposeError::NotLeader { leader } = e;
+        match self.leader_name(leader) {
+            Some(l) => Error::NotLeader { leader: Some(l) },
+            None => Error::NoLeader,
+        }
+    }
+
+    fn handle(&mut self, input: Input) {
+        match input {
+            Input::Raft { msg, reply } => {
+                let answer = self.core.step(msg);
+                if let (Some(tx), Some(answer)) = (reply, answer) {
+                    self.held.push((tx, answer));
+                }
+            }
+            Input::Propose { data, eager, reply } => match self.core.propose(data, eager) {
+                Ok((index, term)) => {
+                    self.proposals.insert(index, (term, reply));
+                }
+                Err(e) => {
+                    let _ = reply.send(Err(self.not_leader(e)));
+                }
+            },
+            Input::ReadIndex { reply } => {
+                let ctx = self.next_read;
+                self.next_read += 1;
+                match self.core.read_index(ctx) {
+                    Ok(()) => {
+                        self.reads.insert(ctx, reply);
+                    }
+                    Err(e) => {
+                        let _ = reply.send(Err(self.not_leader(e)));
+                    }
+                }
+            }
+            Input::WaitApplied { index, reply } => {
+                if self.core.status().applied >= index {
+                    let _ = reply.send(());
+                } else {
+                    self.waiters.entry(index).or_default().push(reply);
+                }
+            }
+            Input::Campaign => self.core.campaign(),
+            Input::BecomeFollower => {
+                let term = self.core.status().term;
+                self.core.become_follower(term, None);
+            }
+        }
+    }
+
+    fn process_ready(&mut self) {
+        let was_leader = self.core.status().role == Role::Leader;
+        while self.core.has_ready() {
+            let rd = self.core.ready();
+            // 1. Persist. The log and hard state live in the core's memory; a durable
+            //    store takes rd.hard_state and rd.entries here, before anything is sent.
+            let persisted = rd.entries.last().map(|e| (e.index, e.term));
+            // 2. Send: held answers, then requests to peers.
+            for (tx, answer) in self.held.drain(..) {
+                let _ = tx.send(answer);
+            }
+            for m in rd.messages {
+                if matches!(m.body, MessageBody::AppendEntries { .. }) {
+                    self.metrics.appends_sent.fetch_add(1, Ordering::Relaxed);
+                }
+                let to = m.to;
+                let delivered = self.peers.get(&to).is_some_and(|q| q.try_send(m).is_ok());
+                if !delivered {
+                    let me = self.core.id();
+                    self.core.step(Message {
+                        from: to,
+                        to: me,
+                        term: 0,
+                        body: MessageBody::Unreachable,
+                    });
+                }
+            }
+            // 3. Apply, and answer what waited for it.
+            if !rd.committed.is_empty() {
+                self.kv.write().unwrap().apply(&rd.committed);
+                for e in &rd.committed {
+                    if let Some((term, tx)) = self.proposals.remove(&e.index) {
+                        let _ = tx.send(if term == e.term {
+                            Ok((e.index, e.term))
+                        } else {
+                            Err(Error::Dropped)
+                        });
+                    }
+                }
+            }
+            for r in rd.reads {
+                if let Some(tx) = self.reads.remove(&r.ctx) {
+                    let _ = tx.send(Ok(r.index));
+                }
+            }
+            // 4. Advance.
+            self.core.advance(persisted);
+        }
+        for (tx, answer) in self.held.drain(..) {
+            let _ = tx.send(answer);
+        }
+        let st = self.core.status();
+        if was_leader && st.role != Role::Leader {
+            let leader = self.leader_name(st.leader);
+            for (_, tx) in self.reads.drain() {
+                let _ = tx.send(Err(Error::NotLeader {
+                    leader: leader.clone(),
+                }));
+            }
+        }
+        while let Some(entry) = self.waiters.first_entry() {
+            if *entry.key() > st.applied {
+                break;
+            }
+            for tx in entry.remove() {
+                let _ = tx.send(());
+            }
+        }
+        let new = NodeStatus {
+            role: st.role,
+            term: st.term,
+            leader: st.leader,
+            commit: st.commit,
+            applied: st.applied,
+            last_index: st.last_index,
+        };
+        self.status.send_if_modified(|old| {
+            if *old == new {
+                return false;
+            }
+            if old.role != new.role || old.term != new.term {
+                tracing::info!(role = ?new.role, term = new.term, leader = ?self.leader_name(new.leader), "role or term changed");
+            }
+            *old = new;
+            true
+        });
+    }
+}

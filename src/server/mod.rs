@@ -1,0 +1,483 @@
+//! A running node: the driver task, the peer and client gRPC servers, and the
+//! handle through which the services reach the core.
+mod driver;
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::sync::atomic::AtomicU64;
+use std::sync::{Arc, RwLock, RwLockReadGuard};
+use std::time::Duration;
+
+use bytes::Bytes;
+use tokio::net::TcpListener;
+use tokio::sync::{mpsc, oneshot, watch};
+use tokio::task::JoinHandle;
+use tonic::transport::server::TcpIncoming;
+use tonic::transport::Server;
+
+use crate::api::KvService;
+use crate::config::NodeConfig;
+use crate::error::{Error, Result};
+use crate::kv::{Command, KvState};
+use crate::proto as pb;
+use crate::raft::{self, HardState, Index, Message, NodeId, RawNode, Role, Term};
+use crate::transport::convert::Names;
+use crate::transport::service::RaftService;
+use crate::transport::{self, Faults, PeerClient};
+
+/// What the driver is asked to do.
+pub enum Input {
+    /// A peer message; requests carry the channel for their answer.
+    Raft {
+        msg: Message,
+        reply: Option<oneshot::Sender<Message>>,
+    },
+    /// Append a client command; answered once it is applied (or known lost).
+    Propose {
+        data: Bytes,
+        eager: bool,
+        reply: oneshot::Sender<Result<(Index, Term)>>,
+    },
+    /// A read index confirmed by a quorum (leader only).
+    ReadIndex {
+        reply: oneshot::Sender<Result<Index>>,
+    },
+    /// Answered once the state machine has applied `index`.
+    WaitApplied {
+        index: Index,
+        reply: oneshot::Sender<()>,
+    },
+    /// Start an election now.
+    Campaign,
+    /// Become a follower now, keeping the term.
+    BecomeFollower,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct NodeStatus {
+    pub role: Role,
+    pub term: Term,
+    pub leader: Option<NodeId>,
+    pub commit: Index,
+    pub applied: Index,
+    pub last_index: Index,
+}
+
+/// Counters a test or an operator can read.
+#[derive(Debug, Default)]
+pub struct Metrics {
+    /// AppendEntries requests handed to the peer transport.
+    pub appends_sent: AtomicU64,
+}
+
+struct Shared {
+    id: NodeId,
+    name: String,
+    names: Names,
+    input: mpsc::Sender<Input>,
+    status: watch::Receiver<NodeStatus>,
+    kv: Arc<RwLock<KvState>>,
+    clients: BTreeMap<NodeId, PeerClient>,
+    metrics: Arc<Metrics>,
+    election_timeout: Duration,
+}
+
+/// A cheap, cloneable handle to a running node.
+#[derive(Clone)]
+pub struct NodeHandle(Arc<Shared>);
+
+impl NodeHandle {
+    pub fn id(&self) -> NodeId {
+        self.0.id
+    }
+
+    pub fn name(&self) -> &str {
+        &self.0.name
+    }
+
+    pub fn names(&self) -> &Names {
+        &self.0.names
+    }
+
+    pub fn metrics(&self) -> &Metrics {
+        &self.0.metrics
+    }
+
+    pub fn status(&self) -> NodeStatus {
+        self.0.status.borrow().clone()
+    }
+
+    pub fn status_watch(&self) -> watch::Receiver<NodeStatus> {
+        self.0.status.clone()
+    }
+
+    pub fn leader_name(&self) -> Option<String> {
+        self.status()
+            .leader
+            .map(|l| self.0.names.name(l).to_string())
+    }
+
+    /// The applied state machine, for serializable reads.
+    pub fn kv(&self) -> RwLockReadGuard<'_, KvState> {
+        self.0.kv.read().unwrap()
+    }
+
+    async fn ask<T>(&self, make: impl FnOnce(oneshot::Sender<T>) -> Input) -> Result<T> {
+        let (tx, rx) = oneshot::channel();
+        self.0
+            .input
+            .send(make(tx))
+            .await
+            .map_err(|_| Error::Shutdown)?;
+        rx.await.map_err(|_| Error::Shutdown)
+    }
+
+    pub async fn step_request(&self, msg: Message) -> Result<Message> {
+        self.ask(|reply| Input::Raft {
+            msg,
+            reply: Some(reply),
+        })
+        .await
+    }
+
+    pub async fn campaign(&self) -> Result<()> {
+        self.0
+            .input
+            .send(Input::Campaign)
+            .await
+            .map_err(|_| Error::Shutdown)
+    }
+
+    pub async fn become_follower(&self) -> Result<()> {
+        self.0
+            .input
+            .send(Input::BecomeFollower)
+            .await
+            .map_err(|_| Error::Shutdown)
+    }
+
+    /// Proposes on this node only (no forwarding) and waits until it is applied.
+    pub async fn propose_here(&self, data: Bytes, deadline: Duration) -> Result<(Index, Term)> {
+        let fut = self.ask(|reply| Input::Propose {
+            data,
+            eager: true,
+            reply,
+        });
+        tokio::time::timeout(deadline, fut)
+            .await
+            .map_err(|_| Error::Timeout)??
+    }
+
+    pub async fn read_index_here(&self, deadline: Duration) -> Result<Index> {
+        let fut = self.ask(|reply| Input::ReadIndex { reply });
+        tokio::time::timeout(deadline, fut)
+            .await
+            .map_err(|_| Error::Timeout)??
+    }
+
+    async fn wait_applied(&self, index: Index) -> Result<()> {
+        self.ask(|reply| Input::WaitApplied { index, reply }).await
+    }
+
+    /// Waits up to two maximal election timeouts for a leader to be known.
+    async fn wait_for_leader(&self, deadline: Duration) {
+        let mut w = self.0.status.clone();
+        let wait = (self.0.election_timeout * 4).min(deadline);
+        let _ = tokio::time::timeout(wait, w.wait_for(|s| s.leader.is_some())).await;
+    }
+
+    fn client_of(&self, leader: &str) -> Result<PeerClient> {
+        let id = self.0.names.id(leader).map_err(|_| Error::NoLeader)?;
+        self.0.clients.get(&id).cloned().ok_or(Error::NoLeader)
+    }
+
+    /// Runs `here` on this node if it leads, else `remote` against the leader;
+    /// with no leader known, waits a little for an election first.
+    async fn via_leader<T, H, HF, R, RF>(&self, deadline: Duration, here: H, remote: R) -> Result<T>
+    where
+        H: Fn() -> HF,
+        HF: std::future::Future<Output = Result<T>>,
+        R: Fn(PeerClient) -> RF,
+        RF: std::future::Future<Output = Result<T>>,
+    {
+        let work = async {
+            let mut waited = false;
+            loop {
+                match here().await {
+                    Err(Error::NotLeader { leader: Some(l) }) if l != self.0.name => {
+                        return remote(self.client_of(&l)?).await;
+                    }
+                    Err(Error::NoLeader | Error::NotLeader { .. }) if !waited => {
+                        waited = true;
+                        self.wait_for_leader(deadline).await;
+                    }
+                    other => return other,
+                }
+            }
+        };
+        tokio::time::timeout(deadline, work)
+            .await
+            .map_err(|_| Error::Timeout)?
+    }
+
+    /// Commits `cmd` through the leader, wherever it is, and waits until applied there.
+    pub async fn propose(&self, cmd: &Command, deadline: Duration) -> Result<(Index, Term)> {
+        let data = cmd.encode();
+        self.via_leader(
+            deadline,
+            || self.propose_here(data.clone(), deadline),
+            |mut c| {
+                let command = data.clone();
+                async move {
+                    let r = c
+                        .propose(pb::ProposeRequest { command })
+                        .await
+                        .map_err(remote_error)?;
+                    let r = r.into_inner();
+                    Ok((r.index, r.term))
+                }
+            },
+        )
+        .await
+    }
+
+    /// Waits until this node's state machine reflects every write committed before
+    /// the call (ReadIndex through the leader), so that a local read is linearizable.
+    pub async fn linearizable_barrier(&self, deadline: Duration) -> Result<()> {
+        let index = self
+            .via_leader(
+                deadline,
+                || self.read_index_here(deadline),
+                |mut c| async move {
+                    let r = c
+                        .read_index(pb::ReadIndexRequest {})
+                        .await
+                        .map_err(remote_error)?;
+                    Ok(r.into_inner().index)
+                },
+            )
+            .await?;
+        tokio::time::timeout(deadline, self.wait_applied(index))
+            .await
+            .map_err(|_| Error::Timeout)?
+    }
+}
+
+/// An error from a forwarded call: the leader's own status passes through; a
+/// transport failure means the leader is unreachable from here.
+fn remote_error(s: tonic::Status) -> Error {
+    match s.code() {
+        tonic::Code::Unknown | tonic::Code::Internal => {
+            Error::LeaderUnreachable(s.message().to_string())
+        }
+        _ => Error::Remote(s),
+    }
+}
+
+/// A running node and the means to stop it.
+pub struct Node {
+    handle: NodeHandle,
+    client_addr: SocketAddr,
+    peer_addr: SocketAddr,
+    shutdown: watch::Sender<bool>,
+    tasks: Vec<JoinHandle<()>>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error(transparent)]
+    Config(#[from] crate::config::ConfigError),
+    #[error("{0}")]
+    Other(String),
+}
+
+impl Node {
+    /// Starts a node serving on the given listeners. `faults` (tests only) wraps
+    /// every peer channel in the fault-injection layer.
+    pub async fn start(
+        cfg: NodeConfig,
+        client_listener: TcpListener,
+        peer_listener: TcpListener,
+        faults: Option<Faults>,
+    ) -> Result<Node, StartError> {
+        cfg.validate()?;
+        let members = cfg.sorted_members();
+        let names = Names(members.iter().map(|m| m.name.clone()).collect());
+        let id = cfg.id_of(&cfg.name).expect("validated");
+        let mut core_cfg = raft::Config::new(id, (1..=members.len() as NodeId).collect());
+        core_cfg.election_ticks = cfg.ticks(cfg.election_timeout_ms);
+        core_cfg.heartbeat_ticks = cfg.ticks(cfg.heartbeat_ms);
+        core_cfg.seed = rand::random();
+        let core = RawNode::new(core_cfg, HardState::default(), Vec::new())
+            .map_err(|e| StartError::Other(format!("raft config: {e}")))?;
+
+        let (input_tx, input_rx) = mpsc::channel(8192);
+        let initial = NodeStatus {
+            role: Role::Follower,
+            term: 0,
+            leader: None,
+            commit: 0,
+            applied: 0,
+            last_index: 0,
+        };
+        let (status_tx, status_rx) = watch::channel(initial);
+        let (shutdown_tx, shutdown_rx) = watch::channel(false);
+        let kv = Arc::new(RwLock::new(KvState::default()));
+        let metrics = Arc::new(Metrics::default());
+        let election_timeout = Duration::from_millis(cfg.election_timeout_ms);
+        let rpc_timeout = (election_timeout * 2).max(Duration::from_millis(500));
+
+        let mut clients = BTreeMap::new();
+        let mut peers = BTreeMap::new();
+        for (i, m) in members.iter().enumerate() {
+            let pid = i as NodeId + 1;
+            if pid == id {
+                continue;
+            }
+            let client = transport::connect(&m.peer_addr, &cfg.name, &m.name, faults.as_ref())
+                .map_err(StartError::Other)?;
+            peers.insert(
+                pid,
+                transport::spawn_peer(
+                    id,
+                    pid,
+                    client.clone(),
+                    names.clone(),
+                    input_tx.clone(),
+                    rpc_timeout,
+                ),
+            );
+            clients.insert(pid, client);
+        }
+
+        let handle = NodeHandle(Arc::new(Shared {
+            id,
+            name: cfg.name.clone(),
+            names: names.clone(),
+            input: input_tx,
+            status: status_rx,
+            kv: kv.clone(),
+            clients,
+            metrics: metrics.clone(),
+            election_timeout,
+        }));
+        let driver = driver::Driver {
+            core,
+            names,
+            input: input_rx,
+            peers,
+            kv,
+            status: status_tx,
+            metrics,
+            tick: cfg.tick(),
+            shutdown: shutdown_rx.clone(),
+            held: Vec::new(),
+            proposals: BTreeMap::new(),
+            reads: Default::default(),
+            next_read: 0,
+            waiters: BTreeMap::new(),
+        };
+
+        let client_addr = client_listener
+            .local_addr()
+            .map_err(|e| StartError::Other(e.to_string()))?;
+        let peer_addr = peer_listener
+            .local_addr()
+            .map_err(|e| StartError::Other(e.to_string()))?;
+        let (mut health_reporter, health) = tonic_health::server::health_reporter();
+        health_reporter
+            .set_serving::<pb::key_value_server::KeyValueServer<KvService>>()
+            .await;
+        health_reporter
+            .set_serving::<pb::raft_server::RaftServer<RaftService>>()
+            .await;
+        let reflection = || {
+            let v1 = tonic_reflection::server::Builder::configure()
+                .register_encoded_file_descriptor_set(pb::FILE_DESCRIPTOR_SET)
+                .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+                .build_v1()
+                .map_err(|e| StartError::Other(e.to_string()))?;
+            let v1alpha = tonic_reflection::server::Builder::configure()
+                .register_encoded_file_descriptor_set(pb::FILE_DESCRIPTOR_SET)
+                .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+                .build_v1alpha()
+                .map_err(|e| StartError::Other(e.to_string()))?;
+            Ok::<_, StartError>((v1, v1alpha))
+        };
+        let incoming = |l: TcpListener| {
+            TcpIncoming::from_listener(l, true, Some(Duration::from_secs(30)))
+                .map_err(|e| StartError::Other(e.to_string()))
+        };
+
+        let stop = |mut rx: watch::Receiver<bool>| async move {
+            let _ = rx.wait_for(|s| *s).await;
+        };
+        let (r1, r1a) = reflection()?;
+        let kv_server = pb::key_value_server::KeyValueServer::new(KvService::new(handle.clone()))
+            .max_decoding_message_size(transport::MAX_MESSAGE_BYTES)
+            .max_encoding_message_size(transport::MAX_MESSAGE_BYTES);
+        let client_server = Server::builder()
+            .add_service(health.clone())
+            .add_service(r1)
+            .add_service(r1a)
+            .add_service(kv_server)
+            .serve_with_incoming_shutdown(incoming(client_listener)?, stop(shutdown_rx.clone()));
+        let (r2, r2a) = reflection()?;
+        let raft_server = pb::raft_server::RaftServer::new(RaftService::new(handle.clone()))
+            .max_decoding_message_size(transport::MAX_MESSAGE_BYTES)
+            .max_encoding_message_size(transport::MAX_MESSAGE_BYTES);
+        let peer_server = Server::builder()
+            .add_service(health)
+            .add_service(r2)
+            .add_service(r2a)
+            .add_service(raft_server)
+            .serve_with_incoming_shutdown(incoming(peer_listener)?, stop(shutdown_rx.clone()));
+
+        let name = cfg.name.clone();
+        let tasks = vec![
+            tokio::spawn(driver.run()),
+            tokio::spawn(async move {
+                if let Err(e) = client_server.await {
+                    tracing::error!(node = %name, "client server failed: {e}");
+                }
+            }),
+            tokio::spawn(async move {
+                if let Err(e) = peer_server.await {
+                    tracing::error!("peer server failed: {e}");
+                }
+            }),
+        ];
+        Ok(Node {
+            handle,
+            client_addr,
+            peer_addr,
+            shutdown: shutdown_tx,
+            tasks,
+        })
+    }
+
+    pub fn handle(&self) -> &NodeHandle {
+        &self.handle
+    }
+
+    pub fn client_addr(&self) -> SocketAddr {
+        self.client_addr
+    }
+
+    pub fn peer_addr(&self) -> SocketAddr {
+        self.peer_addr
+    }
+
+    /// A handle that stops the node when signalled.
+    pub fn stopper(&self) -> watch::Sender<bool> {
+        self.shutdown.clone()
+    }
+
+    /// Stops every task of the node and waits for them to end.
+    pub async fn shutdown(self) {
+        let _ = self.shutdown.send(true);
+        for t in self.tasks {
+            let _ = t.await;
+        }
+    }
+}

@@ -1,0 +1,140 @@
+//! A tower layer on the peer channels that injects network faults: cut links
+//! (partitions) and added delay. Tests use it; a production node has none.
+use std::collections::HashSet;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use tower::{Layer, Service};
+
+/// A peer channel's error: a transport failure or an injected fault.
+#[derive(Debug)]
+pub struct PeerError(pub String);
+
+impl std::fmt::Display for PeerError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for PeerError {}
+
+#[derive(Default)]
+struct State {
+    /// Directed links (from, to) that drop every request.
+    cut: HashSet<(String, String)>,
+    delay: Duration,
+}
+
+/// Shared fault settings for a whole test cluster.
+#[derive(Clone, Default)]
+pub struct Faults(Arc<Mutex<State>>);
+
+impl Faults {
+    /// Cuts every link between `a` and `b`, both ways.
+    pub fn cut(&self, a: &str, b: &str) {
+        let mut s = self.0.lock().unwrap();
+        s.cut.insert((a.into(), b.into()));
+        s.cut.insert((b.into(), a.into()));
+    }
+
+    /// Splits the cluster: nodes in `group` reach only each other.
+    pub fn partition(&self, group: &[&str], all: &[String]) {
+        for a in group {
+            for b in all.iter().filter(|b| !group.contains(&b.as_str())) {
+                self.cut(a, b);
+            }
+        }
+    }
+
+    /// Isolates one node from every other.
+    pub fn isolate(&self, node: &str, all: &[String]) {
+        self.partition(&[node], all);
+    }
+
+    pub fn set_delay(&self, delay: Duration) {
+        self.0.lock().unwrap().delay = delay;
+    }
+
+    pub fn heal(&self) {
+        let mut s = self.0.lock().unwrap();
+        s.cut.clear();
+        s.delay = Duration::ZERO;
+    }
+
+    fn check(&self, from: &str, to: &str) -> Result<Duration, PeerError> {
+        let s = self.0.lock().unwrap();
+        if s.cut.contains(&(from.to_string(), to.to_string())) {
+            return Err(PeerError(format!(
+                "fault injection: link {from} -> {to} is cut"
+            )));
+        }
+        Ok(s.delay)
+    }
+
+    /// The layer for the channel from `from` to `to`.
+    pub fn layer(&self, from: &str, to: &str) -> FaultLayer {
+        FaultLayer {
+            faults: self.clone(),
+            from: from.into(),
+            to: to.into(),
+        }
+    }
+}
+
+#[derive(Clone)]
+pub struct FaultLayer {
+    faults: Faults,
+    from: String,
+    to: String,
+}
+
+impl<S> Layer<S> for FaultLayer {
+    type Service = FaultService<S>;
+    fn layer(&self, inner: S) -> Self::Service {
+        FaultService {
+            inner,
+            layer: self.clone(),
+        }
+    }
+}
+
+#[derive(Clone)]
+pub struct FaultService<S> {
+    inner: S,
+    layer: FaultLayer,
+}
+
+impl<S, R> Service<R> for FaultService<S>
+where
+    S: Service<R> + Clone + Send + 'static,
+    S::Error: std::fmt::Display,
+    S::Future: Send + 'static,
+    R: Send + 'static,
+{
+    type Response = S::Response;
+    type Error = PeerError;
+    type Future = Pin<Box<dyn Future<Output = Result<S::Response, PeerError>> + Send>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), PeerError>> {
+        self.inner
+            .poll_ready(cx)
+            .map_err(|e| PeerError(e.to_string()))
+    }
+
+    fn call(&mut self, req: R) -> Self::Future {
+        let verdict = self.layer.faults.check(&self.layer.from, &self.layer.to);
+        // Take the service that was driven to readiness; leave a fresh clone behind.
+        let clone = self.inner.clone();
+        let mut inner = std::mem::replace(&mut self.inner, clone);
+        Box::pin(async move {
+            let delay = verdict?;
+            if !delay.is_zero() {
+                tokio::time::sleep(delay).await;
+            }
+            inner.call(req).await.map_err(|e| PeerError(e.to_string()))
+        })
+    }
+}

@@ -1,0 +1,121 @@
+//! Peer transport: one lazily connected tonic channel per peer, a bounded outbound
+//! queue per peer drained by its own task, and the `Raft` gRPC service.
+pub mod convert;
+pub mod fault;
+pub mod service;
+
+use std::time::Duration;
+
+use futures::stream::{FuturesUnordered, StreamExt};
+use tokio::sync::mpsc;
+use tonic::transport::Endpoint;
+use tower::util::BoxCloneSyncService;
+use tower::{Layer, ServiceExt};
+
+use crate::proto::raft_client::RaftClient;
+use crate::raft::{Message, MessageBody, NodeId};
+use crate::server::Input;
+use convert::{Names, Request};
+pub use fault::{Faults, PeerError};
+
+pub type PeerChannel = BoxCloneSyncService<
+    http::Request<tonic::body::BoxBody>,
+    http::Response<tonic::body::BoxBody>,
+    PeerError,
+>;
+pub type PeerClient = RaftClient<PeerChannel>;
+
+/// Messages queued per peer before the driver treats the peer as unreachable.
+const PEER_QUEUE: usize = 256;
+/// Requests in flight per peer (the core bounds appends carrying entries further).
+const PEER_CONCURRENCY: usize = 16;
+pub const MAX_MESSAGE_BYTES: usize = 64 << 20;
+
+/// A client for the peer at `addr`. Connects lazily and reconnects on demand.
+pub fn connect(
+    addr: &str,
+    from: &str,
+    to: &str,
+    faults: Option<&Faults>,
+) -> Result<PeerClient, String> {
+    let ep = Endpoint::from_shared(format!("http://{addr}"))
+        .map_err(|e| format!("peer {to} address {addr:?}: {e}"))?
+        .connect_timeout(Duration::from_millis(500))
+        .tcp_nodelay(true)
+        .http2_keep_alive_interval(Duration::from_secs(5))
+        .keep_alive_timeout(Duration::from_secs(5));
+    let channel = ep.connect_lazy();
+    let svc: PeerChannel = match faults {
+        Some(f) => BoxCloneSyncService::new(f.layer(from, to).layer(channel)),
+        None => BoxCloneSyncService::new(channel.map_err(|e| PeerError(e.to_string()))),
+    };
+    Ok(RaftClient::new(svc)
+        .max_decoding_message_size(MAX_MESSAGE_BYTES)
+        .max_encoding_message_size(MAX_MESSAGE_BYTES))
+}
+
+/// Starts the sender task of one peer and returns its queue. Answers (or the failure
+/// to get one) go back to the driver as `Input::Raft`.
+pub fn spawn_peer(
+    me: NodeId,
+    peer: NodeId,
+    client: PeerClient,
+    names: Names,
+    driver: mpsc::Sender<Input>,
+    rpc_timeout: Duration,
+) -> mpsc::Sender<Message> {
+    let (tx, mut rx) = mpsc::channel::<Message>(PEER_QUEUE);
+    tokio::spawn(async move {
+        let mut inflight = FuturesUnordered::new();
+        loop {
+            tokio::select! {
+                m = rx.recv(), if inflight.len() < PEER_CONCURRENCY => match m {
+                    Some(m) => inflight.push(call(client.clone(), m, &names, me, peer, rpc_timeout)),
+                    None => break,
+                },
+                Some(answer) = inflight.next() => {
+                    if driver.send(Input::Raft { msg: answer, reply: None }).await.is_err() {
+                        break;
+                    }
+                }
+            }
+        }
+    });
+    tx
+}
+
+fn call(
+    mut client: PeerClient,
+    m: Message,
+    names: &Names,
+    me: NodeId,
+    peer: NodeId,
+    rpc_timeout: Duration,
+) -> impl std::future::Future<Output = Message> {
+    let req = convert::request_to_pb(m, names);
+    async move {
+        let unreachable = Message {
+            from: peer,
+            to: me,
+            term: 0,
+            body: MessageBody::Unreachable,
+        };
+        let answer = async {
+            match req? {
+                Request::Vote(r) => {
+                    let r = client.request_vote(r).await.ok()?.into_inner();
+                    Some(convert::vote_response_from_pb(r, me, peer))
+                }
+                Request::Append(r) => {
+                    let r = client.append_entries(r).await.ok()?.into_inner();
+                    Some(convert::append_response_from_pb(r, me, peer))
+                }
+            }
+        };
+        tokio::time::timeout(rpc_timeout, answer)
+            .await
+            .ok()
+            .flatten()
+            .unwrap_or(unreachable)
+    }
+}
