@@ -1,0 +1,217 @@
+//! In-process test clusters over real tonic on 127.0.0.1, with fault injection on
+//! the peer channels and a monitor that records every leader of every term.
+#![allow(dead_code)]
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use raftkv::config::{Member, NodeConfig};
+use raftkv::proto::{self as pb, key_value_client::KeyValueClient};
+use raftkv::raft::Role;
+use raftkv::server::{Node, NodeHandle};
+use raftkv::transport::Faults;
+use tokio::net::TcpListener;
+use tonic::transport::Channel;
+
+/// Generous: this is a noisy 2-core machine; tests assert outcomes, not speed.
+pub const WAIT: Duration = Duration::from_secs(20);
+
+pub struct TestCluster {
+    pub names: Vec<String>,
+    pub nodes: Vec<Option<Node>>,
+    pub client_addrs: Vec<String>,
+    pub faults: Faults,
+    /// term -> leaders seen in that term (more than one is a safety violation).
+    leaders: Arc<Mutex<BTreeMap<u64, Vec<String>>>>,
+}
+
+impl TestCluster {
+    pub async fn start(n: usize) -> TestCluster {
+        let names: Vec<String> = (1..=n).map(|i| format!("n{i}")).collect();
+        let mut client_ls = Vec::new();
+        let mut peer_ls = Vec::new();
+        for _ in 0..n {
+            client_ls.push(TcpListener::bind("127.0.0.1:0").await.unwrap());
+            peer_ls.push(TcpListener::bind("127.0.0.1:0").await.unwrap());
+        }
+        let members: Vec<Member> = names
+            .iter()
+            .zip(&peer_ls)
+            .map(|(name, l)| Member {
+                name: name.clone(),
+                peer_addr: l.local_addr().unwrap().to_string(),
+            })
+            .collect();
+        let faults = Faults::default();
+        let leaders = Arc::new(Mutex::new(BTreeMap::new()));
+        let mut nodes = Vec::new();
+        let mut client_addrs = Vec::new();
+        for ((name, cl), pl) in names.iter().zip(client_ls).zip(peer_ls) {
+            let cfg = NodeConfig {
+                name: name.clone(),
+                members: members.clone(),
+                election_timeout_ms: 150,
+                heartbeat_ms: 50,
+            };
+            client_addrs.push(cl.local_addr().unwrap().to_string());
+            let node = Node::start(cfg, cl, pl, Some(faults.clone()))
+                .await
+                .expect("node starts");
+            monitor(node.handle().clone(), leaders.clone());
+            nodes.push(Some(node));
+        }
+        TestCluster {
+            names,
+            nodes,
+            client_addrs,
+            faults,
+            leaders,
+        }
+    }
+
+    pub fn handle(&self, i: usize) -> &NodeHandle {
+        self.nodes[i].as_ref().expect("node is running").handle()
+    }
+
+    pub fn live(&self) -> Vec<usize> {
+        (0..self.nodes.len())
+            .filter(|&i| self.nodes[i].is_some())
+            .collect()
+    }
+
+    pub async fn client(&self, i: usize) -> KeyValueClient<Channel> {
+        KeyValueClient::connect(format!("http://{}", self.client_addrs[i]))
+            .await
+            .expect("client connects")
+    }
+
+    /// Waits until one of `among` leads and a majority of the cluster agrees on it in
+    /// its term; returns its index.
+    pub async fn wait_leader_among(&self, among: &[usize]) -> usize {
+        let majority = self.nodes.len() / 2 + 1;
+        let deadline = tokio::time::Instant::now() + WAIT;
+        loop {
+            for &i in among {
+                let st = self.handle(i).status();
+                if st.role != Role::Leader {
+                    continue;
+                }
+                let agree = among
+                    .iter()
+                    .filter(|&&j| {
+                        let s = self.handle(j).status();
+                        s.term == st.term && s.leader == Some(self.handle(i).id())
+                    })
+                    .count();
+                if agree >= majority {
+                    return i;
+                }
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "no leader among {among:?} within {WAIT:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    pub async fn wait_leader(&self) -> usize {
+        let live = self.live();
+        self.wait_leader_among(&live).await
+    }
+
+    /// Waits until every node in `among` has applied at least `index`.
+    pub async fn wait_applied(&self, among: &[usize], index: u64) {
+        let deadline = tokio::time::Instant::now() + WAIT;
+        while !among
+            .iter()
+            .all(|&i| self.handle(i).status().applied >= index)
+        {
+            let st: Vec<_> = among
+                .iter()
+                .map(|&i| self.handle(i).status().applied)
+                .collect();
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "not applied {index} within {WAIT:?}: {st:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    pub async fn retrieve(&self, i: usize) -> pb::RetrieveResponse {
+        self.client(i)
+            .await
+            .retrieve(pb::RetrieveRequest {})
+            .await
+            .expect("retrieve")
+            .into_inner()
+    }
+
+    pub async fn stop(&mut self, i: usize) {
+        if let Some(node) = self.nodes[i].take() {
+            node.shutdown().await;
+        }
+    }
+
+    pub fn partition(&self, group: &[usize]) {
+        let g: Vec<&str> = group.iter().map(|&i| self.names[i].as_str()).collect();
+        self.faults.partition(&g, &self.names);
+    }
+
+    /// Election safety over the whole test: never two leaders in one term.
+    pub fn assert_one_leader_per_term(&self) {
+        let leaders = self.leaders.lock().unwrap();
+        for (term, names) in leaders.iter() {
+            assert_eq!(names.len(), 1, "term {term} had leaders {names:?}");
+        }
+        assert!(!leaders.is_empty(), "no leader was ever seen");
+    }
+
+    pub async fn shutdown(mut self) {
+        for i in 0..self.nodes.len() {
+            self.stop(i).await;
+        }
+    }
+}
+
+fn monitor(node: NodeHandle, leaders: Arc<Mutex<BTreeMap<u64, Vec<String>>>>) {
+    let mut w = node.status_watch();
+    let name = node.name().to_string();
+    tokio::spawn(async move {
+        loop {
+            {
+                let st = w.borrow_and_update().clone();
+                if st.role == Role::Leader {
+                    let mut l = leaders.lock().unwrap();
+                    let seen = l.entry(st.term).or_default();
+                    if !seen.contains(&name) {
+                        seen.push(name.clone());
+                    }
+                }
+            }
+            if w.changed().await.is_err() {
+                break;
+            }
+        }
+    });
+}
+
+pub async fn store(
+    c: &mut KeyValueClient<Channel>,
+    key: &str,
+    value: &str,
+) -> Result<pb::StoreResponse, tonic::Status> {
+    c.store(pb::StoreRequest {
+        key: key.into(),
+        value: value.into(),
+    })
+    .await
+    .map(|r| r.into_inner())
+}
+
+pub fn with_timeout<T>(msg: T, d: Duration) -> tonic::Request<T> {
+    let mut r = tonic::Request::new(msg);
+    r.set_timeout(d);
+    r
+}
