@@ -58,6 +58,8 @@ enum Cmd {
         #[command(flatten)]
         conn: cli::client::Conn,
     },
+    /// Load the cluster with concurrent Stores; report throughput, latency, longest gap.
+    Bench(cli::bench::BenchArgs),
 }
 
 fn main() -> ExitCode {
@@ -82,6 +84,7 @@ fn main() -> ExitCode {
             Cmd::Delete { key, conn } => cli::client::delete(&conn, key).await,
             Cmd::Retrieve { node, conn } => cli::client::retrieve(&conn, node).await,
             Cmd::Status { conn } => cli::client::status(&conn).await,
+            Cmd::Bench(args) => cli::bench::run(args).await,
         }
     });
     match result {

@@ -323,7 +323,7 @@ impl Sim {
     fn converge(&mut self) {
         self.heal();
         self.drop_rate = 0.0;
-        for _ in 0..3000 {
+        for _ in 0..500 {
             self.step += 1;
             for _ in 0..20 {
                 self.deliver();

@@ -24,7 +24,7 @@ pub struct Conn {
 }
 
 impl Conn {
-    fn timeout(&self) -> Duration {
+    pub fn timeout(&self) -> Duration {
         Duration::from_millis(self.timeout_ms)
     }
 

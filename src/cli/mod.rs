@@ -1,4 +1,5 @@
 //! Subcommands of the `raftkv` binary.
+pub mod bench;
 pub mod client;
 pub mod dev;
 pub mod serve;

@@ -1,0 +1,230 @@
+//! `raftkv bench`: concurrent Store load with latency percentiles, progress every
+//! second, and the longest gap between successful writes (for failover measurements).
+use std::process::ExitCode;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use clap::Args;
+use hdrhistogram::Histogram;
+use raftkv::proto::{self as pb, key_value_client::KeyValueClient};
+use tonic::transport::{Channel, Endpoint};
+
+use super::client::Conn;
+use super::CmdResult;
+
+#[derive(Args, Debug)]
+pub struct BenchArgs {
+    /// Concurrent clients, each with one request outstanding.
+    #[arg(long, default_value_t = 64)]
+    pub clients: usize,
+    /// Total Store requests (ignored with --duration-s).
+    #[arg(long, default_value_t = 50_000)]
+    pub requests: u64,
+    /// Run for this many seconds instead of a request count.
+    #[arg(long)]
+    pub duration_s: Option<u64>,
+    /// Value size in bytes.
+    #[arg(long, default_value_t = 256)]
+    pub value_size: usize,
+    /// Keys are drawn from this many distinct keys.
+    #[arg(long, default_value_t = 100_000)]
+    pub key_space: u64,
+    /// gRPC connections shared by the clients, per endpoint.
+    #[arg(long, default_value_t = 4)]
+    pub conns: usize,
+    #[command(flatten)]
+    pub conn: Conn,
+}
+
+struct Shared {
+    start: Instant,
+    issued: AtomicU64,
+    ok: AtomicU64,
+    failed: AtomicU64,
+    /// Microseconds since start of the last success, and the longest gap between two.
+    last_ok_us: AtomicU64,
+    max_gap_us: AtomicU64,
+}
+
+impl Shared {
+    fn success(&self) {
+        let now = self.start.elapsed().as_micros() as u64;
+        let prev = self.last_ok_us.swap(now, Ordering::AcqRel);
+        if prev > 0 {
+            self.max_gap_us
+                .fetch_max(now.saturating_sub(prev), Ordering::AcqRel);
+        }
+        self.ok.fetch_add(1, Ordering::Relaxed);
+    }
+}
+
+async fn channels(conn: &Conn, n: usize) -> Vec<Channel> {
+    let mut out = Vec::new();
+    for ep in &conn.endpoints {
+        for _ in 0..n.max(1) {
+            if let Ok(e) = Endpoint::from_shared(format!("http://{ep}")) {
+                out.push(
+                    e.connect_timeout(Duration::from_millis(500))
+                        .tcp_nodelay(true)
+                        .connect_lazy(),
+                );
+            }
+        }
+    }
+    out
+}
+
+/// The endpoint index of the leader, if an endpoint reports one.
+async fn leader_endpoint(conn: &Conn) -> usize {
+    for ep in &conn.endpoints {
+        let Ok(e) = Endpoint::from_shared(format!("http://{ep}")) else {
+            continue;
+        };
+        let Ok(ch) = e
+            .connect_timeout(Duration::from_millis(500))
+            .connect()
+            .await
+        else {
+            continue;
+        };
+        if let Ok(st) = KeyValueClient::new(ch).status(pb::StatusRequest {}).await {
+            let st = st.into_inner();
+            if st.role == pb::Role::Leader as i32 {
+                return conn.endpoints.iter().position(|e| e == ep).unwrap_or(0);
+            }
+        }
+    }
+    0
+}
+
+pub async fn run(args: BenchArgs) -> CmdResult {
+    if args.clients == 0 || args.key_space == 0 {
+        return Err("--clients and --key-space must be positive".into());
+    }
+    let chans = channels(&args.conn, args.conns).await;
+    if chans.is_empty() {
+        return Err("no usable endpoint".into());
+    }
+    let per_ep = args.conns.max(1);
+    let leader = leader_endpoint(&args.conn).await;
+    let total = if args.duration_s.is_some() {
+        u64::MAX
+    } else {
+        args.requests
+    };
+    let until = args
+        .duration_s
+        .map(|s| Instant::now() + Duration::from_secs(s));
+    println!(
+        "raftkv bench: {} clients, {} B values, {} against {} (leader endpoint {})",
+        args.clients,
+        args.value_size,
+        args.duration_s
+            .map_or(format!("{} requests", args.requests), |s| format!("{s} s")),
+        args.conn.endpoints.join(","),
+        args.conn.endpoints[leader]
+    );
+    let shared = Arc::new(Shared {
+        start: Instant::now(),
+        issued: AtomicU64::new(0),
+        ok: AtomicU64::new(0),
+        failed: AtomicU64::new(0),
+        last_ok_us: AtomicU64::new(0),
+        max_gap_us: AtomicU64::new(0),
+    });
+    let value = "x".repeat(args.value_size);
+    let timeout = args.conn.timeout();
+    let mut tasks = Vec::new();
+    for c in 0..args.clients {
+        let shared = shared.clone();
+        let chans = chans.clone();
+        let value = value.clone();
+        let key_space = args.key_space;
+        tasks.push(tokio::spawn(async move {
+            let mut hist =
+                Histogram::<u64>::new_with_bounds(1, 60_000_000, 3).expect("histogram bounds");
+            // Start at the leader; move to the next endpoint when one fails.
+            let mut ep = leader;
+            let mut seq = c as u64;
+            loop {
+                if shared.issued.fetch_add(1, Ordering::Relaxed) >= total
+                    || until.is_some_and(|u| Instant::now() >= u)
+                {
+                    break;
+                }
+                let ch = chans[(ep * per_ep + c % per_ep) % chans.len()].clone();
+                seq = seq
+                    .wrapping_mul(6364136223846793005)
+                    .wrapping_add(1442695040888963407);
+                let mut req = tonic::Request::new(pb::StoreRequest {
+                    key: format!("key{:08}", seq % key_space),
+                    value: value.clone(),
+                });
+                req.set_timeout(timeout);
+                let t = Instant::now();
+                match KeyValueClient::new(ch).store(req).await {
+                    Ok(_) => {
+                        let _ = hist.record(t.elapsed().as_micros() as u64);
+                        shared.success();
+                    }
+                    Err(_) => {
+                        shared.failed.fetch_add(1, Ordering::Relaxed);
+                        ep = (ep + 1) % (chans.len() / per_ep).max(1);
+                    }
+                }
+            }
+            hist
+        }));
+    }
+    let progress = {
+        let shared = shared.clone();
+        tokio::spawn(async move {
+            let mut last = 0;
+            let mut tick = tokio::time::interval(Duration::from_secs(1));
+            tick.tick().await;
+            loop {
+                tick.tick().await;
+                let ok = shared.ok.load(Ordering::Relaxed);
+                println!(
+                    "  {:>4.0} s  ok {:>9}  failed {:>6}  {:>8} /s",
+                    shared.start.elapsed().as_secs_f64(),
+                    ok,
+                    shared.failed.load(Ordering::Relaxed),
+                    ok - last
+                );
+                last = ok;
+            }
+        })
+    };
+    let mut hist = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3).expect("histogram bounds");
+    for t in tasks {
+        hist.add(t.await.map_err(|e| e.to_string())?)
+            .map_err(|e| e.to_string())?;
+    }
+    progress.abort();
+    let secs = shared.start.elapsed().as_secs_f64();
+    let ok = shared.ok.load(Ordering::Relaxed);
+    let ms = |q: f64| hist.value_at_quantile(q) as f64 / 1000.0;
+    println!(
+        "done: {ok} ok, {} failed in {secs:.2} s",
+        shared.failed.load(Ordering::Relaxed)
+    );
+    println!("throughput: {:.0} writes/s", ok as f64 / secs);
+    println!(
+        "latency ms: p50 {:.3}  p90 {:.3}  p99 {:.3}  p99.9 {:.3}  max {:.3}",
+        ms(0.5),
+        ms(0.9),
+        ms(0.99),
+        ms(0.999),
+        hist.max() as f64 / 1000.0
+    );
+    println!(
+        "longest gap between successful writes: {:.1} ms",
+        shared.max_gap_us.load(Ordering::Relaxed) as f64 / 1000.0
+    );
+    if ok == 0 {
+        return Err("no write succeeded".into());
+    }
+    Ok(ExitCode::SUCCESS)
+}
