@@ -42,7 +42,8 @@ struct Shared {
     issued: AtomicU64,
     ok: AtomicU64,
     failed: AtomicU64,
-    /// Microseconds since start of the last success, and the longest gap between two.
+    /// Microseconds since start of the last success (0: none yet), and the longest gap
+    /// between two successes, counting from the start and to the end.
     last_ok_us: AtomicU64,
     max_gap_us: AtomicU64,
 }
@@ -203,6 +204,10 @@ pub async fn run(args: BenchArgs) -> CmdResult {
             .map_err(|e| e.to_string())?;
     }
     progress.abort();
+    // The stretch from the last success (or the start) to the end counts as a gap too.
+    let end_us = shared.start.elapsed().as_micros() as u64;
+    let trailing = end_us.saturating_sub(shared.last_ok_us.load(Ordering::Acquire));
+    shared.max_gap_us.fetch_max(trailing, Ordering::AcqRel);
     let secs = shared.start.elapsed().as_secs_f64();
     let ok = shared.ok.load(Ordering::Relaxed);
     let ms = |q: f64| hist.value_at_quantile(q) as f64 / 1000.0;
