@@ -10,10 +10,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     tonic_build::configure()
         .file_descriptor_set_path(out.join("raftkv_descriptor.bin"))
         .bytes([".raftkv.v1.Entry.data", ".raftkv.v1.ProposeRequest.command"])
-        .compile_protos(
-            &["proto/raftkv/v1/kv.proto", "proto/raftkv/v1/raft.proto"],
-            &["proto"],
-        )?;
+        .compile_protos(&["proto/raftkv/v1/kv.proto", "proto/raftkv/v1/raft.proto"], &["proto"])?;
     println!("cargo:rerun-if-changed=proto");
     Ok(())
 }

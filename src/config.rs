@@ -41,9 +41,8 @@ pub enum ConfigError {
 pub fn parse_initial_cluster(s: &str) -> Result<Vec<Member>, ConfigError> {
     let mut members = Vec::new();
     for part in s.split(',').map(str::trim).filter(|p| !p.is_empty()) {
-        let (name, addr) = part
-            .split_once('=')
-            .ok_or_else(|| ConfigError::Cluster(format!("{part:?} is not NAME=HOST:PORT")))?;
+        let (name, addr) =
+            part.split_once('=').ok_or_else(|| ConfigError::Cluster(format!("{part:?} is not NAME=HOST:PORT")))?;
         let (name, addr) = (name.trim(), addr.trim());
         if name.is_empty() {
             return Err(ConfigError::Cluster(format!("{part:?} has an empty name")));
@@ -55,10 +54,7 @@ pub fn parse_initial_cluster(s: &str) -> Result<Vec<Member>, ConfigError> {
         if members.iter().any(|m: &Member| m.name == name) {
             return Err(ConfigError::Cluster(format!("name {name:?} appears twice")));
         }
-        members.push(Member {
-            name: name.to_string(),
-            peer_addr: addr.to_string(),
-        });
+        members.push(Member { name: name.to_string(), peer_addr: addr.to_string() });
     }
     if members.is_empty() {
         return Err(ConfigError::Cluster("no members".into()));
@@ -72,10 +68,7 @@ impl NodeConfig {
             return Err(ConfigError::NotAMember(self.name.clone()));
         }
         if self.heartbeat_ms == 0 || self.heartbeat_ms * 2 > self.election_timeout_ms {
-            return Err(ConfigError::Timing {
-                heartbeat: self.heartbeat_ms,
-                election: self.election_timeout_ms,
-            });
+            return Err(ConfigError::Timing { heartbeat: self.heartbeat_ms, election: self.election_timeout_ms });
         }
         Ok(())
     }
@@ -89,10 +82,7 @@ impl NodeConfig {
     }
 
     pub fn id_of(&self, name: &str) -> Option<NodeId> {
-        self.sorted_members()
-            .iter()
-            .position(|m| m.name == name)
-            .map(|i| i as NodeId + 1)
+        self.sorted_members().iter().position(|m| m.name == name).map(|i| i as NodeId + 1)
     }
 
     /// The tick: 10 ms, or finer for very short heartbeats.
@@ -123,12 +113,7 @@ mod tests {
     #[test]
     fn validate_checks_membership_and_timing() {
         let members = parse_initial_cluster("b=h:1,a=h:2").unwrap();
-        let mut c = NodeConfig {
-            name: "a".into(),
-            members,
-            election_timeout_ms: 150,
-            heartbeat_ms: 50,
-        };
+        let mut c = NodeConfig { name: "a".into(), members, election_timeout_ms: 150, heartbeat_ms: 50 };
         assert_eq!(c.validate(), Ok(()));
         assert_eq!(c.id_of("a"), Some(1));
         assert_eq!(c.ticks(150), 15);

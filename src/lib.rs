@@ -5,11 +5,13 @@
 //! - [`transport`]: peer gRPC (`raftkv.v1.Raft`), one channel per peer, fault injection.
 //! - [`api`]: client gRPC (`raftkv.v1.KeyValue`).
 //! - [`kv`]: the key-value state machine.
+//! - [`bridge`]: the UDP JSON controller bridge.
 // tonic::Status (176 bytes) is the error type of every gRPC handler and of the
 // conversions feeding them; boxing it everywhere would only add allocations.
 #![allow(clippy::result_large_err)]
 
 pub mod api;
+pub mod bridge;
 pub mod config;
 pub mod error;
 pub mod kv;

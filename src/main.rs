@@ -7,11 +7,7 @@ use clap::{Parser, Subcommand};
 mod cli;
 
 #[derive(Parser)]
-#[command(
-    name = "raftkv",
-    version,
-    about = "A Raft-replicated, strongly consistent key-value service"
-)]
+#[command(name = "raftkv", version, about = "A Raft-replicated, strongly consistent key-value service")]
 struct Cli {
     #[command(subcommand)]
     cmd: Cmd,
@@ -60,14 +56,13 @@ enum Cmd {
     },
     /// Load the cluster with concurrent Stores; report throughput, latency, longest gap.
     Bench(cli::bench::BenchArgs),
+    /// Send one controller-bridge request (UDP JSON) and print the reply.
+    Controller(cli::controller::ControllerArgs),
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    let rt = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
+    let rt = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
         Ok(rt) => rt,
         Err(e) => return cli::fail(format!("cannot start the runtime: {e}")),
     };
@@ -76,15 +71,12 @@ fn main() -> ExitCode {
             Cmd::Serve(args) => cli::serve::run(args).await,
             Cmd::Dev(args) => cli::dev::run(args).await,
             Cmd::Put { key, value, conn } => cli::client::put(&conn, key, value).await,
-            Cmd::Get {
-                key,
-                serializable,
-                conn,
-            } => cli::client::get(&conn, key, serializable).await,
+            Cmd::Get { key, serializable, conn } => cli::client::get(&conn, key, serializable).await,
             Cmd::Delete { key, conn } => cli::client::delete(&conn, key).await,
             Cmd::Retrieve { node, conn } => cli::client::retrieve(&conn, node).await,
             Cmd::Status { conn } => cli::client::status(&conn).await,
             Cmd::Bench(args) => cli::bench::run(args).await,
+            Cmd::Controller(args) => cli::controller::run(args).await,
         }
     });
     match result {

@@ -17,16 +17,10 @@ async fn three_nodes_elect_one_leader_and_retrieve_is_identical_everywhere() {
     let mut client = c.client(leader).await;
     let mut last = 0;
     for i in 0..10 {
-        last = store(&mut client, &format!("k{i}"), &format!("v{i}"))
-            .await
-            .unwrap()
-            .index;
+        last = store(&mut client, &format!("k{i}"), &format!("v{i}")).await.unwrap().index;
     }
     c.wait_applied(&[0, 1, 2], last).await;
-    let views: Vec<_> = [0, 1, 2]
-        .iter()
-        .map(|&i| c.handle(i).kv().history().to_vec())
-        .collect();
+    let views: Vec<_> = [0, 1, 2].iter().map(|&i| c.handle(i).kv().history().to_vec()).collect();
     let first = c.retrieve(0).await.entries;
     assert_eq!(first.len(), 10);
     assert_eq!(first[3].key, "k3");
@@ -45,38 +39,15 @@ async fn five_nodes_store_through_a_follower_and_read_linearizably_from_another(
     let leader = c.wait_leader().await;
     let followers: Vec<usize> = (0..5).filter(|&i| i != leader).collect();
     let mut f1 = c.client(followers[0]).await;
-    let r = store(&mut f1, "color", "blue")
-        .await
-        .expect("a follower forwards the write");
+    let r = store(&mut f1, "color", "blue").await.expect("a follower forwards the write");
     assert!(r.index > 0 && r.term > 0);
     let mut f2 = c.client(followers[1]).await;
-    let got = f2
-        .get(pb::GetRequest {
-            key: "color".into(),
-            consistency: 0,
-        })
-        .await
-        .unwrap()
-        .into_inner();
+    let got = f2.get(pb::GetRequest { key: "color".into(), consistency: 0 }).await.unwrap().into_inner();
     assert!(got.found);
     assert_eq!(got.value, "blue");
-    f1.delete(pb::DeleteRequest {
-        key: "color".into(),
-    })
-    .await
-    .unwrap();
-    let got = f2
-        .get(pb::GetRequest {
-            key: "color".into(),
-            consistency: 0,
-        })
-        .await
-        .unwrap()
-        .into_inner();
-    assert!(
-        !got.found,
-        "a linearizable read after a delete sees the delete"
-    );
+    f1.delete(pb::DeleteRequest { key: "color".into() }).await.unwrap();
+    let got = f2.get(pb::GetRequest { key: "color".into(), consistency: 0 }).await.unwrap().into_inner();
+    assert!(!got.found, "a linearizable read after a delete sees the delete");
     let st = f2.status(pb::StatusRequest {}).await.unwrap().into_inner();
     assert_eq!(st.role, pb::Role::Follower as i32);
     assert_eq!(st.leader, c.names[leader]);
@@ -92,9 +63,7 @@ async fn leader_stopped_new_leader_has_every_committed_entry() {
     let mut client = c.client(old).await;
     let mut acked = Vec::new();
     for i in 0..20 {
-        let r = store(&mut client, &format!("k{i}"), &format!("v{i}"))
-            .await
-            .unwrap();
+        let r = store(&mut client, &format!("k{i}"), &format!("v{i}")).await.unwrap();
         acked.push((r.index, format!("k{i}")));
     }
     let old_term = c.handle(old).status().term;
@@ -103,21 +72,14 @@ async fn leader_stopped_new_leader_has_every_committed_entry() {
     assert_ne!(new, old);
     assert!(c.handle(new).status().term > old_term);
     let mut client = c.client(new).await;
-    let r = store(&mut client, "after", "x")
-        .await
-        .expect("writes continue under the new leader");
+    let r = store(&mut client, "after", "x").await.expect("writes continue under the new leader");
     let live = c.live();
     c.wait_applied(&live, r.index).await;
     for &i in &live {
         let entries = c.retrieve(i).await.entries;
-        let by_index: BTreeMap<u64, String> =
-            entries.iter().map(|e| (e.index, e.key.clone())).collect();
+        let by_index: BTreeMap<u64, String> = entries.iter().map(|e| (e.index, e.key.clone())).collect();
         for (index, key) in &acked {
-            assert_eq!(
-                by_index.get(index),
-                Some(key),
-                "node {i} lost acknowledged {key}@{index}"
-            );
+            assert_eq!(by_index.get(index), Some(key), "node {i} lost acknowledged {key}@{index}");
         }
         assert_eq!(entries.last().unwrap().key, "after");
     }
@@ -138,56 +100,23 @@ async fn minority_cannot_commit_nor_serve_stale_reads_and_heals() {
     c.partition(&minority);
     let new = c.wait_leader_among(&majority).await;
     let mut mclient = c.client(majority[0]).await;
-    let acked = store(&mut mclient, "k", "v2")
-        .await
-        .expect("the majority commits");
+    let acked = store(&mut mclient, "k", "v2").await.expect("the majority commits");
 
     // The minority does not commit: its write fails within the deadline.
     let mut minor = c.client(buddy).await;
-    let req = with_timeout(
-        pb::StoreRequest {
-            key: "k".into(),
-            value: "lost".into(),
-        },
-        Duration::from_millis(1500),
-    );
-    let err = minor
-        .store(req)
-        .await
-        .expect_err("a minority cannot commit");
-    assert!(
-        matches!(err.code(), Code::Unavailable | Code::DeadlineExceeded),
-        "{err:?}"
-    );
+    let req = with_timeout(pb::StoreRequest { key: "k".into(), value: "lost".into() }, Duration::from_millis(1500));
+    let err = minor.store(req).await.expect_err("a minority cannot commit");
+    assert!(matches!(err.code(), Code::Unavailable | Code::DeadlineExceeded), "{err:?}");
     // A linearizable read there does not answer the stale v1.
     for i in &minority {
         let mut m = c.client(*i).await;
-        let req = with_timeout(
-            pb::GetRequest {
-                key: "k".into(),
-                consistency: 0,
-            },
-            Duration::from_millis(1500),
-        );
+        let req = with_timeout(pb::GetRequest { key: "k".into(), consistency: 0 }, Duration::from_millis(1500));
         match m.get(req).await {
-            Ok(r) => panic!(
-                "minority node {i} answered a linearizable read: {:?}",
-                r.into_inner()
-            ),
-            Err(e) => assert!(
-                matches!(e.code(), Code::Unavailable | Code::DeadlineExceeded),
-                "{e:?}"
-            ),
+            Ok(r) => panic!("minority node {i} answered a linearizable read: {:?}", r.into_inner()),
+            Err(e) => assert!(matches!(e.code(), Code::Unavailable | Code::DeadlineExceeded), "{e:?}"),
         }
         // A serializable read may be stale, and says so by being allowed.
-        let r = m
-            .get(pb::GetRequest {
-                key: "k".into(),
-                consistency: 1,
-            })
-            .await
-            .unwrap()
-            .into_inner();
+        let r = m.get(pb::GetRequest { key: "k".into(), consistency: 1 }).await.unwrap().into_inner();
         assert_eq!(r.value, "v1");
     }
 
@@ -197,25 +126,13 @@ async fn minority_cannot_commit_nor_serve_stale_reads_and_heals() {
     let fin = store(&mut client, "final", "1").await.unwrap();
     c.wait_applied(&[0, 1, 2, 3, 4], fin.index).await;
     let reference = c.retrieve(new).await.entries;
-    assert!(reference
-        .iter()
-        .any(|e| e.index == acked.index && e.value == "v2"));
+    assert!(reference.iter().any(|e| e.index == acked.index && e.value == "v2"));
     for i in 0..5 {
         let mut g = c.client(i).await;
-        let r = g
-            .get(pb::GetRequest {
-                key: "k".into(),
-                consistency: 0,
-            })
-            .await
-            .unwrap()
-            .into_inner();
+        let r = g.get(pb::GetRequest { key: "k".into(), consistency: 0 }).await.unwrap().into_inner();
         assert_eq!(r.value, "v2", "node {i}");
         let entries = c.retrieve(i).await.entries;
-        assert!(
-            entries.iter().all(|e| e.value != "lost"),
-            "node {i} applied the minority's write"
-        );
+        assert!(entries.iter().all(|e| e.value != "lost"), "node {i} applied the minority's write");
         assert_eq!(entries, reference, "node {i}");
     }
     c.assert_one_leader_per_term();
@@ -251,32 +168,15 @@ async fn bad_input_is_rejected_and_changes_nothing() {
     let before = c.handle(leader).status().last_index;
     let e = store(&mut client, "", "v").await.unwrap_err();
     assert_eq!(e.code(), Code::InvalidArgument);
-    let e = store(&mut client, &"k".repeat(5000), "v")
-        .await
-        .unwrap_err();
+    let e = store(&mut client, &"k".repeat(5000), "v").await.unwrap_err();
     assert_eq!(e.code(), Code::InvalidArgument);
-    let e = store(&mut client, "k", &"v".repeat((1 << 20) + 1))
-        .await
-        .unwrap_err();
+    let e = store(&mut client, "k", &"v".repeat((1 << 20) + 1)).await.unwrap_err();
     assert_eq!(e.code(), Code::InvalidArgument);
-    let e = client
-        .get(pb::GetRequest {
-            key: "k".into(),
-            consistency: 7,
-        })
-        .await
-        .unwrap_err();
+    let e = client.get(pb::GetRequest { key: "k".into(), consistency: 7 }).await.unwrap_err();
     assert_eq!(e.code(), Code::InvalidArgument);
-    let e = client
-        .delete(pb::DeleteRequest { key: String::new() })
-        .await
-        .unwrap_err();
+    let e = client.delete(pb::DeleteRequest { key: String::new() }).await.unwrap_err();
     assert_eq!(e.code(), Code::InvalidArgument);
-    assert_eq!(
-        c.handle(leader).status().last_index,
-        before,
-        "nothing was appended"
-    );
+    assert_eq!(c.handle(leader).status().last_index, before, "nothing was appended");
     c.shutdown().await;
 }
 
@@ -289,30 +189,14 @@ async fn no_leader_means_unavailable_and_the_deadline_is_honoured() {
         c.partition(&[i]);
     }
     let mut w = c.handle(leader).status_watch();
-    tokio::time::timeout(WAIT, w.wait_for(|s| s.role != Role::Leader))
-        .await
-        .unwrap()
-        .unwrap();
+    tokio::time::timeout(WAIT, w.wait_for(|s| s.role != Role::Leader)).await.unwrap().unwrap();
     let mut client = c.client(leader).await;
     let started = std::time::Instant::now();
-    let req = with_timeout(
-        pb::StoreRequest {
-            key: "k".into(),
-            value: "v".into(),
-        },
-        Duration::from_millis(800),
-    );
+    let req = with_timeout(pb::StoreRequest { key: "k".into(), value: "v".into() }, Duration::from_millis(800));
     let e = client.store(req).await.unwrap_err();
-    assert!(
-        matches!(e.code(), Code::Unavailable | Code::DeadlineExceeded),
-        "{e:?}"
-    );
+    assert!(matches!(e.code(), Code::Unavailable | Code::DeadlineExceeded), "{e:?}");
     // Generous bound: the server gave up near the client's deadline, not at its own 10 s cap.
-    assert!(
-        started.elapsed() < Duration::from_secs(8),
-        "took {:?}",
-        started.elapsed()
-    );
+    assert!(started.elapsed() < Duration::from_secs(8), "took {:?}", started.elapsed());
     c.shutdown().await;
 }
 
@@ -331,19 +215,12 @@ async fn writes_under_shifting_partitions_lose_nothing_acknowledged() {
             while !stop.load(std::sync::atomic::Ordering::Relaxed) && n < 400 {
                 n += 1;
                 let addr = &addrs[(w + n) % addrs.len()];
-                let Ok(mut c) =
-                    pb::key_value_client::KeyValueClient::connect(format!("http://{addr}")).await
-                else {
+                let Ok(mut c) = pb::key_value_client::KeyValueClient::connect(format!("http://{addr}")).await else {
                     continue;
                 };
                 let key = format!("w{w}-{n}");
-                let req = with_timeout(
-                    pb::StoreRequest {
-                        key: key.clone(),
-                        value: "x".into(),
-                    },
-                    Duration::from_millis(700),
-                );
+                let req =
+                    with_timeout(pb::StoreRequest { key: key.clone(), value: "x".into() }, Duration::from_millis(700));
                 if let Ok(r) = c.store(req).await {
                     acked.push((r.into_inner().index, key));
                 }
@@ -370,14 +247,9 @@ async fn writes_under_shifting_partitions_lose_nothing_acknowledged() {
     let fin = store(&mut client, "final", "1").await.unwrap();
     c.wait_applied(&[0, 1, 2, 3, 4], fin.index).await;
     let reference = c.retrieve(0).await.entries;
-    let by_index: BTreeMap<u64, String> =
-        reference.iter().map(|e| (e.index, e.key.clone())).collect();
+    let by_index: BTreeMap<u64, String> = reference.iter().map(|e| (e.index, e.key.clone())).collect();
     for (index, key) in &acked {
-        assert_eq!(
-            by_index.get(index),
-            Some(key),
-            "acknowledged {key}@{index} lost"
-        );
+        assert_eq!(by_index.get(index), Some(key), "acknowledged {key}@{index} lost");
     }
     for i in 1..5 {
         assert_eq!(c.retrieve(i).await.entries, reference, "node {i} differs");
@@ -394,27 +266,17 @@ async fn reflection_lists_both_services() {
         server_reflection_request::MessageRequest, server_reflection_response::MessageResponse,
     };
     let c = TestCluster::start(1).await;
-    let ch =
-        tonic::transport::Channel::from_shared(format!("http://{}", c.client_addrs[0])).unwrap();
+    let ch = tonic::transport::Channel::from_shared(format!("http://{}", c.client_addrs[0])).unwrap();
     let mut rc = ServerReflectionClient::new(ch.connect().await.unwrap());
     let req = ServerReflectionRequest {
         host: String::new(),
         message_request: Some(MessageRequest::ListServices(String::new())),
     };
-    let mut stream = rc
-        .server_reflection_info(tokio_stream::iter(vec![req]))
-        .await
-        .unwrap()
-        .into_inner();
+    let mut stream = rc.server_reflection_info(tokio_stream::iter(vec![req])).await.unwrap().into_inner();
     let resp = stream.message().await.unwrap().unwrap();
-    let Some(MessageResponse::ListServicesResponse(list)) = resp.message_response else {
-        panic!("{resp:?}")
-    };
+    let Some(MessageResponse::ListServicesResponse(list)) = resp.message_response else { panic!("{resp:?}") };
     let names: Vec<String> = list.service.into_iter().map(|s| s.name).collect();
-    assert!(
-        names.contains(&"raftkv.v1.KeyValue".to_string()),
-        "{names:?}"
-    );
+    assert!(names.contains(&"raftkv.v1.KeyValue".to_string()), "{names:?}");
     assert!(names.contains(&"raftkv.v1.Raft".to_string()), "{names:?}");
     c.shutdown().await;
 }
@@ -426,14 +288,7 @@ async fn single_node_cluster_commits_alone() {
     let mut client = c.client(0).await;
     let r = store(&mut client, "solo", "yes").await.unwrap();
     assert_eq!(r.term, 1);
-    let got = client
-        .get(pb::GetRequest {
-            key: "solo".into(),
-            consistency: 0,
-        })
-        .await
-        .unwrap()
-        .into_inner();
+    let got = client.get(pb::GetRequest { key: "solo".into(), consistency: 0 }).await.unwrap().into_inner();
     assert_eq!(got.value, "yes");
     c.shutdown().await;
 }

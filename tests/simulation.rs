@@ -8,9 +8,7 @@
 use std::collections::BTreeMap;
 
 use bytes::Bytes;
-use raftkv::raft::{
-    Config, Entry, HardState, Index, Message, MessageBody, NodeId, RawNode, Role, Term,
-};
+use raftkv::raft::{Config, Entry, HardState, Index, Message, MessageBody, NodeId, RawNode, Role, Term};
 use rand::{seq::SliceRandom, Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
@@ -61,17 +59,8 @@ impl Sim {
         let n = *[3u64, 5].choose(&mut rng).unwrap();
         let nodes = (1..=n)
             .map(|id| {
-                let core =
-                    RawNode::new(config(id, n, seed), HardState::default(), Vec::new()).unwrap();
-                (
-                    id,
-                    SimNode {
-                        core,
-                        durable: Durable::default(),
-                        up: true,
-                        was_leader_term: None,
-                    },
-                )
+                let core = RawNode::new(config(id, n, seed), HardState::default(), Vec::new()).unwrap();
+                (id, SimNode { core, durable: Durable::default(), up: true, was_leader_term: None })
             })
             .collect();
         Sim {
@@ -118,9 +107,9 @@ impl Sim {
         }
         for e in applied {
             match self.applied.get(&e.index) {
-                Some((t, d)) if (*t, d) != (e.term, &e.data) => self.fail(format!(
-                    "state machine safety: node {id} applied {e:?}, another applied term {t}"
-                )),
+                Some((t, d)) if (*t, d) != (e.term, &e.data) => {
+                    self.fail(format!("state machine safety: node {id} applied {e:?}, another applied term {t}"))
+                }
                 Some(_) => {}
                 None => {
                     self.applied.insert(e.index, (e.term, e.data.clone()));
@@ -145,12 +134,7 @@ impl Sim {
             // The sender's transport notices a failed request.
             if m.body.is_request() && self.nodes[&m.from].up && self.rng.gen_bool(0.5) {
                 let from = m.from;
-                let u = Message {
-                    from: m.to,
-                    to: from,
-                    term: 0,
-                    body: MessageBody::Unreachable,
-                };
+                let u = Message { from: m.to, to: from, term: 0, body: MessageBody::Unreachable };
                 self.nodes.get_mut(&from).unwrap().core.step(u);
                 self.process(from, Vec::new());
             }
@@ -183,12 +167,7 @@ impl Sim {
             self.proposals += 1;
             let data = Bytes::from(format!("p{}", self.proposals));
             let eager = self.rng.gen_bool(0.7);
-            self.nodes
-                .get_mut(&id)
-                .unwrap()
-                .core
-                .propose(data, eager)
-                .unwrap();
+            self.nodes.get_mut(&id).unwrap().core.propose(data, eager).unwrap();
             self.process(id, Vec::new());
         }
     }
@@ -223,10 +202,7 @@ impl Sim {
         for (id, n) in &self.nodes {
             let st = n.core.status();
             if st.commit > st.last_index {
-                self.fail(format!(
-                    "node {id} commit {} beyond its log {}",
-                    st.commit, st.last_index
-                ));
+                self.fail(format!("node {id} commit {} beyond its log {}", st.commit, st.last_index));
             }
             for e in n.core.log().all().iter().take(st.commit as usize) {
                 newly.push((*id, e.index, e.term, e.data.clone()));
@@ -234,9 +210,9 @@ impl Sim {
         }
         for (id, index, term, data) in newly {
             match self.committed.get(&index) {
-                Some((t, d)) if (*t, d) != (term, &data) => self.fail(format!(
-                    "committed entry {index} changed: node {id} has term {term}, earlier term {t}"
-                )),
+                Some((t, d)) if (*t, d) != (term, &data) => {
+                    self.fail(format!("committed entry {index} changed: node {id} has term {term}, earlier term {t}"))
+                }
                 Some(_) => {}
                 None => {
                     self.committed.insert(index, (term, data));
@@ -251,9 +227,7 @@ impl Sim {
             }
             // Election safety: one leader per term.
             match self.leaders.get(&st.term) {
-                Some(&l) if l != id => {
-                    self.fail(format!("two leaders in term {}: {l} and {id}", st.term))
-                }
+                Some(&l) if l != id => self.fail(format!("two leaders in term {}: {l} and {id}", st.term)),
                 Some(_) => {}
                 None => {
                     self.leaders.insert(st.term, id);
@@ -264,10 +238,7 @@ impl Sim {
                 let log = self.nodes[&id].core.log();
                 for (index, (term, _)) in &self.committed {
                     if log.term(*index) != Some(*term) {
-                        self.fail(format!(
-                            "leader {id} of term {} lacks committed entry {index}@{term}",
-                            st.term
-                        ));
+                        self.fail(format!("leader {id} of term {} lacks committed entry {index}@{term}", st.term));
                     }
                 }
                 self.nodes.get_mut(&id).unwrap().was_leader_term = Some(st.term);
@@ -276,17 +247,11 @@ impl Sim {
         // Log matching: same index and term means identical prefixes.
         for (i, &a) in ids.iter().enumerate() {
             for &b in &ids[i + 1..] {
-                let (la, lb) = (
-                    self.nodes[&a].core.log().all(),
-                    self.nodes[&b].core.log().all(),
-                );
+                let (la, lb) = (self.nodes[&a].core.log().all(), self.nodes[&b].core.log().all());
                 let common = la.len().min(lb.len());
                 if let Some(k) = (0..common).rev().find(|&k| la[k].term == lb[k].term) {
                     if la[..=k] != lb[..=k] {
-                        self.fail(format!(
-                            "log matching: nodes {a} and {b} agree at {} but differ before",
-                            k + 1
-                        ));
+                        self.fail(format!("log matching: nodes {a} and {b} agree at {} but differ before", k + 1));
                     }
                 }
             }
@@ -334,11 +299,7 @@ impl Sim {
         while !self.net.is_empty() {
             self.deliver();
         }
-        let leaders: Vec<_> = self
-            .nodes
-            .values()
-            .filter(|n| n.core.status().role == Role::Leader)
-            .collect();
+        let leaders: Vec<_> = self.nodes.values().filter(|n| n.core.status().role == Role::Leader).collect();
         if leaders.len() != 1 {
             self.fail(format!("no single leader after healing: {}", leaders.len()));
         }
@@ -355,9 +316,7 @@ impl Sim {
                 self.fail(format!("logs differ after healing: node {id}"));
             }
             if n.core.status().commit != first.len() as Index {
-                self.fail(format!(
-                    "node {id} has not committed everything after healing"
-                ));
+                self.fail(format!("node {id} has not committed everything after healing"));
             }
         }
         eprintln!(
@@ -375,10 +334,7 @@ fn seeds() -> Vec<u64> {
     if let Ok(s) = std::env::var("RAFTKV_SIM_SEED") {
         return vec![s.parse().expect("RAFTKV_SIM_SEED must be a number")];
     }
-    let count: u64 = std::env::var("RAFTKV_SIM_SEEDS")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(40);
+    let count: u64 = std::env::var("RAFTKV_SIM_SEEDS").ok().and_then(|s| s.parse().ok()).unwrap_or(40);
     (1..=count).collect()
 }
 

@@ -57,82 +57,53 @@ fn check_key(key: &str) -> Result<(), Error> {
         return Err(Error::InvalidArgument("key must not be empty".into()));
     }
     if key.len() > MAX_KEY_BYTES {
-        return Err(Error::InvalidArgument(format!(
-            "key is {} bytes; the limit is {MAX_KEY_BYTES}",
-            key.len()
-        )));
+        return Err(Error::InvalidArgument(format!("key is {} bytes; the limit is {MAX_KEY_BYTES}", key.len())));
     }
     Ok(())
 }
 
 #[tonic::async_trait]
 impl pb::key_value_server::KeyValue for KvService {
-    async fn store(
-        &self,
-        req: Request<pb::StoreRequest>,
-    ) -> Result<Response<pb::StoreResponse>, Status> {
+    async fn store(&self, req: Request<pb::StoreRequest>) -> Result<Response<pb::StoreResponse>, Status> {
         let deadline = deadline(&req);
         let pb::StoreRequest { key, value } = req.into_inner();
         check_key(&key)?;
         if value.len() > MAX_VALUE_BYTES {
-            let msg = format!(
-                "value is {} bytes; the limit is {MAX_VALUE_BYTES}",
-                value.len()
-            );
+            let msg = format!("value is {} bytes; the limit is {MAX_VALUE_BYTES}", value.len());
             return Err(Error::InvalidArgument(msg).into());
         }
-        let (index, term) = self
-            .node
-            .propose(&Command::Put { key, value }, deadline)
-            .await?;
+        let (index, term) = self.node.propose(&Command::Put { key, value }, deadline).await?;
         Ok(Response::new(pb::StoreResponse { index, term }))
     }
 
-    async fn delete(
-        &self,
-        req: Request<pb::DeleteRequest>,
-    ) -> Result<Response<pb::DeleteResponse>, Status> {
+    async fn delete(&self, req: Request<pb::DeleteRequest>) -> Result<Response<pb::DeleteResponse>, Status> {
         let deadline = deadline(&req);
         let key = req.into_inner().key;
         check_key(&key)?;
-        let (index, term) = self
-            .node
-            .propose(&Command::Delete { key }, deadline)
-            .await?;
+        let (index, term) = self.node.propose(&Command::Delete { key }, deadline).await?;
         Ok(Response::new(pb::DeleteResponse { index, term }))
     }
 
-    async fn retrieve(
-        &self,
-        _req: Request<pb::RetrieveRequest>,
-    ) -> Result<Response<pb::RetrieveResponse>, Status> {
+    async fn retrieve(&self, _req: Request<pb::RetrieveRequest>) -> Result<Response<pb::RetrieveResponse>, Status> {
         let kv = self.node.kv();
         let entries = kv
             .history()
             .iter()
             .map(|h| {
                 let (key, value, op) = match &h.command {
-                    Command::Put { key, value } => (key.clone(), value.clone(), pb::Op::Put),
+                    Command::Put { key, value } | Command::PutJson { key, json: value } => {
+                        (key.clone(), value.clone(), pb::Op::Put)
+                    }
                     Command::Delete { key } => (key.clone(), String::new(), pb::Op::Delete),
                 };
-                pb::LogEntry {
-                    index: h.index,
-                    term: h.term,
-                    key,
-                    value,
-                    op: op as i32,
-                }
+                pb::LogEntry { index: h.index, term: h.term, key, value, op: op as i32 }
             })
             .collect();
         // Entries are those applied, which are all committed; report the commit index
         // the history is complete up to.
         let commit_index = kv.applied();
         drop(kv);
-        Ok(Response::new(pb::RetrieveResponse {
-            node: self.node.name().to_string(),
-            commit_index,
-            entries,
-        }))
+        Ok(Response::new(pb::RetrieveResponse { node: self.node.name().to_string(), commit_index, entries }))
     }
 
     async fn get(&self, req: Request<pb::GetRequest>) -> Result<Response<pb::GetResponse>, Status> {
@@ -142,23 +113,13 @@ impl pb::key_value_server::KeyValue for KvService {
         match pb::Consistency::try_from(consistency) {
             Ok(pb::Consistency::Linearizable) => self.node.linearizable_barrier(deadline).await?,
             Ok(pb::Consistency::Serializable) => {}
-            Err(_) => {
-                return Err(
-                    Error::InvalidArgument(format!("unknown consistency {consistency}")).into(),
-                )
-            }
+            Err(_) => return Err(Error::InvalidArgument(format!("unknown consistency {consistency}")).into()),
         }
         let value = self.node.kv().get(&key).cloned();
-        Ok(Response::new(pb::GetResponse {
-            found: value.is_some(),
-            value: value.unwrap_or_default(),
-        }))
+        Ok(Response::new(pb::GetResponse { found: value.is_some(), value: value.unwrap_or_default() }))
     }
 
-    async fn status(
-        &self,
-        _req: Request<pb::StatusRequest>,
-    ) -> Result<Response<pb::StatusResponse>, Status> {
+    async fn status(&self, _req: Request<pb::StatusRequest>) -> Result<Response<pb::StatusResponse>, Status> {
         let st = self.node.status();
         let role = match st.role {
             Role::Follower => pb::Role::Follower,

@@ -53,8 +53,7 @@ impl Shared {
         let now = self.start.elapsed().as_micros() as u64;
         let prev = self.last_ok_us.swap(now, Ordering::AcqRel);
         if prev > 0 {
-            self.max_gap_us
-                .fetch_max(now.saturating_sub(prev), Ordering::AcqRel);
+            self.max_gap_us.fetch_max(now.saturating_sub(prev), Ordering::AcqRel);
         }
         self.ok.fetch_add(1, Ordering::Relaxed);
     }
@@ -65,11 +64,7 @@ async fn channels(conn: &Conn, n: usize) -> Vec<Channel> {
     for ep in &conn.endpoints {
         for _ in 0..n.max(1) {
             if let Ok(e) = Endpoint::from_shared(format!("http://{ep}")) {
-                out.push(
-                    e.connect_timeout(Duration::from_millis(500))
-                        .tcp_nodelay(true)
-                        .connect_lazy(),
-                );
+                out.push(e.connect_timeout(Duration::from_millis(500)).tcp_nodelay(true).connect_lazy());
             }
         }
     }
@@ -82,11 +77,7 @@ async fn leader_endpoint(conn: &Conn) -> usize {
         let Ok(e) = Endpoint::from_shared(format!("http://{ep}")) else {
             continue;
         };
-        let Ok(ch) = e
-            .connect_timeout(Duration::from_millis(500))
-            .connect()
-            .await
-        else {
+        let Ok(ch) = e.connect_timeout(Duration::from_millis(500)).connect().await else {
             continue;
         };
         if let Ok(st) = KeyValueClient::new(ch).status(pb::StatusRequest {}).await {
@@ -109,20 +100,13 @@ pub async fn run(args: BenchArgs) -> CmdResult {
     }
     let per_ep = args.conns.max(1);
     let leader = leader_endpoint(&args.conn).await;
-    let total = if args.duration_s.is_some() {
-        u64::MAX
-    } else {
-        args.requests
-    };
-    let until = args
-        .duration_s
-        .map(|s| Instant::now() + Duration::from_secs(s));
+    let total = if args.duration_s.is_some() { u64::MAX } else { args.requests };
+    let until = args.duration_s.map(|s| Instant::now() + Duration::from_secs(s));
     println!(
         "raftkv bench: {} clients, {} B values, {} against {} (leader endpoint {})",
         args.clients,
         args.value_size,
-        args.duration_s
-            .map_or(format!("{} requests", args.requests), |s| format!("{s} s")),
+        args.duration_s.map_or(format!("{} requests", args.requests), |s| format!("{s} s")),
         args.conn.endpoints.join(","),
         args.conn.endpoints[leader]
     );
@@ -143,21 +127,17 @@ pub async fn run(args: BenchArgs) -> CmdResult {
         let value = value.clone();
         let key_space = args.key_space;
         tasks.push(tokio::spawn(async move {
-            let mut hist =
-                Histogram::<u64>::new_with_bounds(1, 60_000_000, 3).expect("histogram bounds");
+            let mut hist = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3).expect("histogram bounds");
             // Start at the leader; move to the next endpoint when one fails.
             let mut ep = leader;
             let mut seq = c as u64;
             loop {
-                if shared.issued.fetch_add(1, Ordering::Relaxed) >= total
-                    || until.is_some_and(|u| Instant::now() >= u)
+                if shared.issued.fetch_add(1, Ordering::Relaxed) >= total || until.is_some_and(|u| Instant::now() >= u)
                 {
                     break;
                 }
                 let ch = chans[(ep * per_ep + c % per_ep) % chans.len()].clone();
-                seq = seq
-                    .wrapping_mul(6364136223846793005)
-                    .wrapping_add(1442695040888963407);
+                seq = seq.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
                 let mut req = tonic::Request::new(pb::StoreRequest {
                     key: format!("key{:08}", seq % key_space),
                     value: value.clone(),
@@ -200,8 +180,7 @@ pub async fn run(args: BenchArgs) -> CmdResult {
     };
     let mut hist = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3).expect("histogram bounds");
     for t in tasks {
-        hist.add(t.await.map_err(|e| e.to_string())?)
-            .map_err(|e| e.to_string())?;
+        hist.add(t.await.map_err(|e| e.to_string())?).map_err(|e| e.to_string())?;
     }
     progress.abort();
     // The stretch from the last success (or the start) to the end counts as a gap too.
@@ -211,10 +190,7 @@ pub async fn run(args: BenchArgs) -> CmdResult {
     let secs = shared.start.elapsed().as_secs_f64();
     let ok = shared.ok.load(Ordering::Relaxed);
     let ms = |q: f64| hist.value_at_quantile(q) as f64 / 1000.0;
-    println!(
-        "done: {ok} ok, {} failed in {secs:.2} s",
-        shared.failed.load(Ordering::Relaxed)
-    );
+    println!("done: {ok} ok, {} failed in {secs:.2} s", shared.failed.load(Ordering::Relaxed));
     println!("throughput: {:.0} writes/s", ok as f64 / secs);
     println!(
         "latency ms: p50 {:.3}  p90 {:.3}  p99 {:.3}  p99.9 {:.3}  max {:.3}",

@@ -10,8 +10,7 @@ use tonic::{Code, Status};
 use super::CmdResult;
 
 /// The endpoints of `raftkv dev` with its default 5 nodes.
-pub const DEV_ENDPOINTS: &str =
-    "127.0.0.1:7001,127.0.0.1:7002,127.0.0.1:7003,127.0.0.1:7004,127.0.0.1:7005";
+pub const DEV_ENDPOINTS: &str = "127.0.0.1:7001,127.0.0.1:7002,127.0.0.1:7003,127.0.0.1:7004,127.0.0.1:7005";
 
 #[derive(Args, Debug, Clone)]
 pub struct Conn {
@@ -33,10 +32,7 @@ impl Conn {
             .map_err(|e| format!("bad endpoint {endpoint:?}: {e}"))?
             .connect_timeout(Duration::from_millis(1000))
             .timeout(self.timeout());
-        let ch = ep
-            .connect()
-            .await
-            .map_err(|e| format!("{endpoint}: cannot connect: {e}"))?;
+        let ch = ep.connect().await.map_err(|e| format!("{endpoint}: cannot connect: {e}"))?;
         Ok(KeyValueClient::new(ch))
     }
 
@@ -68,11 +64,7 @@ impl Conn {
 
 fn describe(s: &Status) -> String {
     let code = format!("{:?}", s.code());
-    match s
-        .metadata()
-        .get(raftkv::error::LEADER_METADATA)
-        .and_then(|v| v.to_str().ok())
-    {
+    match s.metadata().get(raftkv::error::LEADER_METADATA).and_then(|v| v.to_str().ok()) {
         Some(l) => format!("{code}: {} (leader: {l})", s.message()),
         None => format!("{code}: {}", s.message()),
     }
@@ -81,10 +73,7 @@ fn describe(s: &Status) -> String {
 pub async fn put(conn: &Conn, key: String, value: String) -> CmdResult {
     let r = conn
         .first(|mut c| {
-            let req = pb::StoreRequest {
-                key: key.clone(),
-                value: value.clone(),
-            };
+            let req = pb::StoreRequest { key: key.clone(), value: value.clone() };
             async move { c.store(req).await.map(|r| r.into_inner()) }
         })
         .await?;
@@ -104,17 +93,10 @@ pub async fn delete(conn: &Conn, key: String) -> CmdResult {
 }
 
 pub async fn get(conn: &Conn, key: String, serializable: bool) -> CmdResult {
-    let consistency = if serializable {
-        pb::Consistency::Serializable
-    } else {
-        pb::Consistency::Linearizable
-    };
+    let consistency = if serializable { pb::Consistency::Serializable } else { pb::Consistency::Linearizable };
     let r = conn
         .first(|mut c| {
-            let req = pb::GetRequest {
-                key: key.clone(),
-                consistency: consistency as i32,
-            };
+            let req = pb::GetRequest { key: key.clone(), consistency: consistency as i32 };
             async move { c.get(req).await.map(|r| r.into_inner()) }
         })
         .await?;
@@ -143,26 +125,12 @@ pub async fn retrieve(conn: &Conn, node: Option<String>) -> CmdResult {
         let ep = found.ok_or_else(|| format!("no reachable endpoint is node {name:?}"))?;
         conn.endpoints = vec![ep];
     }
-    let r = conn
-        .first(|mut c| async move {
-            c.retrieve(pb::RetrieveRequest {})
-                .await
-                .map(|r| r.into_inner())
-        })
-        .await?;
-    println!(
-        "node {} commit_index {} entries {}",
-        r.node,
-        r.commit_index,
-        r.entries.len()
-    );
+    let r = conn.first(|mut c| async move { c.retrieve(pb::RetrieveRequest {}).await.map(|r| r.into_inner()) }).await?;
+    println!("node {} commit_index {} entries {}", r.node, r.commit_index, r.entries.len());
     for e in r.entries {
         match pb::Op::try_from(e.op) {
             Ok(pb::Op::Delete) => println!("{:>8} {:>6}  DELETE {}", e.index, e.term, e.key),
-            _ => println!(
-                "{:>8} {:>6}  PUT    {} = {}",
-                e.index, e.term, e.key, e.value
-            ),
+            _ => println!("{:>8} {:>6}  PUT    {} = {}", e.index, e.term, e.key, e.value),
         }
     }
     Ok(ExitCode::SUCCESS)
@@ -176,23 +144,14 @@ pub async fn status(conn: &Conn) -> CmdResult {
     let mut reachable = 0;
     for ep in &conn.endpoints {
         let st = match conn.client(ep).await {
-            Ok(mut c) => c
-                .status(pb::StatusRequest {})
-                .await
-                .map(|r| r.into_inner())
-                .map_err(|s| describe(&s)),
+            Ok(mut c) => c.status(pb::StatusRequest {}).await.map(|r| r.into_inner()).map_err(|s| describe(&s)),
             Err(e) => Err(e),
         };
         match st {
             Ok(s) => {
                 reachable += 1;
-                let role = pb::Role::try_from(s.role)
-                    .map_or("?".into(), |r| format!("{r:?}").to_lowercase());
-                let leader = if s.leader.is_empty() {
-                    "-".to_string()
-                } else {
-                    s.leader
-                };
+                let role = pb::Role::try_from(s.role).map_or("?".into(), |r| format!("{r:?}").to_lowercase());
+                let leader = if s.leader.is_empty() { "-".to_string() } else { s.leader };
                 println!(
                     "{:<12} {:<22} {:<10} {:>6} {:<12} {:>8} {:>8}",
                     s.name, ep, role, s.term, leader, s.commit_index, s.applied_index

@@ -22,58 +22,65 @@ pub struct DevArgs {
     /// Heartbeat interval passed to every node.
     #[arg(long, default_value_t = 50)]
     pub heartbeat_ms: u64,
+    /// Give every node a controller bridge, on UDP port BASE+200+i.
+    #[arg(long)]
+    pub bridge: bool,
+    /// The classic controller setup: nodes Node1..NodeN, node i on address
+    /// 127.0.0.(10+i) with its bridge on port 5555 (implies --bridge).
+    #[arg(long)]
+    pub classic: bool,
 }
 
 struct DevNode {
     name: String,
     client: String,
     peer: String,
+    bridge: Option<String>,
     pid: u32,
     child: Child,
 }
 
 pub async fn run(args: DevArgs) -> CmdResult {
-    if args.nodes == 0 || args.base_port as u32 + 100 + args.nodes as u32 > 65535 {
-        return Err(format!(
-            "--nodes {} with --base-port {} does not fit the port range",
-            args.nodes, args.base_port
-        ));
+    if args.nodes == 0 || args.base_port as u32 + 200 + args.nodes as u32 > 65535 {
+        return Err(format!("--nodes {} with --base-port {} does not fit the port range", args.nodes, args.base_port));
     }
     let exe = std::env::current_exe().map_err(|e| format!("cannot find my own executable: {e}"))?;
-    let spec: Vec<(String, String, String)> = (1..=args.nodes)
+    if args.classic && args.nodes > 245 {
+        return Err("--classic supports at most 245 nodes".into());
+    }
+    let spec: Vec<(String, String, String, Option<String>)> = (1..=args.nodes)
         .map(|i| {
-            (
-                format!("node{i}"),
-                format!("127.0.0.1:{}", args.base_port + i),
-                format!("127.0.0.1:{}", args.base_port + 100 + i),
-            )
+            let (name, host) = if args.classic {
+                (format!("Node{i}"), format!("127.0.0.{}", 10 + i))
+            } else {
+                (format!("node{i}"), "127.0.0.1".to_string())
+            };
+            let bridge = if args.classic {
+                Some(format!("{host}:{}", raftkv::bridge::DEFAULT_PORT))
+            } else if args.bridge {
+                Some(format!("{host}:{}", args.base_port + 200 + i))
+            } else {
+                None
+            };
+            (name, format!("{host}:{}", args.base_port + i), format!("{host}:{}", args.base_port + 100 + i), bridge)
         })
         .collect();
-    let cluster: Vec<String> = spec.iter().map(|(n, _, p)| format!("{n}={p}")).collect();
+    let cluster: Vec<String> = spec.iter().map(|(n, _, p, _)| format!("{n}={p}")).collect();
     let cluster = cluster.join(",");
     println!("raftkv dev: starting {} nodes", args.nodes);
     let mut children = Vec::new();
-    for (name, client, peer) in spec {
-        let mut child = Command::new(&exe)
-            .arg("serve")
-            .args([
-                "--name",
-                &name,
-                "--client-addr",
-                &client,
-                "--peer-addr",
-                &peer,
-            ])
+    for (name, client, peer, bridge) in spec {
+        let mut cmd = Command::new(&exe);
+        cmd.arg("serve");
+        if let Some(b) = &bridge {
+            cmd.args(["--bridge-addr", b]);
+        }
+        let mut child = cmd
+            .args(["--name", &name, "--client-addr", &client, "--peer-addr", &peer])
             .args(["--initial-cluster", &cluster])
-            .args([
-                "--election-timeout-ms",
-                &args.election_timeout_ms.to_string(),
-            ])
+            .args(["--election-timeout-ms", &args.election_timeout_ms.to_string()])
             .args(["--heartbeat-ms", &args.heartbeat_ms.to_string()])
-            .env(
-                "RUST_LOG",
-                std::env::var("RUST_LOG").unwrap_or_else(|_| "info".into()),
-            )
+            .env("RUST_LOG", std::env::var("RUST_LOG").unwrap_or_else(|_| "info".into()))
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
             .kill_on_drop(true)
@@ -89,23 +96,12 @@ pub async fn run(args: DevArgs) -> CmdResult {
                 }
             });
         }
-        children.push(DevNode {
-            name,
-            client,
-            peer,
-            pid: child.id().unwrap_or(0),
-            child,
-        });
+        children.push(DevNode { name, client, peer, bridge, pid: child.id().unwrap_or(0), child });
     }
-    println!(
-        "{:<8} {:>8}  {:<18} {:<18}",
-        "NAME", "PID", "CLIENT", "PEER"
-    );
+    println!("{:<8} {:>8}  {:<18} {:<18} {:<18}", "NAME", "PID", "CLIENT", "PEER", "BRIDGE (UDP)");
     for c in &children {
-        println!(
-            "{:<8} {:>8}  {:<18} {:<18}",
-            c.name, c.pid, c.client, c.peer
-        );
+        let bridge = c.bridge.as_deref().unwrap_or("-");
+        println!("{:<8} {:>8}  {:<18} {:<18} {:<18}", c.name, c.pid, c.client, c.peer, bridge);
     }
     let endpoints: Vec<&str> = children.iter().map(|c| c.client.as_str()).collect();
     let first = endpoints[0];
@@ -116,7 +112,7 @@ pub async fn run(args: DevArgs) -> CmdResult {
     println!("  grpcurl -plaintext -d '{{\"key\":\"a\"}}' {first} raftkv.v1.KeyValue/Get");
     println!("  grpcurl -plaintext {first} raftkv.v1.KeyValue/Retrieve");
     println!("  grpcurl -plaintext {first} raftkv.v1.KeyValue/Status");
-    let ep_flag = if args.nodes == 5 && args.base_port == 7000 {
+    let ep_flag = if args.nodes == 5 && args.base_port == 7000 && !args.classic {
         String::new()
     } else {
         format!(" --endpoints {}", endpoints.join(","))
@@ -124,6 +120,11 @@ pub async fn run(args: DevArgs) -> CmdResult {
     println!("  raftkv put a 1{ep_flag}");
     println!("  raftkv get a{ep_flag}");
     println!("  raftkv status{ep_flag}");
+    if let Some(b) = children[0].bridge.as_deref() {
+        println!("  raftkv controller {b} LEADER_INFO");
+        println!("  raftkv controller {b} STORE k v");
+        println!("  raftkv controller {b} RETRIEVE");
+    }
     println!("Kill a node for real with kill -9 PID. Ctrl-C stops the cluster.");
     println!();
 

@@ -1,6 +1,7 @@
 //! Subcommands of the `raftkv` binary.
 pub mod bench;
 pub mod client;
+pub mod controller;
 pub mod dev;
 pub mod serve;
 

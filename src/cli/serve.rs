@@ -28,6 +28,10 @@ pub struct ServeArgs {
     /// Heartbeat interval; at most half the election timeout.
     #[arg(long, env = "RAFTKV_HEARTBEAT_MS", default_value_t = 50)]
     pub heartbeat_ms: u64,
+    /// UDP address for the controller bridge (off unless given; the documented port
+    /// is 5555). Unauthenticated: it accepts SHUTDOWN.
+    #[arg(long, env = "RAFTKV_BRIDGE_ADDR")]
+    pub bridge_addr: Option<String>,
 }
 
 fn init_logging() {
@@ -64,14 +68,15 @@ pub async fn run(args: ServeArgs) -> CmdResult {
     let peer = TcpListener::bind(&args.peer_addr)
         .await
         .map_err(|e| format!("cannot listen on --peer-addr {}: {e}", args.peer_addr))?;
-    let node = Node::start(cfg.clone(), client, peer, None)
-        .await
-        .map_err(|e| e.to_string())?;
-    let members: Vec<String> = cfg
-        .members
-        .iter()
-        .map(|m| format!("{}={}", m.name, m.peer_addr))
-        .collect();
+    let bridge = match &args.bridge_addr {
+        Some(addr) => Some(
+            tokio::net::UdpSocket::bind(addr).await.map_err(|e| format!("cannot bind --bridge-addr {addr}: {e}"))?,
+        ),
+        None => None,
+    };
+    let bridge_addr = bridge.as_ref().and_then(|b| b.local_addr().ok());
+    let node = Node::start(cfg.clone(), client, peer, bridge, None).await.map_err(|e| e.to_string())?;
+    let members: Vec<String> = cfg.members.iter().map(|m| format!("{}={}", m.name, m.peer_addr)).collect();
     tracing::info!(
         name = %args.name,
         client = %node.client_addr(),
@@ -79,9 +84,14 @@ pub async fn run(args: ServeArgs) -> CmdResult {
         election_timeout_ms = args.election_timeout_ms,
         heartbeat_ms = args.heartbeat_ms,
         members = %members.join(","),
+        bridge = %bridge_addr.map_or("off".to_string(), |a| a.to_string()),
         "raftkv node serving"
     );
-    terminated().await;
+    let handle = node.handle().clone();
+    tokio::select! {
+        _ = terminated() => {}
+        _ = handle.stopped() => {}
+    }
     tracing::info!(name = %args.name, "stopping");
     node.shutdown().await;
     Ok(ExitCode::SUCCESS)

@@ -7,18 +7,31 @@ use crate::raft::{Entry, EntryKind, Index, Term};
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Command {
-    Put { key: String, value: String },
-    Delete { key: String },
+    Put {
+        key: String,
+        value: String,
+    },
+    /// A put whose value is a JSON text that is not a JSON string (the controller
+    /// bridge's STORE of a number, object, null, ...); stored as that text.
+    PutJson {
+        key: String,
+        json: String,
+    },
+    Delete {
+        key: String,
+    },
 }
 
 const OP_PUT: u8 = 1;
 const OP_DELETE: u8 = 2;
+const OP_PUT_JSON: u8 = 3;
 
 impl Command {
     /// `[op: u8][key_len: u32 LE][key][value]`.
     pub fn encode(&self) -> Bytes {
         let (op, key, value) = match self {
             Command::Put { key, value } => (OP_PUT, key, value.as_str()),
+            Command::PutJson { key, json } => (OP_PUT_JSON, key, json.as_str()),
             Command::Delete { key } => (OP_DELETE, key, ""),
         };
         let mut b = BytesMut::with_capacity(5 + key.len() + value.len());
@@ -36,6 +49,7 @@ impl Command {
         let value = std::str::from_utf8(rest.get(4 + len..)?).ok()?.to_string();
         match op {
             OP_PUT => Some(Command::Put { key, value }),
+            OP_PUT_JSON => Some(Command::PutJson { key, json: value }),
             OP_DELETE if value.is_empty() => Some(Command::Delete { key }),
             _ => None,
         }
@@ -77,11 +91,7 @@ impl KvState {
             if e.index <= self.applied {
                 continue;
             }
-            assert_eq!(
-                e.index,
-                self.applied + 1,
-                "entries must be applied in order"
-            );
+            assert_eq!(e.index, self.applied + 1, "entries must be applied in order");
             self.applied = e.index;
             if e.kind != EntryKind::Normal {
                 continue;
@@ -91,18 +101,14 @@ impl KvState {
                 continue;
             };
             match &command {
-                Command::Put { key, value } => {
+                Command::Put { key, value } | Command::PutJson { key, json: value } => {
                     self.map.insert(key.clone(), value.clone());
                 }
                 Command::Delete { key } => {
                     self.map.remove(key);
                 }
             }
-            self.history.push(HistoryEntry {
-                index: e.index,
-                term: e.term,
-                command,
-            });
+            self.history.push(HistoryEntry { index: e.index, term: e.term, command });
         }
     }
 }
@@ -114,14 +120,8 @@ mod tests {
     #[test]
     fn command_round_trips_and_garbage_is_rejected() {
         for c in [
-            Command::Put {
-                key: "k".into(),
-                value: "v ü".into(),
-            },
-            Command::Put {
-                key: "".into(),
-                value: "".into(),
-            },
+            Command::Put { key: "k".into(), value: "v ü".into() },
+            Command::Put { key: "".into(), value: "".into() },
             Command::Delete { key: "gone".into() },
         ] {
             assert_eq!(Command::decode(&c.encode()), Some(c));
@@ -133,28 +133,12 @@ mod tests {
 
     #[test]
     fn apply_is_in_order_and_exactly_once() {
-        let e = |index, c: Command| Entry {
-            index,
-            term: 1,
-            kind: EntryKind::Normal,
-            data: c.encode(),
-        };
-        let noop = Entry {
-            index: 1,
-            term: 1,
-            kind: EntryKind::Noop,
-            data: Bytes::new(),
-        };
+        let e = |index, c: Command| Entry { index, term: 1, kind: EntryKind::Normal, data: c.encode() };
+        let noop = Entry { index: 1, term: 1, kind: EntryKind::Noop, data: Bytes::new() };
         let mut kv = KvState::default();
         let batch = vec![
             noop,
-            e(
-                2,
-                Command::Put {
-                    key: "a".into(),
-                    value: "1".into(),
-                },
-            ),
+            e(2, Command::Put { key: "a".into(), value: "1".into() }),
             e(3, Command::Delete { key: "a".into() }),
         ];
         kv.apply(&batch);

@@ -22,10 +22,7 @@ impl RaftLog {
     /// A log restored from durable storage: all of it is stable.
     pub fn restore(entries: Vec<Entry>, committed: Index) -> Self {
         let last = entries.last().map_or(0, |e| e.index);
-        debug_assert!(entries
-            .iter()
-            .enumerate()
-            .all(|(i, e)| e.index == i as Index + 1));
+        debug_assert!(entries.iter().enumerate().all(|(i, e)| e.index == i as Index + 1));
         RaftLog {
             entries,
             offset: 0,
@@ -99,11 +96,7 @@ impl RaftLog {
 
     /// Removes entries `>= index`. Committed entries are never removed.
     pub fn truncate(&mut self, index: Index) {
-        assert!(
-            index > self.committed,
-            "truncating committed entry {index} (commit {})",
-            self.committed
-        );
+        assert!(index > self.committed, "truncating committed entry {index} (commit {})", self.committed);
         if index > self.last_index() {
             return;
         }
@@ -122,11 +115,7 @@ impl RaftLog {
 
     /// The last index whose term is `term`, if any.
     pub fn last_index_of_term(&self, term: Term) -> Option<Index> {
-        self.entries
-            .iter()
-            .rev()
-            .find(|e| e.term == term)
-            .map(|e| e.index)
+        self.entries.iter().rev().find(|e| e.term == term).map(|e| e.index)
     }
 
     /// Entries not yet handed out for persisting; marks them handed out.
@@ -179,12 +168,7 @@ mod tests {
     use bytes::Bytes;
 
     fn e(index: Index, term: Term) -> Entry {
-        Entry {
-            index,
-            term,
-            kind: EntryKind::Normal,
-            data: Bytes::new(),
-        }
+        Entry { index, term, kind: EntryKind::Normal, data: Bytes::new() }
     }
 
     #[test]
@@ -219,12 +203,7 @@ mod tests {
     fn slice_respects_byte_budget_but_returns_one() {
         let mut log = RaftLog::default();
         for i in 1..=5 {
-            log.append(Entry {
-                index: i,
-                term: 1,
-                kind: EntryKind::Normal,
-                data: Bytes::from(vec![0u8; 100]),
-            });
+            log.append(Entry { index: i, term: 1, kind: EntryKind::Normal, data: Bytes::from(vec![0u8; 100]) });
         }
         assert_eq!(log.slice(1, 5, 10, 100).len(), 1);
         assert_eq!(log.slice(1, 5, 300, 100).len(), 2);

@@ -59,10 +59,7 @@ impl Config {
             return Err(ConfigError::NotAVoter(self.id));
         }
         if self.heartbeat_ticks == 0 || self.heartbeat_ticks * 2 > self.election_ticks {
-            return Err(ConfigError::Timing {
-                heartbeat: self.heartbeat_ticks,
-                election: self.election_ticks,
-            });
+            return Err(ConfigError::Timing { heartbeat: self.heartbeat_ticks, election: self.election_ticks });
         }
         if self.max_inflight == 0 || self.max_batch_bytes == 0 || self.max_batch_entries == 0 {
             return Err(ConfigError::Batch);
@@ -178,11 +175,7 @@ impl RawNode {
     }
 
     pub fn hard_state(&self) -> HardState {
-        HardState {
-            term: self.term,
-            vote: self.vote,
-            commit: self.log.committed,
-        }
+        HardState { term: self.term, vote: self.vote, commit: self.log.committed }
     }
 
     fn quorum(&self) -> usize {
@@ -201,12 +194,7 @@ impl RawNode {
     }
 
     fn send(&mut self, to: NodeId, body: MessageBody) {
-        self.msgs.push(Message {
-            from: self.cfg.id,
-            to,
-            term: self.term,
-            body,
-        });
+        self.msgs.push(Message { from: self.cfg.id, to, term: self.term, body });
     }
 
     // ---- role transitions -------------------------------------------------
@@ -252,12 +240,7 @@ impl RawNode {
         self.progress = self.peers().map(|p| (p, Progress::new(next))).collect();
         self.votes.clear();
         // §5.4.2: a leader commits entries of earlier terms only through one of its own.
-        let noop = Entry {
-            index: next,
-            term: self.term,
-            kind: EntryKind::Noop,
-            data: Bytes::new(),
-        };
+        let noop = Entry { index: next, term: self.term, kind: EntryKind::Noop, data: Bytes::new() };
         self.log.append(noop);
         self.eager_hi = next;
         self.broadcast_pending = true;
@@ -272,13 +255,7 @@ impl RawNode {
         }
         let (last_log_index, last_log_term) = (self.log.last_index(), self.log.last_term());
         for p in self.peers().collect::<Vec<_>>() {
-            self.send(
-                p,
-                MessageBody::RequestVote {
-                    last_log_index,
-                    last_log_term,
-                },
-            );
+            self.send(p, MessageBody::RequestVote { last_log_index, last_log_term });
         }
     }
 
@@ -328,23 +305,12 @@ impl RawNode {
 
     /// Appends a client command. With `replicate_now` the followers are sent it at
     /// the next ready; otherwise it waits for the next heartbeat.
-    pub fn propose(
-        &mut self,
-        data: Bytes,
-        replicate_now: bool,
-    ) -> Result<(Index, Term), ProposeError> {
+    pub fn propose(&mut self, data: Bytes, replicate_now: bool) -> Result<(Index, Term), ProposeError> {
         if self.role != Role::Leader {
-            return Err(ProposeError::NotLeader {
-                leader: self.leader,
-            });
+            return Err(ProposeError::NotLeader { leader: self.leader });
         }
         let index = self.log.last_index() + 1;
-        self.log.append(Entry {
-            index,
-            term: self.term,
-            kind: EntryKind::Normal,
-            data,
-        });
+        self.log.append(Entry { index, term: self.term, kind: EntryKind::Normal, data });
         if replicate_now {
             self.eager_hi = index;
             self.replicate_pending = true;
@@ -356,9 +322,7 @@ impl RawNode {
     /// later `Ready::reads` with the same `ctx`, or never if leadership is lost.
     pub fn read_index(&mut self, ctx: u64) -> Result<(), ProposeError> {
         if self.role != Role::Leader {
-            return Err(ProposeError::NotLeader {
-                leader: self.leader,
-            });
+            return Err(ProposeError::NotLeader { leader: self.leader });
         }
         if self.log.term(self.log.committed) != Some(self.term) {
             self.waiting_reads.push(ctx);
@@ -370,21 +334,14 @@ impl RawNode {
 
     fn add_read(&mut self, ctx: u64) {
         if self.quorum() == 1 {
-            self.ready_reads.push(ReadState {
-                ctx,
-                index: self.log.committed,
-            });
+            self.ready_reads.push(ReadState { ctx, index: self.log.committed });
             return;
         }
         if !self.round_bump {
             self.round_bump = true;
             self.broadcast_pending = true;
         }
-        self.pending_reads.push(PendingRead {
-            ctx,
-            index: self.log.committed,
-            round: self.round + 1,
-        });
+        self.pending_reads.push(PendingRead { ctx, index: self.log.committed, round: self.round + 1 });
     }
 
     fn check_reads(&mut self) {
@@ -397,10 +354,7 @@ impl RawNode {
         let ready = &mut self.ready_reads;
         self.pending_reads.retain(|r| {
             if r.round <= confirmed {
-                ready.push(ReadState {
-                    ctx: r.ctx,
-                    index: r.index,
-                });
+                ready.push(ReadState { ctx: r.ctx, index: r.index });
                 false
             } else {
                 true
@@ -438,11 +392,7 @@ impl RawNode {
                 MessageBody::RequestVote { .. } => {
                     Some(self.reply(m.from, MessageBody::RequestVoteResponse { granted: false }))
                 }
-                MessageBody::AppendEntries {
-                    prev_log_index,
-                    round,
-                    ..
-                } => Some(self.reply(
+                MessageBody::AppendEntries { prev_log_index, round, .. } => Some(self.reply(
                     m.from,
                     MessageBody::AppendEntriesResponse {
                         success: false,
@@ -457,28 +407,16 @@ impl RawNode {
             };
         }
         match m.body {
-            MessageBody::RequestVote {
-                last_log_index,
-                last_log_term,
-            } => Some(self.handle_request_vote(m.from, last_log_index, last_log_term)),
+            MessageBody::RequestVote { last_log_index, last_log_term } => {
+                Some(self.handle_request_vote(m.from, last_log_index, last_log_term))
+            }
             MessageBody::RequestVoteResponse { granted } => {
                 self.handle_vote_response(m.from, granted);
                 None
             }
-            MessageBody::AppendEntries {
-                prev_log_index,
-                prev_log_term,
-                entries,
-                commit,
-                round,
-            } => Some(self.handle_append(
-                m.from,
-                prev_log_index,
-                prev_log_term,
-                entries,
-                commit,
-                round,
-            )),
+            MessageBody::AppendEntries { prev_log_index, prev_log_term, entries, commit, round } => {
+                Some(self.handle_append(m.from, prev_log_index, prev_log_term, entries, commit, round))
+            }
             MessageBody::AppendEntriesResponse {
                 success,
                 match_index,
@@ -503,12 +441,7 @@ impl RawNode {
     }
 
     fn reply(&self, to: NodeId, body: MessageBody) -> Message {
-        Message {
-            from: self.cfg.id,
-            to,
-            term: self.term,
-            body,
-        }
+        Message { from: self.cfg.id, to, term: self.term, body }
     }
 
     fn handle_request_vote(&mut self, from: NodeId, last_index: Index, last_term: Term) -> Message {
@@ -633,9 +566,7 @@ impl RawNode {
             };
             if !stale {
                 let hint = if conflict_term > 0 {
-                    self.log
-                        .last_index_of_term(conflict_term)
-                        .map_or(conflict_index, |i| i + 1)
+                    self.log.last_index_of_term(conflict_term).map_or(conflict_index, |i| i + 1)
                 } else {
                     conflict_index
                 };
@@ -675,17 +606,9 @@ impl RawNode {
             return;
         };
         let paused = p.is_paused(max_inflight);
-        let entries = if paused {
-            Vec::new()
-        } else {
-            self.log.slice(p.next, hi, max_bytes, max_count)
-        };
+        let entries = if paused { Vec::new() } else { self.log.slice(p.next, hi, max_bytes, max_count) };
         let is_probe = p.state == ProgressState::Probe && !paused;
-        let prev_index = if entries.is_empty() && !is_probe {
-            p.matched
-        } else {
-            p.next - 1
-        };
+        let prev_index = if entries.is_empty() && !is_probe { p.matched } else { p.next - 1 };
         let tells = committed.min(prev_index + entries.len() as Index);
         if entries.is_empty() && !force && tells <= p.commit_told {
             return;
@@ -713,9 +636,7 @@ impl RawNode {
     }
 
     fn flush_appends(&mut self) {
-        if self.role != Role::Leader
-            || !(self.heartbeat_due || self.broadcast_pending || self.replicate_pending)
-        {
+        if self.role != Role::Leader || !(self.heartbeat_due || self.broadcast_pending || self.replicate_pending) {
             return;
         }
         let force = self.heartbeat_due || self.broadcast_pending;
@@ -723,11 +644,7 @@ impl RawNode {
             self.round += 1;
             self.round_bump = false;
         }
-        let hi = if self.heartbeat_due {
-            self.log.last_index()
-        } else {
-            self.eager_hi
-        };
+        let hi = if self.heartbeat_due { self.log.last_index() } else { self.eager_hi };
         self.heartbeat_due = false;
         self.broadcast_pending = false;
         self.replicate_pending = false;
@@ -746,8 +663,7 @@ impl RawNode {
             || self.log.has_unstable()
             || self.log.has_committed_to_apply()
             || !self.ready_reads.is_empty()
-            || (self.role == Role::Leader
-                && (self.heartbeat_due || self.broadcast_pending || self.replicate_pending))
+            || (self.role == Role::Leader && (self.heartbeat_due || self.broadcast_pending || self.replicate_pending))
     }
 
     /// Collects what the driver must do now. Call `advance` once it is done.

@@ -34,11 +34,7 @@ struct Cluster {
 
 impl Cluster {
     fn new(n: u64) -> Self {
-        Cluster {
-            nodes: (1..=n).map(|i| (i, node(i, n))).collect(),
-            applied: BTreeMap::new(),
-            cut: Vec::new(),
-        }
+        Cluster { nodes: (1..=n).map(|i| (i, node(i, n))).collect(), applied: BTreeMap::new(), cut: Vec::new() }
     }
 
     fn settle(&mut self) {
@@ -71,12 +67,7 @@ impl Cluster {
     }
 
     fn propose(&mut self, id: NodeId, data: &'static [u8]) -> Index {
-        let (i, _) = self
-            .nodes
-            .get_mut(&id)
-            .unwrap()
-            .propose(Bytes::from_static(data), true)
-            .unwrap();
+        let (i, _) = self.nodes.get_mut(&id).unwrap().propose(Bytes::from_static(data), true).unwrap();
         self.settle();
         i
     }
@@ -97,10 +88,7 @@ fn config_validate_rejects_bad_timing() {
     c.heartbeat_ticks = 10;
     c.election_ticks = 15;
     assert!(matches!(c.validate(), Err(ConfigError::Timing { .. })));
-    assert_eq!(
-        Config::new(4, vec![1, 2, 3]).validate(),
-        Err(ConfigError::NotAVoter(4))
-    );
+    assert_eq!(Config::new(4, vec![1, 2, 3]).validate(), Err(ConfigError::NotAVoter(4)));
 }
 
 #[test]
@@ -112,10 +100,7 @@ fn paper_5_2_follower_becomes_candidate_after_election_timeout() {
     assert_eq!(st.role, Role::Candidate);
     assert_eq!(st.term, 1);
     assert_eq!(st.vote, Some(1));
-    let votes: Vec<_> = msgs
-        .iter()
-        .filter(|m| matches!(m.body, MessageBody::RequestVote { .. }))
-        .collect();
+    let votes: Vec<_> = msgs.iter().filter(|m| matches!(m.body, MessageBody::RequestVote { .. })).collect();
     assert_eq!(votes.len(), 2, "asks both peers for votes");
 }
 
@@ -132,10 +117,7 @@ fn paper_5_2_randomized_timeouts_differ_between_nodes() {
             t
         })
         .collect();
-    assert!(
-        timeouts.iter().all(|&t| (15..30).contains(&t)),
-        "{timeouts:?}"
-    );
+    assert!(timeouts.iter().all(|&t| (15..30).contains(&t)), "{timeouts:?}");
     assert!(timeouts.windows(2).any(|w| w[0] != w[1]), "{timeouts:?}");
 }
 
@@ -166,26 +148,12 @@ fn paper_5_2_one_vote_per_term() {
         from,
         to: 1,
         term,
-        body: MessageBody::RequestVote {
-            last_log_index: 0,
-            last_log_term: 0,
-        },
+        body: MessageBody::RequestVote { last_log_index: 0, last_log_term: 0 },
     };
-    let granted = |m: Option<Message>| {
-        matches!(
-            m.unwrap().body,
-            MessageBody::RequestVoteResponse { granted: true }
-        )
-    };
+    let granted = |m: Option<Message>| matches!(m.unwrap().body, MessageBody::RequestVoteResponse { granted: true });
     assert!(granted(n.step(vote(2, 1))));
-    assert!(
-        !granted(n.step(vote(3, 1))),
-        "second candidate of the same term"
-    );
-    assert!(
-        granted(n.step(vote(2, 1))),
-        "a repeated request from the same candidate"
-    );
+    assert!(!granted(n.step(vote(3, 1))), "second candidate of the same term");
+    assert!(granted(n.step(vote(2, 1))), "a repeated request from the same candidate");
     assert!(granted(n.step(vote(3, 2))), "a new term frees the vote");
 }
 
@@ -195,23 +163,11 @@ fn paper_5_2_vote_resets_election_timer() {
     for _ in 0..14 {
         n.tick();
     }
-    n.step(Message {
-        from: 2,
-        to: 1,
-        term: 1,
-        body: MessageBody::RequestVote {
-            last_log_index: 0,
-            last_log_term: 0,
-        },
-    });
+    n.step(Message { from: 2, to: 1, term: 1, body: MessageBody::RequestVote { last_log_index: 0, last_log_term: 0 } });
     for _ in 0..14 {
         n.tick();
     }
-    assert_eq!(
-        n.status().role,
-        Role::Follower,
-        "28 ticks since start, but only 14 since the vote"
-    );
+    assert_eq!(n.status().role, Role::Follower, "28 ticks since start, but only 14 since the vote");
 }
 
 #[test]
@@ -226,21 +182,14 @@ fn paper_5_2_split_vote_retries_in_a_later_term() {
     b.campaign();
     let (mb, _) = drain(b);
     let mut pending = Vec::new();
-    for m in ma
-        .into_iter()
-        .filter(|m| m.to == 3)
-        .chain(mb.into_iter().filter(|m| m.to == 4))
-    {
+    for m in ma.into_iter().filter(|m| m.to == 3).chain(mb.into_iter().filter(|m| m.to == 4)) {
         let resp = c.nodes.get_mut(&m.to).unwrap().step(m).unwrap();
         pending.push(resp);
     }
     for r in pending {
         c.nodes.get_mut(&r.to).unwrap().step(r);
     }
-    assert!(
-        c.nodes.values().all(|n| n.status().role != Role::Leader),
-        "2 of 4 votes is no majority"
-    );
+    assert!(c.nodes.values().all(|n| n.status().role != Role::Leader), "2 of 4 votes is no majority");
     // Time passes; fresh random timeouts break the tie.
     for _ in 0..200 {
         for n in c.nodes.values_mut() {
@@ -251,11 +200,7 @@ fn paper_5_2_split_vote_retries_in_a_later_term() {
             break;
         }
     }
-    let leaders: Vec<_> = c
-        .nodes
-        .values()
-        .filter(|n| n.status().role == Role::Leader)
-        .collect();
+    let leaders: Vec<_> = c.nodes.values().filter(|n| n.status().role == Role::Leader).collect();
     assert_eq!(leaders.len(), 1);
     assert!(leaders[0].status().term >= 2);
 }
@@ -270,20 +215,10 @@ fn paper_5_4_1_vote_denied_to_candidate_with_older_log() {
         from: 2,
         to: 3,
         term: 5,
-        body: MessageBody::RequestVote {
-            last_log_index: 1,
-            last_log_term: 1,
-        },
+        body: MessageBody::RequestVote { last_log_index: 1, last_log_term: 1 },
     });
-    assert!(matches!(
-        resp.unwrap().body,
-        MessageBody::RequestVoteResponse { granted: false }
-    ));
-    assert_eq!(
-        c.nodes[&3].status().term,
-        5,
-        "the higher term is still adopted"
-    );
+    assert!(matches!(resp.unwrap().body, MessageBody::RequestVoteResponse { granted: false }));
+    assert_eq!(c.nodes[&3].status().term, 5, "the higher term is still adopted");
 }
 
 #[test]
@@ -328,10 +263,7 @@ fn paper_5_1_stale_request_gets_current_term() {
         })
         .unwrap();
     assert_eq!(resp.term, 4);
-    assert!(matches!(
-        resp.body,
-        MessageBody::AppendEntriesResponse { success: false, .. }
-    ));
+    assert!(matches!(resp.body, MessageBody::AppendEntriesResponse { success: false, .. }));
 }
 
 #[test]
@@ -346,11 +278,7 @@ fn paper_5_3_commit_needs_a_majority_and_all_apply_in_order() {
     for _ in 0..10 {
         c.settle();
     }
-    assert_eq!(
-        c.nodes[&1].status().commit,
-        i,
-        "2 of 5 is not: {j} stays uncommitted"
-    );
+    assert_eq!(c.nodes[&1].status().commit, i, "2 of 5 is not: {j} stays uncommitted");
     c.cut.clear();
     // Two heartbeat intervals: the first finds no progress, the second resends.
     for _ in 0..10 {
@@ -358,16 +286,8 @@ fn paper_5_3_commit_needs_a_majority_and_all_apply_in_order() {
         c.settle();
     }
     for (id, applied) in &c.applied {
-        let data: Vec<_> = applied
-            .iter()
-            .filter(|e| e.kind == EntryKind::Normal)
-            .map(|e| e.data.clone())
-            .collect();
-        assert_eq!(
-            data,
-            vec![Bytes::from_static(b"a"), Bytes::from_static(b"b")],
-            "node {id}"
-        );
+        let data: Vec<_> = applied.iter().filter(|e| e.kind == EntryKind::Normal).map(|e| e.data.clone()).collect();
+        assert_eq!(data, vec![Bytes::from_static(b"a"), Bytes::from_static(b"b")], "node {id}");
     }
 }
 
@@ -378,74 +298,34 @@ fn paper_5_3_consistency_check_rejects_with_conflict_hint() {
         from: 1,
         to: 2,
         term: 2,
-        body: MessageBody::AppendEntries {
-            prev_log_index,
-            prev_log_term,
-            entries,
-            commit: 0,
-            round: 0,
-        },
+        body: MessageBody::AppendEntries { prev_log_index, prev_log_term, entries, commit: 0, round: 0 },
     };
-    let e = |index, term| Entry {
-        index,
-        term,
-        kind: EntryKind::Normal,
-        data: Bytes::new(),
-    };
+    let e = |index, term| Entry { index, term, kind: EntryKind::Normal, data: Bytes::new() };
     let r = n.step(ae(0, 0, vec![e(1, 1), e(2, 1), e(3, 1)])).unwrap();
-    assert!(matches!(
-        r.body,
-        MessageBody::AppendEntriesResponse {
-            success: true,
-            match_index: 3,
-            ..
-        }
-    ));
+    assert!(matches!(r.body, MessageBody::AppendEntriesResponse { success: true, match_index: 3, .. }));
     // Too short: hint is last index + 1.
     let r = n.step(ae(7, 2, vec![])).unwrap();
     assert!(matches!(
         r.body,
-        MessageBody::AppendEntriesResponse {
-            success: false,
-            reject_index: 7,
-            conflict_index: 4,
-            conflict_term: 0,
-            ..
-        }
+        MessageBody::AppendEntriesResponse { success: false, reject_index: 7, conflict_index: 4, conflict_term: 0, .. }
     ));
     // Term mismatch at 3: hint is the first index of term 1.
     let r = n.step(ae(3, 2, vec![])).unwrap();
     assert!(matches!(
         r.body,
-        MessageBody::AppendEntriesResponse {
-            success: false,
-            conflict_index: 1,
-            conflict_term: 1,
-            ..
-        }
+        MessageBody::AppendEntriesResponse { success: false, conflict_index: 1, conflict_term: 1, .. }
     ));
 }
 
 #[test]
 fn paper_5_3_conflicting_suffix_is_truncated_and_matching_entries_kept() {
     let mut n = node(2, 3);
-    let e = |index, term| Entry {
-        index,
-        term,
-        kind: EntryKind::Normal,
-        data: Bytes::new(),
-    };
+    let e = |index, term| Entry { index, term, kind: EntryKind::Normal, data: Bytes::new() };
     let ae = |term, prev_log_index, prev_log_term, entries: Vec<Entry>| Message {
         from: 1,
         to: 2,
         term,
-        body: MessageBody::AppendEntries {
-            prev_log_index,
-            prev_log_term,
-            entries,
-            commit: 0,
-            round: 0,
-        },
+        body: MessageBody::AppendEntries { prev_log_index, prev_log_term, entries, commit: 0, round: 0 },
     };
     n.step(ae(1, 0, 0, vec![e(1, 1), e(2, 1), e(3, 1)]));
     // A new leader of term 3 overwrites 3 with its own entries.
@@ -511,9 +391,7 @@ fn lazy_proposal_travels_with_next_heartbeat_only() {
     }
     assert_eq!(sent.len(), 2, "one heartbeat per follower");
     for m in &sent {
-        let MessageBody::AppendEntries { entries, .. } = &m.body else {
-            panic!("{m:?}")
-        };
+        let MessageBody::AppendEntries { entries, .. } = &m.body else { panic!("{m:?}") };
         assert_eq!(entries.last().map(|e| e.index), Some(index));
     }
 }
@@ -548,13 +426,7 @@ fn read_index_waits_for_quorum_ack() {
             n.advance(rd.entries.last().map(|e| (e.index, e.term)));
         }
     }
-    assert!(
-        reads.contains(&ReadState {
-            ctx: 43,
-            index: commit
-        }),
-        "{reads:?}"
-    );
+    assert!(reads.contains(&ReadState { ctx: 43, index: commit }), "{reads:?}");
 }
 
 #[test]
@@ -562,16 +434,8 @@ fn unreachable_follower_falls_back_to_probe() {
     let mut c = Cluster::new(3);
     c.elect(1);
     let l = c.nodes.get_mut(&1).unwrap();
-    l.step(Message {
-        from: 2,
-        to: 1,
-        term: 0,
-        body: MessageBody::Unreachable,
-    });
+    l.step(Message { from: 2, to: 1, term: 0, body: MessageBody::Unreachable });
     assert_eq!(l.status().role, Role::Leader);
     c.propose(1, b"after");
-    assert_eq!(
-        c.nodes[&2].log().last_index(),
-        c.nodes[&1].log().last_index()
-    );
+    assert_eq!(c.nodes[&2].log().last_index(), c.nodes[&1].log().last_index());
 }

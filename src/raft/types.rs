@@ -87,10 +87,7 @@ pub enum MessageBody {
 
 impl MessageBody {
     pub fn is_request(&self) -> bool {
-        matches!(
-            self,
-            MessageBody::RequestVote { .. } | MessageBody::AppendEntries { .. }
-        )
+        matches!(self, MessageBody::RequestVote { .. } | MessageBody::AppendEntries { .. })
     }
 }
 

@@ -83,7 +83,7 @@ impl Driver {
                     self.held.push((tx, answer));
                 }
             }
-            Input::Propose { data, eager, reply } => match self.core.propose(data, eager) {
+            Input::Propose { data, reply } => match self.core.propose(data, true) {
                 Ok((index, term)) => {
                     self.proposals.insert(index, (term, reply));
                 }
@@ -91,6 +91,10 @@ impl Driver {
                     let _ = reply.send(Err(self.not_leader(e)));
                 }
             },
+            Input::ProposeLazy { data, reply } => {
+                let _ =
+                    reply.send(self.core.propose(data, false).map(|(index, _)| index).map_err(|e| self.not_leader(e)));
+            }
             Input::ReadIndex { reply } => {
                 let ctx = self.next_read;
                 self.next_read += 1;
@@ -137,12 +141,7 @@ impl Driver {
                 let delivered = self.peers.get(&to).is_some_and(|q| q.try_send(m).is_ok());
                 if !delivered {
                     let me = self.core.id();
-                    self.core.step(Message {
-                        from: to,
-                        to: me,
-                        term: 0,
-                        body: MessageBody::Unreachable,
-                    });
+                    self.core.step(Message { from: to, to: me, term: 0, body: MessageBody::Unreachable });
                 }
             }
             // 3. Apply, and answer what waited for it.
@@ -150,11 +149,7 @@ impl Driver {
                 self.kv.write().unwrap().apply(&rd.committed);
                 for e in &rd.committed {
                     if let Some((term, tx)) = self.proposals.remove(&e.index) {
-                        let _ = tx.send(if term == e.term {
-                            Ok((e.index, e.term))
-                        } else {
-                            Err(Error::Dropped)
-                        });
+                        let _ = tx.send(if term == e.term { Ok((e.index, e.term)) } else { Err(Error::Dropped) });
                     }
                 }
             }
@@ -173,9 +168,7 @@ impl Driver {
         if was_leader && st.role != Role::Leader {
             let leader = self.leader_name(st.leader);
             for (_, tx) in self.reads.drain() {
-                let _ = tx.send(Err(Error::NotLeader {
-                    leader: leader.clone(),
-                }));
+                let _ = tx.send(Err(Error::NotLeader { leader: leader.clone() }));
             }
         }
         while let Some(entry) = self.waiters.first_entry() {

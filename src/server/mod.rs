@@ -9,7 +9,7 @@ use std::sync::{Arc, RwLock, RwLockReadGuard};
 use std::time::Duration;
 
 use bytes::Bytes;
-use tokio::net::TcpListener;
+use tokio::net::{TcpListener, UdpSocket};
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio::task::JoinHandle;
 use tonic::transport::server::TcpIncoming;
@@ -28,25 +28,17 @@ use crate::transport::{self, Faults, PeerClient};
 /// What the driver is asked to do.
 pub enum Input {
     /// A peer message; requests carry the channel for their answer.
-    Raft {
-        msg: Message,
-        reply: Option<oneshot::Sender<Message>>,
-    },
-    /// Append a client command; answered once it is applied (or known lost).
-    Propose {
-        data: Bytes,
-        eager: bool,
-        reply: oneshot::Sender<Result<(Index, Term)>>,
-    },
+    Raft { msg: Message, reply: Option<oneshot::Sender<Message>> },
+    /// Append a client command and replicate it now; answered once it is applied
+    /// (or known lost).
+    Propose { data: Bytes, reply: oneshot::Sender<Result<(Index, Term)>> },
+    /// Append a client command without waking replication (it travels with the next
+    /// heartbeat); answered at once with its index, or NotLeader.
+    ProposeLazy { data: Bytes, reply: oneshot::Sender<Result<Index>> },
     /// A read index confirmed by a quorum (leader only).
-    ReadIndex {
-        reply: oneshot::Sender<Result<Index>>,
-    },
+    ReadIndex { reply: oneshot::Sender<Result<Index>> },
     /// Answered once the state machine has applied `index`.
-    WaitApplied {
-        index: Index,
-        reply: oneshot::Sender<()>,
-    },
+    WaitApplied { index: Index, reply: oneshot::Sender<()> },
     /// Start an election now.
     Campaign,
     /// Become a follower now, keeping the term.
@@ -80,6 +72,7 @@ struct Shared {
     clients: BTreeMap<NodeId, PeerClient>,
     metrics: Arc<Metrics>,
     election_timeout: Duration,
+    shutdown: watch::Sender<bool>,
 }
 
 /// A cheap, cloneable handle to a running node.
@@ -112,9 +105,7 @@ impl NodeHandle {
     }
 
     pub fn leader_name(&self) -> Option<String> {
-        self.status()
-            .leader
-            .map(|l| self.0.names.name(l).to_string())
+        self.status().leader.map(|l| self.0.names.name(l).to_string())
     }
 
     /// The applied state machine, for serializable reads.
@@ -124,55 +115,49 @@ impl NodeHandle {
 
     async fn ask<T>(&self, make: impl FnOnce(oneshot::Sender<T>) -> Input) -> Result<T> {
         let (tx, rx) = oneshot::channel();
-        self.0
-            .input
-            .send(make(tx))
-            .await
-            .map_err(|_| Error::Shutdown)?;
+        self.0.input.send(make(tx)).await.map_err(|_| Error::Shutdown)?;
         rx.await.map_err(|_| Error::Shutdown)
     }
 
     pub async fn step_request(&self, msg: Message) -> Result<Message> {
-        self.ask(|reply| Input::Raft {
-            msg,
-            reply: Some(reply),
-        })
-        .await
+        self.ask(|reply| Input::Raft { msg, reply: Some(reply) }).await
     }
 
     pub async fn campaign(&self) -> Result<()> {
-        self.0
-            .input
-            .send(Input::Campaign)
-            .await
-            .map_err(|_| Error::Shutdown)
+        self.0.input.send(Input::Campaign).await.map_err(|_| Error::Shutdown)
     }
 
     pub async fn become_follower(&self) -> Result<()> {
-        self.0
-            .input
-            .send(Input::BecomeFollower)
-            .await
-            .map_err(|_| Error::Shutdown)
+        self.0.input.send(Input::BecomeFollower).await.map_err(|_| Error::Shutdown)
+    }
+
+    /// Appends on this node only, if it leads, without waking replication: the
+    /// controller bridge's STORE. Returns the entry's index.
+    pub async fn propose_lazy(&self, cmd: &Command) -> Result<Index> {
+        let data = cmd.encode();
+        self.ask(|reply| Input::ProposeLazy { data, reply }).await?
+    }
+
+    /// Stops every task of this node (the controller bridge's SHUTDOWN).
+    pub fn shutdown(&self) {
+        let _ = self.0.shutdown.send(true);
+    }
+
+    /// Resolves once the node has been told to stop.
+    pub async fn stopped(&self) {
+        let mut rx = self.0.shutdown.subscribe();
+        let _ = rx.wait_for(|s| *s).await;
     }
 
     /// Proposes on this node only (no forwarding) and waits until it is applied.
     pub async fn propose_here(&self, data: Bytes, deadline: Duration) -> Result<(Index, Term)> {
-        let fut = self.ask(|reply| Input::Propose {
-            data,
-            eager: true,
-            reply,
-        });
-        tokio::time::timeout(deadline, fut)
-            .await
-            .map_err(|_| Error::Timeout)??
+        let fut = self.ask(|reply| Input::Propose { data, reply });
+        tokio::time::timeout(deadline, fut).await.map_err(|_| Error::Timeout)??
     }
 
     pub async fn read_index_here(&self, deadline: Duration) -> Result<Index> {
         let fut = self.ask(|reply| Input::ReadIndex { reply });
-        tokio::time::timeout(deadline, fut)
-            .await
-            .map_err(|_| Error::Timeout)??
+        tokio::time::timeout(deadline, fut).await.map_err(|_| Error::Timeout)??
     }
 
     async fn wait_applied(&self, index: Index) -> Result<()> {
@@ -215,9 +200,7 @@ impl NodeHandle {
                 }
             }
         };
-        tokio::time::timeout(deadline, work)
-            .await
-            .map_err(|_| Error::Timeout)?
+        tokio::time::timeout(deadline, work).await.map_err(|_| Error::Timeout)?
     }
 
     /// Commits `cmd` through the leader, wherever it is, and waits until applied there.
@@ -229,10 +212,7 @@ impl NodeHandle {
             |mut c| {
                 let command = data.clone();
                 async move {
-                    let r = c
-                        .propose(pb::ProposeRequest { command })
-                        .await
-                        .map_err(remote_error)?;
+                    let r = c.propose(pb::ProposeRequest { command }).await.map_err(remote_error)?;
                     let r = r.into_inner();
                     Ok((r.index, r.term))
                 }
@@ -249,17 +229,12 @@ impl NodeHandle {
                 deadline,
                 || self.read_index_here(deadline),
                 |mut c| async move {
-                    let r = c
-                        .read_index(pb::ReadIndexRequest {})
-                        .await
-                        .map_err(remote_error)?;
+                    let r = c.read_index(pb::ReadIndexRequest {}).await.map_err(remote_error)?;
                     Ok(r.into_inner().index)
                 },
             )
             .await?;
-        tokio::time::timeout(deadline, self.wait_applied(index))
-            .await
-            .map_err(|_| Error::Timeout)?
+        tokio::time::timeout(deadline, self.wait_applied(index)).await.map_err(|_| Error::Timeout)?
     }
 }
 
@@ -267,9 +242,7 @@ impl NodeHandle {
 /// transport failure means the leader is unreachable from here.
 fn remote_error(s: tonic::Status) -> Error {
     match s.code() {
-        tonic::Code::Unknown | tonic::Code::Internal => {
-            Error::LeaderUnreachable(s.message().to_string())
-        }
+        tonic::Code::Unknown | tonic::Code::Internal => Error::LeaderUnreachable(s.message().to_string()),
         _ => Error::Remote(s),
     }
 }
@@ -292,12 +265,14 @@ pub enum StartError {
 }
 
 impl Node {
-    /// Starts a node serving on the given listeners. `faults` (tests only) wraps
-    /// every peer channel in the fault-injection layer.
+    /// Starts a node serving on the given listeners, and the controller bridge on
+    /// `bridge` if given. `faults` (tests only) wraps every peer channel in the
+    /// fault-injection layer.
     pub async fn start(
         cfg: NodeConfig,
         client_listener: TcpListener,
         peer_listener: TcpListener,
+        bridge: Option<UdpSocket>,
         faults: Option<Faults>,
     ) -> Result<Node, StartError> {
         cfg.validate()?;
@@ -312,14 +287,7 @@ impl Node {
             .map_err(|e| StartError::Other(format!("raft config: {e}")))?;
 
         let (input_tx, input_rx) = mpsc::channel(8192);
-        let initial = NodeStatus {
-            role: Role::Follower,
-            term: 0,
-            leader: None,
-            commit: 0,
-            applied: 0,
-            last_index: 0,
-        };
+        let initial = NodeStatus { role: Role::Follower, term: 0, leader: None, commit: 0, applied: 0, last_index: 0 };
         let (status_tx, status_rx) = watch::channel(initial);
         let (shutdown_tx, shutdown_rx) = watch::channel(false);
         let kv = Arc::new(RwLock::new(KvState::default()));
@@ -334,18 +302,11 @@ impl Node {
             if pid == id {
                 continue;
             }
-            let client = transport::connect(&m.peer_addr, &cfg.name, &m.name, faults.as_ref())
-                .map_err(StartError::Other)?;
+            let client =
+                transport::connect(&m.peer_addr, &cfg.name, &m.name, faults.as_ref()).map_err(StartError::Other)?;
             peers.insert(
                 pid,
-                transport::spawn_peer(
-                    id,
-                    pid,
-                    client.clone(),
-                    names.clone(),
-                    input_tx.clone(),
-                    rpc_timeout,
-                ),
+                transport::spawn_peer(id, pid, client.clone(), names.clone(), input_tx.clone(), rpc_timeout),
             );
             clients.insert(pid, client);
         }
@@ -360,6 +321,7 @@ impl Node {
             clients,
             metrics: metrics.clone(),
             election_timeout,
+            shutdown: shutdown_tx.clone(),
         }));
         let driver = driver::Driver {
             core,
@@ -378,19 +340,11 @@ impl Node {
             waiters: BTreeMap::new(),
         };
 
-        let client_addr = client_listener
-            .local_addr()
-            .map_err(|e| StartError::Other(e.to_string()))?;
-        let peer_addr = peer_listener
-            .local_addr()
-            .map_err(|e| StartError::Other(e.to_string()))?;
+        let client_addr = client_listener.local_addr().map_err(|e| StartError::Other(e.to_string()))?;
+        let peer_addr = peer_listener.local_addr().map_err(|e| StartError::Other(e.to_string()))?;
         let (mut health_reporter, health) = tonic_health::server::health_reporter();
-        health_reporter
-            .set_serving::<pb::key_value_server::KeyValueServer<KvService>>()
-            .await;
-        health_reporter
-            .set_serving::<pb::raft_server::RaftServer<RaftService>>()
-            .await;
+        health_reporter.set_serving::<pb::key_value_server::KeyValueServer<KvService>>().await;
+        health_reporter.set_serving::<pb::raft_server::RaftServer<RaftService>>().await;
         let reflection = || {
             let v1 = tonic_reflection::server::Builder::configure()
                 .register_encoded_file_descriptor_set(pb::FILE_DESCRIPTOR_SET)
@@ -434,7 +388,7 @@ impl Node {
             .serve_with_incoming_shutdown(incoming(peer_listener)?, stop(shutdown_rx.clone()));
 
         let name = cfg.name.clone();
-        let tasks = vec![
+        let mut tasks = vec![
             tokio::spawn(driver.run()),
             tokio::spawn(async move {
                 if let Err(e) = client_server.await {
@@ -447,13 +401,10 @@ impl Node {
                 }
             }),
         ];
-        Ok(Node {
-            handle,
-            client_addr,
-            peer_addr,
-            shutdown: shutdown_tx,
-            tasks,
-        })
+        if let Some(socket) = bridge {
+            tasks.push(tokio::spawn(crate::bridge::serve(socket, handle.clone())));
+        }
+        Ok(Node { handle, client_addr, peer_addr, shutdown: shutdown_tx, tasks })
     }
 
     pub fn handle(&self) -> &NodeHandle {

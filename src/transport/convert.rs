@@ -27,31 +27,16 @@ fn entry_to_pb(e: Entry) -> pb::Entry {
         EntryKind::Normal => pb::EntryType::EntryNormal,
         EntryKind::Noop => pb::EntryType::EntryNoop,
     };
-    pb::Entry {
-        index: e.index,
-        term: e.term,
-        r#type: kind as i32,
-        data: e.data,
-    }
+    pb::Entry { index: e.index, term: e.term, r#type: kind as i32, data: e.data }
 }
 
 fn entry_from_pb(e: pb::Entry) -> Result<Entry, Status> {
     let kind = match pb::EntryType::try_from(e.r#type) {
         Ok(pb::EntryType::EntryNormal) => EntryKind::Normal,
         Ok(pb::EntryType::EntryNoop) => EntryKind::Noop,
-        Err(_) => {
-            return Err(Status::invalid_argument(format!(
-                "unknown entry type {}",
-                e.r#type
-            )))
-        }
+        Err(_) => return Err(Status::invalid_argument(format!("unknown entry type {}", e.r#type))),
     };
-    Ok(Entry {
-        index: e.index,
-        term: e.term,
-        kind,
-        data: e.data,
-    })
+    Ok(Entry { index: e.index, term: e.term, kind, data: e.data })
 }
 
 /// A peer request, ready to send.
@@ -63,68 +48,38 @@ pub enum Request {
 pub fn request_to_pb(m: Message, names: &Names) -> Option<Request> {
     let from = names.name(m.from).to_string();
     match m.body {
-        MessageBody::RequestVote {
-            last_log_index,
-            last_log_term,
-        } => Some(Request::Vote(pb::RequestVoteRequest {
-            term: m.term,
-            candidate: from,
-            last_log_index,
-            last_log_term,
-        })),
-        MessageBody::AppendEntries {
-            prev_log_index,
-            prev_log_term,
-            entries,
-            commit,
-            round,
-        } => Some(Request::Append(pb::AppendEntriesRequest {
-            term: m.term,
-            leader: from,
-            prev_log_index,
-            prev_log_term,
-            entries: entries.into_iter().map(entry_to_pb).collect(),
-            leader_commit: commit,
-            round,
-        })),
+        MessageBody::RequestVote { last_log_index, last_log_term } => {
+            Some(Request::Vote(pb::RequestVoteRequest { term: m.term, candidate: from, last_log_index, last_log_term }))
+        }
+        MessageBody::AppendEntries { prev_log_index, prev_log_term, entries, commit, round } => {
+            Some(Request::Append(pb::AppendEntriesRequest {
+                term: m.term,
+                leader: from,
+                prev_log_index,
+                prev_log_term,
+                entries: entries.into_iter().map(entry_to_pb).collect(),
+                leader_commit: commit,
+                round,
+            }))
+        }
         _ => None,
     }
 }
 
-pub fn vote_request_from_pb(
-    r: pb::RequestVoteRequest,
-    me: NodeId,
-    names: &Names,
-) -> Result<Message, Status> {
+pub fn vote_request_from_pb(r: pb::RequestVoteRequest, me: NodeId, names: &Names) -> Result<Message, Status> {
     Ok(Message {
         from: names.id(&r.candidate)?,
         to: me,
         term: r.term,
-        body: MessageBody::RequestVote {
-            last_log_index: r.last_log_index,
-            last_log_term: r.last_log_term,
-        },
+        body: MessageBody::RequestVote { last_log_index: r.last_log_index, last_log_term: r.last_log_term },
     })
 }
 
-pub fn append_request_from_pb(
-    r: pb::AppendEntriesRequest,
-    me: NodeId,
-    names: &Names,
-) -> Result<Message, Status> {
-    let entries = r
-        .entries
-        .into_iter()
-        .map(entry_from_pb)
-        .collect::<Result<Vec<_>, _>>()?;
-    let contiguous = entries
-        .iter()
-        .enumerate()
-        .all(|(i, e)| e.index == r.prev_log_index + 1 + i as u64);
+pub fn append_request_from_pb(r: pb::AppendEntriesRequest, me: NodeId, names: &Names) -> Result<Message, Status> {
+    let entries = r.entries.into_iter().map(entry_from_pb).collect::<Result<Vec<_>, _>>()?;
+    let contiguous = entries.iter().enumerate().all(|(i, e)| e.index == r.prev_log_index + 1 + i as u64);
     if !contiguous {
-        return Err(Status::invalid_argument(
-            "entries do not follow prev_log_index contiguously",
-        ));
+        return Err(Status::invalid_argument("entries do not follow prev_log_index contiguously"));
     }
     Ok(Message {
         from: names.id(&r.leader)?,
@@ -142,10 +97,7 @@ pub fn append_request_from_pb(
 
 pub fn vote_response_to_pb(m: Message) -> pb::RequestVoteResponse {
     let granted = matches!(m.body, MessageBody::RequestVoteResponse { granted: true });
-    pb::RequestVoteResponse {
-        term: m.term,
-        vote_granted: granted,
-    }
+    pb::RequestVoteResponse { term: m.term, vote_granted: granted }
 }
 
 pub fn append_response_to_pb(m: Message) -> Result<pb::AppendEntriesResponse, Status> {
@@ -166,22 +118,13 @@ pub fn append_response_to_pb(m: Message) -> Result<pb::AppendEntriesResponse, St
             conflict_term,
             round,
         }),
-        other => Err(Status::internal(format!(
-            "core answered an append with {other:?}"
-        ))),
+        other => Err(Status::internal(format!("core answered an append with {other:?}"))),
     }
 }
 
 /// The core message for a peer's answer to a request `to` sent it.
 pub fn vote_response_from_pb(r: pb::RequestVoteResponse, me: NodeId, peer: NodeId) -> Message {
-    Message {
-        from: peer,
-        to: me,
-        term: r.term,
-        body: MessageBody::RequestVoteResponse {
-            granted: r.vote_granted,
-        },
-    }
+    Message { from: peer, to: me, term: r.term, body: MessageBody::RequestVoteResponse { granted: r.vote_granted } }
 }
 
 pub fn append_response_from_pb(r: pb::AppendEntriesResponse, me: NodeId, peer: NodeId) -> Message {

@@ -67,20 +67,14 @@ impl Faults {
     fn check(&self, from: &str, to: &str) -> Result<Duration, PeerError> {
         let s = self.0.lock().unwrap();
         if s.cut.contains(&(from.to_string(), to.to_string())) {
-            return Err(PeerError(format!(
-                "fault injection: link {from} -> {to} is cut"
-            )));
+            return Err(PeerError(format!("fault injection: link {from} -> {to} is cut")));
         }
         Ok(s.delay)
     }
 
     /// The layer for the channel from `from` to `to`.
     pub fn layer(&self, from: &str, to: &str) -> FaultLayer {
-        FaultLayer {
-            faults: self.clone(),
-            from: from.into(),
-            to: to.into(),
-        }
+        FaultLayer { faults: self.clone(), from: from.into(), to: to.into() }
     }
 }
 
@@ -94,10 +88,7 @@ pub struct FaultLayer {
 impl<S> Layer<S> for FaultLayer {
     type Service = FaultService<S>;
     fn layer(&self, inner: S) -> Self::Service {
-        FaultService {
-            inner,
-            layer: self.clone(),
-        }
+        FaultService { inner, layer: self.clone() }
     }
 }
 
@@ -119,9 +110,7 @@ where
     type Future = Pin<Box<dyn Future<Output = Result<S::Response, PeerError>> + Send>>;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), PeerError>> {
-        self.inner
-            .poll_ready(cx)
-            .map_err(|e| PeerError(e.to_string()))
+        self.inner.poll_ready(cx).map_err(|e| PeerError(e.to_string()))
     }
 
     fn call(&mut self, req: R) -> Self::Future {

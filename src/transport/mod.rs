@@ -18,11 +18,8 @@ use crate::server::Input;
 use convert::{Names, Request};
 pub use fault::{Faults, PeerError};
 
-pub type PeerChannel = BoxCloneSyncService<
-    http::Request<tonic::body::BoxBody>,
-    http::Response<tonic::body::BoxBody>,
-    PeerError,
->;
+pub type PeerChannel =
+    BoxCloneSyncService<http::Request<tonic::body::BoxBody>, http::Response<tonic::body::BoxBody>, PeerError>;
 pub type PeerClient = RaftClient<PeerChannel>;
 
 /// Messages queued per peer before the driver treats the peer as unreachable.
@@ -32,12 +29,7 @@ const PEER_CONCURRENCY: usize = 16;
 pub const MAX_MESSAGE_BYTES: usize = 64 << 20;
 
 /// A client for the peer at `addr`. Connects lazily and reconnects on demand.
-pub fn connect(
-    addr: &str,
-    from: &str,
-    to: &str,
-    faults: Option<&Faults>,
-) -> Result<PeerClient, String> {
+pub fn connect(addr: &str, from: &str, to: &str, faults: Option<&Faults>) -> Result<PeerClient, String> {
     let ep = Endpoint::from_shared(format!("http://{addr}"))
         .map_err(|e| format!("peer {to} address {addr:?}: {e}"))?
         .connect_timeout(Duration::from_millis(500))
@@ -49,9 +41,7 @@ pub fn connect(
         Some(f) => BoxCloneSyncService::new(f.layer(from, to).layer(channel)),
         None => BoxCloneSyncService::new(channel.map_err(|e| PeerError(e.to_string()))),
     };
-    Ok(RaftClient::new(svc)
-        .max_decoding_message_size(MAX_MESSAGE_BYTES)
-        .max_encoding_message_size(MAX_MESSAGE_BYTES))
+    Ok(RaftClient::new(svc).max_decoding_message_size(MAX_MESSAGE_BYTES).max_encoding_message_size(MAX_MESSAGE_BYTES))
 }
 
 /// Starts the sender task of one peer and returns its queue. Answers (or the failure
@@ -94,12 +84,7 @@ fn call(
 ) -> impl std::future::Future<Output = Message> {
     let req = convert::request_to_pb(m, names);
     async move {
-        let unreachable = Message {
-            from: peer,
-            to: me,
-            term: 0,
-            body: MessageBody::Unreachable,
-        };
+        let unreachable = Message { from: peer, to: me, term: 0, body: MessageBody::Unreachable };
         let answer = async {
             match req? {
                 Request::Vote(r) => {
@@ -112,10 +97,6 @@ fn call(
                 }
             }
         };
-        tokio::time::timeout(rpc_timeout, answer)
-            .await
-            .ok()
-            .flatten()
-            .unwrap_or(unreachable)
+        tokio::time::timeout(rpc_timeout, answer).await.ok().flatten().unwrap_or(unreachable)
     }
 }

@@ -21,8 +21,7 @@ impl pb::raft_server::Raft for RaftService {
         &self,
         req: Request<pb::RequestVoteRequest>,
     ) -> Result<Response<pb::RequestVoteResponse>, Status> {
-        let msg =
-            convert::vote_request_from_pb(req.into_inner(), self.node.id(), self.node.names())?;
+        let msg = convert::vote_request_from_pb(req.into_inner(), self.node.id(), self.node.names())?;
         let answer = self.node.step_request(msg).await?;
         Ok(Response::new(convert::vote_response_to_pb(answer)))
     }
@@ -31,28 +30,18 @@ impl pb::raft_server::Raft for RaftService {
         &self,
         req: Request<pb::AppendEntriesRequest>,
     ) -> Result<Response<pb::AppendEntriesResponse>, Status> {
-        let msg =
-            convert::append_request_from_pb(req.into_inner(), self.node.id(), self.node.names())?;
+        let msg = convert::append_request_from_pb(req.into_inner(), self.node.id(), self.node.names())?;
         let answer = self.node.step_request(msg).await?;
         Ok(Response::new(convert::append_response_to_pb(answer)?))
     }
 
-    async fn propose(
-        &self,
-        req: Request<pb::ProposeRequest>,
-    ) -> Result<Response<pb::ProposeResponse>, Status> {
+    async fn propose(&self, req: Request<pb::ProposeRequest>) -> Result<Response<pb::ProposeResponse>, Status> {
         let deadline = crate::api::deadline(&req);
-        let (index, term) = self
-            .node
-            .propose_here(req.into_inner().command, deadline)
-            .await?;
+        let (index, term) = self.node.propose_here(req.into_inner().command, deadline).await?;
         Ok(Response::new(pb::ProposeResponse { index, term }))
     }
 
-    async fn read_index(
-        &self,
-        req: Request<pb::ReadIndexRequest>,
-    ) -> Result<Response<pb::ReadIndexResponse>, Status> {
+    async fn read_index(&self, req: Request<pb::ReadIndexRequest>) -> Result<Response<pb::ReadIndexResponse>, Status> {
         let deadline = crate::api::deadline(&req);
         let index = self.node.read_index_here(deadline).await?;
         Ok(Response::new(pb::ReadIndexResponse { index }))

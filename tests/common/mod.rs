@@ -37,36 +37,21 @@ impl TestCluster {
         let members: Vec<Member> = names
             .iter()
             .zip(&peer_ls)
-            .map(|(name, l)| Member {
-                name: name.clone(),
-                peer_addr: l.local_addr().unwrap().to_string(),
-            })
+            .map(|(name, l)| Member { name: name.clone(), peer_addr: l.local_addr().unwrap().to_string() })
             .collect();
         let faults = Faults::default();
         let leaders = Arc::new(Mutex::new(BTreeMap::new()));
         let mut nodes = Vec::new();
         let mut client_addrs = Vec::new();
         for ((name, cl), pl) in names.iter().zip(client_ls).zip(peer_ls) {
-            let cfg = NodeConfig {
-                name: name.clone(),
-                members: members.clone(),
-                election_timeout_ms: 150,
-                heartbeat_ms: 50,
-            };
+            let cfg =
+                NodeConfig { name: name.clone(), members: members.clone(), election_timeout_ms: 150, heartbeat_ms: 50 };
             client_addrs.push(cl.local_addr().unwrap().to_string());
-            let node = Node::start(cfg, cl, pl, Some(faults.clone()))
-                .await
-                .expect("node starts");
+            let node = Node::start(cfg, cl, pl, Some(faults.clone())).await.expect("node starts");
             monitor(node.handle().clone(), leaders.clone());
             nodes.push(Some(node));
         }
-        TestCluster {
-            names,
-            nodes,
-            client_addrs,
-            faults,
-            leaders,
-        }
+        TestCluster { names, nodes, client_addrs, faults, leaders }
     }
 
     pub fn handle(&self, i: usize) -> &NodeHandle {
@@ -74,15 +59,11 @@ impl TestCluster {
     }
 
     pub fn live(&self) -> Vec<usize> {
-        (0..self.nodes.len())
-            .filter(|&i| self.nodes[i].is_some())
-            .collect()
+        (0..self.nodes.len()).filter(|&i| self.nodes[i].is_some()).collect()
     }
 
     pub async fn client(&self, i: usize) -> KeyValueClient<Channel> {
-        KeyValueClient::connect(format!("http://{}", self.client_addrs[i]))
-            .await
-            .expect("client connects")
+        KeyValueClient::connect(format!("http://{}", self.client_addrs[i])).await.expect("client connects")
     }
 
     /// Waits until one of `among` leads and a majority of the cluster agrees on it in
@@ -107,10 +88,7 @@ impl TestCluster {
                     return i;
                 }
             }
-            assert!(
-                tokio::time::Instant::now() < deadline,
-                "no leader among {among:?} within {WAIT:?}"
-            );
+            assert!(tokio::time::Instant::now() < deadline, "no leader among {among:?} within {WAIT:?}");
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
     }
@@ -123,29 +101,15 @@ impl TestCluster {
     /// Waits until every node in `among` has applied at least `index`.
     pub async fn wait_applied(&self, among: &[usize], index: u64) {
         let deadline = tokio::time::Instant::now() + WAIT;
-        while !among
-            .iter()
-            .all(|&i| self.handle(i).status().applied >= index)
-        {
-            let st: Vec<_> = among
-                .iter()
-                .map(|&i| self.handle(i).status().applied)
-                .collect();
-            assert!(
-                tokio::time::Instant::now() < deadline,
-                "not applied {index} within {WAIT:?}: {st:?}"
-            );
+        while !among.iter().all(|&i| self.handle(i).status().applied >= index) {
+            let st: Vec<_> = among.iter().map(|&i| self.handle(i).status().applied).collect();
+            assert!(tokio::time::Instant::now() < deadline, "not applied {index} within {WAIT:?}: {st:?}");
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
     }
 
     pub async fn retrieve(&self, i: usize) -> pb::RetrieveResponse {
-        self.client(i)
-            .await
-            .retrieve(pb::RetrieveRequest {})
-            .await
-            .expect("retrieve")
-            .into_inner()
+        self.client(i).await.retrieve(pb::RetrieveRequest {}).await.expect("retrieve").into_inner()
     }
 
     pub async fn stop(&mut self, i: usize) {
@@ -202,12 +166,7 @@ pub async fn store(
     key: &str,
     value: &str,
 ) -> Result<pb::StoreResponse, tonic::Status> {
-    c.store(pb::StoreRequest {
-        key: key.into(),
-        value: value.into(),
-    })
-    .await
-    .map(|r| r.into_inner())
+    c.store(pb::StoreRequest { key: key.into(), value: value.into() }).await.map(|r| r.into_inner())
 }
 
 pub fn with_timeout<T>(msg: T, d: Duration) -> tonic::Request<T> {
