@@ -59,10 +59,7 @@ pub async fn run(args: ControllerArgs) -> CmdResult {
             if expects_reply {
                 Err(format!("no reply from {addr} within {} ms", args.wait_ms))
             } else {
-                eprintln!(
-                    "sent {request} to {addr}; no reply within {} ms (none is expected)",
-                    args.wait_ms
-                );
+                eprintln!("sent {request} to {addr}; no reply within {} ms (none is expected)", args.wait_ms);
                 Ok(ExitCode::SUCCESS)
             }
         }

@@ -16,10 +16,25 @@ use tonic::transport::Channel;
 /// Generous: this is a noisy 2-core machine; tests assert outcomes, not speed.
 pub const WAIT: Duration = Duration::from_secs(20);
 
+#[derive(Clone, Copy)]
+pub struct Opts {
+    pub election_timeout_ms: u64,
+    pub heartbeat_ms: u64,
+    /// Start every node with a controller bridge on 127.0.0.1.
+    pub bridge: bool,
+}
+
+impl Default for Opts {
+    fn default() -> Self {
+        Opts { election_timeout_ms: 150, heartbeat_ms: 50, bridge: false }
+    }
+}
+
 pub struct TestCluster {
     pub names: Vec<String>,
     pub nodes: Vec<Option<Node>>,
     pub client_addrs: Vec<String>,
+    pub bridge_addrs: Vec<std::net::SocketAddr>,
     pub faults: Faults,
     /// term -> leaders seen in that term (more than one is a safety violation).
     leaders: Arc<Mutex<BTreeMap<u64, Vec<String>>>>,
@@ -27,6 +42,10 @@ pub struct TestCluster {
 
 impl TestCluster {
     pub async fn start(n: usize) -> TestCluster {
+        Self::start_with(n, Opts::default()).await
+    }
+
+    pub async fn start_with(n: usize, opts: Opts) -> TestCluster {
         let names: Vec<String> = (1..=n).map(|i| format!("n{i}")).collect();
         let mut client_ls = Vec::new();
         let mut peer_ls = Vec::new();
@@ -43,15 +62,27 @@ impl TestCluster {
         let leaders = Arc::new(Mutex::new(BTreeMap::new()));
         let mut nodes = Vec::new();
         let mut client_addrs = Vec::new();
+        let mut bridge_addrs = Vec::new();
         for ((name, cl), pl) in names.iter().zip(client_ls).zip(peer_ls) {
-            let cfg =
-                NodeConfig { name: name.clone(), members: members.clone(), election_timeout_ms: 150, heartbeat_ms: 50 };
+            let cfg = NodeConfig {
+                name: name.clone(),
+                members: members.clone(),
+                election_timeout_ms: opts.election_timeout_ms,
+                heartbeat_ms: opts.heartbeat_ms,
+            };
             client_addrs.push(cl.local_addr().unwrap().to_string());
-            let node = Node::start(cfg, cl, pl, Some(faults.clone())).await.expect("node starts");
+            let bridge = if opts.bridge {
+                let b = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
+                bridge_addrs.push(b.local_addr().unwrap());
+                Some(b)
+            } else {
+                None
+            };
+            let node = Node::start(cfg, cl, pl, bridge, Some(faults.clone())).await.expect("node starts");
             monitor(node.handle().clone(), leaders.clone());
             nodes.push(Some(node));
         }
-        TestCluster { names, nodes, client_addrs, faults, leaders }
+        TestCluster { names, nodes, client_addrs, bridge_addrs, faults, leaders }
     }
 
     pub fn handle(&self, i: usize) -> &NodeHandle {
