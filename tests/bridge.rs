@@ -82,6 +82,24 @@ async fn agreed_leader(c: &TestCluster, ctl: &Controller, among: &[usize]) -> (u
     }
 }
 
+/// Polls until the agreed leader satisfies `pred(leader, term)`.
+async fn agreed_leader_where(
+    c: &TestCluster,
+    ctl: &Controller,
+    among: &[usize],
+    pred: impl Fn(usize, u64) -> bool,
+) -> (usize, u64) {
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        let (l, t) = agreed_leader(c, ctl, among).await;
+        if pred(l, t) {
+            return (l, t);
+        }
+        assert!(tokio::time::Instant::now() < deadline, "the leader stayed {l} in term {t}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
 async fn wait_retrieve(ctl: &Controller, to: SocketAddr, pred: impl Fn(&[Value]) -> bool) -> Vec<Value> {
     let deadline = tokio::time::Instant::now() + WAIT;
     loop {
@@ -134,30 +152,14 @@ async fn controller_drives_a_five_node_cluster() {
     // TIMEOUT on a follower: a new term and a leader.
     let (_, t0) = agreed_leader(&c, &ctl, &all).await;
     ctl.send(c.bridge_addrs[follower], "TIMEOUT", Value::Null, Value::Null).await;
-    let deadline = tokio::time::Instant::now() + WAIT;
-    let (_, t1) = loop {
-        let (l, t) = agreed_leader(&c, &ctl, &all).await;
-        if t > t0 {
-            break (l, t);
-        }
-        assert!(tokio::time::Instant::now() < deadline, "TIMEOUT started no new term");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    };
+    let (_, t1) = agreed_leader_where(&c, &ctl, &all, |_, t| t > t0).await;
 
     // CONVERT_FOLLOWER on the leader: it stops leading, and an election follows.
     let (l1, _) = agreed_leader(&c, &ctl, &all).await;
     ctl.send(c.bridge_addrs[l1], "CONVERT_FOLLOWER", Value::Null, Value::Null).await;
     let mut w = c.handle(l1).status_watch();
     tokio::time::timeout(WAIT, w.wait_for(|s| s.role != Role::Leader || s.term > t1)).await.unwrap().unwrap();
-    let deadline = tokio::time::Instant::now() + WAIT;
-    let (l2, t2) = loop {
-        let (l, t) = agreed_leader(&c, &ctl, &all).await;
-        if t > t1 {
-            break (l, t);
-        }
-        assert!(tokio::time::Instant::now() < deadline, "no election after CONVERT_FOLLOWER");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    };
+    let (l2, t2) = agreed_leader_where(&c, &ctl, &all, |_, t| t > t1).await;
 
     // SHUTDOWN of the leader: its tasks end, no error, the rest elect a new leader.
     ctl.send(c.bridge_addrs[l2], "SHUTDOWN", Value::Null, Value::Null).await;
@@ -165,16 +167,7 @@ async fn controller_drives_a_five_node_cluster() {
     c.stop(l2).await;
     let rest: Vec<usize> = all.iter().copied().filter(|&i| i != l2).collect();
     // Until their election timers fire, the others still (rightly) name the old leader.
-    let deadline = tokio::time::Instant::now() + WAIT;
-    let l3 = loop {
-        let (l, t) = agreed_leader(&c, &ctl, &rest).await;
-        if l != l2 {
-            assert!(t > t2);
-            break l;
-        }
-        assert!(tokio::time::Instant::now() < deadline, "no new leader after SHUTDOWN");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    };
+    let (l3, _) = agreed_leader_where(&c, &ctl, &rest, |l, t| l != l2 && t > t2).await;
     ctl.send(c.bridge_addrs[l2], "LEADER_INFO", Value::Null, Value::Null).await;
     assert!(ctl.recv(Duration::from_millis(500)).await.is_none(), "a shut-down node's bridge is gone");
     // The entries survive, and the cluster still takes STOREs.
