@@ -25,6 +25,8 @@ pub struct NodeConfig {
     /// Minimum election timeout; each one is drawn from `[min, 2 * min)`.
     pub election_timeout_ms: u64,
     pub heartbeat_ms: u64,
+    /// Where the node keeps its log and hard state.
+    pub data_dir: std::path::PathBuf,
 }
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -113,7 +115,13 @@ mod tests {
     #[test]
     fn validate_checks_membership_and_timing() {
         let members = parse_initial_cluster("b=h:1,a=h:2").unwrap();
-        let mut c = NodeConfig { name: "a".into(), members, election_timeout_ms: 150, heartbeat_ms: 50 };
+        let mut c = NodeConfig {
+            name: "a".into(),
+            members,
+            election_timeout_ms: 150,
+            heartbeat_ms: 50,
+            data_dir: "unused".into(),
+        };
         assert_eq!(c.validate(), Ok(()));
         assert_eq!(c.id_of("a"), Some(1));
         assert_eq!(c.ticks(150), 15);

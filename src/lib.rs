@@ -18,4 +18,5 @@ pub mod kv;
 pub mod proto;
 pub mod raft;
 pub mod server;
+pub mod storage;
 pub mod transport;

@@ -15,6 +15,7 @@ struct Procs {
     names: Vec<String>,
     clients: Vec<String>,
     children: Vec<Option<Child>>,
+    _data: tempfile::TempDir,
 }
 
 impl Drop for Procs {
@@ -29,6 +30,7 @@ impl Drop for Procs {
 impl Procs {
     fn start(n: usize) -> Procs {
         let names: Vec<String> = (1..=n).map(|i| format!("p{i}")).collect();
+        let data = tempfile::tempdir().unwrap();
         let clients: Vec<String> = (0..n).map(|_| format!("127.0.0.1:{}", free_port())).collect();
         let peers: Vec<String> = (0..n).map(|_| format!("127.0.0.1:{}", free_port())).collect();
         let cluster: Vec<String> = names.iter().zip(&peers).map(|(n, p)| format!("{n}={p}")).collect();
@@ -38,6 +40,8 @@ impl Procs {
                     Command::new(BIN)
                         .args(["serve", "--name", &names[i], "--client-addr", &clients[i], "--peer-addr", &peers[i]])
                         .args(["--initial-cluster", &cluster.join(",")])
+                        .arg("--data-dir")
+                        .arg(data.path().join(&names[i]))
                         .env("RUST_LOG", "warn")
                         .stdout(Stdio::null())
                         .stderr(Stdio::null())
@@ -46,7 +50,7 @@ impl Procs {
                 )
             })
             .collect();
-        Procs { names, clients, children }
+        Procs { names, clients, children, _data: data }
     }
 
     fn endpoints(&self) -> String {

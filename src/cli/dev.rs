@@ -22,6 +22,12 @@ pub struct DevArgs {
     /// Heartbeat interval passed to every node.
     #[arg(long, default_value_t = 50)]
     pub heartbeat_ms: u64,
+    /// Each node keeps its data in DATA_ROOT/NAME; a restarted `raftkv dev` resumes it.
+    #[arg(long, default_value = ".raftkv-dev")]
+    pub data_root: std::path::PathBuf,
+    /// Wipe DATA_ROOT before starting.
+    #[arg(long)]
+    pub fresh: bool,
     /// Give every node a controller bridge, on UDP port BASE+200+i.
     #[arg(long)]
     pub bridge: bool,
@@ -67,11 +73,16 @@ pub async fn run(args: DevArgs) -> CmdResult {
         .collect();
     let cluster: Vec<String> = spec.iter().map(|(n, _, p, _)| format!("{n}={p}")).collect();
     let cluster = cluster.join(",");
-    println!("raftkv dev: starting {} nodes", args.nodes);
+    if args.fresh && args.data_root.exists() {
+        std::fs::remove_dir_all(&args.data_root)
+            .map_err(|e| format!("--fresh: cannot remove {}: {e}", args.data_root.display()))?;
+    }
+    println!("raftkv dev: starting {} nodes, data under {}", args.nodes, args.data_root.display());
     let mut children = Vec::new();
     for (name, client, peer, bridge) in spec {
         let mut cmd = Command::new(&exe);
         cmd.arg("serve");
+        cmd.arg("--data-dir").arg(args.data_root.join(&name));
         if let Some(b) = &bridge {
             cmd.args(["--bridge-addr", b]);
         }

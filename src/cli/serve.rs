@@ -32,6 +32,10 @@ pub struct ServeArgs {
     /// is 5555). Unauthenticated: it accepts SHUTDOWN.
     #[arg(long, env = "RAFTKV_BRIDGE_ADDR")]
     pub bridge_addr: Option<String>,
+    /// Directory for the node's log and hard state (default: ./NAME.raftkv). Created
+    /// if missing; a directory of another node or cluster, or damaged data, is refused.
+    #[arg(long, env = "RAFTKV_DATA_DIR")]
+    pub data_dir: Option<std::path::PathBuf>,
 }
 
 fn init_logging() {
@@ -60,6 +64,7 @@ pub async fn run(args: ServeArgs) -> CmdResult {
         members,
         election_timeout_ms: args.election_timeout_ms,
         heartbeat_ms: args.heartbeat_ms,
+        data_dir: args.data_dir.clone().unwrap_or_else(|| format!("{}.raftkv", args.name).into()),
     };
     cfg.validate().map_err(|e| e.to_string())?;
     let client = TcpListener::bind(&args.client_addr)
@@ -94,5 +99,8 @@ pub async fn run(args: ServeArgs) -> CmdResult {
     }
     tracing::info!(name = %args.name, "stopping");
     node.shutdown().await;
-    Ok(ExitCode::SUCCESS)
+    match handle.fatal_error() {
+        Some(e) => Err(format!("stopped on a storage failure: {e}")),
+        None => Ok(ExitCode::SUCCESS),
+    }
 }

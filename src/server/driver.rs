@@ -12,6 +12,7 @@ use super::{Input, Metrics, NodeStatus};
 use crate::error::Error;
 use crate::kv::KvState;
 use crate::raft::{Index, Message, MessageBody, NodeId, ProposeError, RawNode, Role, Term};
+use crate::storage::Storage;
 use crate::transport::convert::Names;
 
 type ProposalReply = oneshot::Sender<Result<(Index, Term), Error>>;
@@ -21,6 +22,10 @@ const MAX_BATCH: usize = 4096;
 
 pub(super) struct Driver {
     pub core: RawNode,
+    pub storage: Storage,
+    /// Set, and the node stopped, when storage fails: a node must not go on from a
+    /// state it cannot trust.
+    pub fatal: Arc<std::sync::Mutex<Option<String>>>,
     pub names: Names,
     pub input: mpsc::Receiver<Input>,
     pub peers: BTreeMap<NodeId, mpsc::Sender<Message>>,
@@ -29,6 +34,7 @@ pub(super) struct Driver {
     pub metrics: Arc<Metrics>,
     pub tick: Duration,
     pub shutdown: watch::Receiver<bool>,
+    pub shutdown_tx: watch::Sender<bool>,
     /// Answers to peer requests, held until what they promise is persisted.
     pub held: Vec<(oneshot::Sender<Message>, Message)>,
     pub proposals: BTreeMap<Index, (Term, ProposalReply)>,
@@ -58,7 +64,12 @@ impl Driver {
                     }
                 }
             }
-            self.process_ready();
+            if let Err(e) = self.process_ready() {
+                tracing::error!("storage failed, stopping the node: {e}");
+                *self.fatal.lock().unwrap() = Some(e.to_string());
+                let _ = self.shutdown_tx.send(true);
+                break;
+            }
         }
         tracing::debug!("driver stopped");
     }
@@ -122,12 +133,16 @@ impl Driver {
         }
     }
 
-    fn process_ready(&mut self) {
+    fn process_ready(&mut self) -> Result<(), crate::storage::StorageError> {
         let was_leader = self.core.status().role == Role::Leader;
         while self.core.has_ready() {
             let rd = self.core.ready();
-            // 1. Persist. The log and hard state live in the core's memory; a durable
-            //    store takes rd.hard_state and rd.entries here, before anything is sent.
+            // 1. Persist hard state and entries: one write, one fdatasync, before
+            //    anything that depends on them is sent.
+            if rd.hard_state.is_some() || !rd.entries.is_empty() {
+                let storage = &mut self.storage;
+                tokio::task::block_in_place(|| storage.persist(rd.hard_state, &rd.entries))?;
+            }
             let persisted = rd.entries.last().map(|e| (e.index, e.term));
             // 2. Send: held answers, then requests to peers.
             for (tx, answer) in self.held.drain(..) {
@@ -197,5 +212,6 @@ impl Driver {
             *old = new;
             true
         });
+        Ok(())
     }
 }

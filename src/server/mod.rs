@@ -20,7 +20,8 @@ use crate::config::NodeConfig;
 use crate::error::{Error, Result};
 use crate::kv::{Command, KvState};
 use crate::proto as pb;
-use crate::raft::{self, HardState, Index, Message, NodeId, RawNode, Role, Term};
+use crate::raft::{self, Index, Message, NodeId, RawNode, Role, Term};
+use crate::storage::Storage;
 use crate::transport::convert::Names;
 use crate::transport::service::RaftService;
 use crate::transport::{self, Faults, PeerClient};
@@ -73,6 +74,8 @@ struct Shared {
     metrics: Arc<Metrics>,
     election_timeout: Duration,
     shutdown: watch::Sender<bool>,
+    /// Why the node stopped itself, if it did (a failed write or fsync).
+    fatal: Arc<std::sync::Mutex<Option<String>>>,
 }
 
 /// A cheap, cloneable handle to a running node.
@@ -141,6 +144,11 @@ impl NodeHandle {
     /// Stops every task of this node (the controller bridge's SHUTDOWN).
     pub fn shutdown(&self) {
         let _ = self.0.shutdown.send(true);
+    }
+
+    /// The error that made the node stop itself, if any.
+    pub fn fatal_error(&self) -> Option<String> {
+        self.0.fatal.lock().unwrap().clone()
     }
 
     /// Resolves once the node has been told to stop.
@@ -260,6 +268,8 @@ pub struct Node {
 pub enum StartError {
     #[error(transparent)]
     Config(#[from] crate::config::ConfigError),
+    #[error(transparent)]
+    Storage(#[from] crate::storage::StorageError),
     #[error("{0}")]
     Other(String),
 }
@@ -283,13 +293,37 @@ impl Node {
         core_cfg.election_ticks = cfg.ticks(cfg.election_timeout_ms);
         core_cfg.heartbeat_ticks = cfg.ticks(cfg.heartbeat_ms);
         core_cfg.seed = rand::random();
-        let core = RawNode::new(core_cfg, HardState::default(), Vec::new())
+        let (storage, recovered) = {
+            let dir = cfg.data_dir.clone();
+            let (name, cluster) = (cfg.name.clone(), names.0.clone());
+            tokio::task::spawn_blocking(move || Storage::open(&dir, &name, &cluster))
+                .await
+                .map_err(|e| StartError::Other(e.to_string()))??
+        };
+        let hs = recovered.hard_state;
+        tracing::info!(
+            dir = %cfg.data_dir.display(),
+            term = hs.term,
+            commit = hs.commit,
+            entries = recovered.entries.len(),
+            "recovered durable state"
+        );
+        let core = RawNode::new(core_cfg, hs, recovered.entries)
             .map_err(|e| StartError::Other(format!("raft config: {e}")))?;
 
         let (input_tx, input_rx) = mpsc::channel(8192);
-        let initial = NodeStatus { role: Role::Follower, term: 0, leader: None, commit: 0, applied: 0, last_index: 0 };
+        let st = core.status();
+        let initial = NodeStatus {
+            role: Role::Follower,
+            term: st.term,
+            leader: None,
+            commit: st.commit,
+            applied: 0,
+            last_index: st.last_index,
+        };
         let (status_tx, status_rx) = watch::channel(initial);
         let (shutdown_tx, shutdown_rx) = watch::channel(false);
+        let fatal = Arc::new(std::sync::Mutex::new(None));
         let kv = Arc::new(RwLock::new(KvState::default()));
         let metrics = Arc::new(Metrics::default());
         let election_timeout = Duration::from_millis(cfg.election_timeout_ms);
@@ -322,9 +356,12 @@ impl Node {
             metrics: metrics.clone(),
             election_timeout,
             shutdown: shutdown_tx.clone(),
+            fatal: fatal.clone(),
         }));
         let driver = driver::Driver {
             core,
+            storage,
+            fatal: fatal.clone(),
             names,
             input: input_rx,
             peers,
@@ -333,6 +370,7 @@ impl Node {
             metrics,
             tick: cfg.tick(),
             shutdown: shutdown_rx.clone(),
+            shutdown_tx: shutdown_tx.clone(),
             held: Vec::new(),
             proposals: BTreeMap::new(),
             reads: Default::default(),

@@ -38,6 +38,8 @@ pub struct TestCluster {
     pub faults: Faults,
     /// term -> leaders seen in that term (more than one is a safety violation).
     leaders: Arc<Mutex<BTreeMap<u64, Vec<String>>>>,
+    /// Every node's data directory, removed when the cluster is dropped.
+    _data: tempfile::TempDir,
 }
 
 impl TestCluster {
@@ -59,6 +61,7 @@ impl TestCluster {
             .map(|(name, l)| Member { name: name.clone(), peer_addr: l.local_addr().unwrap().to_string() })
             .collect();
         let faults = Faults::default();
+        let data = tempfile::tempdir().expect("a temporary directory");
         let leaders = Arc::new(Mutex::new(BTreeMap::new()));
         let mut nodes = Vec::new();
         let mut client_addrs = Vec::new();
@@ -69,6 +72,7 @@ impl TestCluster {
                 members: members.clone(),
                 election_timeout_ms: opts.election_timeout_ms,
                 heartbeat_ms: opts.heartbeat_ms,
+                data_dir: data.path().join(name),
             };
             client_addrs.push(cl.local_addr().unwrap().to_string());
             let bridge = if opts.bridge {
@@ -82,7 +86,7 @@ impl TestCluster {
             monitor(node.handle().clone(), leaders.clone());
             nodes.push(Some(node));
         }
-        TestCluster { names, nodes, client_addrs, bridge_addrs, faults, leaders }
+        TestCluster { names, nodes, client_addrs, bridge_addrs, faults, leaders, _data: data }
     }
 
     pub fn handle(&self, i: usize) -> &NodeHandle {

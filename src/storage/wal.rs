@@ -1,0 +1,346 @@
+//! A segmented write-ahead log of Raft entries and hard states.
+//!
+//! Segment file: the 8-byte magic `RKVWAL01`, then records:
+//! `[len: u32][hcrc: u32 = crc32(len)][crc: u32 = crc32(type, payload)][type: u8][payload: len bytes]`,
+//! little-endian. Type 1 is an entry (`index u64, term u64, kind u8, data`), type 2 a
+//! hard state (`term u64, vote u64 (0 = none), commit u64`); the last hard state wins.
+//!
+//! Recovery keeps every valid record. A damaged record at the end of the last segment
+//! is a torn write (a crash in the middle of an append) and is cut off; damage
+//! anywhere else is refused, naming the file and offset.
+use std::fs::{self, File, OpenOptions};
+use std::io::{Read, Seek, SeekFrom, Write};
+use std::path::{Path, PathBuf};
+
+use bytes::Bytes;
+
+use super::StorageError;
+use crate::raft::{Entry, EntryKind, HardState, Index};
+
+const MAGIC: &[u8; 8] = b"RKVWAL01";
+const HEADER: usize = 13;
+const TYPE_ENTRY: u8 = 1;
+const TYPE_HARD_STATE: u8 = 2;
+/// A segment is closed once it passes this size.
+pub const SEGMENT_BYTES: u64 = 64 << 20;
+
+pub struct Wal {
+    dir: PathBuf,
+    /// Sequence numbers of the segments, oldest first; the last is being written.
+    segments: Vec<u64>,
+    file: File,
+    size: u64,
+    /// (segment, offset) of each entry, from index 1.
+    positions: Vec<(u64, u64)>,
+    hard_state: HardState,
+    /// fdatasync calls so far (for benchmarks).
+    pub syncs: u64,
+}
+
+fn segment_path(dir: &Path, seq: u64) -> PathBuf {
+    dir.join(format!("{seq:016}.wal"))
+}
+
+fn io(path: &Path, e: std::io::Error) -> StorageError {
+    StorageError::Io { path: path.to_path_buf(), source: e }
+}
+
+fn encode(buf: &mut Vec<u8>, kind: u8, payload: &[&[u8]]) {
+    let len: usize = payload.iter().map(|p| p.len()).sum();
+    let len = len as u32;
+    let mut crc = crc32fast::Hasher::new();
+    crc.update(&[kind]);
+    for p in payload {
+        crc.update(p);
+    }
+    buf.extend_from_slice(&len.to_le_bytes());
+    buf.extend_from_slice(&crc32fast::hash(&len.to_le_bytes()).to_le_bytes());
+    buf.extend_from_slice(&crc.finalize().to_le_bytes());
+    buf.push(kind);
+    for p in payload {
+        buf.extend_from_slice(p);
+    }
+}
+
+fn encode_entry(buf: &mut Vec<u8>, e: &Entry) {
+    let kind = match e.kind {
+        EntryKind::Normal => 0u8,
+        EntryKind::Noop => 1u8,
+    };
+    encode(buf, TYPE_ENTRY, &[&e.index.to_le_bytes(), &e.term.to_le_bytes(), &[kind], &e.data]);
+}
+
+fn encode_hard_state(buf: &mut Vec<u8>, hs: &HardState) {
+    let vote = hs.vote.unwrap_or(0);
+    encode(buf, TYPE_HARD_STATE, &[&hs.term.to_le_bytes(), &vote.to_le_bytes(), &hs.commit.to_le_bytes()]);
+}
+
+fn u64_at(b: &[u8], at: usize) -> u64 {
+    u64::from_le_bytes(b[at..at + 8].try_into().expect("8 bytes"))
+}
+
+enum Record {
+    Entry(Entry),
+    HardState(HardState),
+}
+
+fn decode(kind: u8, p: &[u8]) -> Option<Record> {
+    match kind {
+        TYPE_ENTRY if p.len() >= 17 => {
+            let kind = match p[16] {
+                0 => EntryKind::Normal,
+                1 => EntryKind::Noop,
+                _ => return None,
+            };
+            Some(Record::Entry(Entry {
+                index: u64_at(p, 0),
+                term: u64_at(p, 8),
+                kind,
+                data: Bytes::copy_from_slice(&p[17..]),
+            }))
+        }
+        TYPE_HARD_STATE if p.len() == 24 => {
+            let vote = u64_at(p, 8);
+            Some(Record::HardState(HardState {
+                term: u64_at(p, 0),
+                vote: (vote != 0).then_some(vote),
+                commit: u64_at(p, 16),
+            }))
+        }
+        _ => None,
+    }
+}
+
+/// What one segment holds, and where a torn tail starts if it has one.
+struct Scan {
+    records: Vec<(u64, Record)>,
+    torn_at: Option<u64>,
+}
+
+fn scan(path: &Path, data: &[u8]) -> Result<Scan, StorageError> {
+    let corrupt = |offset: usize, what: &str| StorageError::Corrupt {
+        path: path.to_path_buf(),
+        offset: offset as u64,
+        what: what.to_string(),
+    };
+    if data.len() < MAGIC.len() {
+        // A segment whose creation was cut short.
+        return Ok(Scan { records: Vec::new(), torn_at: Some(0) });
+    }
+    if &data[..MAGIC.len()] != MAGIC {
+        return Err(StorageError::Format { path: path.to_path_buf(), what: "not a raftkv log segment".into() });
+    }
+    let mut records = Vec::new();
+    let mut pos = MAGIC.len();
+    while pos < data.len() {
+        let rest = &data[pos..];
+        if rest.len() < HEADER {
+            return Ok(Scan { records, torn_at: Some(pos as u64) });
+        }
+        let len = u32::from_le_bytes(rest[0..4].try_into().expect("4 bytes"));
+        let hcrc = u32::from_le_bytes(rest[4..8].try_into().expect("4 bytes"));
+        let crc = u32::from_le_bytes(rest[8..12].try_into().expect("4 bytes"));
+        if crc32fast::hash(&rest[0..4]) != hcrc {
+            // A torn write leaves a prefix, possibly zero-filled; anything else is damage.
+            if rest.iter().all(|&b| b == 0) {
+                return Ok(Scan { records, torn_at: Some(pos as u64) });
+            }
+            return Err(corrupt(pos, "record header checksum mismatch"));
+        }
+        let end = HEADER + len as usize;
+        if rest.len() < end {
+            return Ok(Scan { records, torn_at: Some(pos as u64) });
+        }
+        let mut h = crc32fast::Hasher::new();
+        h.update(&rest[12..end]);
+        if h.finalize() != crc {
+            if pos + end == data.len() {
+                return Ok(Scan { records, torn_at: Some(pos as u64) });
+            }
+            return Err(corrupt(pos, "record checksum mismatch"));
+        }
+        let record = decode(rest[12], &rest[HEADER..end]).ok_or_else(|| corrupt(pos, "unknown record"))?;
+        records.push((pos as u64, record));
+        pos += end;
+    }
+    Ok(Scan { records, torn_at: None })
+}
+
+fn sync_dir(dir: &Path) -> Result<(), StorageError> {
+    File::open(dir).and_then(|d| d.sync_all()).map_err(|e| io(dir, e))
+}
+
+fn create_segment(dir: &Path, seq: u64) -> Result<File, StorageError> {
+    let path = segment_path(dir, seq);
+    let mut f = OpenOptions::new().create_new(true).read(true).write(true).open(&path).map_err(|e| io(&path, e))?;
+    f.write_all(MAGIC).and_then(|_| f.sync_all()).map_err(|e| io(&path, e))?;
+    sync_dir(dir)?;
+    Ok(f)
+}
+
+impl Wal {
+    /// Opens (creating if empty) the log in `dir` and returns it with what it holds.
+    pub fn open(dir: &Path) -> Result<(Wal, HardState, Vec<Entry>), StorageError> {
+        fs::create_dir_all(dir).map_err(|e| io(dir, e))?;
+        let mut segments: Vec<u64> = Vec::new();
+        for ent in fs::read_dir(dir).map_err(|e| io(dir, e))? {
+            let ent = ent.map_err(|e| io(dir, e))?;
+            let name = ent.file_name().to_string_lossy().to_string();
+            if let Some(seq) = name.strip_suffix(".wal").and_then(|s| s.parse::<u64>().ok()) {
+                segments.push(seq);
+            }
+        }
+        segments.sort_unstable();
+        if segments.is_empty() {
+            let file = create_segment(dir, 1)?;
+            let wal = Wal {
+                dir: dir.to_path_buf(),
+                segments: vec![1],
+                file,
+                size: MAGIC.len() as u64,
+                positions: Vec::new(),
+                hard_state: HardState::default(),
+                syncs: 0,
+            };
+            return Ok((wal, HardState::default(), Vec::new()));
+        }
+        let mut hs = HardState::default();
+        let mut entries: Vec<Entry> = Vec::new();
+        let mut positions = Vec::new();
+        let last_seq = *segments.last().expect("not empty");
+        let mut size = 0;
+        for &seq in &segments {
+            let path = segment_path(dir, seq);
+            let mut data = Vec::new();
+            File::open(&path).and_then(|mut f| f.read_to_end(&mut data)).map_err(|e| io(&path, e))?;
+            let scan = scan(&path, &data)?;
+            for (offset, record) in scan.records {
+                match record {
+                    Record::HardState(h) => hs = h,
+                    Record::Entry(e) => {
+                        let expected = entries.len() as Index + 1;
+                        if e.index != expected {
+                            return Err(StorageError::Corrupt {
+                                path,
+                                offset,
+                                what: format!("entry {} where {expected} was expected", e.index),
+                            });
+                        }
+                        positions.push((seq, offset));
+                        entries.push(e);
+                    }
+                }
+            }
+            size = data.len() as u64;
+            if let Some(at) = scan.torn_at {
+                if seq != last_seq {
+                    return Err(StorageError::Corrupt {
+                        path,
+                        offset: at,
+                        what: "damaged record before the last segment".into(),
+                    });
+                }
+                tracing::warn!(file = %path.display(), offset = at, "cutting off a torn write at the log's tail");
+                let f = OpenOptions::new().write(true).open(&path).map_err(|e| io(&path, e))?;
+                if at == 0 {
+                    let mut f = f;
+                    f.write_all(MAGIC).map_err(|e| io(&path, e))?;
+                    size = MAGIC.len() as u64;
+                    f.set_len(size).and_then(|_| f.sync_all()).map_err(|e| io(&path, e))?;
+                } else {
+                    f.set_len(at).and_then(|_| f.sync_all()).map_err(|e| io(&path, e))?;
+                    size = at;
+                }
+            }
+        }
+        // A batch writes its hard state before its entries (so no entry's term exceeds
+        // the recovered term); a torn batch may keep a commit index beyond what survived.
+        hs.commit = hs.commit.min(entries.len() as Index);
+        let path = segment_path(dir, last_seq);
+        let mut file = OpenOptions::new().read(true).write(true).open(&path).map_err(|e| io(&path, e))?;
+        file.seek(SeekFrom::End(0)).map_err(|e| io(&path, e))?;
+        let wal = Wal { dir: dir.to_path_buf(), segments, file, size, positions, hard_state: hs, syncs: 0 };
+        Ok((wal, hs, entries))
+    }
+
+    fn current_path(&self) -> PathBuf {
+        segment_path(&self.dir, *self.segments.last().expect("a segment"))
+    }
+
+    pub fn last_index(&self) -> Index {
+        self.positions.len() as Index
+    }
+
+    /// Removes entries `>= index` from disk (made durable by the next sync).
+    fn truncate_from(&mut self, index: Index) -> Result<(), StorageError> {
+        let (seq, offset) = self.positions[(index - 1) as usize];
+        let mut removed = false;
+        while *self.segments.last().expect("a segment") > seq {
+            let path = self.current_path();
+            fs::remove_file(&path).map_err(|e| io(&path, e))?;
+            self.segments.pop();
+            removed = true;
+        }
+        if removed {
+            sync_dir(&self.dir)?;
+            let path = self.current_path();
+            self.file = OpenOptions::new().read(true).write(true).open(&path).map_err(|e| io(&path, e))?;
+        }
+        let path = self.current_path();
+        self.file.set_len(offset).map_err(|e| io(&path, e))?;
+        self.file.seek(SeekFrom::End(0)).map_err(|e| io(&path, e))?;
+        self.size = offset;
+        self.positions.truncate((index - 1) as usize);
+        Ok(())
+    }
+
+    /// Makes `hs` (if any) and `entries` durable with one write and one fdatasync.
+    /// Entries must continue the log, or overwrite a suffix of it.
+    pub fn append(&mut self, hs: Option<HardState>, entries: &[Entry]) -> Result<(), StorageError> {
+        let mut rewrite_hs = false;
+        if let Some(first) = entries.first() {
+            if first.index <= self.last_index() {
+                self.truncate_from(first.index)?;
+                // The cut may have removed the latest hard state record.
+                rewrite_hs = true;
+            }
+            if first.index != self.last_index() + 1 {
+                return Err(StorageError::Corrupt {
+                    path: self.current_path(),
+                    offset: self.size,
+                    what: format!("append of entry {} after {}", first.index, self.last_index()),
+                });
+            }
+        }
+        if self.size >= SEGMENT_BYTES && (hs.is_some() || !entries.is_empty()) {
+            let seq = self.segments.last().expect("a segment") + 1;
+            self.file = create_segment(&self.dir, seq)?;
+            self.segments.push(seq);
+            self.size = MAGIC.len() as u64;
+            // Each segment starts with the hard state, so older ones can be dropped later.
+            rewrite_hs = true;
+        }
+        let hs = hs.or(rewrite_hs.then_some(self.hard_state));
+        let mut buf = Vec::with_capacity(64 + entries.iter().map(|e| e.data.len() + HEADER + 17).sum::<usize>());
+        if let Some(h) = &hs {
+            encode_hard_state(&mut buf, h);
+        }
+        let seq = *self.segments.last().expect("a segment");
+        for e in entries {
+            self.positions.push((seq, self.size + buf.len() as u64));
+            encode_entry(&mut buf, e);
+        }
+        if buf.is_empty() {
+            return Ok(());
+        }
+        let path = self.current_path();
+        self.file.write_all(&buf).map_err(|e| io(&path, e))?;
+        self.file.sync_data().map_err(|e| io(&path, e))?;
+        self.syncs += 1;
+        self.size += buf.len() as u64;
+        if let Some(h) = hs {
+            self.hard_state = h;
+        }
+        Ok(())
+    }
+}
