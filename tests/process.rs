@@ -14,8 +14,9 @@ fn free_port() -> u16 {
 struct Procs {
     names: Vec<String>,
     clients: Vec<String>,
+    peers: Vec<String>,
     children: Vec<Option<Child>>,
-    _data: tempfile::TempDir,
+    data: tempfile::TempDir,
 }
 
 impl Drop for Procs {
@@ -30,27 +31,56 @@ impl Drop for Procs {
 impl Procs {
     fn start(n: usize) -> Procs {
         let names: Vec<String> = (1..=n).map(|i| format!("p{i}")).collect();
-        let data = tempfile::tempdir().unwrap();
         let clients: Vec<String> = (0..n).map(|_| format!("127.0.0.1:{}", free_port())).collect();
         let peers: Vec<String> = (0..n).map(|_| format!("127.0.0.1:{}", free_port())).collect();
-        let cluster: Vec<String> = names.iter().zip(&peers).map(|(n, p)| format!("{n}={p}")).collect();
-        let children = (0..n)
-            .map(|i| {
-                Some(
-                    Command::new(BIN)
-                        .args(["serve", "--name", &names[i], "--client-addr", &clients[i], "--peer-addr", &peers[i]])
-                        .args(["--initial-cluster", &cluster.join(",")])
-                        .arg("--data-dir")
-                        .arg(data.path().join(&names[i]))
-                        .env("RUST_LOG", "warn")
-                        .stdout(Stdio::null())
-                        .stderr(Stdio::null())
-                        .spawn()
-                        .expect("raftkv serve starts"),
-                )
-            })
-            .collect();
-        Procs { names, clients, children, _data: data }
+        let data = tempfile::tempdir().unwrap();
+        let mut p = Procs { names, clients, peers, children: (0..n).map(|_| None).collect(), data };
+        for i in 0..n {
+            p.spawn(i);
+        }
+        p
+    }
+
+    /// Starts node `i` (again) from its data directory; its log lines are appended
+    /// to DATA/NAME.log across restarts.
+    fn spawn(&mut self, i: usize) {
+        let cluster: Vec<String> = self.names.iter().zip(&self.peers).map(|(n, p)| format!("{n}={p}")).collect();
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.data.path().join(format!("{}.log", self.names[i])))
+            .unwrap();
+        let child = Command::new(BIN)
+            .args(["serve", "--name", &self.names[i], "--client-addr", &self.clients[i], "--peer-addr", &self.peers[i]])
+            .args(["--initial-cluster", &cluster.join(",")])
+            .arg("--data-dir")
+            .arg(self.data.path().join(&self.names[i]))
+            .env("RUST_LOG", "info")
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("raftkv serve starts");
+        self.children[i] = Some(child);
+    }
+
+    fn kill(&mut self, i: usize) {
+        if let Some(mut c) = self.children[i].take() {
+            c.kill().unwrap();
+            c.wait().unwrap();
+        }
+    }
+
+    /// term -> every node that logged winning an election in it, over all runs.
+    fn election_winners(&self) -> std::collections::BTreeMap<u64, Vec<String>> {
+        let mut won: std::collections::BTreeMap<u64, Vec<String>> = Default::default();
+        for name in &self.names {
+            let text = std::fs::read_to_string(self.data.path().join(format!("{name}.log"))).unwrap_or_default();
+            for line in text.lines().filter(|l| l.contains("won the election")) {
+                let term = line.split("term=").nth(1).and_then(|r| r.split_whitespace().next());
+                won.entry(term.unwrap().parse().unwrap()).or_default().push(name.clone());
+            }
+        }
+        won
     }
 
     fn endpoints(&self) -> String {
@@ -102,9 +132,7 @@ fn cli_against_real_processes_survives_kill_9_of_the_leader() {
     assert_eq!(stderr(&missing).lines().count(), 1, "{}", stderr(&missing));
 
     // kill -9 of the leader's process.
-    let mut child = p.children[leader].take().unwrap();
-    child.kill().unwrap();
-    child.wait().unwrap();
+    p.kill(leader);
     let old = p.names[leader].clone();
     let new = p.wait_leader(Some(&old));
     assert_ne!(new, leader);
@@ -153,4 +181,103 @@ fn bad_command_lines_fail_with_one_line() {
     }
     // Usage errors are clap's: non-zero, with usage.
     assert!(!run(&["put", "only-key"]).status.success());
+}
+
+/// Writers under load while nodes are killed with SIGKILL (the leader, others, and
+/// all at once) and restarted from their data directories.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigkill_and_restart_under_load_loses_nothing_acknowledged() {
+    use raftkv::proto::{self as pb, key_value_client::KeyValueClient};
+    use rand::{Rng, SeedableRng};
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::sync::Arc;
+
+    let mut p = Procs::start(3);
+    p.wait_leader(None);
+    let stop = Arc::new(AtomicBool::new(false));
+    let mut writers = Vec::new();
+    for w in 0..3 {
+        let addrs = p.clients.clone();
+        let stop = stop.clone();
+        writers.push(tokio::spawn(async move {
+            let mut acked = Vec::new();
+            let mut n = 0usize;
+            while !stop.load(Ordering::Relaxed) {
+                n += 1;
+                let addr = &addrs[(w + n) % addrs.len()];
+                let Ok(ch) = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
+                    .unwrap()
+                    .connect_timeout(Duration::from_millis(300))
+                    .connect()
+                    .await
+                else {
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                    continue;
+                };
+                let key = format!("w{w}-{n}");
+                let mut req = tonic::Request::new(pb::StoreRequest { key: key.clone(), value: "x".into() });
+                req.set_timeout(Duration::from_millis(1500));
+                if let Ok(r) = KeyValueClient::new(ch).store(req).await {
+                    acked.push((r.into_inner().index, key));
+                }
+            }
+            acked
+        }));
+    }
+    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(11);
+    for round in 0..6 {
+        tokio::time::sleep(Duration::from_millis(700)).await;
+        if round == 3 {
+            for i in 0..3 {
+                p.kill(i);
+            }
+            tokio::time::sleep(Duration::from_millis(300)).await;
+            for i in 0..3 {
+                p.spawn(i);
+            }
+        } else {
+            let victim = if round % 2 == 0 { p.wait_leader(None) } else { rng.gen_range(0..3) };
+            p.kill(victim);
+            tokio::time::sleep(Duration::from_millis(rng.gen_range(100..800))).await;
+            p.spawn(victim);
+        }
+    }
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    stop.store(true, Ordering::Relaxed);
+    let mut acked = Vec::new();
+    for w in writers {
+        acked.extend(w.await.unwrap());
+    }
+    assert!(acked.len() > 20, "too few writes were acknowledged to mean anything: {}", acked.len());
+
+    // Converge: a final write, then every node has applied it.
+    let leader = p.wait_leader(None);
+    let mut c = KeyValueClient::connect(format!("http://{}", p.clients[leader])).await.unwrap();
+    let fin = c.store(pb::StoreRequest { key: "final".into(), value: "1".into() }).await.unwrap().into_inner();
+    let mut views = Vec::new();
+    for addr in &p.clients {
+        let mut c = KeyValueClient::connect(format!("http://{addr}")).await.unwrap();
+        let deadline = Instant::now() + WAIT;
+        loop {
+            let st = c.status(pb::StatusRequest {}).await.unwrap().into_inner();
+            if st.applied_index >= fin.index {
+                break;
+            }
+            assert!(Instant::now() < deadline, "{addr} did not catch up");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        views.push(c.retrieve(pb::RetrieveRequest {}).await.unwrap().into_inner().entries);
+    }
+    let by_index: std::collections::BTreeMap<u64, String> = views[0].iter().map(|e| (e.index, e.key.clone())).collect();
+    for (index, key) in &acked {
+        assert_eq!(by_index.get(index), Some(key), "acknowledged {key}@{index} lost");
+    }
+    assert_eq!(views[1], views[0]);
+    assert_eq!(views[2], views[0]);
+    // Votes survive restarts: no term ever had two winners.
+    let won = p.election_winners();
+    assert!(!won.is_empty());
+    for (term, names) in &won {
+        assert_eq!(names.len(), 1, "term {term} was won by {names:?}");
+    }
 }
