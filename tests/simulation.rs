@@ -37,6 +37,8 @@ struct Sim {
     /// Partition group of each node; messages cross only within a group.
     group: BTreeMap<NodeId, u8>,
     drop_rate: f64,
+    /// Chance that a batch's write is torn by a crash.
+    torn_rate: f64,
     leaders: BTreeMap<Term, NodeId>,
     committed: BTreeMap<Index, (Term, Bytes)>,
     applied: BTreeMap<Index, (Term, Bytes)>,
@@ -72,6 +74,7 @@ impl Sim {
             net: Vec::new(),
             group: (1..=n).map(|id| (id, 0)).collect(),
             drop_rate: 0.05,
+            torn_rate: 0.003,
             leaders: BTreeMap::new(),
             committed: BTreeMap::new(),
             applied: BTreeMap::new(),
@@ -90,9 +93,38 @@ impl Sim {
     fn process(&mut self, id: NodeId, held: Vec<Message>) {
         let mut out = held;
         let mut applied = Vec::new();
-        let node = self.nodes.get_mut(&id).unwrap();
-        while node.core.has_ready() {
+        let mut crashed = false;
+        loop {
+            let torn = self.rng.gen_bool(self.torn_rate);
+            let cut: f64 = self.rng.gen();
+            let node = self.nodes.get_mut(&id).unwrap();
+            if !node.core.has_ready() {
+                break;
+            }
             let rd = node.core.ready();
+            if torn {
+                // A crash in the middle of this batch's write: the WAL keeps a prefix of
+                // [hard state, entries...]; nothing of this batch was sent or applied.
+                let records = rd.hard_state.is_some() as usize + rd.entries.len();
+                let mut keep = (cut * (records + 1) as f64) as usize;
+                if let Some(hs) = rd.hard_state {
+                    if keep > 0 {
+                        node.durable.hs = hs;
+                        keep -= 1;
+                    }
+                }
+                if keep > 0 {
+                    let first = rd.entries[0].index;
+                    node.durable.log.truncate((first - 1) as usize);
+                    node.durable.log.extend(rd.entries[..keep].iter().cloned());
+                }
+                node.durable.hs.commit = node.durable.hs.commit.min(node.durable.log.len() as Index);
+                // Requests of earlier batches of this call may still go out; answers
+                // are dropped, as their promise may be in this batch.
+                out.retain(|m| m.body.is_request());
+                crashed = true;
+                break;
+            }
             if let Some(hs) = rd.hard_state {
                 node.durable.hs = hs;
             }
@@ -117,6 +149,9 @@ impl Sim {
             }
         }
         self.net.extend(out);
+        if crashed {
+            self.restart(id);
+        }
     }
 
     fn deliver(&mut self) {
@@ -142,8 +177,14 @@ impl Sim {
         }
         let to = m.to;
         let resp = self.nodes.get_mut(&to).unwrap().core.step(m);
+        let granted = matches!(resp, Some(Message { body: MessageBody::RequestVoteResponse { granted: true }, .. }));
         // A response is sent only after what it promises is durable.
         self.process(to, resp.into_iter().collect());
+        // Adversarial: a voter crashes right after granting, so that a vote that was not
+        // durable would be granted again in the same term.
+        if granted && self.torn_rate > 0.0 && self.rng.gen_bool(0.1) {
+            self.restart(to);
+        }
     }
 
     fn tick_all(&mut self) {
@@ -174,6 +215,11 @@ impl Sim {
 
     fn crash_restart(&mut self) {
         let id = self.rng.gen_range(1..=self.n);
+        self.restart(id);
+    }
+
+    /// Restarts `id` from exactly its durable state.
+    fn restart(&mut self, id: NodeId) {
         let seed = self.rng.gen();
         let node = self.nodes.get_mut(&id).unwrap();
         let d = node.durable.clone();
@@ -288,6 +334,7 @@ impl Sim {
     fn converge(&mut self) {
         self.heal();
         self.drop_rate = 0.0;
+        self.torn_rate = 0.0;
         for _ in 0..500 {
             self.step += 1;
             for _ in 0..20 {

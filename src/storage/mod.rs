@@ -202,6 +202,26 @@ mod tests {
     }
 
     #[test]
+    fn a_torn_overwrite_keeps_the_vote_and_the_old_suffix() {
+        let d = tempfile::tempdir().unwrap();
+        let before;
+        {
+            let (mut s, _) = Storage::open(d.path(), "a", &members()).unwrap();
+            s.persist(Some(HardState { term: 1, vote: None, commit: 0 }), &[entry(1, 1), entry(2, 1)]).unwrap();
+            // The vote of term 5 is recorded after entry 2.
+            s.persist(Some(HardState { term: 5, vote: Some(3), commit: 1 }), &[]).unwrap();
+            before = fs::metadata(segment(d.path())).unwrap().len();
+            s.persist(None, &[entry(2, 5), entry(3, 5)]).unwrap();
+        }
+        // The overwrite's batch is torn: only part of it reached the disk.
+        let full = fs::read(segment(d.path())).unwrap();
+        fs::write(segment(d.path()), &full[..before as usize + 20]).unwrap();
+        let (_, r) = Storage::open(d.path(), "a", &members()).unwrap();
+        assert_eq!(r.hard_state, HardState { term: 5, vote: Some(3), commit: 1 }, "the vote survives");
+        assert_eq!(r.entries, vec![entry(1, 1), entry(2, 1)]);
+    }
+
+    #[test]
     fn overwriting_a_suffix_keeps_the_hard_state() {
         let d = tempfile::tempdir().unwrap();
         {

@@ -5,6 +5,11 @@
 //! little-endian. Type 1 is an entry (`index u64, term u64, kind u8, data`), type 2 a
 //! hard state (`term u64, vote u64 (0 = none), commit u64`); the last hard state wins.
 //!
+//! The log is append-only: a conflicting suffix is replaced by appending entries whose
+//! index is not above the last one, and recovery lets a later entry overwrite the
+//! suffix from its index on (as etcd's WAL does). Nothing durable is ever cut off by
+//! a truncation, so no hard-state record can be lost to one.
+//!
 //! Recovery keeps every valid record. A damaged record at the end of the last segment
 //! is a torn write (a crash in the middle of an append) and is cut off; damage
 //! anywhere else is refused, naming the file and offset.
@@ -218,14 +223,17 @@ impl Wal {
                 match record {
                     Record::HardState(h) => hs = h,
                     Record::Entry(e) => {
-                        let expected = entries.len() as Index + 1;
-                        if e.index != expected {
+                        let next = entries.len() as Index + 1;
+                        if e.index == 0 || e.index > next {
                             return Err(StorageError::Corrupt {
                                 path,
                                 offset,
-                                what: format!("entry {} where {expected} was expected", e.index),
+                                what: format!("entry {} where at most {next} was expected", e.index),
                             });
                         }
+                        // An entry at or below the last one replaces the suffix from there.
+                        entries.truncate((e.index - 1) as usize);
+                        positions.truncate((e.index - 1) as usize);
                         positions.push((seq, offset));
                         entries.push(e);
                     }
@@ -271,46 +279,19 @@ impl Wal {
         self.positions.len() as Index
     }
 
-    /// Removes entries `>= index` from disk (made durable by the next sync).
-    fn truncate_from(&mut self, index: Index) -> Result<(), StorageError> {
-        let (seq, offset) = self.positions[(index - 1) as usize];
-        let mut removed = false;
-        while *self.segments.last().expect("a segment") > seq {
-            let path = self.current_path();
-            fs::remove_file(&path).map_err(|e| io(&path, e))?;
-            self.segments.pop();
-            removed = true;
-        }
-        if removed {
-            sync_dir(&self.dir)?;
-            let path = self.current_path();
-            self.file = OpenOptions::new().read(true).write(true).open(&path).map_err(|e| io(&path, e))?;
-        }
-        let path = self.current_path();
-        self.file.set_len(offset).map_err(|e| io(&path, e))?;
-        self.file.seek(SeekFrom::End(0)).map_err(|e| io(&path, e))?;
-        self.size = offset;
-        self.positions.truncate((index - 1) as usize);
-        Ok(())
-    }
-
     /// Makes `hs` (if any) and `entries` durable with one write and one fdatasync.
-    /// Entries must continue the log, or overwrite a suffix of it.
+    /// Entries continue the log, or replace a suffix of it from their first index.
     pub fn append(&mut self, hs: Option<HardState>, entries: &[Entry]) -> Result<(), StorageError> {
         let mut rewrite_hs = false;
         if let Some(first) = entries.first() {
-            if first.index <= self.last_index() {
-                self.truncate_from(first.index)?;
-                // The cut may have removed the latest hard state record.
-                rewrite_hs = true;
-            }
-            if first.index != self.last_index() + 1 {
+            if first.index == 0 || first.index > self.last_index() + 1 {
                 return Err(StorageError::Corrupt {
                     path: self.current_path(),
                     offset: self.size,
                     what: format!("append of entry {} after {}", first.index, self.last_index()),
                 });
             }
+            self.positions.truncate((first.index - 1) as usize);
         }
         if self.size >= SEGMENT_BYTES && (hs.is_some() || !entries.is_empty()) {
             let seq = self.segments.last().expect("a segment") + 1;
