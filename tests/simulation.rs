@@ -120,8 +120,10 @@ impl Sim {
                 }
                 node.durable.hs.commit = node.durable.hs.commit.min(node.durable.log.len() as Index);
                 // Requests of earlier batches of this call may still go out; answers
-                // are dropped, as their promise may be in this batch.
+                // are dropped, as their promise may be in this batch. A leader's
+                // appends of this batch left before its write (Raft §10.2.1).
                 out.retain(|m| m.body.is_request());
+                out.extend(rd.messages.into_iter().filter(|m| matches!(m.body, MessageBody::AppendEntries { .. })));
                 crashed = true;
                 break;
             }

@@ -71,7 +71,15 @@ impl Driver {
                 break;
             }
         }
-        tracing::debug!("driver stopped");
+        let st = self.core.status();
+        tracing::info!(
+            term = st.term,
+            commit = st.commit,
+            fsyncs = self.metrics.fsyncs.load(Ordering::Relaxed),
+            entries_persisted = self.metrics.entries_persisted.load(Ordering::Relaxed),
+            appends_sent = self.metrics.appends_sent.load(Ordering::Relaxed),
+            "raft driver stopped"
+        );
     }
 
     fn leader_name(&self, leader: Option<NodeId>) -> Option<String> {
@@ -133,32 +141,46 @@ impl Driver {
         }
     }
 
+    /// Hands requests to the peers' queues; a full or missing queue counts as unreachable.
+    fn send(&mut self, messages: Vec<Message>) {
+        for m in messages {
+            if matches!(m.body, MessageBody::AppendEntries { .. }) {
+                self.metrics.appends_sent.fetch_add(1, Ordering::Relaxed);
+            }
+            let to = m.to;
+            let delivered = self.peers.get(&to).is_some_and(|q| q.try_send(m).is_ok());
+            if !delivered {
+                let me = self.core.id();
+                self.core.step(Message { from: to, to: me, term: 0, body: MessageBody::Unreachable });
+            }
+        }
+    }
+
     fn process_ready(&mut self) -> Result<(), crate::storage::StorageError> {
         let was_leader = self.core.status().role == Role::Leader;
         while self.core.has_ready() {
-            let rd = self.core.ready();
+            let mut rd = self.core.ready();
+            // 0. A leader's AppendEntries go out before its own write (Raft §10.2.1):
+            //    the leader counts itself in a majority only once `advance` reports its
+            //    entries durable, so followers may hold them first.
+            let (appends, rest): (Vec<Message>, Vec<Message>) = std::mem::take(&mut rd.messages)
+                .into_iter()
+                .partition(|m| matches!(m.body, MessageBody::AppendEntries { .. }));
+            self.send(appends);
             // 1. Persist hard state and entries: one write, one fdatasync, before
-            //    anything that depends on them is sent.
+            //    anything that depends on them (votes, answers, applying) happens.
             if rd.hard_state.is_some() || !rd.entries.is_empty() {
                 let storage = &mut self.storage;
                 tokio::task::block_in_place(|| storage.persist(rd.hard_state, &rd.entries))?;
+                self.metrics.fsyncs.store(self.storage.syncs(), Ordering::Relaxed);
+                self.metrics.entries_persisted.fetch_add(rd.entries.len() as u64, Ordering::Relaxed);
             }
             let persisted = rd.entries.last().map(|e| (e.index, e.term));
             // 2. Send: held answers, then requests to peers.
             for (tx, answer) in self.held.drain(..) {
                 let _ = tx.send(answer);
             }
-            for m in rd.messages {
-                if matches!(m.body, MessageBody::AppendEntries { .. }) {
-                    self.metrics.appends_sent.fetch_add(1, Ordering::Relaxed);
-                }
-                let to = m.to;
-                let delivered = self.peers.get(&to).is_some_and(|q| q.try_send(m).is_ok());
-                if !delivered {
-                    let me = self.core.id();
-                    self.core.step(Message { from: to, to: me, term: 0, body: MessageBody::Unreachable });
-                }
-            }
+            self.send(rest);
             // 3. Apply, and answer what waited for it.
             if !rd.committed.is_empty() {
                 self.kv.write().unwrap().apply(&rd.committed);

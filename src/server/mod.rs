@@ -61,6 +61,10 @@ pub struct NodeStatus {
 pub struct Metrics {
     /// AppendEntries requests handed to the peer transport.
     pub appends_sent: AtomicU64,
+    /// fdatasync calls of the log.
+    pub fsyncs: AtomicU64,
+    /// Entries persisted to the log.
+    pub entries_persisted: AtomicU64,
 }
 
 struct Shared {

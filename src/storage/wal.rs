@@ -279,8 +279,9 @@ impl Wal {
         self.positions.len() as Index
     }
 
-    /// Makes `hs` (if any) and `entries` durable with one write and one fdatasync.
-    /// Entries continue the log, or replace a suffix of it from their first index.
+    /// Makes `hs` (if any) and `entries` durable with one write and one fdatasync
+    /// (none when only the commit index moved). Entries continue the log, or replace a
+    /// suffix of it from their first index.
     pub fn append(&mut self, hs: Option<HardState>, entries: &[Entry]) -> Result<(), StorageError> {
         let mut rewrite_hs = false;
         if let Some(first) = entries.first() {
@@ -316,8 +317,15 @@ impl Wal {
         }
         let path = self.current_path();
         self.file.write_all(&buf).map_err(|e| io(&path, e))?;
-        self.file.sync_data().map_err(|e| io(&path, e))?;
-        self.syncs += 1;
+        // A batch that only moves the commit index needs no sync of its own: commit can
+        // be relearned from the leader, and the next synced batch covers this record.
+        let commit_only = entries.is_empty()
+            && !rewrite_hs
+            && hs.is_some_and(|h| h.term == self.hard_state.term && h.vote == self.hard_state.vote);
+        if !commit_only {
+            self.file.sync_data().map_err(|e| io(&path, e))?;
+            self.syncs += 1;
+        }
         self.size += buf.len() as u64;
         if let Some(h) = hs {
             self.hard_state = h;
