@@ -20,7 +20,7 @@ async fn three_nodes_elect_one_leader_and_retrieve_is_identical_everywhere() {
         last = store(&mut client, &format!("k{i}"), &format!("v{i}")).await.unwrap().index;
     }
     c.wait_applied(&[0, 1, 2], last).await;
-    let views: Vec<_> = [0, 1, 2].iter().map(|&i| c.handle(i).kv().history().to_vec()).collect();
+    let views: Vec<_> = [0, 1, 2].iter().map(|&i| c.handle(i).kv().history().clone()).collect();
     let first = c.retrieve(0).await.entries;
     assert_eq!(first.len(), 10);
     assert_eq!(first[3].key, "k3");

@@ -16,7 +16,27 @@ use rand_chacha::ChaCha8Rng;
 #[derive(Default, Clone)]
 struct Durable {
     hs: HardState,
-    log: Vec<Entry>,
+    /// The state machine snapshot's (index, term), if one was taken.
+    snap: Option<(Index, Term)>,
+    /// (index, term) of the last compacted entry, recorded with the snapshot.
+    base: (Index, Term),
+    /// Log entries after `base`, by index.
+    log: BTreeMap<Index, Entry>,
+}
+
+impl Durable {
+    /// Appends, replacing the suffix from the first new entry's index (the WAL's rule).
+    fn append(&mut self, entries: &[Entry]) {
+        if let Some(first) = entries.first() {
+            self.log.split_off(&first.index);
+            self.log.extend(entries.iter().map(|e| (e.index, e.clone())));
+        }
+        self.hs.commit = self.hs.commit.min(self.last_index());
+    }
+
+    fn last_index(&self) -> Index {
+        self.log.keys().next_back().copied().unwrap_or(self.base.0)
+    }
 }
 
 struct SimNode {
@@ -43,6 +63,8 @@ struct Sim {
     committed: BTreeMap<Index, (Term, Bytes)>,
     applied: BTreeMap<Index, (Term, Bytes)>,
     proposals: u64,
+    last_event: &'static str,
+    compactions: u64,
 }
 
 fn config(id: NodeId, n: u64, seed: u64) -> Config {
@@ -79,13 +101,15 @@ impl Sim {
             committed: BTreeMap::new(),
             applied: BTreeMap::new(),
             proposals: 0,
+            last_event: "",
+            compactions: 0,
         }
     }
 
     fn fail(&self, what: String) -> ! {
         panic!(
-            "safety violation at step {}: {what}\nreplay with RAFTKV_SIM_SEED={} cargo test --test simulation",
-            self.step, self.seed
+            "safety violation at step {} (after {}): {what}\nreplay with RAFTKV_SIM_SEED={} cargo test --test simulation",
+            self.step, self.last_event, self.seed
         );
     }
 
@@ -94,6 +118,7 @@ impl Sim {
         let mut out = held;
         let mut applied = Vec::new();
         let mut crashed = false;
+        let mut overwrites = Vec::new();
         loop {
             let torn = self.rng.gen_bool(self.torn_rate);
             let cut: f64 = self.rng.gen();
@@ -113,12 +138,7 @@ impl Sim {
                         keep -= 1;
                     }
                 }
-                if keep > 0 {
-                    let first = rd.entries[0].index;
-                    node.durable.log.truncate((first - 1) as usize);
-                    node.durable.log.extend(rd.entries[..keep].iter().cloned());
-                }
-                node.durable.hs.commit = node.durable.hs.commit.min(node.durable.log.len() as Index);
+                node.durable.append(&rd.entries[..keep]);
                 // Requests of earlier batches of this call may still go out; answers
                 // are dropped, as their promise may be in this batch. A leader's
                 // appends of this batch left before its write (Raft §10.2.1).
@@ -130,10 +150,13 @@ impl Sim {
             if let Some(hs) = rd.hard_state {
                 node.durable.hs = hs;
             }
-            if let Some(first) = rd.entries.first() {
-                node.durable.log.truncate((first.index - 1) as usize);
-                node.durable.log.extend(rd.entries.iter().cloned());
+            if let Some(f) = rd.entries.first() {
+                let f = f.index;
+                let overwritten: Vec<(Index, Term)> = node.durable.log.range(f..).map(|(i, e)| (*i, e.term)).collect();
+                let batch: Vec<(Index, Term)> = rd.entries.iter().map(|e| (e.index, e.term)).collect();
+                overwrites.push((f, overwritten, batch));
             }
+            node.durable.append(&rd.entries);
             let persisted = rd.entries.last().map(|e| (e.index, e.term));
             out.extend(rd.messages);
             applied.extend(rd.committed);
@@ -147,6 +170,29 @@ impl Sim {
                 Some(_) => {}
                 None => {
                     self.applied.insert(e.index, (e.term, e.data.clone()));
+                }
+            }
+        }
+        for (f, old, new) in overwrites {
+            for (i, t) in old {
+                if new.iter().any(|&(j, u)| j == i && u == t) {
+                    continue;
+                }
+                for (k, n) in &self.nodes {
+                    if n.core.status().commit >= i && n.core.log().term(i) == Some(t) && *k != id {
+                        self.fail(format!(
+                            "node {id} replaced entry {i}@{t}, which node {k} committed (batch from {f})"
+                        ));
+                    }
+                }
+            }
+        }
+        let min_last = self.nodes.values().map(|n| n.durable.last_index()).min().unwrap_or(0);
+        for m in &out {
+            if let MessageBody::AppendEntries { floor, .. } = m.body {
+                if floor > min_last {
+                    let lasts: Vec<_> = self.nodes.values().map(|n| n.durable.last_index()).collect();
+                    self.fail(format!("node {id} sent floor {floor} while durable lasts are {lasts:?}"));
                 }
             }
         }
@@ -227,9 +273,35 @@ impl Sim {
         let d = node.durable.clone();
         let mut cfg = config(id, self.n, self.seed);
         cfg.seed = seed;
-        node.core = RawNode::new(cfg, d.hs, d.log).unwrap();
+        // The log may start below the snapshot (compaction stops at the floor); its
+        // base was recorded with the snapshot.
+        let applied = d.snap.map_or(0, |s| s.0);
+        let entries: Vec<Entry> = d.log.into_values().collect();
+        if entries.first().is_some_and(|f| f.index != d.base.0 + 1) || d.base.0 > applied {
+            self.fail(format!("node {id}: durable base {:?} does not fit its log or snapshot {applied}", d.base));
+        }
+        node.core = RawNode::restore(cfg, d.hs, d.base, entries, applied).unwrap();
         node.was_leader_term = None;
         self.net.retain(|m| m.from != id);
+    }
+
+    /// A node snapshots its state machine at its applied index and compacts its log
+    /// as far as it may, like the driver does.
+    fn snapshot(&mut self) {
+        let id = self.rng.gen_range(1..=self.n);
+        let node = self.nodes.get_mut(&id).unwrap();
+        let applied = node.core.status().applied;
+        let Some(term) = node.core.log().term(applied) else { return };
+        if applied == 0 || node.durable.snap.is_some_and(|s| s.0 >= applied) {
+            return;
+        }
+        let c = node.core.compactable().max(node.durable.base.0);
+        let c_term = node.core.log().term(c).expect("at or above the base");
+        node.durable.snap = Some((applied, term));
+        node.durable.base = (c, c_term);
+        node.core.compact(c);
+        node.durable.log = node.durable.log.split_off(&(c + 1));
+        self.compactions += 1;
     }
 
     fn partition(&mut self) {
@@ -252,7 +324,9 @@ impl Sim {
             if st.commit > st.last_index {
                 self.fail(format!("node {id} commit {} beyond its log {}", st.commit, st.last_index));
             }
-            for e in n.core.log().all().iter().take(st.commit as usize) {
+            let log = n.core.log();
+            for i in log.first_index()..=st.commit {
+                let e = log.entry(i).expect("within the log");
                 newly.push((*id, e.index, e.term, e.data.clone()));
             }
         }
@@ -268,6 +342,24 @@ impl Sim {
             }
         }
         let ids: Vec<NodeId> = self.nodes.keys().copied().collect();
+        // The floor: every member durably holds every entry up to any node's floor.
+        let floor = self.nodes.values().map(|n| n.core.floor()).max().unwrap_or(0);
+        for (id, n) in &self.nodes {
+            if n.durable.last_index() < floor {
+                for (j, m) in &self.nodes {
+                    eprintln!(
+                        "node {j}: floor {} durable last {} base {:?} snap {:?} hs {:?} core {:?}",
+                        m.core.floor(),
+                        m.durable.last_index(),
+                        m.durable.base,
+                        m.durable.snap,
+                        m.durable.hs,
+                        m.core.status()
+                    );
+                }
+                self.fail(format!("node {id} durably holds {} < floor {floor}", n.durable.last_index()));
+            }
+        }
         for &id in &ids {
             let st = self.nodes[&id].core.status();
             if st.role != Role::Leader {
@@ -281,10 +373,11 @@ impl Sim {
                     self.leaders.insert(st.term, id);
                 }
             }
-            // Leader completeness: a new leader holds every entry committed before it.
+            // Leader completeness: a new leader holds every entry committed before it
+            // (compacted ones are in its snapshot, which covers only committed entries).
             if self.nodes[&id].was_leader_term != Some(st.term) {
                 let log = self.nodes[&id].core.log();
-                for (index, (term, _)) in &self.committed {
+                for (index, (term, _)) in self.committed.range(log.first_index() - 1..) {
                     if log.term(*index) != Some(*term) {
                         self.fail(format!("leader {id} of term {} lacks committed entry {index}@{term}", st.term));
                     }
@@ -292,14 +385,15 @@ impl Sim {
                 self.nodes.get_mut(&id).unwrap().was_leader_term = Some(st.term);
             }
         }
-        // Log matching: same index and term means identical prefixes.
+        // Log matching: same index and term means identical prefixes (where both hold them).
         for (i, &a) in ids.iter().enumerate() {
             for &b in &ids[i + 1..] {
-                let (la, lb) = (self.nodes[&a].core.log().all(), self.nodes[&b].core.log().all());
-                let common = la.len().min(lb.len());
-                if let Some(k) = (0..common).rev().find(|&k| la[k].term == lb[k].term) {
-                    if la[..=k] != lb[..=k] {
-                        self.fail(format!("log matching: nodes {a} and {b} agree at {} but differ before", k + 1));
+                let (la, lb) = (self.nodes[&a].core.log(), self.nodes[&b].core.log());
+                let lo = la.first_index().max(lb.first_index());
+                let hi = la.last_index().min(lb.last_index());
+                if let Some(k) = (lo..=hi).rev().find(|&k| la.term(k) == lb.term(k)) {
+                    if (lo..=k).any(|j| la.entry(j) != lb.entry(j)) {
+                        self.fail(format!("log matching: nodes {a} and {b} agree at {k} but differ before"));
                     }
                 }
             }
@@ -309,6 +403,7 @@ impl Sim {
     fn run(&mut self, steps: u64) {
         for _ in 0..steps {
             self.step += 1;
+            self.last_event = "other";
             let r: f64 = self.rng.gen();
             match r {
                 r if r < 0.55 => {
@@ -321,7 +416,14 @@ impl Sim {
                 r if r < 0.95 => self.propose(),
                 r if r < 0.96 => self.partition(),
                 r if r < 0.975 => self.heal(),
-                r if r < 0.98 => self.crash_restart(),
+                r if r < 0.98 => {
+                    self.last_event = "crash_restart";
+                    self.crash_restart()
+                }
+                r if r < 0.99 => {
+                    self.last_event = "snapshot";
+                    self.snapshot()
+                }
                 _ => {
                     let id = self.rng.gen_range(1..=self.n);
                     self.nodes.get_mut(&id).unwrap().core.campaign();
@@ -330,6 +432,28 @@ impl Sim {
             }
             self.check();
         }
+    }
+
+    /// Delivers until nothing is in flight; a network that never quiets is a livelock.
+    fn drain_network(&mut self) {
+        for _ in 0..1_000_000 {
+            if self.net.is_empty() {
+                return;
+            }
+            self.deliver();
+        }
+        for m in self.net.iter().take(6) {
+            eprintln!("in flight: {m:?}");
+        }
+        for (id, n) in &self.nodes {
+            eprintln!(
+                "node {id}: {:?} first {} floor/compactable {}",
+                n.core.status(),
+                n.core.log().first_index(),
+                n.core.compactable()
+            );
+        }
+        self.fail("livelock: messages never stop without ticks".into());
     }
 
     /// Heals everything and checks that the cluster converges: one leader, equal logs.
@@ -345,9 +469,7 @@ impl Sim {
             self.tick_all();
             self.check();
         }
-        while !self.net.is_empty() {
-            self.deliver();
-        }
+        self.drain_network();
         let leaders: Vec<_> = self.nodes.values().filter(|n| n.core.status().role == Role::Leader).collect();
         if leaders.len() != 1 {
             self.fail(format!("no single leader after healing: {}", leaders.len()));
@@ -355,26 +477,27 @@ impl Sim {
         // One more heartbeat round so that followers learn the final commit index.
         for _ in 0..10 {
             self.tick_all();
-            while !self.net.is_empty() {
-                self.deliver();
-            }
+            self.drain_network();
         }
-        let first = self.nodes[&1].core.log().all().to_vec();
+        let lo = self.nodes.values().map(|n| n.core.log().first_index()).max().unwrap();
+        let last = self.nodes[&1].core.log().last_index();
         for (id, n) in &self.nodes {
-            if n.core.log().all() != first.as_slice() {
+            let log = n.core.log();
+            if log.last_index() != last || (lo..=last).any(|i| log.entry(i) != self.nodes[&1].core.log().entry(i)) {
                 self.fail(format!("logs differ after healing: node {id}"));
             }
-            if n.core.status().commit != first.len() as Index {
+            if n.core.status().commit != last {
                 self.fail(format!("node {id} has not committed everything after healing"));
             }
         }
         eprintln!(
-            "seed {}: {} nodes, {} proposals, {} committed, {} terms",
+            "seed {}: {} nodes, {} proposals, {} committed, {} terms, {} compactions",
             self.seed,
             self.n,
             self.proposals,
             self.committed.len(),
-            self.leaders.len()
+            self.leaders.len(),
+            self.compactions
         );
     }
 }

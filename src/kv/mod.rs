@@ -1,7 +1,10 @@
-//! The key-value state machine: commands, apply, and the committed history.
-use std::collections::BTreeMap;
-
+//! The key-value state machine: commands, apply, the committed history, snapshots.
+//!
+//! The map and the history are persistent collections (imbl): cloning the state for
+//! a snapshot is O(1), so a snapshot is written in the background while applying
+//! goes on.
 use bytes::{BufMut, Bytes, BytesMut};
+use imbl::{OrdMap, Vector};
 
 use crate::raft::{Entry, EntryKind, Index, Term};
 
@@ -64,12 +67,13 @@ pub struct HistoryEntry {
     pub command: Command,
 }
 
-#[derive(Debug, Default)]
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct KvState {
-    map: BTreeMap<String, String>,
+    map: OrdMap<String, String>,
     /// Every committed client command, in log order.
-    history: Vec<HistoryEntry>,
+    history: Vector<HistoryEntry>,
     applied: Index,
+    applied_term: Term,
 }
 
 impl KvState {
@@ -77,12 +81,70 @@ impl KvState {
         self.map.get(key)
     }
 
-    pub fn history(&self) -> &[HistoryEntry] {
+    pub fn history(&self) -> &Vector<HistoryEntry> {
         &self.history
     }
 
     pub fn applied(&self) -> Index {
         self.applied
+    }
+
+    /// Term of the last applied entry.
+    pub fn applied_term(&self) -> Term {
+        self.applied_term
+    }
+
+    /// Serializes the state (body only; the snapshot file adds framing and checksum).
+    pub fn encode(&self, w: &mut impl std::io::Write) -> std::io::Result<()> {
+        let bytes = |w: &mut dyn std::io::Write, b: &[u8]| -> std::io::Result<()> {
+            w.write_all(&(b.len() as u32).to_le_bytes())?;
+            w.write_all(b)
+        };
+        w.write_all(&self.applied.to_le_bytes())?;
+        w.write_all(&self.applied_term.to_le_bytes())?;
+        w.write_all(&(self.map.len() as u64).to_le_bytes())?;
+        for (k, v) in &self.map {
+            bytes(w, k.as_bytes())?;
+            bytes(w, v.as_bytes())?;
+        }
+        w.write_all(&(self.history.len() as u64).to_le_bytes())?;
+        for h in &self.history {
+            w.write_all(&h.index.to_le_bytes())?;
+            w.write_all(&h.term.to_le_bytes())?;
+            bytes(w, &h.command.encode())?;
+        }
+        Ok(())
+    }
+
+    /// The inverse of `encode`; `None` if the bytes are not a state.
+    pub fn decode(mut b: &[u8]) -> Option<KvState> {
+        fn u64_(b: &mut &[u8]) -> Option<u64> {
+            let v = u64::from_le_bytes(b.get(..8)?.try_into().ok()?);
+            *b = &b[8..];
+            Some(v)
+        }
+        fn bytes<'a>(b: &mut &'a [u8]) -> Option<&'a [u8]> {
+            let n = u32::from_le_bytes(b.get(..4)?.try_into().ok()?) as usize;
+            let v = b.get(4..4 + n)?;
+            *b = &b[4 + n..];
+            Some(v)
+        }
+        let applied = u64_(&mut b)?;
+        let applied_term = u64_(&mut b)?;
+        let mut map = OrdMap::new();
+        for _ in 0..u64_(&mut b)? {
+            let k = std::str::from_utf8(bytes(&mut b)?).ok()?.to_string();
+            let v = std::str::from_utf8(bytes(&mut b)?).ok()?.to_string();
+            map.insert(k, v);
+        }
+        let mut history = Vector::new();
+        for _ in 0..u64_(&mut b)? {
+            let index = u64_(&mut b)?;
+            let term = u64_(&mut b)?;
+            let command = Command::decode(bytes(&mut b)?)?;
+            history.push_back(HistoryEntry { index, term, command });
+        }
+        b.is_empty().then_some(KvState { map, history, applied, applied_term })
     }
 
     /// Applies committed entries in order, exactly once.
@@ -93,6 +155,7 @@ impl KvState {
             }
             assert_eq!(e.index, self.applied + 1, "entries must be applied in order");
             self.applied = e.index;
+            self.applied_term = e.term;
             if e.kind != EntryKind::Normal {
                 continue;
             }
@@ -108,7 +171,7 @@ impl KvState {
                     self.map.remove(key);
                 }
             }
-            self.history.push(HistoryEntry { index: e.index, term: e.term, command });
+            self.history.push_back(HistoryEntry { index: e.index, term: e.term, command });
         }
     }
 }
@@ -146,5 +209,25 @@ mod tests {
         assert_eq!(kv.get("a"), None);
         assert_eq!(kv.history().len(), 2);
         assert_eq!(kv.applied(), 3);
+    }
+
+    #[test]
+    fn snapshot_round_trips_and_refuses_garbage() {
+        let e = |index, c: Command| Entry { index, term: 2, kind: EntryKind::Normal, data: c.encode() };
+        let mut kv = KvState::default();
+        kv.apply(&[
+            e(1, Command::Put { key: "a".into(), value: "1".into() }),
+            e(2, Command::PutJson { key: "j".into(), json: "[1]".into() }),
+            e(3, Command::Delete { key: "a".into() }),
+        ]);
+        let mut buf = Vec::new();
+        kv.encode(&mut buf).unwrap();
+        let back = KvState::decode(&buf).unwrap();
+        assert_eq!(back, kv);
+        assert_eq!((back.applied(), back.applied_term()), (3, 2));
+        assert_eq!(KvState::decode(&buf[..buf.len() - 1]), None);
+        let mut longer = buf.clone();
+        longer.push(0);
+        assert_eq!(KvState::decode(&longer), None);
     }
 }

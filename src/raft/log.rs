@@ -19,19 +19,34 @@ pub struct RaftLog {
 }
 
 impl RaftLog {
-    /// A log restored from durable storage: all of it is stable.
-    pub fn restore(entries: Vec<Entry>, committed: Index) -> Self {
-        let last = entries.last().map_or(0, |e| e.index);
-        debug_assert!(entries.iter().enumerate().all(|(i, e)| e.index == i as Index + 1));
+    /// A log restored from durable storage: all of it is stable. `entries` follow
+    /// `base` (the index and term of the entry before them); the state machine has
+    /// applied up to `applied` (a snapshot), which is at least `base.0`.
+    pub fn restore(base: (Index, Term), entries: Vec<Entry>, committed: Index, applied: Index) -> Self {
+        let last = entries.last().map_or(base.0, |e| e.index);
+        debug_assert!(entries.iter().enumerate().all(|(i, e)| e.index == base.0 + i as Index + 1));
+        debug_assert!(applied >= base.0 && applied <= last);
         RaftLog {
             entries,
-            offset: 0,
-            offset_term: 0,
-            committed: committed.min(last),
-            applied: 0,
+            offset: base.0,
+            offset_term: base.1,
+            committed: committed.max(applied).min(last),
+            applied,
             stable: last,
             unstable_from: last + 1,
         }
+    }
+
+    /// Drops entries `<= index`, which must be applied and durable.
+    pub fn compact(&mut self, index: Index) {
+        if index <= self.offset {
+            return;
+        }
+        assert!(index <= self.applied && index <= self.stable, "compacting past applied/stable");
+        let term = self.term(index).expect("within the log");
+        self.entries.drain(..(index - self.offset) as usize);
+        self.offset = index;
+        self.offset_term = term;
     }
 
     pub fn first_index(&self) -> Index {
@@ -173,7 +188,7 @@ mod tests {
 
     #[test]
     fn truncate_moves_stable_and_unstable_back() {
-        let mut log = RaftLog::restore(vec![e(1, 1), e(2, 1), e(3, 2)], 1);
+        let mut log = RaftLog::restore((0, 0), vec![e(1, 1), e(2, 1), e(3, 2)], 1, 0);
         assert_eq!(log.stable, 3);
         log.truncate(2);
         assert_eq!(log.last_index(), 1);
@@ -186,13 +201,13 @@ mod tests {
     #[test]
     #[should_panic(expected = "truncating committed")]
     fn truncating_committed_entry_panics() {
-        let mut log = RaftLog::restore(vec![e(1, 1), e(2, 1)], 2);
+        let mut log = RaftLog::restore((0, 0), vec![e(1, 1), e(2, 1)], 2, 0);
         log.truncate(2);
     }
 
     #[test]
     fn up_to_date_compares_term_then_index() {
-        let log = RaftLog::restore(vec![e(1, 1), e(2, 2)], 0);
+        let log = RaftLog::restore((0, 0), vec![e(1, 1), e(2, 2)], 0, 0);
         assert!(log.is_up_to_date(1, 3));
         assert!(log.is_up_to_date(2, 2));
         assert!(!log.is_up_to_date(5, 1));
@@ -208,6 +223,19 @@ mod tests {
         assert_eq!(log.slice(1, 5, 10, 100).len(), 1);
         assert_eq!(log.slice(1, 5, 300, 100).len(), 2);
         assert_eq!(log.slice(2, 5, usize::MAX, 3).len(), 3);
+    }
+
+    #[test]
+    fn compaction_keeps_the_base_term_and_restore_starts_above_it() {
+        let mut log = RaftLog::restore((0, 0), vec![e(1, 1), e(2, 1), e(3, 2), e(4, 2)], 4, 3);
+        log.compact(3);
+        assert_eq!((log.first_index(), log.last_index()), (4, 4));
+        assert_eq!(log.term(3), Some(2), "the base term is known");
+        assert_eq!(log.term(2), None);
+        let r = RaftLog::restore((2, 1), vec![e(3, 2), e(4, 2)], 0, 3);
+        assert_eq!(r.committed, 3, "a snapshot's index is committed");
+        assert_eq!(r.applied, 3);
+        assert_eq!(r.slice(3, 4, usize::MAX, 10).len(), 2);
     }
 
     #[test]

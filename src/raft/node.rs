@@ -112,6 +112,8 @@ pub struct RawNode {
     /// Reads received before this leader committed an entry of its term.
     waiting_reads: Vec<u64>,
     ready_reads: Vec<ReadState>,
+    /// Highest index every member is known to hold durably (see `MessageBody::AppendEntries`).
+    floor: Index,
     msgs: Vec<Message>,
     last_hard_state: HardState,
 }
@@ -119,6 +121,18 @@ pub struct RawNode {
 impl RawNode {
     /// A node starting from durable state (`HardState::default()` and no entries when new).
     pub fn new(cfg: Config, hs: HardState, entries: Vec<Entry>) -> Result<Self, ConfigError> {
+        Self::restore(cfg, hs, (0, 0), entries, 0)
+    }
+
+    /// A node restarting from a snapshot at `applied` and the log entries after `base`
+    /// (the index and term of the entry before them; `base.0 <= applied`).
+    pub fn restore(
+        cfg: Config,
+        hs: HardState,
+        base: (Index, Term),
+        entries: Vec<Entry>,
+        applied: Index,
+    ) -> Result<Self, ConfigError> {
         cfg.validate()?;
         let mut voters = cfg.voters.clone();
         voters.sort_unstable();
@@ -130,7 +144,8 @@ impl RawNode {
             vote: hs.vote,
             role: Role::Follower,
             leader: None,
-            log: RaftLog::restore(entries, hs.commit),
+            log: RaftLog::restore(base, entries, hs.commit, applied),
+            floor: base.0,
             progress: BTreeMap::new(),
             votes: BTreeMap::new(),
             election_elapsed: 0,
@@ -414,8 +429,12 @@ impl RawNode {
                 self.handle_vote_response(m.from, granted);
                 None
             }
-            MessageBody::AppendEntries { prev_log_index, prev_log_term, entries, commit, round } => {
-                Some(self.handle_append(m.from, prev_log_index, prev_log_term, entries, commit, round))
+            MessageBody::AppendEntries { prev_log_index, prev_log_term, entries, commit, round, floor } => {
+                let resp = self.handle_append(m.from, prev_log_index, prev_log_term, entries, commit, round);
+                if matches!(resp.body, MessageBody::AppendEntriesResponse { success: true, .. }) {
+                    self.floor = self.floor.max(floor.min(self.log.committed));
+                }
+                Some(resp)
             }
             MessageBody::AppendEntriesResponse {
                 success,
@@ -557,6 +576,7 @@ impl RawNode {
         if success {
             if p.on_success(match_index) {
                 self.maybe_commit();
+                self.update_floor();
             }
             self.replicate_pending = true;
         } else {
@@ -576,6 +596,29 @@ impl RawNode {
             }
         }
         self.check_reads();
+    }
+
+    /// Leader: the floor rises to what every member durably holds and is committed.
+    fn update_floor(&mut self) {
+        let all = self.progress.values().map(|p| p.matched).min().unwrap_or(Index::MAX);
+        let f = all.min(self.log.stable).min(self.log.committed);
+        self.floor = self.floor.max(f);
+    }
+
+    /// The highest index every member is known to hold durably.
+    pub fn floor(&self) -> Index {
+        self.floor
+    }
+
+    /// How far the log may be compacted now: applied, durable, and held by every member.
+    pub fn compactable(&self) -> Index {
+        self.floor.min(self.log.applied).min(self.log.stable)
+    }
+
+    /// Drops log entries `<= index` (at most `compactable()`); a snapshot of the state
+    /// machine must cover them.
+    pub fn compact(&mut self, index: Index) {
+        self.log.compact(index.min(self.compactable()));
     }
 
     /// Advances the commit index to what a quorum holds, if that is of this term (§5.4.2).
@@ -602,20 +645,23 @@ impl RawNode {
     fn send_append(&mut self, to: NodeId, force: bool, hi: Index, max_inflight: usize) {
         let (max_bytes, max_count) = (self.cfg.max_batch_bytes, self.cfg.max_batch_entries);
         let committed = self.log.committed;
-        let Some(p) = self.progress.get(&to) else {
+        let first = self.log.first_index();
+        let Some(p) = self.progress.get_mut(&to) else {
             return;
         };
+        // Every member holds the compacted prefix (the floor), so the entry before our
+        // first one is always a valid match point.
+        p.next = p.next.max(first);
         let paused = p.is_paused(max_inflight);
         let entries = if paused { Vec::new() } else { self.log.slice(p.next, hi, max_bytes, max_count) };
         let is_probe = p.state == ProgressState::Probe && !paused;
-        let prev_index = if entries.is_empty() && !is_probe { p.matched } else { p.next - 1 };
+        let prev_index = if entries.is_empty() && !is_probe { p.matched.max(first - 1) } else { p.next - 1 };
         let tells = committed.min(prev_index + entries.len() as Index);
         if entries.is_empty() && !force && tells <= p.commit_told {
             return;
         }
         let Some(prev_term) = self.log.term(prev_index) else {
-            // Compacted away: needs a snapshot (not in this core yet).
-            return;
+            unreachable!("prev {prev_index} is at or after the log's base {}", first - 1);
         };
         let p = self.progress.get_mut(&to).expect("checked above");
         p.commit_told = p.commit_told.max(tells);
@@ -631,6 +677,7 @@ impl RawNode {
             entries,
             commit: committed,
             round: self.round,
+            floor: self.floor,
         };
         self.send(to, body);
     }

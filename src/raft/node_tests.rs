@@ -259,6 +259,7 @@ fn paper_5_1_stale_request_gets_current_term() {
                 entries: vec![],
                 commit: 0,
                 round: 0,
+                floor: 0,
             },
         })
         .unwrap();
@@ -298,7 +299,7 @@ fn paper_5_3_consistency_check_rejects_with_conflict_hint() {
         from: 1,
         to: 2,
         term: 2,
-        body: MessageBody::AppendEntries { prev_log_index, prev_log_term, entries, commit: 0, round: 0 },
+        body: MessageBody::AppendEntries { prev_log_index, prev_log_term, entries, commit: 0, round: 0, floor: 0 },
     };
     let e = |index, term| Entry { index, term, kind: EntryKind::Normal, data: Bytes::new() };
     let r = n.step(ae(0, 0, vec![e(1, 1), e(2, 1), e(3, 1)])).unwrap();
@@ -325,7 +326,7 @@ fn paper_5_3_conflicting_suffix_is_truncated_and_matching_entries_kept() {
         from: 1,
         to: 2,
         term,
-        body: MessageBody::AppendEntries { prev_log_index, prev_log_term, entries, commit: 0, round: 0 },
+        body: MessageBody::AppendEntries { prev_log_index, prev_log_term, entries, commit: 0, round: 0, floor: 0 },
     };
     n.step(ae(1, 0, 0, vec![e(1, 1), e(2, 1), e(3, 1)]));
     // A new leader of term 3 overwrites 3 with its own entries.
@@ -438,4 +439,43 @@ fn unreachable_follower_falls_back_to_probe() {
     assert_eq!(l.status().role, Role::Leader);
     c.propose(1, b"after");
     assert_eq!(c.nodes[&2].log().last_index(), c.nodes[&1].log().last_index());
+}
+
+#[test]
+fn compaction_never_passes_what_every_member_holds() {
+    let mut c = Cluster::new(3);
+    c.elect(1);
+    c.propose(1, b"a");
+    c.cut = vec![3];
+    for d in [b"b", b"c", b"d"] {
+        c.propose(1, d);
+    }
+    // Node 3 holds only up to "a": nobody may compact past it.
+    let l = c.nodes.get_mut(&1).unwrap();
+    let behind = 2;
+    assert!(l.compactable() <= behind, "compactable {} while node 3 holds {behind}", l.compactable());
+    l.compact(u64::MAX);
+    assert!(l.log().first_index() <= behind + 1);
+    // Healed, node 3 catches up from the leader's compacted log.
+    c.cut.clear();
+    for _ in 0..10 {
+        c.nodes.get_mut(&1).unwrap().tick();
+        c.settle();
+    }
+    let last = c.nodes[&1].log().last_index();
+    assert_eq!(c.nodes[&3].log().last_index(), last);
+    // Now every member holds everything; the leader tells the floor with its next append.
+    for _ in 0..5 {
+        c.nodes.get_mut(&1).unwrap().tick();
+        c.settle();
+    }
+    for id in 1..=3 {
+        let n = c.nodes.get_mut(&id).unwrap();
+        assert_eq!(n.compactable(), last, "node {id}");
+        n.compact(last);
+        assert_eq!(n.log().first_index(), last + 1);
+    }
+    // And replication goes on above the compacted prefix.
+    let i = c.propose(1, b"e");
+    assert!(c.nodes.values().all(|n| n.status().commit == i));
 }

@@ -68,6 +68,9 @@ pub enum MessageBody {
         commit: Index,
         /// Leader's heartbeat round, echoed back; confirms ReadIndex requests.
         round: u64,
+        /// The highest index every member is known to hold durably: no node compacts
+        /// its log beyond it, so no member can ever need a compacted entry.
+        floor: Index,
     },
     AppendEntriesResponse {
         success: bool,

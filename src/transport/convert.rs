@@ -51,7 +51,7 @@ pub fn request_to_pb(m: Message, names: &Names) -> Option<Request> {
         MessageBody::RequestVote { last_log_index, last_log_term } => {
             Some(Request::Vote(pb::RequestVoteRequest { term: m.term, candidate: from, last_log_index, last_log_term }))
         }
-        MessageBody::AppendEntries { prev_log_index, prev_log_term, entries, commit, round } => {
+        MessageBody::AppendEntries { prev_log_index, prev_log_term, entries, commit, round, floor } => {
             Some(Request::Append(pb::AppendEntriesRequest {
                 term: m.term,
                 leader: from,
@@ -60,6 +60,7 @@ pub fn request_to_pb(m: Message, names: &Names) -> Option<Request> {
                 entries: entries.into_iter().map(entry_to_pb).collect(),
                 leader_commit: commit,
                 round,
+                floor,
             }))
         }
         _ => None,
@@ -91,6 +92,7 @@ pub fn append_request_from_pb(r: pb::AppendEntriesRequest, me: NodeId, names: &N
             entries,
             commit: r.leader_commit,
             round: r.round,
+            floor: r.floor,
         },
     })
 }
