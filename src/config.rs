@@ -25,8 +25,33 @@ pub struct NodeConfig {
     /// Minimum election timeout; each one is drawn from `[min, 2 * min)`.
     pub election_timeout_ms: u64,
     pub heartbeat_ms: u64,
-    /// Where the node keeps its log and hard state.
+    /// Where the node keeps its log, hard state and snapshots.
     pub data_dir: std::path::PathBuf,
+    /// Snapshot (and compact the log) after this many applied entries...
+    pub snapshot_entries: u64,
+    /// ...or this many applied bytes of commands, whichever comes first.
+    pub snapshot_bytes: u64,
+    /// Log segments are closed past this size (64 MiB; smaller in tests).
+    pub wal_segment_bytes: u64,
+}
+
+pub const DEFAULT_SNAPSHOT_ENTRIES: u64 = 10_000;
+pub const DEFAULT_SNAPSHOT_BYTES: u64 = 64 << 20;
+
+impl NodeConfig {
+    /// A configuration with the documented defaults for everything but the identity.
+    pub fn new(name: &str, members: Vec<Member>, data_dir: std::path::PathBuf) -> NodeConfig {
+        NodeConfig {
+            name: name.to_string(),
+            members,
+            election_timeout_ms: 150,
+            heartbeat_ms: 50,
+            data_dir,
+            snapshot_entries: DEFAULT_SNAPSHOT_ENTRIES,
+            snapshot_bytes: DEFAULT_SNAPSHOT_BYTES,
+            wal_segment_bytes: crate::storage::wal::SEGMENT_BYTES,
+        }
+    }
 }
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -37,6 +62,8 @@ pub enum ConfigError {
     NotAMember(String),
     #[error("--heartbeat-ms ({heartbeat}) must be positive and at most half of --election-timeout-ms ({election})")]
     Timing { heartbeat: u64, election: u64 },
+    #[error("--snapshot-entries and --snapshot-bytes must be positive")]
+    Snapshot,
 }
 
 /// Parses `NAME=HOST:PORT,NAME=HOST:PORT,...`.
@@ -71,6 +98,9 @@ impl NodeConfig {
         }
         if self.heartbeat_ms == 0 || self.heartbeat_ms * 2 > self.election_timeout_ms {
             return Err(ConfigError::Timing { heartbeat: self.heartbeat_ms, election: self.election_timeout_ms });
+        }
+        if self.snapshot_entries == 0 || self.snapshot_bytes == 0 {
+            return Err(ConfigError::Snapshot);
         }
         Ok(())
     }
@@ -115,13 +145,7 @@ mod tests {
     #[test]
     fn validate_checks_membership_and_timing() {
         let members = parse_initial_cluster("b=h:1,a=h:2").unwrap();
-        let mut c = NodeConfig {
-            name: "a".into(),
-            members,
-            election_timeout_ms: 150,
-            heartbeat_ms: 50,
-            data_dir: "unused".into(),
-        };
+        let mut c = NodeConfig::new("a", members, "unused".into());
         assert_eq!(c.validate(), Ok(()));
         assert_eq!(c.id_of("a"), Some(1));
         assert_eq!(c.ticks(150), 15);

@@ -181,7 +181,7 @@ async fn controller_drives_a_five_node_cluster() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn store_waits_for_the_next_heartbeat() {
     // Long heartbeats make "between two heartbeats" a wide window.
-    let opts = Opts { election_timeout_ms: 20_000, heartbeat_ms: 1500, bridge: true };
+    let opts = Opts { election_timeout_ms: 20_000, heartbeat_ms: 1500, bridge: true, ..Opts::default() };
     let c = TestCluster::start_with(3, opts).await;
     let ctl = Controller::new().await;
     ctl.send(c.bridge_addrs[0], "TIMEOUT", Value::Null, Value::Null).await;

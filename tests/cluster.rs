@@ -292,3 +292,39 @@ async fn single_node_cluster_commits_alone() {
     assert_eq!(got.value, "yes");
     c.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn snapshots_bound_the_log_and_restart_restores_from_them_twice() {
+    let opts = common::Opts { snapshot_entries: 40, ..Default::default() };
+    let mut c = TestCluster::start_with(3, opts).await;
+    let leader = c.wait_leader().await;
+    let mut client = c.client(leader).await;
+    let mut last = 0;
+    for i in 0..300 {
+        last = store(&mut client, &format!("k{i:03}"), &format!("v{i}")).await.unwrap().index;
+    }
+    c.wait_applied(&[0, 1, 2], last).await;
+    // Every node snapshotted and compacted: its log no longer starts at 1.
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while (0..3).any(|i| c.handle(i).status().first_index < 200) {
+        let firsts: Vec<u64> = (0..3).map(|i| c.handle(i).status().first_index).collect();
+        assert!(tokio::time::Instant::now() < deadline, "logs not compacted: first indexes {firsts:?}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let reference = c.retrieve(leader).await.entries;
+    assert_eq!(reference.len(), 300, "the whole history survives compaction");
+    let follower = (leader + 1) % 3;
+    for round in 0..2 {
+        c.stop(follower).await;
+        let r = store(&mut c.client(leader).await, &format!("while-down-{round}"), "x").await.unwrap();
+        c.restart(follower).await;
+        c.wait_applied(&[follower], r.index).await;
+        let got = c.retrieve(follower).await.entries;
+        assert_eq!(got.len(), 301 + round, "round {round}");
+        assert_eq!(got[..300], reference[..], "round {round}: history restored from snapshot + log");
+        let g = c.client(follower).await.get(pb::GetRequest { key: "k299".into(), consistency: 1 }).await.unwrap();
+        assert_eq!(g.into_inner().value, "v299");
+    }
+    c.assert_one_leader_per_term();
+    c.shutdown().await;
+}

@@ -55,6 +55,8 @@ impl Procs {
             .args(["--initial-cluster", &cluster.join(",")])
             .arg("--data-dir")
             .arg(self.data.path().join(&self.names[i]))
+            // Small, so that kills and restarts also go through snapshots.
+            .args(["--snapshot-entries", "40"])
             .env("RUST_LOG", "info")
             .stdout(Stdio::null())
             .stderr(log)

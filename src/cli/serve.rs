@@ -36,6 +36,12 @@ pub struct ServeArgs {
     /// if missing; a directory of another node or cluster, or damaged data, is refused.
     #[arg(long, env = "RAFTKV_DATA_DIR")]
     pub data_dir: Option<std::path::PathBuf>,
+    /// Snapshot the state machine and compact the log after this many applied entries.
+    #[arg(long, env = "RAFTKV_SNAPSHOT_ENTRIES", default_value_t = raftkv::config::DEFAULT_SNAPSHOT_ENTRIES)]
+    pub snapshot_entries: u64,
+    /// ...or after this many bytes of applied commands, whichever comes first.
+    #[arg(long, env = "RAFTKV_SNAPSHOT_BYTES", default_value_t = raftkv::config::DEFAULT_SNAPSHOT_BYTES)]
+    pub snapshot_bytes: u64,
 }
 
 fn init_logging() {
@@ -59,12 +65,13 @@ async fn terminated() {
 pub async fn run(args: ServeArgs) -> CmdResult {
     init_logging();
     let members = parse_initial_cluster(&args.initial_cluster).map_err(|e| e.to_string())?;
+    let data_dir = args.data_dir.clone().unwrap_or_else(|| format!("{}.raftkv", args.name).into());
     let cfg = NodeConfig {
-        name: args.name.clone(),
-        members,
         election_timeout_ms: args.election_timeout_ms,
         heartbeat_ms: args.heartbeat_ms,
-        data_dir: args.data_dir.clone().unwrap_or_else(|| format!("{}.raftkv", args.name).into()),
+        snapshot_entries: args.snapshot_entries,
+        snapshot_bytes: args.snapshot_bytes,
+        ..NodeConfig::new(&args.name, members, data_dir)
     };
     cfg.validate().map_err(|e| e.to_string())?;
     let client = TcpListener::bind(&args.client_addr)

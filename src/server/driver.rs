@@ -12,7 +12,7 @@ use super::{Input, Metrics, NodeStatus};
 use crate::error::Error;
 use crate::kv::KvState;
 use crate::raft::{Index, Message, MessageBody, NodeId, ProposeError, RawNode, Role, Term};
-use crate::storage::Storage;
+use crate::storage::{snapshot, SnapshotMeta, Storage};
 use crate::transport::convert::Names;
 
 type ProposalReply = oneshot::Sender<Result<(Index, Term), Error>>;
@@ -20,12 +20,30 @@ type ProposalReply = oneshot::Sender<Result<(Index, Term), Error>>;
 /// Inputs handled per loop iteration before the ready is processed (one batch).
 const MAX_BATCH: usize = 4096;
 
+/// When to snapshot, and what is under way.
+pub(super) struct Snapshots {
+    pub every_entries: u64,
+    pub every_bytes: u64,
+    /// Index of the newest snapshot (or of the recovered one).
+    pub last_index: Index,
+    /// Bytes of commands applied since it.
+    pub bytes_since: u64,
+    pub in_flight: bool,
+}
+
 pub(super) struct Driver {
+    pub snapshots: Snapshots,
+    /// The driver's own input, for background work reporting back.
+    pub input_tx: mpsc::Sender<Input>,
+    /// A snapshot is durable: compact the log to this base at the next ready.
+    pub pending_compaction: Option<Index>,
     pub core: RawNode,
     pub storage: Storage,
     /// Set, and the node stopped, when storage fails: a node must not go on from a
     /// state it cannot trust.
     pub fatal: Arc<std::sync::Mutex<Option<String>>>,
+    /// A failure noticed while handling an input; stops the node at the next ready.
+    pub fatal_error: Option<String>,
     pub names: Names,
     pub input: mpsc::Receiver<Input>,
     pub peers: BTreeMap<NodeId, mpsc::Sender<Message>>,
@@ -133,6 +151,17 @@ impl Driver {
                     self.waiters.entry(index).or_default().push(reply);
                 }
             }
+            Input::SnapshotSaved { meta, result } => {
+                self.snapshots.in_flight = false;
+                match result {
+                    Ok(()) => {
+                        tracing::info!(index = meta.index, compact_to = meta.base.0, "snapshot saved");
+                        self.snapshots.last_index = meta.index;
+                        self.pending_compaction = Some(meta.base.0);
+                    }
+                    Err(e) => self.fatal_error = Some(format!("snapshot failed: {e}")),
+                }
+            }
             Input::Campaign => self.core.campaign(),
             Input::BecomeFollower => {
                 let term = self.core.status().term;
@@ -156,7 +185,41 @@ impl Driver {
         }
     }
 
-    fn process_ready(&mut self) -> Result<(), crate::storage::StorageError> {
+    /// Starts writing a snapshot in the background when enough was applied since the
+    /// last one. The state is an O(1) clone; the log is compacted once it is durable.
+    fn maybe_snapshot(&mut self) {
+        let s = &mut self.snapshots;
+        let applied = self.core.status().applied;
+        if s.in_flight || (applied - s.last_index < s.every_entries && s.bytes_since < s.every_bytes) {
+            return;
+        }
+        let state = self.kv.read().unwrap().clone();
+        // Compaction stops at what every member holds.
+        let base = self.core.compactable().max(self.core.log().first_index() - 1);
+        let Some(base_term) = self.core.log().term(base) else { return };
+        let meta = SnapshotMeta { index: state.applied(), term: state.applied_term(), base: (base, base_term) };
+        s.in_flight = true;
+        s.bytes_since = 0;
+        let dir = self.storage.snapshot_dir().to_path_buf();
+        let tx = self.input_tx.clone();
+        tokio::spawn(async move {
+            let result = match tokio::task::spawn_blocking(move || snapshot::save(&dir, meta, &state)).await {
+                Ok(r) => r.map_err(|e| e.to_string()),
+                Err(e) => Err(e.to_string()),
+            };
+            let _ = tx.send(Input::SnapshotSaved { meta, result }).await;
+        });
+    }
+
+    fn process_ready(&mut self) -> Result<(), String> {
+        if let Some(e) = self.fatal_error.take() {
+            return Err(e);
+        }
+        if let Some(base) = self.pending_compaction.take() {
+            self.core.compact(base);
+            let storage = &mut self.storage;
+            tokio::task::block_in_place(|| storage.compact(base)).map_err(|e| e.to_string())?;
+        }
         let was_leader = self.core.status().role == Role::Leader;
         while self.core.has_ready() {
             let mut rd = self.core.ready();
@@ -171,7 +234,8 @@ impl Driver {
             //    anything that depends on them (votes, answers, applying) happens.
             if rd.hard_state.is_some() || !rd.entries.is_empty() {
                 let storage = &mut self.storage;
-                tokio::task::block_in_place(|| storage.persist(rd.hard_state, &rd.entries))?;
+                tokio::task::block_in_place(|| storage.persist(rd.hard_state, &rd.entries))
+                    .map_err(|e| e.to_string())?;
                 self.metrics.fsyncs.store(self.storage.syncs(), Ordering::Relaxed);
                 self.metrics.entries_persisted.fetch_add(rd.entries.len() as u64, Ordering::Relaxed);
             }
@@ -184,6 +248,7 @@ impl Driver {
             // 3. Apply, and answer what waited for it.
             if !rd.committed.is_empty() {
                 self.kv.write().unwrap().apply(&rd.committed);
+                self.snapshots.bytes_since += rd.committed.iter().map(|e| e.data.len() as u64).sum::<u64>();
                 for e in &rd.committed {
                     if let Some((term, tx)) = self.proposals.remove(&e.index) {
                         let _ = tx.send(if term == e.term { Ok((e.index, e.term)) } else { Err(Error::Dropped) });
@@ -201,6 +266,7 @@ impl Driver {
         for (tx, answer) in self.held.drain(..) {
             let _ = tx.send(answer);
         }
+        self.maybe_snapshot();
         let st = self.core.status();
         if was_leader && st.role != Role::Leader {
             let leader = self.leader_name(st.leader);
@@ -223,6 +289,7 @@ impl Driver {
             commit: st.commit,
             applied: st.applied,
             last_index: st.last_index,
+            first_index: self.core.log().first_index(),
         };
         self.status.send_if_modified(|old| {
             if *old == new {

@@ -40,6 +40,8 @@ pub enum Input {
     ReadIndex { reply: oneshot::Sender<Result<Index>> },
     /// Answered once the state machine has applied `index`.
     WaitApplied { index: Index, reply: oneshot::Sender<()> },
+    /// A snapshot finished writing (or failed).
+    SnapshotSaved { meta: crate::storage::SnapshotMeta, result: Result<(), String> },
     /// Start an election now.
     Campaign,
     /// Become a follower now, keeping the term.
@@ -54,6 +56,8 @@ pub struct NodeStatus {
     pub commit: Index,
     pub applied: Index,
     pub last_index: Index,
+    /// The first index still in the log (entries before it are compacted).
+    pub first_index: Index,
 }
 
 /// Counters a test or an operator can read.
@@ -300,7 +304,8 @@ impl Node {
         let (storage, recovered) = {
             let dir = cfg.data_dir.clone();
             let (name, cluster) = (cfg.name.clone(), names.0.clone());
-            tokio::task::spawn_blocking(move || Storage::open(&dir, &name, &cluster))
+            let segment_bytes = cfg.wal_segment_bytes;
+            tokio::task::spawn_blocking(move || Storage::open_with(&dir, &name, &cluster, segment_bytes))
                 .await
                 .map_err(|e| StartError::Other(e.to_string()))??
         };
@@ -310,9 +315,14 @@ impl Node {
             term = hs.term,
             commit = hs.commit,
             entries = recovered.entries.len(),
+            snapshot = recovered.snapshot.as_ref().map_or(0, |(m, _)| m.index),
             "recovered durable state"
         );
-        let core = RawNode::new(core_cfg, hs, recovered.entries)
+        let (applied, state) = match recovered.snapshot {
+            Some((meta, state)) => (meta.index, state),
+            None => (0, KvState::default()),
+        };
+        let core = RawNode::restore(core_cfg, hs, recovered.base, recovered.entries, applied)
             .map_err(|e| StartError::Other(format!("raft config: {e}")))?;
 
         let (input_tx, input_rx) = mpsc::channel(8192);
@@ -324,11 +334,12 @@ impl Node {
             commit: st.commit,
             applied: 0,
             last_index: st.last_index,
+            first_index: core.log().first_index(),
         };
         let (status_tx, status_rx) = watch::channel(initial);
         let (shutdown_tx, shutdown_rx) = watch::channel(false);
         let fatal = Arc::new(std::sync::Mutex::new(None));
-        let kv = Arc::new(RwLock::new(KvState::default()));
+        let kv = Arc::new(RwLock::new(state));
         let metrics = Arc::new(Metrics::default());
         let election_timeout = Duration::from_millis(cfg.election_timeout_ms);
         let rpc_timeout = (election_timeout * 2).max(Duration::from_millis(500));
@@ -363,6 +374,16 @@ impl Node {
             fatal: fatal.clone(),
         }));
         let driver = driver::Driver {
+            snapshots: driver::Snapshots {
+                every_entries: cfg.snapshot_entries,
+                every_bytes: cfg.snapshot_bytes,
+                last_index: applied,
+                bytes_since: 0,
+                in_flight: false,
+            },
+            input_tx: handle.0.input.clone(),
+            pending_compaction: None,
+            fatal_error: None,
             core,
             storage,
             fatal: fatal.clone(),

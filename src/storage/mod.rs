@@ -1,12 +1,17 @@
-//! Durable node state: the data directory's identity (`meta`) and the write-ahead log
-//! of entries and hard states (`wal/`). The only place that fsyncs.
+//! Durable node state: the data directory's identity (`meta`), the write-ahead log of
+//! entries and hard states (`wal/`) and state machine snapshots (`snap/`). The only
+//! place that fsyncs.
+pub mod snapshot;
 pub mod wal;
+
+pub use snapshot::SnapshotMeta;
 
 use std::fs::{self, File};
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
-use crate::raft::{Entry, HardState};
+use crate::kv::KvState;
+use crate::raft::{Entry, HardState, Index, Term};
 
 pub const FORMAT: &str = "raftkv-data-1";
 
@@ -25,12 +30,17 @@ pub enum StorageError {
 /// The data directory of one node.
 pub struct Storage {
     wal: wal::Wal,
+    snap_dir: PathBuf,
 }
 
 /// What a node restarts from.
 pub struct Recovered {
     pub hard_state: HardState,
+    /// The log's base (index, term): `entries` follow it.
+    pub base: (Index, Term),
     pub entries: Vec<Entry>,
+    /// The newest snapshot, with the state machine it holds.
+    pub snapshot: Option<(SnapshotMeta, KvState)>,
 }
 
 fn meta_text(name: &str, cluster: &[String]) -> String {
@@ -77,6 +87,16 @@ impl Storage {
     /// names), creating it when it does not exist or is empty. Refuses a directory
     /// of another node or cluster, an unknown format, or damaged data.
     pub fn open(dir: &Path, name: &str, cluster: &[String]) -> Result<(Storage, Recovered), StorageError> {
+        Self::open_with(dir, name, cluster, wal::SEGMENT_BYTES)
+    }
+
+    /// `open`, with log segments closed past `segment_bytes`.
+    pub fn open_with(
+        dir: &Path,
+        name: &str,
+        cluster: &[String],
+        segment_bytes: u64,
+    ) -> Result<(Storage, Recovered), StorageError> {
         let io = |p: &Path, e| StorageError::Io { path: p.to_path_buf(), source: e };
         fs::create_dir_all(dir).map_err(|e| io(dir, e))?;
         let meta = dir.join("meta");
@@ -89,8 +109,20 @@ impl Storage {
         } else {
             write_meta(dir, &meta_text(name, cluster))?;
         }
-        let (wal, hard_state, entries) = wal::Wal::open(&wal_dir)?;
-        Ok((Storage { wal }, Recovered { hard_state, entries }))
+        let snap_dir = dir.join("snap");
+        let snapshot = snapshot::load_latest(&snap_dir)?;
+        let base = snapshot.as_ref().map_or((0, 0), |(m, _)| m.base);
+        let (wal, hard_state, entries) = wal::Wal::open(&wal_dir, base.0, segment_bytes)?;
+        if let Some((m, _)) = &snapshot {
+            if wal.last_index() < m.index {
+                return Err(StorageError::Corrupt {
+                    path: wal_dir,
+                    offset: 0,
+                    what: format!("the log ends at {} before snapshot {}", wal.last_index(), m.index),
+                });
+            }
+        }
+        Ok((Storage { wal, snap_dir }, Recovered { hard_state, base, entries, snapshot }))
     }
 
     /// Makes the hard state and entries durable: one write, one fdatasync.
@@ -101,6 +133,16 @@ impl Storage {
     /// fdatasync calls so far.
     pub fn syncs(&self) -> u64 {
         self.wal.syncs
+    }
+
+    /// Where snapshots are written (by `snapshot::save`, off the driver).
+    pub fn snapshot_dir(&self) -> &Path {
+        &self.snap_dir
+    }
+
+    /// After a snapshot whose base is `base`: drops log segments at or below it.
+    pub fn compact(&mut self, base: Index) -> Result<(), StorageError> {
+        self.wal.compact(base)
     }
 }
 
@@ -219,6 +261,40 @@ mod tests {
         let (_, r) = Storage::open(d.path(), "a", &members()).unwrap();
         assert_eq!(r.hard_state, HardState { term: 5, vote: Some(3), commit: 1 }, "the vote survives");
         assert_eq!(r.entries, vec![entry(1, 1), entry(2, 1)]);
+    }
+
+    #[test]
+    fn snapshot_and_compaction_drop_old_segments_and_restart_from_the_base() {
+        let d = tempfile::tempdir().unwrap();
+        let hs = HardState { term: 3, vote: Some(2), commit: 200 };
+        {
+            let (mut s, _) = Storage::open_with(d.path(), "a", &members(), 512).unwrap();
+            for batch in 0..20u64 {
+                let es: Vec<Entry> = (1..=10).map(|i| entry(batch * 10 + i, 3)).collect();
+                s.persist(Some(HardState { commit: batch * 10, ..hs }), &es).unwrap();
+            }
+            s.persist(Some(hs), &[]).unwrap();
+            let segments = || fs::read_dir(d.path().join("wal")).unwrap().count();
+            let before = segments();
+            assert!(before > 5, "small segments: {before}");
+            let mut kv = crate::kv::KvState::default();
+            kv.apply(&(1..=180).map(|i| entry(i, 3)).collect::<Vec<_>>());
+            let meta = SnapshotMeta { index: 180, term: 3, base: (150, 3) };
+            snapshot::save(s.snapshot_dir(), meta, &kv).unwrap();
+            s.compact(150).unwrap();
+            assert!(segments() < before, "old segments deleted: {} of {before}", segments());
+        }
+        let (_, r) = Storage::open_with(d.path(), "a", &members(), 512).unwrap();
+        assert_eq!(r.base, (150, 3));
+        assert_eq!(r.entries.first().unwrap().index, 151);
+        assert_eq!(r.entries.last().unwrap().index, 200);
+        assert_eq!(r.hard_state, hs);
+        let (meta, kv) = r.snapshot.unwrap();
+        assert_eq!((meta.index, kv.applied()), (180, 180));
+        // Without the snapshot, a log that no longer starts at 1 is refused.
+        fs::remove_dir_all(d.path().join("snap")).unwrap();
+        let e = Storage::open_with(d.path(), "a", &members(), 512).err().expect("refused");
+        assert!(matches!(e, StorageError::Corrupt { .. }), "{e}");
     }
 
     #[test]

@@ -26,16 +26,21 @@ const MAGIC: &[u8; 8] = b"RKVWAL01";
 const HEADER: usize = 13;
 const TYPE_ENTRY: u8 = 1;
 const TYPE_HARD_STATE: u8 = 2;
-/// A segment is closed once it passes this size.
+/// By default a segment is closed once it passes this size.
 pub const SEGMENT_BYTES: u64 = 64 << 20;
 
 pub struct Wal {
     dir: PathBuf,
-    /// Sequence numbers of the segments, oldest first; the last is being written.
-    segments: Vec<u64>,
+    /// Sequence numbers of the segments, oldest first, with the highest entry index
+    /// each holds; the last segment is being written.
+    segments: Vec<(u64, Index)>,
     file: File,
     size: u64,
-    /// (segment, offset) of each entry, from index 1.
+    /// Segments are closed past this size.
+    segment_bytes: u64,
+    /// Entries up to here are compacted into a snapshot and skipped.
+    base: Index,
+    /// (segment, offset) of each entry after `base`.
     positions: Vec<(u64, u64)>,
     hard_state: HardState,
     /// fdatasync calls so far (for benchmarks).
@@ -184,8 +189,9 @@ fn create_segment(dir: &Path, seq: u64) -> Result<File, StorageError> {
 }
 
 impl Wal {
-    /// Opens (creating if empty) the log in `dir` and returns it with what it holds.
-    pub fn open(dir: &Path) -> Result<(Wal, HardState, Vec<Entry>), StorageError> {
+    /// Opens (creating if empty) the log in `dir` and returns it with what it holds
+    /// after `base` (entries up to `base` are in a snapshot and skipped).
+    pub fn open(dir: &Path, base: Index, segment_bytes: u64) -> Result<(Wal, HardState, Vec<Entry>), StorageError> {
         fs::create_dir_all(dir).map_err(|e| io(dir, e))?;
         let mut segments: Vec<u64> = Vec::new();
         for ent in fs::read_dir(dir).map_err(|e| io(dir, e))? {
@@ -200,9 +206,11 @@ impl Wal {
             let file = create_segment(dir, 1)?;
             let wal = Wal {
                 dir: dir.to_path_buf(),
-                segments: vec![1],
+                segments: vec![(1, 0)],
                 file,
                 size: MAGIC.len() as u64,
+                segment_bytes,
+                base,
                 positions: Vec::new(),
                 hard_state: HardState::default(),
                 syncs: 0,
@@ -214,7 +222,9 @@ impl Wal {
         let mut positions = Vec::new();
         let last_seq = *segments.last().expect("not empty");
         let mut size = 0;
+        let mut segment_max = Vec::new();
         for &seq in &segments {
+            let mut max_index = 0;
             let path = segment_path(dir, seq);
             let mut data = Vec::new();
             File::open(&path).and_then(|mut f| f.read_to_end(&mut data)).map_err(|e| io(&path, e))?;
@@ -223,8 +233,12 @@ impl Wal {
                 match record {
                     Record::HardState(h) => hs = h,
                     Record::Entry(e) => {
-                        let next = entries.len() as Index + 1;
-                        if e.index == 0 || e.index > next {
+                        max_index = max_index.max(e.index);
+                        if e.index <= base {
+                            continue;
+                        }
+                        let next = base + entries.len() as Index + 1;
+                        if e.index > next {
                             return Err(StorageError::Corrupt {
                                 path,
                                 offset,
@@ -232,14 +246,15 @@ impl Wal {
                             });
                         }
                         // An entry at or below the last one replaces the suffix from there.
-                        entries.truncate((e.index - 1) as usize);
-                        positions.truncate((e.index - 1) as usize);
+                        entries.truncate((e.index - base - 1) as usize);
+                        positions.truncate((e.index - base - 1) as usize);
                         positions.push((seq, offset));
                         entries.push(e);
                     }
                 }
             }
             size = data.len() as u64;
+            segment_max.push((seq, max_index));
             if let Some(at) = scan.torn_at {
                 if seq != last_seq {
                     return Err(StorageError::Corrupt {
@@ -263,20 +278,52 @@ impl Wal {
         }
         // A batch writes its hard state before its entries (so no entry's term exceeds
         // the recovered term); a torn batch may keep a commit index beyond what survived.
-        hs.commit = hs.commit.min(entries.len() as Index);
+        hs.commit = hs.commit.min(base + entries.len() as Index);
         let path = segment_path(dir, last_seq);
         let mut file = OpenOptions::new().read(true).write(true).open(&path).map_err(|e| io(&path, e))?;
         file.seek(SeekFrom::End(0)).map_err(|e| io(&path, e))?;
-        let wal = Wal { dir: dir.to_path_buf(), segments, file, size, positions, hard_state: hs, syncs: 0 };
+        let wal = Wal {
+            dir: dir.to_path_buf(),
+            segments: segment_max,
+            file,
+            size,
+            segment_bytes,
+            base,
+            positions,
+            hard_state: hs,
+            syncs: 0,
+        };
         Ok((wal, hs, entries))
     }
 
     fn current_path(&self) -> PathBuf {
-        segment_path(&self.dir, *self.segments.last().expect("a segment"))
+        segment_path(&self.dir, self.segments.last().expect("a segment").0)
     }
 
     pub fn last_index(&self) -> Index {
-        self.positions.len() as Index
+        self.base + self.positions.len() as Index
+    }
+
+    /// Forgets entries up to `base` (now in a snapshot) and deletes every closed segment
+    /// that holds nothing above it.
+    pub fn compact(&mut self, base: Index) -> Result<(), StorageError> {
+        if base <= self.base {
+            return Ok(());
+        }
+        let drop = (base - self.base).min(self.positions.len() as Index) as usize;
+        self.positions.drain(..drop);
+        self.base = base;
+        let mut removed = false;
+        while self.segments.len() > 1 && self.segments[0].1 <= base {
+            let path = segment_path(&self.dir, self.segments[0].0);
+            fs::remove_file(&path).map_err(|e| io(&path, e))?;
+            self.segments.remove(0);
+            removed = true;
+        }
+        if removed {
+            sync_dir(&self.dir)?;
+        }
+        Ok(())
     }
 
     /// Makes `hs` (if any) and `entries` durable with one write and one fdatasync
@@ -285,19 +332,19 @@ impl Wal {
     pub fn append(&mut self, hs: Option<HardState>, entries: &[Entry]) -> Result<(), StorageError> {
         let mut rewrite_hs = false;
         if let Some(first) = entries.first() {
-            if first.index == 0 || first.index > self.last_index() + 1 {
+            if first.index <= self.base || first.index > self.last_index() + 1 {
                 return Err(StorageError::Corrupt {
                     path: self.current_path(),
                     offset: self.size,
                     what: format!("append of entry {} after {}", first.index, self.last_index()),
                 });
             }
-            self.positions.truncate((first.index - 1) as usize);
+            self.positions.truncate((first.index - self.base - 1) as usize);
         }
-        if self.size >= SEGMENT_BYTES && (hs.is_some() || !entries.is_empty()) {
-            let seq = self.segments.last().expect("a segment") + 1;
+        if self.size >= self.segment_bytes && (hs.is_some() || !entries.is_empty()) {
+            let seq = self.segments.last().expect("a segment").0 + 1;
             self.file = create_segment(&self.dir, seq)?;
-            self.segments.push(seq);
+            self.segments.push((seq, 0));
             self.size = MAGIC.len() as u64;
             // Each segment starts with the hard state, so older ones can be dropped later.
             rewrite_hs = true;
@@ -307,7 +354,11 @@ impl Wal {
         if let Some(h) = &hs {
             encode_hard_state(&mut buf, h);
         }
-        let seq = *self.segments.last().expect("a segment");
+        let seq = self.segments.last().expect("a segment").0;
+        if let Some(last) = entries.last() {
+            let current = self.segments.last_mut().expect("a segment");
+            current.1 = current.1.max(last.index);
+        }
         for e in entries {
             self.positions.push((seq, self.size + buf.len() as u64));
             encode_entry(&mut buf, e);

@@ -22,11 +22,12 @@ pub struct Opts {
     pub heartbeat_ms: u64,
     /// Start every node with a controller bridge on 127.0.0.1.
     pub bridge: bool,
+    pub snapshot_entries: u64,
 }
 
 impl Default for Opts {
     fn default() -> Self {
-        Opts { election_timeout_ms: 150, heartbeat_ms: 50, bridge: false }
+        Opts { election_timeout_ms: 150, heartbeat_ms: 50, bridge: false, snapshot_entries: 10_000 }
     }
 }
 
@@ -40,6 +41,8 @@ pub struct TestCluster {
     leaders: Arc<Mutex<BTreeMap<u64, Vec<String>>>>,
     /// Every node's data directory, removed when the cluster is dropped.
     _data: tempfile::TempDir,
+    cfgs: Vec<NodeConfig>,
+    peer_addrs: Vec<String>,
 }
 
 impl TestCluster {
@@ -66,13 +69,15 @@ impl TestCluster {
         let mut nodes = Vec::new();
         let mut client_addrs = Vec::new();
         let mut bridge_addrs = Vec::new();
+        let mut cfgs = Vec::new();
+        let mut peer_addrs = Vec::new();
         for ((name, cl), pl) in names.iter().zip(client_ls).zip(peer_ls) {
             let cfg = NodeConfig {
-                name: name.clone(),
-                members: members.clone(),
                 election_timeout_ms: opts.election_timeout_ms,
                 heartbeat_ms: opts.heartbeat_ms,
-                data_dir: data.path().join(name),
+                snapshot_entries: opts.snapshot_entries,
+                wal_segment_bytes: 16 << 10,
+                ..NodeConfig::new(name, members.clone(), data.path().join(name))
             };
             client_addrs.push(cl.local_addr().unwrap().to_string());
             let bridge = if opts.bridge {
@@ -82,11 +87,13 @@ impl TestCluster {
             } else {
                 None
             };
+            peer_addrs.push(pl.local_addr().unwrap().to_string());
+            cfgs.push(cfg.clone());
             let node = Node::start(cfg, cl, pl, bridge, Some(faults.clone())).await.expect("node starts");
             monitor(node.handle().clone(), leaders.clone());
             nodes.push(Some(node));
         }
-        TestCluster { names, nodes, client_addrs, bridge_addrs, faults, leaders, _data: data }
+        TestCluster { names, nodes, client_addrs, bridge_addrs, faults, leaders, _data: data, cfgs, peer_addrs }
     }
 
     pub fn handle(&self, i: usize) -> &NodeHandle {
@@ -151,6 +158,16 @@ impl TestCluster {
         if let Some(node) = self.nodes[i].take() {
             node.shutdown().await;
         }
+    }
+
+    /// Starts a stopped node again from its data directory, on its old addresses.
+    pub async fn restart(&mut self, i: usize) {
+        assert!(self.nodes[i].is_none(), "node {i} is running");
+        let cl = TcpListener::bind(&self.client_addrs[i]).await.expect("client address free again");
+        let pl = TcpListener::bind(&self.peer_addrs[i]).await.expect("peer address free again");
+        let node = Node::start(self.cfgs[i].clone(), cl, pl, None, Some(self.faults.clone())).await.expect("restarts");
+        monitor(node.handle().clone(), self.leaders.clone());
+        self.nodes[i] = Some(node);
     }
 
     pub fn partition(&self, group: &[usize]) {
