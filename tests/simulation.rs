@@ -65,10 +65,12 @@ struct Sim {
     proposals: u64,
     last_event: &'static str,
     compactions: u64,
+    installs: u64,
 }
 
 fn config(id: NodeId, n: u64, seed: u64) -> Config {
     let mut c = Config::new(id, (1..=n).collect());
+    c.keep_entries = 3;
     c.election_ticks = 10;
     c.heartbeat_ticks = 2;
     c.max_inflight = 3;
@@ -103,6 +105,7 @@ impl Sim {
             proposals: 0,
             last_event: "",
             compactions: 0,
+            installs: 0,
         }
     }
 
@@ -119,6 +122,7 @@ impl Sim {
         let mut applied = Vec::new();
         let mut crashed = false;
         let mut overwrites = Vec::new();
+        let mut installs = 0;
         loop {
             let torn = self.rng.gen_bool(self.torn_rate);
             let cut: f64 = self.rng.gen();
@@ -127,6 +131,12 @@ impl Sim {
                 break;
             }
             let rd = node.core.ready();
+            if let (true, Some((index, term))) = (torn && cut < 0.5, rd.snapshot) {
+                // The snapshot file was renamed into place before the WAL write tore.
+                node.durable.snap = Some((index, term));
+                node.durable.base = (index, term);
+                node.durable.log = node.durable.log.split_off(&(index + 1));
+            }
             if torn {
                 // A crash in the middle of this batch's write: the WAL keeps a prefix of
                 // [hard state, entries...]; nothing of this batch was sent or applied.
@@ -146,6 +156,14 @@ impl Sim {
                 out.extend(rd.messages.into_iter().filter(|m| matches!(m.body, MessageBody::AppendEntries { .. })));
                 crashed = true;
                 break;
+            }
+            if let Some((index, term)) = rd.snapshot {
+                installs += 1;
+                // The installed snapshot is this node's own now, with its own base; log
+                // records above it stay in the WAL, as they do for real.
+                node.durable.snap = Some((index, term));
+                node.durable.base = (index, term);
+                node.durable.log = node.durable.log.split_off(&(index + 1));
             }
             if let Some(hs) = rd.hard_state {
                 node.durable.hs = hs;
@@ -197,6 +215,7 @@ impl Sim {
             }
         }
         self.net.extend(out);
+        self.installs += installs;
         if crashed {
             self.restart(id);
         }
@@ -224,6 +243,14 @@ impl Sim {
             return;
         }
         let to = m.to;
+        let mut m = m;
+        if let MessageBody::InstallSnapshot { .. } = m.body {
+            // The transport streams the sender's newest durable snapshot.
+            let Some((index, term)) = self.nodes[&m.from].durable.snap else {
+                self.fail(format!("node {} sent a snapshot it does not have", m.from));
+            };
+            m.body = MessageBody::InstallSnapshot { index, term };
+        }
         let resp = self.nodes.get_mut(&to).unwrap().core.step(m);
         let granted = matches!(resp, Some(Message { body: MessageBody::RequestVoteResponse { granted: true }, .. }));
         // A response is sent only after what it promises is durable.
@@ -491,13 +518,14 @@ impl Sim {
             }
         }
         eprintln!(
-            "seed {}: {} nodes, {} proposals, {} committed, {} terms, {} compactions",
+            "seed {}: {} nodes, {} proposals, {} committed, {} terms, {} compactions, {} snapshots installed",
             self.seed,
             self.n,
             self.proposals,
             self.committed.len(),
             self.leaders.len(),
-            self.compactions
+            self.compactions,
+            self.installs
         );
     }
 }

@@ -37,6 +37,18 @@ impl RaftLog {
         }
     }
 
+    /// Replaces the whole log by a snapshot at (`index`, `term`): everything up to it is
+    /// committed, applied (by installing the snapshot) and durable.
+    pub fn reset_to_snapshot(&mut self, index: Index, term: Term) {
+        self.entries.clear();
+        self.offset = index;
+        self.offset_term = term;
+        self.committed = index;
+        self.applied = index;
+        self.stable = index;
+        self.unstable_from = index + 1;
+    }
+
     /// Drops entries `<= index`, which must be applied and durable.
     pub fn compact(&mut self, index: Index) {
         if index <= self.offset {

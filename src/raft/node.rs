@@ -22,6 +22,9 @@ pub struct Config {
     pub heartbeat_ticks: u32,
     /// Appends carrying entries outstanding per follower.
     pub max_inflight: usize,
+    /// Entries kept below the applied index when compacting past the floor, so that a
+    /// follower a little behind catches up from the log rather than a snapshot.
+    pub keep_entries: u64,
     pub max_batch_bytes: usize,
     pub max_batch_entries: usize,
     /// A leader that has not heard from a quorum within an election timeout steps down.
@@ -47,6 +50,7 @@ impl Config {
             election_ticks: 15,
             heartbeat_ticks: 5,
             max_inflight: 8,
+            keep_entries: 5000,
             max_batch_bytes: 1 << 20,
             max_batch_entries: 4096,
             check_quorum: true,
@@ -114,6 +118,8 @@ pub struct RawNode {
     ready_reads: Vec<ReadState>,
     /// Highest index every member is known to hold durably (see `MessageBody::AppendEntries`).
     floor: Index,
+    /// A snapshot accepted from the leader, for the next ready to install.
+    pending_snapshot: Option<(Index, Term)>,
     msgs: Vec<Message>,
     last_hard_state: HardState,
 }
@@ -145,7 +151,10 @@ impl RawNode {
             role: Role::Follower,
             leader: None,
             log: RaftLog::restore(base, entries, hs.commit, applied),
-            floor: base.0,
+            // Relearned from the leader: a base may come from an installed snapshot,
+            // which says nothing of what the other members hold.
+            floor: 0,
+            pending_snapshot: None,
             progress: BTreeMap::new(),
             votes: BTreeMap::new(),
             election_elapsed: 0,
@@ -384,14 +393,15 @@ impl RawNode {
     pub fn step(&mut self, m: Message) -> Option<Message> {
         if m.body == MessageBody::Unreachable {
             if let Some(p) = self.progress.get_mut(&m.from) {
-                if p.state == ProgressState::Replicate {
+                if p.state != ProgressState::Probe {
                     p.become_probe(p.matched + 1);
                 }
             }
             return None;
         }
         if m.term > self.term {
-            let leader = matches!(m.body, MessageBody::AppendEntries { .. }).then_some(m.from);
+            let leader = matches!(m.body, MessageBody::AppendEntries { .. } | MessageBody::InstallSnapshot { .. })
+                .then_some(m.from);
             if self.role == Role::Leader {
                 tracing::info!(
                     term = self.term,
@@ -416,6 +426,17 @@ impl RawNode {
                         conflict_index: 0,
                         conflict_term: 0,
                         round,
+                    },
+                )),
+                MessageBody::InstallSnapshot { index, .. } => Some(self.reply(
+                    m.from,
+                    MessageBody::AppendEntriesResponse {
+                        success: false,
+                        match_index: 0,
+                        reject_index: index,
+                        conflict_index: 0,
+                        conflict_term: 0,
+                        round: 0,
                     },
                 )),
                 _ => None,
@@ -455,8 +476,41 @@ impl RawNode {
                 );
                 None
             }
+            MessageBody::InstallSnapshot { index, term } => Some(self.handle_snapshot(m.from, index, term)),
             MessageBody::Unreachable => None,
         }
+    }
+
+    /// A follower receives the leader's snapshot (Raft Figure 13). If its log already
+    /// holds the snapshot's last entry, it keeps the log and just commits; otherwise
+    /// the log and the state machine are replaced (`Ready::snapshot`).
+    fn handle_snapshot(&mut self, from: NodeId, index: Index, term: Term) -> Message {
+        if self.role != Role::Follower || self.leader != Some(from) {
+            self.become_follower(self.term, Some(from));
+        }
+        self.election_elapsed = 0;
+        let matched = if index <= self.log.committed {
+            self.log.committed
+        } else if self.log.term(index) == Some(term) {
+            self.log.committed = index;
+            index
+        } else {
+            tracing::info!(index, term, "installing the leader's snapshot");
+            self.log.reset_to_snapshot(index, term);
+            self.pending_snapshot = Some((index, term));
+            index
+        };
+        self.reply(
+            from,
+            MessageBody::AppendEntriesResponse {
+                success: true,
+                match_index: matched,
+                reject_index: 0,
+                conflict_index: 0,
+                conflict_term: 0,
+                round: 0,
+            },
+        )
     }
 
     fn reply(&self, to: NodeId, body: MessageBody) -> Message {
@@ -583,6 +637,7 @@ impl RawNode {
             let stale = match p.state {
                 ProgressState::Replicate => reject_index <= p.matched,
                 ProgressState::Probe => reject_index + 1 != p.next,
+                ProgressState::Snapshot => true,
             };
             if !stale {
                 let hint = if conflict_term > 0 {
@@ -612,7 +667,8 @@ impl RawNode {
 
     /// How far the log may be compacted now: applied, durable, and held by every member.
     pub fn compactable(&self) -> Index {
-        self.floor.min(self.log.applied).min(self.log.stable)
+        let keep_from = self.log.applied.saturating_sub(self.cfg.keep_entries);
+        self.floor.max(keep_from).min(self.log.applied).min(self.log.stable)
     }
 
     /// Drops log entries `<= index` (at most `compactable()`); a snapshot of the state
@@ -649,13 +705,18 @@ impl RawNode {
         let Some(p) = self.progress.get_mut(&to) else {
             return;
         };
-        // Every member holds the compacted prefix (the floor), so the entry before our
-        // first one is always a valid match point.
-        p.next = p.next.max(first);
+        if p.next < first && p.state != ProgressState::Snapshot {
+            // What it needs next is compacted away: it gets the snapshot instead.
+            p.state = ProgressState::Snapshot;
+            p.inflight.clear();
+            let (index, term) = (first - 1, self.log.term(first - 1).expect("the base term is known"));
+            self.send(to, MessageBody::InstallSnapshot { index, term });
+            return;
+        }
         let paused = p.is_paused(max_inflight);
         let entries = if paused { Vec::new() } else { self.log.slice(p.next, hi, max_bytes, max_count) };
         let is_probe = p.state == ProgressState::Probe && !paused;
-        let prev_index = if entries.is_empty() && !is_probe { p.matched.max(first - 1) } else { p.next - 1 };
+        let prev_index = if entries.is_empty() && !is_probe { p.matched.max(first - 1) } else { p.next.max(first) - 1 };
         let tells = committed.min(prev_index + entries.len() as Index);
         if entries.is_empty() && !force && tells <= p.commit_told {
             return;
@@ -710,6 +771,7 @@ impl RawNode {
             || self.log.has_unstable()
             || self.log.has_committed_to_apply()
             || !self.ready_reads.is_empty()
+            || self.pending_snapshot.is_some()
             || (self.role == Role::Leader && (self.heartbeat_due || self.broadcast_pending || self.replicate_pending))
     }
 
@@ -725,6 +787,7 @@ impl RawNode {
             messages: std::mem::take(&mut self.msgs),
             committed: self.log.take_committed(usize::MAX),
             reads: std::mem::take(&mut self.ready_reads),
+            snapshot: self.pending_snapshot.take(),
         }
     }
 

@@ -9,6 +9,8 @@ pub enum ProgressState {
     Probe,
     /// The follower matches up to `matched`: pipeline appends optimistically.
     Replicate,
+    /// A snapshot is on its way; nothing else is sent until it is answered.
+    Snapshot,
 }
 
 #[derive(Clone, Debug)]
@@ -63,6 +65,7 @@ impl Progress {
         match self.state {
             ProgressState::Probe => self.probe_sent,
             ProgressState::Replicate => self.inflight.len() >= max_inflight,
+            ProgressState::Snapshot => true,
         }
     }
 
@@ -76,7 +79,7 @@ impl Progress {
             self.matched = match_index;
         }
         self.next = self.next.max(match_index + 1);
-        if self.state == ProgressState::Probe {
+        if self.state != ProgressState::Replicate {
             self.state = ProgressState::Replicate;
             self.probe_sent = false;
             self.inflight.clear();

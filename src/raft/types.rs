@@ -84,13 +84,23 @@ pub enum MessageBody {
         conflict_term: Term,
         round: u64,
     },
+    /// The leader's snapshot, for a follower whose next entry is compacted away. The
+    /// transport streams the snapshot itself; the answer is an `AppendEntriesResponse`
+    /// whose `match_index` is the installed snapshot's index.
+    InstallSnapshot {
+        index: Index,
+        term: Term,
+    },
     /// Local only: the transport could not deliver a request to `from`.
     Unreachable,
 }
 
 impl MessageBody {
     pub fn is_request(&self) -> bool {
-        matches!(self, MessageBody::RequestVote { .. } | MessageBody::AppendEntries { .. })
+        matches!(
+            self,
+            MessageBody::RequestVote { .. } | MessageBody::AppendEntries { .. } | MessageBody::InstallSnapshot { .. }
+        )
     }
 }
 
@@ -112,6 +122,9 @@ pub struct Ready {
     pub messages: Vec<Message>,
     pub committed: Vec<Entry>,
     pub reads: Vec<ReadState>,
+    /// Install the leader's snapshot at (index, term) before anything else: the state
+    /// machine is replaced by it and the log now starts after it.
+    pub snapshot: Option<(Index, Term)>,
 }
 
 /// A snapshot of the node's volatile and persistent state, for status and tests.
