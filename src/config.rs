@@ -33,6 +33,9 @@ pub struct NodeConfig {
     pub snapshot_bytes: u64,
     /// Log segments are closed past this size (64 MiB; smaller in tests).
     pub wal_segment_bytes: u64,
+    /// Entries kept below the applied index when compacting, so that a follower a
+    /// little behind catches up from the log rather than from a snapshot.
+    pub keep_entries: u64,
 }
 
 pub const DEFAULT_SNAPSHOT_ENTRIES: u64 = 10_000;
@@ -50,6 +53,7 @@ impl NodeConfig {
             snapshot_entries: DEFAULT_SNAPSHOT_ENTRIES,
             snapshot_bytes: DEFAULT_SNAPSHOT_BYTES,
             wal_segment_bytes: crate::storage::wal::SEGMENT_BYTES,
+            keep_entries: 5000,
         }
     }
 }

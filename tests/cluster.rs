@@ -328,3 +328,39 @@ async fn snapshots_bound_the_log_and_restart_restores_from_them_twice() {
     c.assert_one_leader_per_term();
     c.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_follower_cut_off_while_the_leader_compacts_catches_up_through_install_snapshot() {
+    let opts = common::Opts { snapshot_entries: 30, ..Default::default() };
+    let c = TestCluster::start_with(3, opts).await;
+    let leader = c.wait_leader().await;
+    let lagging = (leader + 1) % 3;
+    let mut client = c.client(leader).await;
+    store(&mut client, "before", "1").await.unwrap();
+    c.partition(&[lagging]);
+    let leader = c.wait_leader_among(&[leader, (leader + 2) % 3]).await;
+    let mut client = c.client(leader).await;
+    let mut last = 0;
+    for i in 0..200 {
+        last = store(&mut client, &format!("k{i:03}"), &format!("v{i}")).await.unwrap().index;
+    }
+    // The leader compacts past everything the cut-off follower has.
+    let lag_last = c.handle(lagging).status().last_index;
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while c.handle(leader).status().first_index <= lag_last + 1 {
+        assert!(tokio::time::Instant::now() < deadline, "the leader did not compact");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    c.faults.heal();
+    c.wait_applied(&[lagging], last).await;
+    let reference = c.retrieve(leader).await.entries;
+    assert_eq!(reference.len(), 201);
+    assert_eq!(c.retrieve(lagging).await.entries, reference, "identical state after InstallSnapshot");
+    let g = c.client(lagging).await.get(pb::GetRequest { key: "k199".into(), consistency: 0 }).await.unwrap();
+    assert_eq!(g.into_inner().value, "v199");
+    // And it keeps replicating normally afterwards.
+    let r = store(&mut client, "after", "1").await.unwrap();
+    c.wait_applied(&[0, 1, 2], r.index).await;
+    c.assert_one_leader_per_term();
+    c.shutdown().await;
+}

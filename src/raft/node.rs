@@ -50,8 +50,7 @@ impl Config {
             election_ticks: 15,
             heartbeat_ticks: 5,
             max_inflight: 8,
-            // Until the transport streams snapshots, never compact past the floor.
-            keep_entries: u64::MAX,
+            keep_entries: 5000,
             max_batch_bytes: 1 << 20,
             max_batch_entries: 4096,
             check_quorum: true,

@@ -37,6 +37,8 @@ pub(super) struct Driver {
     pub input_tx: mpsc::Sender<Input>,
     /// A snapshot is durable: compact the log to this base at the next ready.
     pub pending_compaction: Option<Index>,
+    /// A snapshot from the leader that the core is being offered.
+    pub incoming_snapshot: Option<KvState>,
     pub core: RawNode,
     pub storage: Storage,
     /// Set, and the node stopped, when storage fails: a node must not go on from a
@@ -151,6 +153,12 @@ impl Driver {
                     self.waiters.entry(index).or_default().push(reply);
                 }
             }
+            Input::InstallSnapshot { msg, state, reply } => {
+                self.incoming_snapshot = Some(state);
+                if let Some(answer) = self.core.step(msg) {
+                    self.held.push((reply, answer));
+                }
+            }
             Input::SnapshotSaved { meta, result } => {
                 self.snapshots.in_flight = false;
                 match result {
@@ -223,6 +231,23 @@ impl Driver {
         let was_leader = self.core.status().role == Role::Leader;
         while self.core.has_ready() {
             let mut rd = self.core.ready();
+            // Install an accepted snapshot first: saved as this node's own (its log now
+            // starts after it), the log compacted to it, the state machine replaced.
+            let incoming = self.incoming_snapshot.take();
+            if let (Some((index, term)), Some(state)) = (rd.snapshot, incoming) {
+                let meta = SnapshotMeta { index, term, base: (index, term) };
+                let dir = self.storage.snapshot_dir().to_path_buf();
+                let storage = &mut self.storage;
+                tokio::task::block_in_place(|| {
+                    snapshot::save(&dir, meta, &state)?;
+                    storage.compact(index)
+                })
+                .map_err(|e| e.to_string())?;
+                *self.kv.write().unwrap() = state;
+                self.snapshots.last_index = index;
+                self.snapshots.bytes_since = 0;
+                tracing::info!(index, term, "installed the leader's snapshot");
+            }
             // 0. A leader's AppendEntries go out before its own write (Raft §10.2.1):
             //    the leader counts itself in a majority only once `advance` reports its
             //    entries durable, so followers may hold them first.

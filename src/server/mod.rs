@@ -40,6 +40,9 @@ pub enum Input {
     ReadIndex { reply: oneshot::Sender<Result<Index>> },
     /// Answered once the state machine has applied `index`.
     WaitApplied { index: Index, reply: oneshot::Sender<()> },
+    /// A snapshot received from the leader: installed if the core accepts it, then
+    /// answered like a request.
+    InstallSnapshot { msg: Message, state: KvState, reply: oneshot::Sender<Message> },
     /// A snapshot finished writing (or failed).
     SnapshotSaved { meta: crate::storage::SnapshotMeta, result: Result<(), String> },
     /// Start an election now.
@@ -84,6 +87,7 @@ struct Shared {
     shutdown: watch::Sender<bool>,
     /// Why the node stopped itself, if it did (a failed write or fsync).
     fatal: Arc<std::sync::Mutex<Option<String>>>,
+    snap_dir: std::path::PathBuf,
 }
 
 /// A cheap, cloneable handle to a running node.
@@ -128,6 +132,17 @@ impl NodeHandle {
         let (tx, rx) = oneshot::channel();
         self.0.input.send(make(tx)).await.map_err(|_| Error::Shutdown)?;
         rx.await.map_err(|_| Error::Shutdown)
+    }
+
+    /// Offers a received snapshot (its state machine) to the core; answered once it is
+    /// installed durably, or refused.
+    pub async fn install_snapshot(&self, msg: Message, state: KvState) -> Result<Message> {
+        self.ask(|reply| Input::InstallSnapshot { msg, state, reply }).await
+    }
+
+    /// Where this node keeps its snapshots.
+    pub fn snapshot_dir(&self) -> &std::path::Path {
+        &self.0.snap_dir
     }
 
     pub async fn step_request(&self, msg: Message) -> Result<Message> {
@@ -300,6 +315,7 @@ impl Node {
         let mut core_cfg = raft::Config::new(id, (1..=members.len() as NodeId).collect());
         core_cfg.election_ticks = cfg.ticks(cfg.election_timeout_ms);
         core_cfg.heartbeat_ticks = cfg.ticks(cfg.heartbeat_ms);
+        core_cfg.keep_entries = cfg.keep_entries;
         core_cfg.seed = rand::random();
         let (storage, recovered) = {
             let dir = cfg.data_dir.clone();
@@ -355,7 +371,15 @@ impl Node {
                 transport::connect(&m.peer_addr, &cfg.name, &m.name, faults.as_ref()).map_err(StartError::Other)?;
             peers.insert(
                 pid,
-                transport::spawn_peer(id, pid, client.clone(), names.clone(), input_tx.clone(), rpc_timeout),
+                transport::spawn_peer(
+                    id,
+                    pid,
+                    client.clone(),
+                    names.clone(),
+                    input_tx.clone(),
+                    rpc_timeout,
+                    cfg.data_dir.join("snap"),
+                ),
             );
             clients.insert(pid, client);
         }
@@ -372,6 +396,7 @@ impl Node {
             election_timeout,
             shutdown: shutdown_tx.clone(),
             fatal: fatal.clone(),
+            snap_dir: cfg.data_dir.join("snap"),
         }));
         let driver = driver::Driver {
             snapshots: driver::Snapshots {
@@ -383,6 +408,7 @@ impl Node {
             },
             input_tx: handle.0.input.clone(),
             pending_compaction: None,
+            incoming_snapshot: None,
             fatal_error: None,
             core,
             storage,

@@ -95,10 +95,21 @@ fn list(dir: &Path) -> Result<Vec<(Index, PathBuf)>, StorageError> {
     Ok(out)
 }
 
+/// The newest snapshot file, if any.
+pub fn latest_path(dir: &Path) -> Result<Option<PathBuf>, StorageError> {
+    Ok(list(dir)?.pop().map(|(_, p)| p))
+}
+
 /// The newest snapshot, if any. A damaged one is refused, not skipped: falling back
 /// to an older state would silently lose what the log has compacted away.
 pub fn load_latest(dir: &Path) -> Result<Option<(SnapshotMeta, KvState)>, StorageError> {
     let Some((_, path)) = list(dir)?.pop() else { return Ok(None) };
+    load_file(&path).map(Some)
+}
+
+/// Reads and verifies one snapshot file.
+pub fn load_file(path: &Path) -> Result<(SnapshotMeta, KvState), StorageError> {
+    let path = path.to_path_buf();
     let mut data = Vec::new();
     File::open(&path).and_then(|mut f| f.read_to_end(&mut data)).map_err(|e| io(&path, e))?;
     let corrupt = |what: &str| StorageError::Corrupt { path: path.clone(), offset: 0, what: what.into() };
@@ -115,7 +126,7 @@ pub fn load_latest(dir: &Path) -> Result<Option<(SnapshotMeta, KvState)>, Storag
     if state.applied() != meta.index || meta.base.0 > meta.index {
         return Err(corrupt("snapshot header does not match its body"));
     }
-    Ok(Some((meta, state)))
+    Ok((meta, state))
 }
 
 #[cfg(test)]

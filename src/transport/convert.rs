@@ -43,6 +43,11 @@ fn entry_from_pb(e: pb::Entry) -> Result<Entry, Status> {
 pub enum Request {
     Vote(pb::RequestVoteRequest),
     Append(pb::AppendEntriesRequest),
+    /// Stream the newest snapshot file, with this term and leader name.
+    Snapshot {
+        term: u64,
+        leader: String,
+    },
 }
 
 pub fn request_to_pb(m: Message, names: &Names) -> Option<Request> {
@@ -63,6 +68,7 @@ pub fn request_to_pb(m: Message, names: &Names) -> Option<Request> {
                 floor,
             }))
         }
+        MessageBody::InstallSnapshot { .. } => Some(Request::Snapshot { term: m.term, leader: from }),
         _ => None,
     }
 }

@@ -4,7 +4,10 @@ pub mod convert;
 pub mod fault;
 pub mod service;
 
+use std::path::PathBuf;
 use std::time::Duration;
+
+use tokio::io::AsyncReadExt;
 
 use futures::stream::{FuturesUnordered, StreamExt};
 use tokio::sync::mpsc;
@@ -12,6 +15,7 @@ use tonic::transport::Endpoint;
 use tower::util::BoxCloneSyncService;
 use tower::{Layer, ServiceExt};
 
+use crate::proto as pb;
 use crate::proto::raft_client::RaftClient;
 use crate::raft::{Message, MessageBody, NodeId};
 use crate::server::Input;
@@ -53,6 +57,7 @@ pub fn spawn_peer(
     names: Names,
     driver: mpsc::Sender<Input>,
     rpc_timeout: Duration,
+    snap_dir: PathBuf,
 ) -> mpsc::Sender<Message> {
     let (tx, mut rx) = mpsc::channel::<Message>(PEER_QUEUE);
     tokio::spawn(async move {
@@ -60,7 +65,7 @@ pub fn spawn_peer(
         loop {
             tokio::select! {
                 m = rx.recv(), if inflight.len() < PEER_CONCURRENCY => match m {
-                    Some(m) => inflight.push(call(client.clone(), m, &names, me, peer, rpc_timeout)),
+                    Some(m) => inflight.push(call(client.clone(), m, &names, me, peer, rpc_timeout, snap_dir.clone())),
                     None => break,
                 },
                 Some(answer) = inflight.next() => {
@@ -74,6 +79,47 @@ pub fn spawn_peer(
     tx
 }
 
+/// Snapshot files go to followers in chunks of this size.
+const SNAPSHOT_CHUNK: usize = 1 << 20;
+/// A snapshot transfer may take this long before it is given up and retried.
+const SNAPSHOT_TIMEOUT: Duration = Duration::from_secs(300);
+
+/// The newest snapshot file as a stream of chunks, read as it is sent.
+async fn snapshot_chunks(
+    snap_dir: &std::path::Path,
+    term: u64,
+    leader: String,
+) -> Option<impl futures::Stream<Item = pb::InstallSnapshotChunk>> {
+    let dir = snap_dir.to_path_buf();
+    let path = tokio::task::spawn_blocking(move || crate::storage::snapshot::latest_path(&dir)).await.ok()?.ok()??;
+    let file = tokio::fs::File::open(&path).await.ok()?;
+    let len = file.metadata().await.ok()?.len();
+    Some(futures::stream::unfold((file, 0u64, false), move |(mut file, offset, finished)| {
+        let (leader, path) = (leader.clone(), path.clone());
+        async move {
+            if finished {
+                return None;
+            }
+            let mut data = vec![0u8; SNAPSHOT_CHUNK];
+            let mut n = 0;
+            while n < data.len() {
+                match file.read(&mut data[n..]).await {
+                    Ok(0) => break,
+                    Ok(k) => n += k,
+                    Err(e) => {
+                        tracing::warn!("reading snapshot {}: {e}", path.display());
+                        return None;
+                    }
+                }
+            }
+            data.truncate(n);
+            let done = offset + n as u64 >= len;
+            let chunk = pb::InstallSnapshotChunk { term, leader, offset, data, done };
+            Some((chunk, (file, offset + n as u64, done)))
+        }
+    }))
+}
+
 fn call(
     mut client: PeerClient,
     m: Message,
@@ -81,8 +127,10 @@ fn call(
     me: NodeId,
     peer: NodeId,
     rpc_timeout: Duration,
+    snap_dir: PathBuf,
 ) -> impl std::future::Future<Output = Message> {
     let req = convert::request_to_pb(m, names);
+    let timeout = if matches!(req, Some(Request::Snapshot { .. })) { SNAPSHOT_TIMEOUT } else { rpc_timeout };
     async move {
         let unreachable = Message { from: peer, to: me, term: 0, body: MessageBody::Unreachable };
         let answer = async {
@@ -95,8 +143,19 @@ fn call(
                     let r = client.append_entries(r).await.ok()?.into_inner();
                     Some(convert::append_response_from_pb(r, me, peer))
                 }
+                Request::Snapshot { term, leader } => {
+                    let chunks = snapshot_chunks(&snap_dir, term, leader).await?;
+                    let r = match client.install_snapshot(chunks).await {
+                        Ok(r) => r.into_inner(),
+                        Err(e) => {
+                            tracing::warn!(peer, "sending a snapshot failed: {}", e.message());
+                            return None;
+                        }
+                    };
+                    Some(convert::append_response_from_pb(r, me, peer))
+                }
             }
         };
-        tokio::time::timeout(rpc_timeout, answer).await.ok().flatten().unwrap_or(unreachable)
+        tokio::time::timeout(timeout, answer).await.ok().flatten().unwrap_or(unreachable)
     }
 }

@@ -1,5 +1,8 @@
 //! The peer gRPC service `raftkv.v1.Raft`.
-use tonic::{Request, Response, Status};
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use tokio::io::AsyncWriteExt;
+use tonic::{Request, Response, Status, Streaming};
 
 use super::convert;
 use crate::proto as pb;
@@ -39,6 +42,61 @@ impl pb::raft_server::Raft for RaftService {
         let deadline = crate::api::deadline(&req);
         let (index, term) = self.node.propose_here(req.into_inner().command, deadline).await?;
         Ok(Response::new(pb::ProposeResponse { index, term }))
+    }
+
+    async fn install_snapshot(
+        &self,
+        req: Request<Streaming<pb::InstallSnapshotChunk>>,
+    ) -> Result<Response<pb::AppendEntriesResponse>, Status> {
+        static RECEIVING: AtomicU64 = AtomicU64::new(0);
+        let mut stream = req.into_inner();
+        let dir = self.node.snapshot_dir().to_path_buf();
+        tokio::fs::create_dir_all(&dir).await.map_err(|e| Status::internal(e.to_string()))?;
+        let tmp = dir.join(format!("receiving-{}.tmp", RECEIVING.fetch_add(1, Ordering::Relaxed)));
+        let received = async {
+            let mut file = tokio::fs::File::create(&tmp).await.map_err(|e| Status::internal(e.to_string()))?;
+            let (mut term, mut leader, mut offset) = (0, String::new(), 0u64);
+            loop {
+                let Some(chunk) = stream.message().await? else {
+                    return Err(Status::invalid_argument("snapshot stream ended before its last chunk"));
+                };
+                if offset == 0 {
+                    (term, leader) = (chunk.term, chunk.leader.clone());
+                }
+                if chunk.offset != offset || chunk.term != term || chunk.leader != leader {
+                    return Err(Status::invalid_argument("snapshot chunks out of order"));
+                }
+                file.write_all(&chunk.data).await.map_err(|e| Status::internal(e.to_string()))?;
+                offset += chunk.data.len() as u64;
+                if chunk.done {
+                    break;
+                }
+            }
+            file.sync_all().await.map_err(|e| Status::internal(e.to_string()))?;
+            let path = tmp.clone();
+            let loaded = tokio::task::spawn_blocking(move || crate::storage::snapshot::load_file(&path))
+                .await
+                .map_err(|e| Status::internal(e.to_string()))?
+                .map_err(|e| Status::invalid_argument(format!("received snapshot: {e}")))?;
+            Ok::<_, Status>((term, leader, loaded))
+        }
+        .await;
+        let (term, leader, (meta, state)) = match received {
+            Ok(r) => r,
+            Err(e) => {
+                let _ = tokio::fs::remove_file(&tmp).await;
+                return Err(e);
+            }
+        };
+        let msg = crate::raft::Message {
+            from: self.node.names().id(&leader)?,
+            to: self.node.id(),
+            term,
+            body: crate::raft::MessageBody::InstallSnapshot { index: meta.index, term: meta.term },
+        };
+        let answer = self.node.install_snapshot(msg, state).await;
+        let _ = tokio::fs::remove_file(&tmp).await;
+        Ok(Response::new(convert::append_response_to_pb(answer?)?))
     }
 
     async fn read_index(&self, req: Request<pb::ReadIndexRequest>) -> Result<Response<pb::ReadIndexResponse>, Status> {

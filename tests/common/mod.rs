@@ -77,6 +77,7 @@ impl TestCluster {
                 heartbeat_ms: opts.heartbeat_ms,
                 snapshot_entries: opts.snapshot_entries,
                 wal_segment_bytes: 16 << 10,
+                keep_entries: 10,
                 ..NodeConfig::new(name, members.clone(), data.path().join(name))
             };
             client_addrs.push(cl.local_addr().unwrap().to_string());
