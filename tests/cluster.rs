@@ -364,3 +364,41 @@ async fn a_follower_cut_off_while_the_leader_compacts_catches_up_through_install
     c.assert_one_leader_per_term();
     c.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_log_stays_bounded_under_a_long_write_load() {
+    let opts = common::Opts { snapshot_entries: 100, ..Default::default() };
+    let c = TestCluster::start_with(3, opts).await;
+    let leader = c.wait_leader().await;
+    let mut writers = Vec::new();
+    for w in 0..8 {
+        let mut client = c.client(leader).await;
+        writers.push(tokio::spawn(async move {
+            let mut last = 0;
+            for i in 0..250 {
+                last = store(&mut client, &format!("w{w}-{i}"), &"v".repeat(100)).await.unwrap().index;
+            }
+            last
+        }));
+    }
+    let mut last = 0;
+    for w in writers {
+        last = last.max(w.await.unwrap());
+    }
+    c.wait_applied(&[0, 1, 2], last).await;
+    // 2,000 writes of ~130 bytes in 16 KiB segments would be about 20 segments.
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        let segments: Vec<usize> =
+            (0..3).map(|i| std::fs::read_dir(c.data_dir(i).join("wal")).unwrap().count()).collect();
+        let spans: Vec<u64> = (0..3).map(|i| last + 1 - c.handle(i).status().first_index).collect();
+        // In memory: at most a snapshot interval plus the catch-up tail, and a batch.
+        if segments.iter().all(|&s| s <= 6) && spans.iter().all(|&s| s <= 100 + 10 + 50) {
+            break;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "log not bounded: segments {segments:?}, entries {spans:?}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(c.retrieve(leader).await.entries.len(), 2000);
+    c.shutdown().await;
+}

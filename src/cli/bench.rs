@@ -30,6 +30,10 @@ pub struct BenchArgs {
     /// Keys are drawn from this many distinct keys.
     #[arg(long, default_value_t = 100_000)]
     pub key_space: u64,
+    /// Write keys key00000000, key00000001, ... in order (N requests make N keys)
+    /// instead of drawing them from --key-space.
+    #[arg(long)]
+    pub sequential_keys: bool,
     /// gRPC connections shared by the clients, per endpoint.
     #[arg(long, default_value_t = 4)]
     pub conns: usize,
@@ -40,6 +44,7 @@ pub struct BenchArgs {
 struct Shared {
     start: Instant,
     issued: AtomicU64,
+    next_key: AtomicU64,
     ok: AtomicU64,
     failed: AtomicU64,
     /// Microseconds since start of the last success (0: none yet), and the longest gap
@@ -113,6 +118,7 @@ pub async fn run(args: BenchArgs) -> CmdResult {
     let shared = Arc::new(Shared {
         start: Instant::now(),
         issued: AtomicU64::new(0),
+        next_key: AtomicU64::new(0),
         ok: AtomicU64::new(0),
         failed: AtomicU64::new(0),
         last_ok_us: AtomicU64::new(0),
@@ -126,6 +132,7 @@ pub async fn run(args: BenchArgs) -> CmdResult {
         let chans = chans.clone();
         let value = value.clone();
         let key_space = args.key_space;
+        let sequential = args.sequential_keys;
         tasks.push(tokio::spawn(async move {
             let mut hist = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3).expect("histogram bounds");
             // Start at the leader; move to the next endpoint when one fails.
@@ -138,10 +145,8 @@ pub async fn run(args: BenchArgs) -> CmdResult {
                 }
                 let ch = chans[(ep * per_ep + c % per_ep) % chans.len()].clone();
                 seq = seq.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
-                let mut req = tonic::Request::new(pb::StoreRequest {
-                    key: format!("key{:08}", seq % key_space),
-                    value: value.clone(),
-                });
+                let k = if sequential { shared.next_key.fetch_add(1, Ordering::Relaxed) } else { seq % key_space };
+                let mut req = tonic::Request::new(pb::StoreRequest { key: format!("key{k:08}"), value: value.clone() });
                 req.set_timeout(timeout);
                 let t = Instant::now();
                 match KeyValueClient::new(ch).store(req).await {

@@ -161,6 +161,10 @@ impl TestCluster {
         }
     }
 
+    pub fn data_dir(&self, i: usize) -> &std::path::Path {
+        &self.cfgs[i].data_dir
+    }
+
     /// Starts a stopped node again from its data directory, on its old addresses.
     pub async fn restart(&mut self, i: usize) {
         assert!(self.nodes[i].is_none(), "node {i} is running");
