@@ -417,28 +417,12 @@ impl RawNode {
                 MessageBody::RequestVote { .. } => {
                     Some(self.reply(m.from, MessageBody::RequestVoteResponse { granted: false }))
                 }
-                MessageBody::AppendEntries { prev_log_index, round, .. } => Some(self.reply(
-                    m.from,
-                    MessageBody::AppendEntriesResponse {
-                        success: false,
-                        match_index: 0,
-                        reject_index: prev_log_index,
-                        conflict_index: 0,
-                        conflict_term: 0,
-                        round,
-                    },
-                )),
-                MessageBody::InstallSnapshot { index, .. } => Some(self.reply(
-                    m.from,
-                    MessageBody::AppendEntriesResponse {
-                        success: false,
-                        match_index: 0,
-                        reject_index: index,
-                        conflict_index: 0,
-                        conflict_term: 0,
-                        round: 0,
-                    },
-                )),
+                MessageBody::AppendEntries { prev_log_index, round, .. } => {
+                    Some(self.reply(m.from, MessageBody::append_reject(prev_log_index, 0, 0, round)))
+                }
+                MessageBody::InstallSnapshot { index, .. } => {
+                    Some(self.reply(m.from, MessageBody::append_reject(index, 0, 0, 0)))
+                }
                 _ => None,
             };
         }
@@ -500,17 +484,7 @@ impl RawNode {
             self.pending_snapshot = Some((index, term));
             index
         };
-        self.reply(
-            from,
-            MessageBody::AppendEntriesResponse {
-                success: true,
-                match_index: matched,
-                reject_index: 0,
-                conflict_index: 0,
-                conflict_term: 0,
-                round: 0,
-            },
-        )
+        self.reply(from, MessageBody::append_ok(matched, 0))
     }
 
     fn reply(&self, to: NodeId, body: MessageBody) -> Message {
@@ -557,13 +531,8 @@ impl RawNode {
             self.become_follower(self.term, Some(from));
         }
         self.election_elapsed = 0;
-        let reject = |conflict_index, conflict_term| MessageBody::AppendEntriesResponse {
-            success: false,
-            match_index: 0,
-            reject_index: prev_index,
-            conflict_index,
-            conflict_term,
-            round,
+        let reject = |conflict_index, conflict_term| {
+            MessageBody::append_reject(prev_index, conflict_index, conflict_term, round)
         };
         if prev_index > self.log.last_index() {
             let body = reject(self.log.last_index() + 1, 0);
@@ -594,17 +563,7 @@ impl RawNode {
         if commit > self.log.committed {
             self.log.committed = commit;
         }
-        self.reply(
-            from,
-            MessageBody::AppendEntriesResponse {
-                success: true,
-                match_index: last_new,
-                reject_index: 0,
-                conflict_index: 0,
-                conflict_term: 0,
-                round,
-            },
-        )
+        self.reply(from, MessageBody::append_ok(last_new, round))
     }
 
     #[allow(clippy::too_many_arguments)]

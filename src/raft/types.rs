@@ -96,6 +96,30 @@ pub enum MessageBody {
 }
 
 impl MessageBody {
+    /// A successful AppendEntries (or InstallSnapshot) answer.
+    pub fn append_ok(match_index: Index, round: u64) -> MessageBody {
+        MessageBody::AppendEntriesResponse {
+            success: true,
+            match_index,
+            reject_index: 0,
+            conflict_index: 0,
+            conflict_term: 0,
+            round,
+        }
+    }
+
+    /// A rejected AppendEntries answer, with the conflict hint.
+    pub fn append_reject(reject_index: Index, conflict_index: Index, conflict_term: Term, round: u64) -> MessageBody {
+        MessageBody::AppendEntriesResponse {
+            success: false,
+            match_index: 0,
+            reject_index,
+            conflict_index,
+            conflict_term,
+            round,
+        }
+    }
+
     pub fn is_request(&self) -> bool {
         matches!(
             self,
