@@ -234,7 +234,11 @@ impl Driver {
             // Install an accepted snapshot first: saved as this node's own (its log now
             // starts after it), the log compacted to it, the state machine replaced.
             let incoming = self.incoming_snapshot.take();
-            if let (Some((index, term)), Some(state)) = (rd.snapshot, incoming) {
+            if let Some((index, term)) = rd.snapshot {
+                // The core only accepts a snapshot it was handed with its state.
+                let Some(state) = incoming else {
+                    return Err(format!("snapshot {index} accepted without its state machine"));
+                };
                 let meta = SnapshotMeta { index, term, base: (index, term) };
                 let dir = self.storage.snapshot_dir().to_path_buf();
                 let storage = &mut self.storage;
