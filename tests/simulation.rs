@@ -117,7 +117,8 @@ impl Sim {
     }
 
     /// Carries out every pending ready of `id`: persist, then send, then apply.
-    fn process(&mut self, id: NodeId, held: Vec<Message>) {
+    /// Returns whether the node crashed (a torn write) and restarted.
+    fn process(&mut self, id: NodeId, held: Vec<Message>) -> bool {
         let mut out = held;
         let mut applied = Vec::new();
         let mut crashed = false;
@@ -219,6 +220,7 @@ impl Sim {
         if crashed {
             self.restart(id);
         }
+        crashed
     }
 
     fn deliver(&mut self) {
@@ -233,8 +235,10 @@ impl Sim {
         let cut = self.group[&m.from] != self.group[&m.to];
         let up = self.nodes[&m.to].up;
         if cut || !up || self.rng.gen_bool(self.drop_rate) {
-            // The sender's transport notices a failed request.
-            if m.body.is_request() && self.nodes[&m.from].up && self.rng.gen_bool(0.5) {
+            // The sender's transport notices a failed request; a snapshot transfer is
+            // one streaming RPC, so its failure is always reported.
+            let snapshot = matches!(m.body, MessageBody::InstallSnapshot { .. });
+            if m.body.is_request() && self.nodes[&m.from].up && (snapshot || self.rng.gen_bool(0.5)) {
                 let from = m.from;
                 let u = Message { from: m.to, to: from, term: 0, body: MessageBody::Unreachable };
                 self.nodes.get_mut(&from).unwrap().core.step(u);
@@ -245,14 +249,28 @@ impl Sim {
         let to = m.to;
         let mut m = m;
         if let MessageBody::InstallSnapshot { .. } = m.body {
-            // The transport streams the sender's newest durable snapshot.
+            // The transport streams the sender's newest durable snapshot, and hands the
+            // answer straight back (or reports the peer unreachable) within the same RPC.
             let Some((index, term)) = self.nodes[&m.from].durable.snap else {
                 self.fail(format!("node {} sent a snapshot it does not have", m.from));
             };
             m.body = MessageBody::InstallSnapshot { index, term };
+            let from = m.from;
+            let resp = self.nodes.get_mut(&to).unwrap().core.step(m);
+            let crashed = self.process(to, Vec::new());
+            let answer = match resp {
+                Some(r) if !crashed => r,
+                _ => Message { from: to, to: from, term: 0, body: MessageBody::Unreachable },
+            };
+            self.nodes.get_mut(&from).unwrap().core.step(answer);
+            self.process(from, Vec::new());
+            return;
         }
         let resp = self.nodes.get_mut(&to).unwrap().core.step(m);
-        let granted = matches!(resp, Some(Message { body: MessageBody::RequestVoteResponse { granted: true }, .. }));
+        let granted = matches!(
+            resp,
+            Some(Message { body: MessageBody::RequestVoteResponse { granted: true, pre_vote: false }, .. })
+        );
         // A response is sent only after what it promises is durable.
         self.process(to, resp.into_iter().collect());
         // Adversarial: a voter crashes right after granting, so that a vote that was not

@@ -29,6 +29,9 @@ pub struct Config {
     pub max_batch_entries: usize,
     /// A leader that has not heard from a quorum within an election timeout steps down.
     pub check_quorum: bool,
+    /// An election timeout first runs a PreVote round: a node that cannot win (cut off,
+    /// or behind) never raises its term and so never disrupts a working leader.
+    pub pre_vote: bool,
     pub seed: u64,
 }
 
@@ -54,6 +57,7 @@ impl Config {
             max_batch_bytes: 1 << 20,
             max_batch_entries: 4096,
             check_quorum: true,
+            pre_vote: true,
             seed: id,
         }
     }
@@ -96,6 +100,8 @@ pub struct RawNode {
     /// Leader only: one entry per other voter.
     progress: BTreeMap<NodeId, Progress>,
     votes: BTreeMap<NodeId, bool>,
+    /// PreVote answers while a PreVote round (for `term + 1`) is under way.
+    prevotes: Option<BTreeMap<NodeId, bool>>,
     election_elapsed: u32,
     randomized_timeout: u32,
     heartbeat_elapsed: u32,
@@ -157,6 +163,7 @@ impl RawNode {
             pending_snapshot: None,
             progress: BTreeMap::new(),
             votes: BTreeMap::new(),
+            prevotes: None,
             election_elapsed: 0,
             randomized_timeout: 0,
             heartbeat_elapsed: 0,
@@ -232,6 +239,7 @@ impl RawNode {
         self.leader = leader;
         self.progress.clear();
         self.votes.clear();
+        self.prevotes = None;
         self.pending_reads.clear();
         self.waiting_reads.clear();
         self.heartbeat_due = false;
@@ -245,6 +253,7 @@ impl RawNode {
         self.vote = Some(self.cfg.id);
         self.role = Role::Candidate;
         self.leader = None;
+        self.prevotes = None;
         self.progress.clear();
         self.pending_reads.clear();
         self.waiting_reads.clear();
@@ -279,7 +288,60 @@ impl RawNode {
         }
         let (last_log_index, last_log_term) = (self.log.last_index(), self.log.last_term());
         for p in self.peers().collect::<Vec<_>>() {
-            self.send(p, MessageBody::RequestVote { last_log_index, last_log_term });
+            self.send(p, MessageBody::RequestVote { last_log_index, last_log_term, pre_vote: false });
+        }
+    }
+
+    /// The election timer fired: a PreVote round first, then a real election only if a
+    /// majority would vote for this node.
+    fn pre_campaign(&mut self) {
+        self.leader = None;
+        self.reset_election_timer();
+        self.prevotes = Some(BTreeMap::from([(self.cfg.id, true)]));
+        if self.quorum() == 1 {
+            self.campaign();
+            return;
+        }
+        let (last_log_index, last_log_term) = (self.log.last_index(), self.log.last_term());
+        let term = self.term + 1;
+        for p in self.peers().collect::<Vec<_>>() {
+            let body = MessageBody::RequestVote { last_log_index, last_log_term, pre_vote: true };
+            self.msgs.push(Message { from: self.cfg.id, to: p, term, body });
+        }
+    }
+
+    /// A PreVote request changes nothing here. It is granted when the candidate's log is
+    /// up to date and this node has not heard from a leader within the (minimum)
+    /// election timeout: while a leader is alive, nobody may start an election.
+    fn handle_pre_vote(&mut self, m: &Message, last_index: Index, last_term: Term) -> Message {
+        let leader_alive =
+            self.role == Role::Leader || (self.leader.is_some() && self.election_elapsed < self.cfg.election_ticks);
+        let granted = m.term > self.term && !leader_alive && self.log.is_up_to_date(last_index, last_term);
+        let term = if granted { m.term } else { self.term };
+        Message {
+            from: self.cfg.id,
+            to: m.from,
+            term,
+            body: MessageBody::RequestVoteResponse { granted, pre_vote: true },
+        }
+    }
+
+    fn handle_pre_vote_response(&mut self, m: &Message, granted: bool) {
+        if !granted && m.term > self.term {
+            self.become_follower(m.term, None);
+            return;
+        }
+        let Some(prevotes) = self.prevotes.as_mut() else { return };
+        if m.term != self.term + 1 {
+            return;
+        }
+        prevotes.entry(m.from).or_insert(granted);
+        let yes = prevotes.values().filter(|&&g| g).count();
+        let no = prevotes.len() - yes;
+        if yes >= self.quorum() {
+            self.campaign();
+        } else if no >= self.quorum() {
+            self.prevotes = None;
         }
     }
 
@@ -291,7 +353,11 @@ impl RawNode {
             Role::Follower | Role::Candidate => {
                 self.election_elapsed += 1;
                 if self.election_elapsed >= self.randomized_timeout {
-                    self.campaign();
+                    if self.cfg.pre_vote {
+                        self.pre_campaign();
+                    } else {
+                        self.campaign();
+                    }
                 }
             }
         }
@@ -399,6 +465,17 @@ impl RawNode {
             }
             return None;
         }
+        // PreVotes never change a term: answered (or counted) before the term rules.
+        match m.body {
+            MessageBody::RequestVote { last_log_index, last_log_term, pre_vote: true } => {
+                return Some(self.handle_pre_vote(&m, last_log_index, last_log_term));
+            }
+            MessageBody::RequestVoteResponse { granted, pre_vote: true } => {
+                self.handle_pre_vote_response(&m, granted);
+                return None;
+            }
+            _ => {}
+        }
         if m.term > self.term {
             let leader = matches!(m.body, MessageBody::AppendEntries { .. } | MessageBody::InstallSnapshot { .. })
                 .then_some(m.from);
@@ -415,7 +492,7 @@ impl RawNode {
             // A stale request gets our term so that its sender steps down; stale responses are dropped.
             return match m.body {
                 MessageBody::RequestVote { .. } => {
-                    Some(self.reply(m.from, MessageBody::RequestVoteResponse { granted: false }))
+                    Some(self.reply(m.from, MessageBody::RequestVoteResponse { granted: false, pre_vote: false }))
                 }
                 MessageBody::AppendEntries { prev_log_index, round, .. } => {
                     Some(self.reply(m.from, MessageBody::append_reject(prev_log_index, 0, 0, round)))
@@ -427,10 +504,10 @@ impl RawNode {
             };
         }
         match m.body {
-            MessageBody::RequestVote { last_log_index, last_log_term } => {
+            MessageBody::RequestVote { last_log_index, last_log_term, .. } => {
                 Some(self.handle_request_vote(m.from, last_log_index, last_log_term))
             }
-            MessageBody::RequestVoteResponse { granted } => {
+            MessageBody::RequestVoteResponse { granted, .. } => {
                 self.handle_vote_response(m.from, granted);
                 None
             }
@@ -499,7 +576,7 @@ impl RawNode {
             // A vote resets the voter's election timer (§5.2).
             self.reset_election_timer();
         }
-        self.reply(from, MessageBody::RequestVoteResponse { granted })
+        self.reply(from, MessageBody::RequestVoteResponse { granted, pre_vote: false })
     }
 
     fn handle_vote_response(&mut self, from: NodeId, granted: bool) {

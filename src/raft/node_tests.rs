@@ -3,8 +3,11 @@ use std::collections::{BTreeMap, VecDeque};
 
 use super::*;
 
+/// The paper's classic elections; PreVote has tests of its own below.
 fn cfg(id: NodeId, n: u64) -> Config {
-    Config::new(id, (1..=n).collect())
+    let mut c = Config::new(id, (1..=n).collect());
+    c.pre_vote = false;
+    c
 }
 
 fn node(id: NodeId, n: u64) -> RawNode {
@@ -148,9 +151,10 @@ fn paper_5_2_one_vote_per_term() {
         from,
         to: 1,
         term,
-        body: MessageBody::RequestVote { last_log_index: 0, last_log_term: 0 },
+        body: MessageBody::RequestVote { last_log_index: 0, last_log_term: 0, pre_vote: false },
     };
-    let granted = |m: Option<Message>| matches!(m.unwrap().body, MessageBody::RequestVoteResponse { granted: true });
+    let granted =
+        |m: Option<Message>| matches!(m.unwrap().body, MessageBody::RequestVoteResponse { granted: true, .. });
     assert!(granted(n.step(vote(2, 1))));
     assert!(!granted(n.step(vote(3, 1))), "second candidate of the same term");
     assert!(granted(n.step(vote(2, 1))), "a repeated request from the same candidate");
@@ -163,7 +167,12 @@ fn paper_5_2_vote_resets_election_timer() {
     for _ in 0..14 {
         n.tick();
     }
-    n.step(Message { from: 2, to: 1, term: 1, body: MessageBody::RequestVote { last_log_index: 0, last_log_term: 0 } });
+    n.step(Message {
+        from: 2,
+        to: 1,
+        term: 1,
+        body: MessageBody::RequestVote { last_log_index: 0, last_log_term: 0, pre_vote: false },
+    });
     for _ in 0..14 {
         n.tick();
     }
@@ -215,9 +224,9 @@ fn paper_5_4_1_vote_denied_to_candidate_with_older_log() {
         from: 2,
         to: 3,
         term: 5,
-        body: MessageBody::RequestVote { last_log_index: 1, last_log_term: 1 },
+        body: MessageBody::RequestVote { last_log_index: 1, last_log_term: 1, pre_vote: false },
     });
-    assert!(matches!(resp.unwrap().body, MessageBody::RequestVoteResponse { granted: false }));
+    assert!(matches!(resp.unwrap().body, MessageBody::RequestVoteResponse { granted: false, .. }));
     assert_eq!(c.nodes[&3].status().term, 5, "the higher term is still adopted");
 }
 
@@ -478,4 +487,89 @@ fn compaction_never_passes_what_every_member_holds() {
     // And replication goes on above the compacted prefix.
     let i = c.propose(1, b"e");
     assert!(c.nodes.values().all(|n| n.status().commit == i));
+}
+
+fn cluster_with_pre_vote(n: u64) -> Cluster {
+    let mut c = Cluster::new(n);
+    for id in 1..=n {
+        let mut cfg = cfg(id, n);
+        cfg.pre_vote = true;
+        c.nodes.insert(id, RawNode::new(cfg, HardState::default(), Vec::new()).unwrap());
+    }
+    c
+}
+
+#[test]
+fn pre_vote_a_cut_off_follower_never_raises_its_term_nor_disrupts_the_leader() {
+    let mut c = cluster_with_pre_vote(3);
+    c.elect(1);
+    let term = c.nodes[&1].status().term;
+    c.cut = vec![3];
+    for _ in 0..200 {
+        for n in c.nodes.values_mut() {
+            n.tick();
+        }
+        c.settle();
+    }
+    assert_eq!(c.nodes[&3].status().term, term, "PreVote rounds change no term");
+    c.cut.clear();
+    for _ in 0..20 {
+        for n in c.nodes.values_mut() {
+            n.tick();
+        }
+        c.settle();
+    }
+    let st = c.nodes[&1].status();
+    assert_eq!((st.role, st.term), (Role::Leader, term), "the leader was not disturbed");
+    assert_eq!(c.nodes[&3].status().leader, Some(1));
+}
+
+#[test]
+fn pre_vote_is_refused_while_a_leader_is_heard_and_granted_once_it_is_gone() {
+    let mut c = cluster_with_pre_vote(3);
+    c.elect(1);
+    let term = c.nodes[&1].status().term;
+    let ask = |c: &mut Cluster| {
+        let m = Message {
+            from: 3,
+            to: 2,
+            term: term + 1,
+            body: MessageBody::RequestVote { last_log_index: 100, last_log_term: term, pre_vote: true },
+        };
+        c.nodes.get_mut(&2).unwrap().step(m).unwrap()
+    };
+    let r = ask(&mut c);
+    assert!(matches!(r.body, MessageBody::RequestVoteResponse { granted: false, pre_vote: true }));
+    assert_eq!(c.nodes[&2].status().term, term, "a PreVote changes no term");
+    // The leader goes silent for a whole election timeout.
+    c.cut = vec![1];
+    for _ in 0..15 {
+        c.nodes.get_mut(&2).unwrap().tick();
+    }
+    let r = ask(&mut c);
+    assert!(matches!(r.body, MessageBody::RequestVoteResponse { granted: true, pre_vote: true }));
+    assert_eq!(r.term, term + 1);
+    assert_eq!(c.nodes[&2].status().vote, Some(1), "and no vote was cast");
+}
+
+#[test]
+fn pre_vote_then_election_replaces_a_dead_leader() {
+    let mut c = cluster_with_pre_vote(3);
+    c.elect(1);
+    let term = c.nodes[&1].status().term;
+    c.cut = vec![1];
+    for _ in 0..200 {
+        for (id, n) in c.nodes.iter_mut() {
+            if *id != 1 {
+                n.tick();
+            }
+        }
+        c.settle();
+        if c.nodes.iter().any(|(id, n)| *id != 1 && n.status().role == Role::Leader) {
+            break;
+        }
+    }
+    let leaders: Vec<_> = c.nodes.iter().filter(|(id, n)| **id != 1 && n.status().role == Role::Leader).collect();
+    assert_eq!(leaders.len(), 1);
+    assert_eq!(leaders[0].1.status().term, term + 1, "one PreVote round, then exactly one new term");
 }

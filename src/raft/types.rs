@@ -54,12 +54,16 @@ pub struct Message {
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum MessageBody {
+    /// With `pre_vote`, a PreVote (Raft thesis §9.6): "would you vote for me in the
+    /// message's term?", which changes no one's term or vote.
     RequestVote {
         last_log_index: Index,
         last_log_term: Term,
+        pre_vote: bool,
     },
     RequestVoteResponse {
         granted: bool,
+        pre_vote: bool,
     },
     AppendEntries {
         prev_log_index: Index,

@@ -53,8 +53,14 @@ pub enum Request {
 pub fn request_to_pb(m: Message, names: &Names) -> Option<Request> {
     let from = names.name(m.from).to_string();
     match m.body {
-        MessageBody::RequestVote { last_log_index, last_log_term } => {
-            Some(Request::Vote(pb::RequestVoteRequest { term: m.term, candidate: from, last_log_index, last_log_term }))
+        MessageBody::RequestVote { last_log_index, last_log_term, pre_vote } => {
+            Some(Request::Vote(pb::RequestVoteRequest {
+                term: m.term,
+                candidate: from,
+                last_log_index,
+                last_log_term,
+                pre_vote,
+            }))
         }
         MessageBody::AppendEntries { prev_log_index, prev_log_term, entries, commit, round, floor } => {
             Some(Request::Append(pb::AppendEntriesRequest {
@@ -78,7 +84,11 @@ pub fn vote_request_from_pb(r: pb::RequestVoteRequest, me: NodeId, names: &Names
         from: names.id(&r.candidate)?,
         to: me,
         term: r.term,
-        body: MessageBody::RequestVote { last_log_index: r.last_log_index, last_log_term: r.last_log_term },
+        body: MessageBody::RequestVote {
+            last_log_index: r.last_log_index,
+            last_log_term: r.last_log_term,
+            pre_vote: r.pre_vote,
+        },
     })
 }
 
@@ -104,8 +114,11 @@ pub fn append_request_from_pb(r: pb::AppendEntriesRequest, me: NodeId, names: &N
 }
 
 pub fn vote_response_to_pb(m: Message) -> pb::RequestVoteResponse {
-    let granted = matches!(m.body, MessageBody::RequestVoteResponse { granted: true });
-    pb::RequestVoteResponse { term: m.term, vote_granted: granted }
+    let (granted, pre_vote) = match m.body {
+        MessageBody::RequestVoteResponse { granted, pre_vote } => (granted, pre_vote),
+        _ => (false, false),
+    };
+    pb::RequestVoteResponse { term: m.term, vote_granted: granted, pre_vote }
 }
 
 pub fn append_response_to_pb(m: Message) -> Result<pb::AppendEntriesResponse, Status> {
@@ -131,8 +144,10 @@ pub fn append_response_to_pb(m: Message) -> Result<pb::AppendEntriesResponse, St
 }
 
 /// The core message for a peer's answer to a request `to` sent it.
-pub fn vote_response_from_pb(r: pb::RequestVoteResponse, me: NodeId, peer: NodeId) -> Message {
-    Message { from: peer, to: me, term: r.term, body: MessageBody::RequestVoteResponse { granted: r.vote_granted } }
+/// `pre_vote` is the request's: an answer belongs to the round that asked.
+pub fn vote_response_from_pb(r: pb::RequestVoteResponse, me: NodeId, peer: NodeId, pre_vote: bool) -> Message {
+    let body = MessageBody::RequestVoteResponse { granted: r.vote_granted, pre_vote };
+    Message { from: peer, to: me, term: r.term, body }
 }
 
 pub fn append_response_from_pb(r: pb::AppendEntriesResponse, me: NodeId, peer: NodeId) -> Message {

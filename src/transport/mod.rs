@@ -136,8 +136,9 @@ fn call(
         let answer = async {
             match req? {
                 Request::Vote(r) => {
+                    let pre_vote = r.pre_vote;
                     let r = client.request_vote(r).await.ok()?.into_inner();
-                    Some(convert::vote_response_from_pb(r, me, peer))
+                    Some(convert::vote_response_from_pb(r, me, peer, pre_vote))
                 }
                 Request::Append(r) => {
                     let r = client.append_entries(r).await.ok()?.into_inner();
