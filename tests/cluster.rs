@@ -402,3 +402,34 @@ async fn the_log_stays_bounded_under_a_long_write_load() {
     assert_eq!(c.retrieve(leader).await.entries.len(), 2000);
     c.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn retrieve_pages_chain_into_the_whole_history() {
+    let c = TestCluster::start(3).await;
+    let leader = c.wait_leader().await;
+    let mut client = c.client(leader).await;
+    for i in 0..50 {
+        store(&mut client, &format!("p{i:02}"), "v").await.unwrap();
+    }
+    let whole = client.retrieve(pb::RetrieveRequest::default()).await.unwrap().into_inner();
+    assert_eq!((whole.entries.len(), whole.next_index), (50, 0), "unpaged: everything, and says so");
+    let mut paged = Vec::new();
+    let mut from_index = 0;
+    let mut pages = 0;
+    loop {
+        let r = client.retrieve(pb::RetrieveRequest { from_index, limit: 20 }).await.unwrap().into_inner();
+        pages += 1;
+        assert!(r.entries.len() <= 20);
+        paged.extend(r.entries);
+        if r.next_index == 0 {
+            break;
+        }
+        assert!(r.next_index > paged.last().unwrap().index, "next_index follows the page");
+        from_index = r.next_index;
+    }
+    assert_eq!(pages, 3);
+    assert_eq!(paged, whole.entries);
+    let past = client.retrieve(pb::RetrieveRequest { from_index: 10_000, limit: 5 }).await.unwrap().into_inner();
+    assert!(past.entries.is_empty() && past.next_index == 0);
+    c.shutdown().await;
+}

@@ -268,7 +268,7 @@ async fn sigkill_and_restart_under_load_loses_nothing_acknowledged() {
             assert!(Instant::now() < deadline, "{addr} did not catch up");
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
-        views.push(c.retrieve(pb::RetrieveRequest {}).await.unwrap().into_inner().entries);
+        views.push(c.retrieve(pb::RetrieveRequest::default()).await.unwrap().into_inner().entries);
     }
     let by_index: std::collections::BTreeMap<u64, String> = views[0].iter().map(|e| (e.index, e.key.clone())).collect();
     for (index, key) in &acked {

@@ -10,6 +10,9 @@ use crate::proto as pb;
 use crate::raft::Role;
 use crate::server::NodeHandle;
 
+/// A Retrieve answer holds at most this much (under the 64 MiB message limit).
+const RETRIEVE_PAGE_BYTES: usize = 48 << 20;
+
 pub struct KvService {
     node: NodeHandle,
 }
@@ -84,26 +87,48 @@ impl pb::key_value_server::KeyValue for KvService {
         Ok(Response::new(pb::DeleteResponse { index, term }))
     }
 
-    async fn retrieve(&self, _req: Request<pb::RetrieveRequest>) -> Result<Response<pb::RetrieveResponse>, Status> {
+    async fn retrieve(&self, req: Request<pb::RetrieveRequest>) -> Result<Response<pb::RetrieveResponse>, Status> {
+        let pb::RetrieveRequest { from_index, limit } = req.into_inner();
+        let paging = from_index > 0 || limit > 0;
+        let limit = if limit == 0 { usize::MAX } else { limit as usize };
         let kv = self.node.kv();
-        let entries = kv
-            .history()
-            .iter()
-            .map(|h| {
-                let (key, value, op) = match &h.command {
-                    Command::Put { key, value } | Command::PutJson { key, json: value } => {
-                        (key.clone(), value.clone(), pb::Op::Put)
-                    }
-                    Command::Delete { key } => (key.clone(), String::new(), pb::Op::Delete),
-                };
-                pb::LogEntry { index: h.index, term: h.term, key, value, op: op as i32 }
-            })
-            .collect();
-        // Entries are those applied, which are all committed; report the commit index
-        // the history is complete up to.
+        let history = kv.history();
+        let start = match history.binary_search_by_key(&from_index, |h| h.index) {
+            Ok(i) | Err(i) => i,
+        };
+        let mut entries = Vec::new();
+        let mut bytes = 0;
+        let mut next_index = 0;
+        for h in history.skip(start).iter() {
+            let (key, value, op) = match &h.command {
+                Command::Put { key, value } | Command::PutJson { key, json: value } => {
+                    (key.clone(), value.clone(), pb::Op::Put)
+                }
+                Command::Delete { key } => (key.clone(), String::new(), pb::Op::Delete),
+            };
+            let size = key.len() + value.len() + 32;
+            if entries.len() >= limit || bytes + size > RETRIEVE_PAGE_BYTES {
+                next_index = h.index;
+                break;
+            }
+            bytes += size;
+            entries.push(pb::LogEntry { index: h.index, term: h.term, key, value, op: op as i32 });
+        }
+        // Entries are those applied, which are all committed; the history is complete
+        // up to the applied index.
         let commit_index = kv.applied();
         drop(kv);
-        Ok(Response::new(pb::RetrieveResponse { node: self.node.name().to_string(), commit_index, entries }))
+        if next_index != 0 && !paging {
+            return Err(Status::resource_exhausted(format!(
+                "the history does not fit one message; page with from_index and limit (next page from {next_index})"
+            )));
+        }
+        Ok(Response::new(pb::RetrieveResponse {
+            node: self.node.name().to_string(),
+            commit_index,
+            entries,
+            next_index,
+        }))
     }
 
     async fn get(&self, req: Request<pb::GetRequest>) -> Result<Response<pb::GetResponse>, Status> {

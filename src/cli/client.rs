@@ -125,9 +125,24 @@ pub async fn retrieve(conn: &Conn, node: Option<String>) -> CmdResult {
         let ep = found.ok_or_else(|| format!("no reachable endpoint is node {name:?}"))?;
         conn.endpoints = vec![ep];
     }
-    let r = conn.first(|mut c| async move { c.retrieve(pb::RetrieveRequest {}).await.map(|r| r.into_inner()) }).await?;
-    println!("node {} commit_index {} entries {}", r.node, r.commit_index, r.entries.len());
-    for e in r.entries {
+    // Page through the history so that any size works.
+    let mut from_index = 0;
+    let mut entries = Vec::new();
+    let (node, commit_index) = loop {
+        let r = conn
+            .first(|mut c| async move {
+                let req = pb::RetrieveRequest { from_index, limit: 10_000 };
+                c.retrieve(req).await.map(|r| r.into_inner())
+            })
+            .await?;
+        entries.extend(r.entries);
+        if r.next_index == 0 {
+            break (r.node, r.commit_index);
+        }
+        from_index = r.next_index;
+    };
+    println!("node {node} commit_index {commit_index} entries {}", entries.len());
+    for e in entries {
         match pb::Op::try_from(e.op) {
             Ok(pb::Op::Delete) => println!("{:>8} {:>6}  DELETE {}", e.index, e.term, e.key),
             _ => println!("{:>8} {:>6}  PUT    {} = {}", e.index, e.term, e.key, e.value),

@@ -152,7 +152,7 @@ impl TestCluster {
     }
 
     pub async fn retrieve(&self, i: usize) -> pb::RetrieveResponse {
-        self.client(i).await.retrieve(pb::RetrieveRequest {}).await.expect("retrieve").into_inner()
+        self.client(i).await.retrieve(pb::RetrieveRequest::default()).await.expect("retrieve").into_inner()
     }
 
     pub async fn stop(&mut self, i: usize) {
