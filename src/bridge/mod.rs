@@ -12,7 +12,6 @@ use tokio::net::UdpSocket;
 
 use crate::error::Error;
 use crate::kv::Command;
-use crate::raft::Role;
 use crate::server::NodeHandle;
 
 /// The documented default port.
@@ -204,9 +203,7 @@ async fn handle(node: &NodeHandle, req: Request) -> Option<Vec<u8>> {
         }
         Request::LeaderInfo => Some(leader_info(node)),
         Request::Store { key, value } => {
-            if node.status().role != Role::Leader {
-                return Some(leader_info(node));
-            }
+            // The core decides whether this node leads: NotLeader comes back as LEADER_INFO.
             let cmd = match value {
                 Value::String(value) => Command::Put { key, value },
                 other => Command::PutJson { key, json: other.to_string() },

@@ -508,11 +508,6 @@ impl Node {
         self.peer_addr
     }
 
-    /// A handle that stops the node when signalled.
-    pub fn stopper(&self) -> watch::Sender<bool> {
-        self.shutdown.clone()
-    }
-
     /// Stops every task of the node and waits for them to end.
     pub async fn shutdown(self) {
         let _ = self.shutdown.send(true);

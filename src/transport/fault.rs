@@ -1,11 +1,10 @@
 //! A tower layer on the peer channels that injects network faults: cut links
-//! (partitions) and added delay. Tests use it; a production node has none.
+//! (partitions). Tests use it; a production node has none.
 use std::collections::HashSet;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
-use std::time::Duration;
 
 use tower::{Layer, Service};
 
@@ -25,7 +24,6 @@ impl std::error::Error for PeerError {}
 struct State {
     /// Directed links (from, to) that drop every request.
     cut: HashSet<(String, String)>,
-    delay: Duration,
 }
 
 /// Shared fault settings for a whole test cluster.
@@ -49,27 +47,17 @@ impl Faults {
         }
     }
 
-    /// Isolates one node from every other.
-    pub fn isolate(&self, node: &str, all: &[String]) {
-        self.partition(&[node], all);
-    }
-
-    pub fn set_delay(&self, delay: Duration) {
-        self.0.lock().unwrap().delay = delay;
-    }
-
     pub fn heal(&self) {
         let mut s = self.0.lock().unwrap();
         s.cut.clear();
-        s.delay = Duration::ZERO;
     }
 
-    fn check(&self, from: &str, to: &str) -> Result<Duration, PeerError> {
+    fn check(&self, from: &str, to: &str) -> Result<(), PeerError> {
         let s = self.0.lock().unwrap();
         if s.cut.contains(&(from.to_string(), to.to_string())) {
             return Err(PeerError(format!("fault injection: link {from} -> {to} is cut")));
         }
-        Ok(s.delay)
+        Ok(())
     }
 
     /// The layer for the channel from `from` to `to`.
@@ -119,10 +107,7 @@ where
         let clone = self.inner.clone();
         let mut inner = std::mem::replace(&mut self.inner, clone);
         Box::pin(async move {
-            let delay = verdict?;
-            if !delay.is_zero() {
-                tokio::time::sleep(delay).await;
-            }
+            verdict?;
             inner.call(req).await.map_err(|e| PeerError(e.to_string()))
         })
     }
