@@ -95,6 +95,31 @@ pub fn parse_initial_cluster(s: &str) -> Result<Vec<Member>, ConfigError> {
     Ok(members)
 }
 
+/// The members of a StatefulSet-style cluster: `size` nodes named `PREFIX-0` ...
+/// `PREFIX-(size-1)`, where PREFIX is `name` without its ordinal, each reached at the
+/// stable DNS name `PREFIX-i.SERVICE:PORT` (a Kubernetes headless service gives every
+/// pod of a StatefulSet such a name). `name` must be one of them.
+pub fn ordinal_members(name: &str, size: u32, service: &str, port: u16) -> Result<Vec<Member>, ConfigError> {
+    let bad = |why: String| ConfigError::Cluster(why);
+    let (prefix, ordinal) = name
+        .rsplit_once('-')
+        .and_then(|(p, o)| Some((p, o.parse::<u32>().ok()?)))
+        .filter(|(p, _)| !p.is_empty())
+        .ok_or_else(|| bad(format!("name {name:?} is not PREFIX-ORDINAL (as a StatefulSet pod's name is)")))?;
+    if size == 0 {
+        return Err(bad("the cluster size must be positive".into()));
+    }
+    if ordinal >= size {
+        return Err(bad(format!("{name:?} has ordinal {ordinal}, outside a cluster of {size}")));
+    }
+    if service.is_empty() || service.contains([':', '/', ' ']) {
+        return Err(bad(format!("peer service {service:?} is not a DNS name")));
+    }
+    Ok((0..size)
+        .map(|i| Member { name: format!("{prefix}-{i}"), peer_addr: format!("{prefix}-{i}.{service}:{port}") })
+        .collect())
+}
+
 impl NodeConfig {
     pub fn validate(&self) -> Result<(), ConfigError> {
         if !self.members.iter().any(|m| m.name == self.name) {
@@ -144,6 +169,21 @@ mod tests {
         assert!(parse_initial_cluster("a=h:1,a=h:2").is_err());
         assert!(parse_initial_cluster("=h:1").is_err());
         assert!(parse_initial_cluster("").is_err());
+    }
+
+    #[test]
+    fn ordinal_members_follow_the_statefulset_names() {
+        let m = ordinal_members("raftkv-3", 5, "raftkv-peer", 7100).unwrap();
+        assert_eq!(m.len(), 5);
+        assert_eq!(m[0].name, "raftkv-0");
+        assert_eq!(m[4].peer_addr, "raftkv-4.raftkv-peer:7100");
+        let m = ordinal_members("my-db-0", 1, "db.ns.svc", 1).unwrap();
+        assert_eq!(m[0].peer_addr, "my-db-0.db.ns.svc:1");
+        assert!(ordinal_members("raftkv-5", 5, "s", 1).is_err(), "ordinal outside the cluster");
+        assert!(ordinal_members("raftkv", 5, "s", 1).is_err(), "no ordinal");
+        assert!(ordinal_members("-1", 5, "s", 1).is_err(), "no prefix");
+        assert!(ordinal_members("raftkv-0", 0, "s", 1).is_err(), "empty cluster");
+        assert!(ordinal_members("raftkv-0", 3, "", 1).is_err(), "no service");
     }
 
     #[test]

@@ -16,6 +16,10 @@ pub enum Error {
     Timeout,
     #[error("{0}")]
     InvalidArgument(String),
+    #[error("{0}")]
+    FailedPrecondition(String),
+    #[error("{0}")]
+    Aborted(String),
     #[error("the node is shutting down")]
     Shutdown,
     #[error("the leader is unreachable from this node: {0}")]
@@ -41,6 +45,8 @@ impl From<Error> for Status {
             | Error::LeaderUnreachable(_) => Status::new(Code::Unavailable, msg),
             Error::Timeout => Status::new(Code::DeadlineExceeded, msg),
             Error::InvalidArgument(_) => Status::new(Code::InvalidArgument, msg),
+            Error::FailedPrecondition(_) => Status::new(Code::FailedPrecondition, msg),
+            Error::Aborted(_) => Status::new(Code::Aborted, msg),
         };
         if let Some(v) = leader.and_then(|l| MetadataValue::try_from(l).ok()) {
             status.metadata_mut().insert(LEADER_METADATA, v);

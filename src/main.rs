@@ -54,6 +54,14 @@ enum Cmd {
         #[command(flatten)]
         conn: cli::client::Conn,
     },
+    /// Hand leadership to another member (the most up-to-date follower by default).
+    TransferLeader {
+        /// The member to hand leadership to, by name.
+        #[arg(long)]
+        to: Option<String>,
+        #[command(flatten)]
+        conn: cli::client::Conn,
+    },
     /// Load the cluster with concurrent Stores; report throughput, latency, longest gap.
     Bench(cli::bench::BenchArgs),
     /// Send one controller-bridge request (UDP JSON) and print the reply.
@@ -75,6 +83,7 @@ fn main() -> ExitCode {
             Cmd::Delete { key, conn } => cli::client::delete(&conn, key).await,
             Cmd::Retrieve { node, conn } => cli::client::retrieve(&conn, node).await,
             Cmd::Status { conn } => cli::client::status(&conn).await,
+            Cmd::TransferLeader { to, conn } => cli::client::transfer_leader(&conn, to).await,
             Cmd::Bench(args) => cli::bench::run(args).await,
             Cmd::Controller(args) => cli::controller::run(args).await,
         }

@@ -5,7 +5,7 @@ mod common;
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use common::{store, with_timeout, TestCluster, WAIT};
+use common::{store, with_timeout, ServingStatus, TestCluster, WAIT};
 use raftkv::proto as pb;
 use raftkv::raft::Role;
 use tonic::Code;
@@ -120,10 +120,23 @@ async fn minority_cannot_commit_nor_serve_stale_reads_and_heals() {
         assert_eq!(r.value, "v1");
     }
 
+    // Readiness: the minority knows no leader and says so; the majority serves.
+    const KV: &str = "raftkv.v1.KeyValue";
+    for &i in &minority {
+        c.wait_health(i, KV, ServingStatus::NotServing).await;
+        c.wait_health(i, "", ServingStatus::Serving).await;
+    }
+    for &i in &majority {
+        c.wait_health(i, KV, ServingStatus::Serving).await;
+    }
+
     c.faults.heal();
     let leader = c.wait_leader().await;
     let mut client = c.client(leader).await;
     let fin = store(&mut client, "final", "1").await.unwrap();
+    for &i in &minority {
+        c.wait_health(i, KV, ServingStatus::Serving).await;
+    }
     c.wait_applied(&[0, 1, 2, 3, 4], fin.index).await;
     let reference = c.retrieve(new).await.entries;
     assert!(reference.iter().any(|e| e.index == acked.index && e.value == "v2"));
@@ -290,6 +303,8 @@ async fn single_node_cluster_commits_alone() {
     assert_eq!(r.term, 1);
     let got = client.get(pb::GetRequest { key: "solo".into(), consistency: 0 }).await.unwrap().into_inner();
     assert_eq!(got.value, "yes");
+    let e = client.transfer_leader(pb::TransferLeaderRequest::default()).await.unwrap_err();
+    assert_eq!(e.code(), Code::FailedPrecondition, "nobody to hand leadership to: {e:?}");
     c.shutdown().await;
 }
 
@@ -431,5 +446,64 @@ async fn retrieve_pages_chain_into_the_whole_history() {
     assert_eq!(paged, whole.entries);
     let past = client.retrieve(pb::RetrieveRequest { from_index: 10_000, limit: 5 }).await.unwrap().into_inner();
     assert!(past.entries.is_empty() && past.next_index == 0);
+    c.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn transfer_leader_through_a_follower_hands_over_to_the_named_member_losing_no_write() {
+    // A longer election timeout than the default: the transfer is given up after one,
+    // and this is a busy 2-core machine.
+    let opts = common::Opts { election_timeout_ms: 600, heartbeat_ms: 100, ..Default::default() };
+    let c = TestCluster::start_with(5, opts).await;
+    let old = c.wait_leader().await;
+    let old_term = c.handle(old).status().term;
+    let followers: Vec<usize> = (0..5).filter(|&i| i != old).collect();
+    let (target, asked) = (followers[0], followers[1]);
+    let writers = common::Writers::start(&c, &[old, followers[1], followers[2]]).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let mut client = c.client(asked).await;
+    let r = client
+        .transfer_leader(pb::TransferLeaderRequest { target: c.names[target].clone() })
+        .await
+        .expect("the transfer succeeds")
+        .into_inner();
+    assert_eq!(r.leader, c.names[target]);
+    assert_eq!(r.term, old_term + 1, "one election, started by the transfer");
+    assert_eq!(c.wait_leader().await, target);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let (acked, errors) = writers.finish().await;
+    assert!(errors.is_empty(), "writes during a transfer wait and go to the new leader: {errors:?}");
+    assert!(acked.iter().any(|(_, index)| c.handle(target).status().commit >= *index));
+    common::assert_all_present(&c, target, &acked).await;
+    // A transfer to the current leader changes nothing; an unknown member is refused.
+    let r = client.transfer_leader(pb::TransferLeaderRequest { target: c.names[target].clone() }).await.unwrap();
+    assert_eq!(r.into_inner().term, old_term + 1);
+    let e = client.transfer_leader(pb::TransferLeaderRequest { target: "nobody".into() }).await.unwrap_err();
+    assert_eq!(e.code(), Code::InvalidArgument, "{e:?}");
+    c.assert_one_leader_per_term();
+    c.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn graceful_shutdown_of_the_leader_leaves_a_new_leader_behind_and_loses_no_write() {
+    let mut c = TestCluster::start(3).await;
+    let old = c.wait_leader().await;
+    let old_term = c.handle(old).status().term;
+    let others: Vec<usize> = (0..3).filter(|&i| i != old).collect();
+    let writers = common::Writers::start(&c, &others).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    c.stop_gracefully(old).await;
+    // The leader handed over before it stopped: a successor already leads, in the
+    // very next term, without waiting for an election timeout.
+    let leaders: Vec<usize> = others.iter().copied().filter(|&i| c.handle(i).status().role == Role::Leader).collect();
+    assert_eq!(leaders.len(), 1, "a new leader exists as soon as the old one has stopped");
+    assert_eq!(c.handle(leaders[0]).status().term, old_term + 1);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let (acked, errors) = writers.finish().await;
+    assert!(errors.is_empty(), "writes through the other nodes never fail: {errors:?}");
+    for &i in &others {
+        common::assert_all_present(&c, i, &acked).await;
+    }
+    c.assert_one_leader_per_term();
     c.shutdown().await;
 }

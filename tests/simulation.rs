@@ -8,7 +8,7 @@
 use std::collections::BTreeMap;
 
 use bytes::Bytes;
-use raftkv::raft::{Config, Entry, HardState, Index, Message, MessageBody, NodeId, RawNode, Role, Term};
+use raftkv::raft::{Config, Entry, HardState, Index, Message, MessageBody, NodeId, ProposeError, RawNode, Role, Term};
 use rand::{seq::SliceRandom, Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
@@ -66,6 +66,10 @@ struct Sim {
     last_event: &'static str,
     compactions: u64,
     installs: u64,
+    /// Leadership transfers asked for: (term of the leader asked, transferee).
+    transfers_asked: Vec<(Term, NodeId)>,
+    /// ...and those that handed leadership to the transferee in the next term.
+    transfers_done: u64,
 }
 
 fn config(id: NodeId, n: u64, seed: u64) -> Config {
@@ -106,6 +110,8 @@ impl Sim {
             last_event: "",
             compactions: 0,
             installs: 0,
+            transfers_asked: Vec::new(),
+            transfers_done: 0,
         }
     }
 
@@ -140,16 +146,13 @@ impl Sim {
             }
             if torn {
                 // A crash in the middle of this batch's write: the WAL keeps a prefix of
-                // [hard state, entries...]; nothing of this batch was sent or applied.
-                let records = rd.hard_state.is_some() as usize + rd.entries.len();
-                let mut keep = (cut * (records + 1) as f64) as usize;
-                if let Some(hs) = rd.hard_state {
-                    if keep > 0 {
-                        node.durable.hs = hs;
-                        keep -= 1;
-                    }
+                // [entries..., hard state]; nothing of this batch was sent or applied.
+                let records = rd.entries.len() + rd.hard_state.is_some() as usize;
+                let keep = (cut * (records + 1) as f64) as usize;
+                node.durable.append(&rd.entries[..keep.min(rd.entries.len())]);
+                if let (Some(hs), true) = (rd.hard_state, keep > rd.entries.len()) {
+                    node.durable.hs = hs;
                 }
-                node.durable.append(&rd.entries[..keep]);
                 // Requests of earlier batches of this call may still go out; answers
                 // are dropped, as their promise may be in this batch. A leader's
                 // appends of this batch left before its write (Raft §10.2.1).
@@ -301,7 +304,12 @@ impl Sim {
             self.proposals += 1;
             let data = Bytes::from(format!("p{}", self.proposals));
             let eager = self.rng.gen_bool(0.7);
-            self.nodes.get_mut(&id).unwrap().core.propose(data, eager).unwrap();
+            match self.nodes.get_mut(&id).unwrap().core.propose(data, eager) {
+                Ok(_) => {}
+                // Refused while it hands leadership over.
+                Err(ProposeError::Transferring) => return,
+                Err(e) => panic!("a leader refused a proposal: {e}"),
+            }
             self.process(id, Vec::new());
         }
     }
@@ -416,6 +424,9 @@ impl Sim {
                 Some(_) => {}
                 None => {
                     self.leaders.insert(st.term, id);
+                    if self.transfers_asked.contains(&(st.term - 1, id)) {
+                        self.transfers_done += 1;
+                    }
                 }
             }
             // Leader completeness: a new leader holds every entry committed before it
@@ -469,14 +480,37 @@ impl Sim {
                     self.last_event = "snapshot";
                     self.snapshot()
                 }
-                _ => {
+                r if r < 0.995 => {
                     let id = self.rng.gen_range(1..=self.n);
                     self.nodes.get_mut(&id).unwrap().core.campaign();
                     self.process(id, Vec::new());
                 }
+                _ => {
+                    self.last_event = "transfer_leader";
+                    self.transfer_leader();
+                }
             }
             self.check();
         }
+    }
+
+    /// A leader is asked to hand leadership to a random member (or to whoever is most
+    /// up to date); it refuses proposals until the transfer succeeds or is given up.
+    fn transfer_leader(&mut self) {
+        let leaders: Vec<NodeId> = self
+            .nodes
+            .iter()
+            .filter(|(_, n)| n.up && n.core.status().role == Role::Leader)
+            .map(|(id, _)| *id)
+            .collect();
+        let Some(&id) = leaders.choose(&mut self.rng) else { return };
+        let to = if self.rng.gen_bool(0.5) { Some(self.rng.gen_range(1..=self.n)) } else { None };
+        let core = &mut self.nodes.get_mut(&id).unwrap().core;
+        let term = core.status().term;
+        if let Ok(t) = core.transfer_leader(to) {
+            self.transfers_asked.push((term, t));
+        }
+        self.process(id, Vec::new());
     }
 
     /// Delivers until nothing is in flight; a network that never quiets is a livelock.
@@ -536,14 +570,16 @@ impl Sim {
             }
         }
         eprintln!(
-            "seed {}: {} nodes, {} proposals, {} committed, {} terms, {} compactions, {} snapshots installed",
+            "seed {}: {} nodes, {} proposals, {} committed, {} terms, {} compactions, {} snapshots installed, {}/{} leadership transfers took effect",
             self.seed,
             self.n,
             self.proposals,
             self.committed.len(),
             self.leaders.len(),
             self.compactions,
-            self.installs
+            self.installs,
+            self.transfers_done,
+            self.transfers_asked.len()
         );
     }
 }

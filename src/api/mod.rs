@@ -55,6 +55,18 @@ fn parse_grpc_timeout(s: &str) -> Option<Duration> {
     })
 }
 
+/// `TransferLeader`, on the client service and (forwarded) on the peer service.
+pub async fn transfer_leader(
+    node: &NodeHandle,
+    req: Request<pb::TransferLeaderRequest>,
+) -> Result<Response<pb::TransferLeaderResponse>, Status> {
+    let deadline = deadline(&req);
+    let target = req.into_inner().target;
+    let to = (!target.is_empty()).then_some(target.as_str());
+    let (leader, term) = node.transfer_leader(to, deadline).await?;
+    Ok(Response::new(pb::TransferLeaderResponse { leader, term }))
+}
+
 fn check_key(key: &str) -> Result<(), Error> {
     if key.is_empty() {
         return Err(Error::InvalidArgument("key must not be empty".into()));
@@ -142,6 +154,13 @@ impl pb::key_value_server::KeyValue for KvService {
         }
         let value = self.node.kv().get(&key).cloned();
         Ok(Response::new(pb::GetResponse { found: value.is_some(), value: value.unwrap_or_default() }))
+    }
+
+    async fn transfer_leader(
+        &self,
+        req: Request<pb::TransferLeaderRequest>,
+    ) -> Result<Response<pb::TransferLeaderResponse>, Status> {
+        transfer_leader(&self.node, req).await
     }
 
     async fn status(&self, _req: Request<pb::StatusRequest>) -> Result<Response<pb::StatusResponse>, Status> {

@@ -151,6 +151,18 @@ pub async fn retrieve(conn: &Conn, node: Option<String>) -> CmdResult {
     Ok(ExitCode::SUCCESS)
 }
 
+pub async fn transfer_leader(conn: &Conn, to: Option<String>) -> CmdResult {
+    let target = to.unwrap_or_default();
+    let r = conn
+        .first(|mut c| {
+            let req = pb::TransferLeaderRequest { target: target.clone() };
+            async move { c.transfer_leader(req).await.map(|r| r.into_inner()) }
+        })
+        .await?;
+    println!("OK leader={} term={}", r.leader, r.term);
+    Ok(ExitCode::SUCCESS)
+}
+
 pub async fn status(conn: &Conn) -> CmdResult {
     println!(
         "{:<12} {:<22} {:<10} {:>6} {:<12} {:>8} {:>8}",

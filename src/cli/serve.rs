@@ -2,7 +2,7 @@
 use std::process::ExitCode;
 
 use clap::Args;
-use raftkv::config::{parse_initial_cluster, NodeConfig};
+use raftkv::config::{ordinal_members, parse_initial_cluster, NodeConfig};
 use raftkv::server::Node;
 use tokio::net::TcpListener;
 
@@ -20,8 +20,15 @@ pub struct ServeArgs {
     #[arg(long, env = "RAFTKV_PEER_ADDR", default_value = "127.0.0.1:7101")]
     pub peer_addr: String,
     /// Every member's peer address: NAME=HOST:PORT,... (host may be a DNS name).
-    #[arg(long, env = "RAFTKV_INITIAL_CLUSTER")]
-    pub initial_cluster: String,
+    #[arg(long, env = "RAFTKV_INITIAL_CLUSTER", required_unless_present = "initial_cluster_size")]
+    pub initial_cluster: Option<String>,
+    /// Instead of --initial-cluster, for a StatefulSet: N members named like this node
+    /// (PREFIX-0 ... PREFIX-(N-1)), each at PREFIX-i.<--peer-service>:<peer port>.
+    #[arg(long, env = "RAFTKV_INITIAL_CLUSTER_SIZE", conflicts_with = "initial_cluster", requires = "peer_service")]
+    pub initial_cluster_size: Option<u32>,
+    /// The headless service whose DNS names reach the members (with --initial-cluster-size).
+    #[arg(long, env = "RAFTKV_PEER_SERVICE")]
+    pub peer_service: Option<String>,
     /// Minimum election timeout; each timeout is drawn from [min, 2*min).
     #[arg(long, env = "RAFTKV_ELECTION_TIMEOUT_MS", default_value_t = 150)]
     pub election_timeout_ms: u64,
@@ -42,6 +49,53 @@ pub struct ServeArgs {
     /// ...or after this many bytes of applied commands, whichever comes first.
     #[arg(long, env = "RAFTKV_SNAPSHOT_BYTES", default_value_t = raftkv::config::DEFAULT_SNAPSHOT_BYTES)]
     pub snapshot_bytes: u64,
+    /// On SIGTERM a leader hands leadership over and lets its last writes finish, for
+    /// at most this long, before it stops (keep it below the supervisor's grace period).
+    #[arg(long, env = "RAFTKV_SHUTDOWN_TIMEOUT_MS", default_value_t = 5000)]
+    pub shutdown_timeout_ms: u64,
+    /// Parse and validate the flags and environment, print the resulting
+    /// configuration, and exit without serving or touching the data directory.
+    #[arg(long)]
+    pub check_config: bool,
+}
+
+/// A listen address: `HOST:PORT` with a numeric port (HOST may be a name or an IP).
+fn check_listen_addr(flag: &str, addr: &str) -> Result<(), String> {
+    match addr.rsplit_once(':') {
+        Some((host, port)) if !host.is_empty() && port.parse::<u16>().is_ok() => Ok(()),
+        _ => Err(format!("{flag} {addr:?} is not HOST:PORT")),
+    }
+}
+
+/// The node's configuration from flags and environment, validated.
+fn config(args: &ServeArgs) -> Result<NodeConfig, String> {
+    check_listen_addr("--client-addr", &args.client_addr)?;
+    check_listen_addr("--peer-addr", &args.peer_addr)?;
+    let members = match (&args.initial_cluster, args.initial_cluster_size) {
+        (Some(list), _) => parse_initial_cluster(list),
+        (None, Some(size)) => {
+            let port = args.peer_addr.rsplit_once(':').and_then(|(_, p)| p.parse().ok()).expect("checked above");
+            ordinal_members(&args.name, size, args.peer_service.as_deref().unwrap_or_default(), port)
+        }
+        (None, None) => unreachable!("clap requires one of them"),
+    }
+    .map_err(|e| e.to_string())?;
+    if let Some(b) = &args.bridge_addr {
+        check_listen_addr("--bridge-addr", b)?;
+    }
+    if args.shutdown_timeout_ms == 0 {
+        return Err("--shutdown-timeout-ms must be positive".into());
+    }
+    let data_dir = args.data_dir.clone().unwrap_or_else(|| format!("{}.raftkv", args.name).into());
+    let cfg = NodeConfig {
+        election_timeout_ms: args.election_timeout_ms,
+        heartbeat_ms: args.heartbeat_ms,
+        snapshot_entries: args.snapshot_entries,
+        snapshot_bytes: args.snapshot_bytes,
+        ..NodeConfig::new(&args.name, members, data_dir)
+    };
+    cfg.validate().map_err(|e| e.to_string())?;
+    Ok(cfg)
 }
 
 fn init_logging() {
@@ -63,17 +117,23 @@ async fn terminated() {
 }
 
 pub async fn run(args: ServeArgs) -> CmdResult {
+    let cfg = config(&args)?;
+    if args.check_config {
+        let members: Vec<String> = cfg.members.iter().map(|m| format!("{}={}", m.name, m.peer_addr)).collect();
+        println!(
+            "config OK: name={} client={} peer={} bridge={} data-dir={} election-timeout-ms={} heartbeat-ms={} members={}",
+            cfg.name,
+            args.client_addr,
+            args.peer_addr,
+            args.bridge_addr.as_deref().unwrap_or("off"),
+            cfg.data_dir.display(),
+            cfg.election_timeout_ms,
+            cfg.heartbeat_ms,
+            members.join(","),
+        );
+        return Ok(ExitCode::SUCCESS);
+    }
     init_logging();
-    let members = parse_initial_cluster(&args.initial_cluster).map_err(|e| e.to_string())?;
-    let data_dir = args.data_dir.clone().unwrap_or_else(|| format!("{}.raftkv", args.name).into());
-    let cfg = NodeConfig {
-        election_timeout_ms: args.election_timeout_ms,
-        heartbeat_ms: args.heartbeat_ms,
-        snapshot_entries: args.snapshot_entries,
-        snapshot_bytes: args.snapshot_bytes,
-        ..NodeConfig::new(&args.name, members, data_dir)
-    };
-    cfg.validate().map_err(|e| e.to_string())?;
     let client = TcpListener::bind(&args.client_addr)
         .await
         .map_err(|e| format!("cannot listen on --client-addr {}: {e}", args.client_addr))?;
@@ -105,7 +165,7 @@ pub async fn run(args: ServeArgs) -> CmdResult {
         _ = handle.stopped() => {}
     }
     tracing::info!(name = %args.name, "stopping");
-    node.shutdown().await;
+    node.graceful_shutdown(std::time::Duration::from_millis(args.shutdown_timeout_ms)).await;
     match handle.fatal_error() {
         Some(e) => Err(format!("stopped on a storage failure: {e}")),
         None => Ok(ExitCode::SUCCESS),

@@ -4,5 +4,5 @@ pub mod node;
 pub mod progress;
 pub mod types;
 
-pub use node::{Config, ConfigError, ProposeError, RawNode};
+pub use node::{Config, ConfigError, ProposeError, RawNode, TransferError};
 pub use types::*;

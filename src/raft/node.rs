@@ -80,6 +80,20 @@ impl Config {
 pub enum ProposeError {
     #[error("not the leader")]
     NotLeader { leader: Option<NodeId> },
+    /// The leader is handing leadership over; nothing new is appended meanwhile, so
+    /// that the transferee can catch up (Raft thesis §3.10). Retry once it is done.
+    #[error("leadership transfer in progress")]
+    Transferring,
+}
+
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum TransferError {
+    #[error("not the leader")]
+    NotLeader { leader: Option<NodeId> },
+    #[error("there is no other member to hand leadership to")]
+    NoOtherMember,
+    #[error("node {0} is not a member")]
+    NotAMember(NodeId),
 }
 
 #[derive(Debug)]
@@ -126,6 +140,10 @@ pub struct RawNode {
     floor: Index,
     /// A snapshot accepted from the leader, for the next ready to install.
     pending_snapshot: Option<(Index, Term)>,
+    /// Leader: the follower leadership is being handed to, and the ticks since the
+    /// transfer began (it is given up after an election timeout).
+    transferee: Option<NodeId>,
+    transfer_elapsed: u32,
     msgs: Vec<Message>,
     last_hard_state: HardState,
 }
@@ -150,17 +168,24 @@ impl RawNode {
         voters.sort_unstable();
         voters.dedup();
         let cfg = Config { voters, ..cfg };
+        let log = RaftLog::restore(base, entries, hs.commit, applied);
+        // A batch's entries are written before its hard state: a crash in between keeps
+        // entries of a term the node never durably recorded. It takes that term, with no
+        // vote (any vote it granted in that term would have been durable first).
+        let (term, vote) = if log.last_term() > hs.term { (log.last_term(), None) } else { (hs.term, hs.vote) };
         let mut node = RawNode {
             rng: ChaCha8Rng::seed_from_u64(cfg.seed),
-            term: hs.term,
-            vote: hs.vote,
+            term,
+            vote,
             role: Role::Follower,
             leader: None,
-            log: RaftLog::restore(base, entries, hs.commit, applied),
+            log,
             // Relearned from the leader: a base may come from an installed snapshot,
             // which says nothing of what the other members hold.
             floor: 0,
             pending_snapshot: None,
+            transferee: None,
+            transfer_elapsed: 0,
             progress: BTreeMap::new(),
             votes: BTreeMap::new(),
             prevotes: None,
@@ -198,7 +223,13 @@ impl RawNode {
             commit: self.log.committed,
             applied: self.log.applied,
             last_index: self.log.last_index(),
+            transferee: self.transferee,
         }
+    }
+
+    /// Leader: the follower leadership is being handed to, while a transfer is under way.
+    pub fn transferee(&self) -> Option<NodeId> {
+        self.transferee
     }
 
     pub fn log(&self) -> &RaftLog {
@@ -237,6 +268,7 @@ impl RawNode {
         }
         self.role = Role::Follower;
         self.leader = leader;
+        self.transferee = None;
         self.progress.clear();
         self.votes.clear();
         self.prevotes = None;
@@ -253,6 +285,7 @@ impl RawNode {
         self.vote = Some(self.cfg.id);
         self.role = Role::Candidate;
         self.leader = None;
+        self.transferee = None;
         self.prevotes = None;
         self.progress.clear();
         self.pending_reads.clear();
@@ -265,6 +298,7 @@ impl RawNode {
     fn become_leader(&mut self) {
         self.role = Role::Leader;
         self.leader = Some(self.cfg.id);
+        self.transferee = None;
         self.heartbeat_elapsed = 0;
         self.election_elapsed = 0;
         self.round = 0;
@@ -364,6 +398,13 @@ impl RawNode {
     }
 
     fn tick_leader(&mut self) {
+        if let Some(to) = self.transferee {
+            self.transfer_elapsed += 1;
+            if self.transfer_elapsed >= self.cfg.election_ticks {
+                tracing::info!(term = self.term, to, "leadership transfer timed out; keeping leadership");
+                self.transferee = None;
+            }
+        }
         self.election_elapsed += 1;
         if self.election_elapsed >= self.cfg.election_ticks {
             self.election_elapsed = 0;
@@ -399,6 +440,9 @@ impl RawNode {
         if self.role != Role::Leader {
             return Err(ProposeError::NotLeader { leader: self.leader });
         }
+        if self.transferee.is_some() {
+            return Err(ProposeError::Transferring);
+        }
         let index = self.log.last_index() + 1;
         self.log.append(Entry { index, term: self.term, kind: EntryKind::Normal, data });
         if replicate_now {
@@ -406,6 +450,49 @@ impl RawNode {
             self.replicate_pending = true;
         }
         Ok((index, self.term))
+    }
+
+    /// Hands leadership to `to`, or to the most up-to-date follower (Raft thesis §3.10).
+    /// New proposals are refused meanwhile; the transferee is brought up to date and
+    /// then sent `TimeoutNow`, so it campaigns at once. Leadership moves when it wins;
+    /// if that has not happened within an election timeout, the transfer is given up.
+    /// Returns the transferee; a transfer to this node itself is a no-op.
+    pub fn transfer_leader(&mut self, to: Option<NodeId>) -> Result<NodeId, TransferError> {
+        if self.role != Role::Leader {
+            return Err(TransferError::NotLeader { leader: self.leader });
+        }
+        let to = match to {
+            Some(id) if id == self.cfg.id => return Ok(id),
+            Some(id) if self.progress.contains_key(&id) => id,
+            Some(id) => return Err(TransferError::NotAMember(id)),
+            // The follower that needs the least catching up; among equals, one heard from.
+            None => {
+                let best =
+                    self.progress.iter().max_by_key(|(id, p)| (p.matched, p.recent_active, std::cmp::Reverse(**id)));
+                *best.ok_or(TransferError::NoOtherMember)?.0
+            }
+        };
+        if self.transferee == Some(to) {
+            return Ok(to);
+        }
+        tracing::info!(term = self.term, to, "transferring leadership");
+        self.transferee = Some(to);
+        self.transfer_elapsed = 0;
+        self.maybe_send_timeout_now();
+        Ok(to)
+    }
+
+    /// Leader: sends `TimeoutNow` once the transferee holds the whole log, else sends
+    /// it what it lacks.
+    fn maybe_send_timeout_now(&mut self) {
+        let Some(to) = self.transferee else { return };
+        let last = self.log.last_index();
+        if self.progress.get(&to).is_some_and(|p| p.matched == last) {
+            self.send(to, MessageBody::TimeoutNow);
+        } else {
+            let max_inflight = self.cfg.max_inflight;
+            self.send_append(to, false, last, max_inflight);
+        }
     }
 
     /// Asks for a linearizable read point (Raft thesis §6.4). The answer comes in a
@@ -538,6 +625,15 @@ impl RawNode {
                 None
             }
             MessageBody::InstallSnapshot { index, term } => Some(self.handle_snapshot(m.from, index, term)),
+            MessageBody::TimeoutNow => {
+                // Only this term's leader may hand over; the election skips PreVote, as
+                // the leader itself asked for it.
+                if self.role == Role::Follower {
+                    tracing::info!(term = self.term, from = m.from, "leader handed over leadership; campaigning now");
+                    self.campaign();
+                }
+                None
+            }
             MessageBody::Unreachable => None,
         }
     }
@@ -667,6 +763,9 @@ impl RawNode {
             if p.on_success(match_index) {
                 self.maybe_commit();
                 self.update_floor();
+                if self.transferee == Some(from) {
+                    self.maybe_send_timeout_now();
+                }
             }
             self.replicate_pending = true;
         } else {

@@ -573,3 +573,121 @@ fn pre_vote_then_election_replaces_a_dead_leader() {
     assert_eq!(leaders.len(), 1);
     assert_eq!(leaders[0].1.status().term, term + 1, "one PreVote round, then exactly one new term");
 }
+
+// ---- leadership transfer (Raft thesis §3.10) --------------------------------
+
+#[test]
+fn transfer_3_10_up_to_date_follower_takes_over_without_any_timeout() {
+    // PreVote is on, and no node is ticked: the transferee campaigns only because it
+    // was told to, and wins although every voter has just heard from the leader.
+    let mut c = cluster_with_pre_vote(3);
+    c.elect(1);
+    let i = c.propose(1, b"a");
+    let term = c.nodes[&1].status().term;
+    assert_eq!(c.nodes.get_mut(&1).unwrap().transfer_leader(Some(2)), Ok(2));
+    assert_eq!(c.nodes[&1].status().transferee, Some(2));
+    c.settle();
+    let st = c.nodes[&2].status();
+    assert_eq!((st.role, st.term), (Role::Leader, term + 1));
+    assert_eq!(c.nodes[&1].status().role, Role::Follower);
+    assert_eq!(c.nodes[&1].status().transferee, None);
+    assert!(st.commit > i, "the new leader committed its no-op after the old entries");
+    let j = c.propose(2, b"b");
+    assert!(c.nodes.values().all(|n| n.status().commit == j));
+}
+
+#[test]
+fn transfer_3_10_lagging_transferee_is_caught_up_before_timeout_now() {
+    let mut c = cluster_with_pre_vote(3);
+    c.elect(1);
+    c.cut = vec![3];
+    let last = c.propose(1, b"x");
+    c.propose(1, b"y");
+    let last = last + 1;
+    assert!(c.nodes[&3].status().last_index < last);
+    c.cut.clear();
+    c.nodes.get_mut(&1).unwrap().transfer_leader(Some(3)).unwrap();
+    let (msgs, _) = drain(c.nodes.get_mut(&1).unwrap());
+    assert!(
+        msgs.iter().all(|m| m.body != MessageBody::TimeoutNow),
+        "no TimeoutNow before the transferee holds the whole log: {msgs:?}"
+    );
+    // Deliver what the leader sent, then let heartbeats find and fill the gap, within
+    // the election timeout the transfer is given.
+    for m in msgs {
+        let to = c.nodes.get_mut(&m.to).unwrap();
+        if let Some(resp) = to.step(m) {
+            drain(to);
+            c.nodes.get_mut(&resp.to).unwrap().step(resp);
+        }
+    }
+    c.settle();
+    for _ in 0..14 {
+        if c.nodes[&3].status().role == Role::Leader {
+            break;
+        }
+        c.nodes.get_mut(&1).unwrap().tick();
+        c.settle();
+    }
+    let st = c.nodes[&3].status();
+    assert_eq!(st.role, Role::Leader);
+    assert!(st.commit > last, "{st:?}");
+    assert_eq!(c.nodes[&3].log().term(last), c.nodes[&1].log().term(last));
+}
+
+#[test]
+fn transfer_3_10_refuses_proposals_meanwhile_and_gives_up_after_an_election_timeout() {
+    let mut c = cluster_with_pre_vote(3);
+    c.elect(1);
+    c.cut = vec![2];
+    let leader = c.nodes.get_mut(&1).unwrap();
+    leader.transfer_leader(Some(2)).unwrap();
+    assert_eq!(leader.propose(Bytes::from_static(b"z"), true), Err(ProposeError::Transferring));
+    // Reads still work during a transfer.
+    assert_eq!(leader.read_index(7), Ok(()));
+    for _ in 0..15 {
+        leader.tick();
+        drain(leader);
+    }
+    assert_eq!(leader.status().role, Role::Leader, "it keeps leading");
+    assert_eq!(leader.status().transferee, None, "the transfer was given up");
+    assert!(leader.propose(Bytes::from_static(b"z"), true).is_ok());
+}
+
+#[test]
+fn transfer_3_10_default_target_is_the_most_up_to_date_follower() {
+    let mut c = cluster_with_pre_vote(5);
+    c.elect(1);
+    c.cut = vec![2, 3];
+    c.propose(1, b"only 1, 4 and 5 hold this");
+    c.cut.clear();
+    let to = c.nodes.get_mut(&1).unwrap().transfer_leader(None).unwrap();
+    assert!(to == 4 || to == 5, "picked {to}");
+    c.settle();
+    assert_eq!(c.nodes[&to].status().role, Role::Leader);
+}
+
+#[test]
+fn transfer_3_10_errors_and_no_ops() {
+    let mut c = cluster_with_pre_vote(3);
+    c.elect(1);
+    assert_eq!(c.nodes.get_mut(&2).unwrap().transfer_leader(None), Err(TransferError::NotLeader { leader: Some(1) }));
+    assert_eq!(c.nodes.get_mut(&1).unwrap().transfer_leader(Some(9)), Err(TransferError::NotAMember(9)));
+    assert_eq!(c.nodes.get_mut(&1).unwrap().transfer_leader(Some(1)), Ok(1));
+    assert_eq!(c.nodes[&1].status().transferee, None, "a transfer to itself is a no-op");
+    let mut solo = node(1, 1);
+    solo.campaign();
+    assert_eq!(solo.transfer_leader(None), Err(TransferError::NoOtherMember));
+}
+
+#[test]
+fn transfer_3_10_stale_timeout_now_is_ignored() {
+    let mut c = cluster_with_pre_vote(3);
+    c.elect(1);
+    c.elect(2);
+    let term = c.nodes[&3].status().term;
+    let stale = Message { from: 1, to: 3, term: term - 1, body: MessageBody::TimeoutNow };
+    assert_eq!(c.nodes.get_mut(&3).unwrap().step(stale), None);
+    let st = c.nodes[&3].status();
+    assert_eq!((st.role, st.term), (Role::Follower, term));
+}

@@ -95,6 +95,10 @@ pub enum MessageBody {
         index: Index,
         term: Term,
     },
+    /// Leadership transfer (Raft thesis §3.10): the leader tells an up-to-date
+    /// follower to start an election at once, without waiting for its timeout and
+    /// without a PreVote round. It has no answer.
+    TimeoutNow,
     /// Local only: the transport could not deliver a request to `from`.
     Unreachable,
 }
@@ -127,7 +131,10 @@ impl MessageBody {
     pub fn is_request(&self) -> bool {
         matches!(
             self,
-            MessageBody::RequestVote { .. } | MessageBody::AppendEntries { .. } | MessageBody::InstallSnapshot { .. }
+            MessageBody::RequestVote { .. }
+                | MessageBody::AppendEntries { .. }
+                | MessageBody::InstallSnapshot { .. }
+                | MessageBody::TimeoutNow
         )
     }
 }
@@ -166,4 +173,6 @@ pub struct Status {
     pub commit: Index,
     pub applied: Index,
     pub last_index: Index,
+    /// Leader: the follower leadership is being handed to, while a transfer is under way.
+    pub transferee: Option<NodeId>,
 }

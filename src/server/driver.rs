@@ -11,7 +11,7 @@ use tokio::time::MissedTickBehavior;
 use super::{Input, Metrics, NodeStatus};
 use crate::error::Error;
 use crate::kv::KvState;
-use crate::raft::{Index, Message, MessageBody, NodeId, ProposeError, RawNode, Role, Term};
+use crate::raft::{Index, Message, MessageBody, NodeId, ProposeError, RawNode, Role, Term, TransferError};
 use crate::storage::{snapshot, SnapshotMeta, Storage};
 use crate::transport::convert::Names;
 
@@ -58,6 +58,12 @@ pub(super) struct Driver {
     /// Answers to peer requests, held until what they promise is persisted.
     pub held: Vec<(oneshot::Sender<Message>, Message)>,
     pub proposals: BTreeMap<Index, (Term, ProposalReply)>,
+    /// Proposals that arrived during a leadership transfer: proposed if it is given
+    /// up, or refused with the new leader's name once that is known, so that their
+    /// callers go there.
+    pub parked: Vec<(bytes::Bytes, ProposalReply)>,
+    /// Callers waiting for the outcome of a leadership transfer.
+    pub transfers: Vec<oneshot::Sender<Result<(), Error>>>,
     pub reads: HashMap<u64, oneshot::Sender<Result<Index, Error>>>,
     pub next_read: u64,
     pub waiters: BTreeMap<Index, Vec<oneshot::Sender<()>>>,
@@ -106,11 +112,60 @@ impl Driver {
         leader.map(|l| self.names.name(l).to_string())
     }
 
-    fn not_leader(&self, e: ProposeError) -> Error {
-        let ProposeError::NotLeader { leader } = e;
+    fn not_leader(&self, leader: Option<NodeId>) -> Error {
         match self.leader_name(leader) {
             Some(l) => Error::NotLeader { leader: Some(l) },
             None => Error::NoLeader,
+        }
+    }
+
+    fn propose_error(&self, e: ProposeError) -> Error {
+        match e {
+            ProposeError::NotLeader { leader } => self.not_leader(leader),
+            // Only lazy proposals see this: others are parked during a transfer.
+            ProposeError::Transferring => Error::NoLeader,
+        }
+    }
+
+    fn propose(&mut self, data: bytes::Bytes, reply: ProposalReply) {
+        if self.core.transferee().is_some() {
+            self.parked.push((data, reply));
+            return;
+        }
+        match self.core.propose(data, true) {
+            Ok((index, term)) => {
+                self.proposals.insert(index, (term, reply));
+            }
+            Err(e) => {
+                let _ = reply.send(Err(self.propose_error(e)));
+            }
+        }
+    }
+
+    /// Once a leadership transfer is over: parked proposals are proposed (it was given
+    /// up) or, once the new leader is known, refused with its name (so that callers go
+    /// there rather than fail); the callers waiting for the transfer learn its outcome.
+    fn finish_transfer(&mut self) {
+        if self.core.transferee().is_some() || (self.parked.is_empty() && self.transfers.is_empty()) {
+            return;
+        }
+        let st = self.core.status();
+        let still_leader = st.role == Role::Leader;
+        if still_leader || st.leader.is_some() {
+            for (data, reply) in std::mem::take(&mut self.parked) {
+                if still_leader {
+                    self.propose(data, reply);
+                } else {
+                    let _ = reply.send(Err(self.not_leader(st.leader)));
+                }
+            }
+        }
+        for tx in std::mem::take(&mut self.transfers) {
+            let _ = tx.send(if still_leader {
+                Err(Error::Aborted("the transferee did not take over within an election timeout".into()))
+            } else {
+                Ok(())
+            });
         }
     }
 
@@ -122,18 +177,26 @@ impl Driver {
                     self.held.push((tx, answer));
                 }
             }
-            Input::Propose { data, reply } => match self.core.propose(data, true) {
-                Ok((index, term)) => {
-                    self.proposals.insert(index, (term, reply));
+            Input::Propose { data, reply } => self.propose(data, reply),
+            Input::ProposeLazy { data, reply } => {
+                let _ = reply
+                    .send(self.core.propose(data, false).map(|(index, _)| index).map_err(|e| self.propose_error(e)));
+            }
+            Input::TransferLeader { to, reply } => match self.core.transfer_leader(to) {
+                Ok(t) if t == self.core.id() => {
+                    let _ = reply.send(Ok(()));
                 }
-                Err(e) => {
-                    let _ = reply.send(Err(self.not_leader(e)));
+                Ok(_) => self.transfers.push(reply),
+                Err(TransferError::NotLeader { leader }) => {
+                    let _ = reply.send(Err(self.not_leader(leader)));
+                }
+                Err(e @ TransferError::NoOtherMember) => {
+                    let _ = reply.send(Err(Error::FailedPrecondition(e.to_string())));
+                }
+                Err(e @ TransferError::NotAMember(_)) => {
+                    let _ = reply.send(Err(Error::InvalidArgument(e.to_string())));
                 }
             },
-            Input::ProposeLazy { data, reply } => {
-                let _ =
-                    reply.send(self.core.propose(data, false).map(|(index, _)| index).map_err(|e| self.not_leader(e)));
-            }
             Input::ReadIndex { reply } => {
                 let ctx = self.next_read;
                 self.next_read += 1;
@@ -142,7 +205,7 @@ impl Driver {
                         self.reads.insert(ctx, reply);
                     }
                     Err(e) => {
-                        let _ = reply.send(Err(self.not_leader(e)));
+                        let _ = reply.send(Err(self.propose_error(e)));
                     }
                 }
             }
@@ -228,6 +291,7 @@ impl Driver {
             let storage = &mut self.storage;
             tokio::task::block_in_place(|| storage.compact(base)).map_err(|e| e.to_string())?;
         }
+        self.finish_transfer();
         let was_leader = self.core.status().role == Role::Leader;
         while self.core.has_ready() {
             let mut rd = self.core.ready();

@@ -45,6 +45,9 @@ pub enum Input {
     InstallSnapshot { msg: Message, state: KvState, reply: oneshot::Sender<Message> },
     /// A snapshot finished writing (or failed).
     SnapshotSaved { meta: crate::storage::SnapshotMeta, result: Result<(), String> },
+    /// Hand leadership to `to` (or the most up-to-date follower); answered once this
+    /// node has stepped down (at once if `to` is this leader), or with why it could not.
+    TransferLeader { to: Option<NodeId>, reply: oneshot::Sender<Result<()>> },
     /// Start an election now.
     Campaign,
     /// Become a follower now, keeping the term.
@@ -149,6 +152,11 @@ impl NodeHandle {
         self.ask(|reply| Input::Raft { msg, reply: Some(reply) }).await
     }
 
+    /// Feeds a peer message that has no answer.
+    pub async fn step_oneway(&self, msg: Message) -> Result<()> {
+        self.0.input.send(Input::Raft { msg, reply: None }).await.map_err(|_| Error::Shutdown)
+    }
+
     pub async fn campaign(&self) -> Result<()> {
         self.0.input.send(Input::Campaign).await.map_err(|_| Error::Shutdown)
     }
@@ -202,6 +210,23 @@ impl NodeHandle {
         let _ = tokio::time::timeout(wait, w.wait_for(|s| s.leader.is_some())).await;
     }
 
+    /// Runs a request forwarded here by another node. If no leader is known (an
+    /// election or a handover is under way), waits for one and runs it once more, so
+    /// that the forwarding node is pointed at the new leader instead of failing.
+    pub async fn forwarded<T, F, Fut>(&self, deadline: Duration, f: F) -> Result<T>
+    where
+        F: Fn() -> Fut,
+        Fut: std::future::Future<Output = Result<T>>,
+    {
+        match f().await {
+            Err(Error::NoLeader | Error::NotLeader { leader: None }) => {
+                self.wait_for_leader(deadline).await;
+                f().await
+            }
+            other => other,
+        }
+    }
+
     fn client_of(&self, leader: &str) -> Result<PeerClient> {
         let id = self.0.names.id(leader).map_err(|_| Error::NoLeader)?;
         self.0.clients.get(&id).cloned().ok_or(Error::NoLeader)
@@ -218,13 +243,23 @@ impl NodeHandle {
     {
         let work = async {
             let mut waited = false;
+            // Where to run next (None: here), and redirects left: a leader that has just
+            // handed over names its successor.
+            let mut target: Option<String> = None;
+            let mut hops = 3;
             loop {
-                match here().await {
-                    Err(Error::NotLeader { leader: Some(l) }) if l != self.0.name => {
-                        return remote(self.client_of(&l)?).await;
+                let result = match &target {
+                    None => here().await,
+                    Some(l) => remote(self.client_of(l)?).await,
+                };
+                match result {
+                    Err(Error::NotLeader { leader: Some(l) }) if hops > 0 => {
+                        hops -= 1;
+                        target = (l != self.0.name).then_some(l);
                     }
                     Err(Error::NoLeader | Error::NotLeader { .. }) if !waited => {
                         waited = true;
+                        target = None;
                         self.wait_for_leader(deadline).await;
                     }
                     other => return other,
@@ -232,6 +267,39 @@ impl NodeHandle {
             }
         };
         tokio::time::timeout(deadline, work).await.map_err(|_| Error::Timeout)?
+    }
+
+    /// Hands leadership to the member named `to` (or the most up-to-date follower),
+    /// through the leader wherever it is. Answers with the leader's name and term once
+    /// this node knows a leader other than the one asked to step down.
+    pub async fn transfer_leader(&self, to: Option<&str>, deadline: Duration) -> Result<(String, Term)> {
+        let target = match to {
+            Some(name) => {
+                Some(self.0.names.id(name).map_err(|_| Error::InvalidArgument(format!("unknown member {name:?}")))?)
+            }
+            None => None,
+        };
+        let target_name = to.unwrap_or_default().to_string();
+        let here = || async move {
+            let old = self.0.id;
+            self.ask(|reply| Input::TransferLeader { to: target, reply }).await??;
+            if target == Some(old) {
+                let st = self.status();
+                return Ok((self.0.name.clone(), st.term));
+            }
+            let mut w = self.0.status.clone();
+            let st = w.wait_for(|s| s.leader.is_some_and(|l| l != old)).await.map_err(|_| Error::Shutdown)?.clone();
+            Ok((self.0.names.name(st.leader.expect("waited for")).to_string(), st.term))
+        };
+        let remote = |mut c: PeerClient| {
+            let target = target_name.clone();
+            async move {
+                let r = c.transfer_leader(pb::TransferLeaderRequest { target }).await.map_err(remote_error)?;
+                let r = r.into_inner();
+                Ok((r.leader, r.term))
+            }
+        };
+        self.via_leader(deadline, here, remote).await
     }
 
     /// Commits `cmd` through the leader, wherever it is, and waits until applied there.
@@ -269,12 +337,43 @@ impl NodeHandle {
     }
 }
 
-/// An error from a forwarded call: the leader's own status passes through; a
-/// transport failure means the leader is unreachable from here.
+/// An error from a forwarded call: the leader's own status passes through, but one
+/// that names another leader (it has just stepped down) is followed; a transport
+/// failure means the leader is unreachable from here.
 fn remote_error(s: tonic::Status) -> Error {
-    match s.code() {
-        tonic::Code::Unknown | tonic::Code::Internal => Error::LeaderUnreachable(s.message().to_string()),
+    let leader = s.metadata().get(crate::error::LEADER_METADATA).and_then(|v| v.to_str().ok());
+    match (s.code(), leader) {
+        (tonic::Code::Unavailable, Some(l)) => Error::NotLeader { leader: Some(l.to_string()) },
+        (tonic::Code::Unknown | tonic::Code::Internal, _) => Error::LeaderUnreachable(s.message().to_string()),
         _ => Error::Remote(s),
+    }
+}
+
+/// The health of `raftkv.v1.KeyValue` (what a readiness probe asks): SERVING while
+/// this node knows a leader, so it can answer clients; NOT_SERVING while it knows none
+/// (starting, an election, cut off from the majority). The overall status ("") stays
+/// SERVING while the process runs (what a liveness probe asks).
+async fn report_health(
+    mut status: watch::Receiver<NodeStatus>,
+    mut reporter: tonic_health::server::HealthReporter,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    type Kv = pb::key_value_server::KeyValueServer<KvService>;
+    let mut serving = false;
+    loop {
+        let has_leader = status.borrow_and_update().leader.is_some();
+        if has_leader != serving {
+            serving = has_leader;
+            if serving {
+                reporter.set_serving::<Kv>().await;
+            } else {
+                reporter.set_not_serving::<Kv>().await;
+            }
+        }
+        tokio::select! {
+            changed = status.changed() => if changed.is_err() { break },
+            _ = shutdown.wait_for(|s| *s) => break,
+        }
     }
 }
 
@@ -427,12 +526,14 @@ impl Node {
             reads: Default::default(),
             next_read: 0,
             waiters: BTreeMap::new(),
+            parked: Vec::new(),
+            transfers: Vec::new(),
         };
 
         let client_addr = client_listener.local_addr().map_err(|e| StartError::Other(e.to_string()))?;
         let peer_addr = peer_listener.local_addr().map_err(|e| StartError::Other(e.to_string()))?;
         let (mut health_reporter, health) = tonic_health::server::health_reporter();
-        health_reporter.set_serving::<pb::key_value_server::KeyValueServer<KvService>>().await;
+        health_reporter.set_not_serving::<pb::key_value_server::KeyValueServer<KvService>>().await;
         health_reporter.set_serving::<pb::raft_server::RaftServer<RaftService>>().await;
         let reflection = || {
             let v1 = tonic_reflection::server::Builder::configure()
@@ -493,6 +594,7 @@ impl Node {
         if let Some(socket) = bridge {
             tasks.push(tokio::spawn(crate::bridge::serve(socket, handle.clone())));
         }
+        tasks.push(tokio::spawn(report_health(handle.status_watch(), health_reporter, shutdown_rx.clone())));
         Ok(Node { handle, client_addr, peer_addr, shutdown: shutdown_tx, tasks })
     }
 
@@ -506,6 +608,30 @@ impl Node {
 
     pub fn peer_addr(&self) -> SocketAddr {
         self.peer_addr
+    }
+
+    /// Stops the node the way a rolling update wants it: a leader first hands
+    /// leadership to its most up-to-date follower, so the cluster has a leader again
+    /// without waiting for an election timeout, and waits (within `budget`) until the
+    /// entries it appended are applied, so their callers get answers. Then it stops.
+    pub async fn graceful_shutdown(self, budget: Duration) {
+        let h = self.handle.clone();
+        if h.status().role == Role::Leader {
+            let handoff = async {
+                let (leader, term) = h.transfer_leader(None, budget).await?;
+                tracing::info!(%leader, term, "handed leadership over");
+                let last = h.status().last_index;
+                let mut w = h.status_watch();
+                let _ = w.wait_for(|s| s.applied >= last).await;
+                Ok::<_, Error>(())
+            };
+            match tokio::time::timeout(budget, handoff).await {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => tracing::warn!("leadership handoff failed, stopping anyway: {e}"),
+                Err(_) => tracing::warn!("leadership handoff took longer than {budget:?}, stopping anyway"),
+            }
+        }
+        self.shutdown().await
     }
 
     /// Stops every task of the node and waits for them to end.

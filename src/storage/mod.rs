@@ -263,6 +263,42 @@ mod tests {
         assert_eq!(r.entries, vec![entry(1, 1), entry(2, 1)]);
     }
 
+    /// Found by the simulation: a follower's batch replaces entries 2.. with a new
+    /// leader's and records commit 3. Torn anywhere, recovery must never pair a commit
+    /// index with an entry the batch was replacing.
+    #[test]
+    fn a_torn_overwrite_never_commits_the_replaced_entries() {
+        let d = tempfile::tempdir().unwrap();
+        let before;
+        {
+            let (mut s, _) = Storage::open(d.path(), "a", &members()).unwrap();
+            s.persist(Some(HardState { term: 1, vote: None, commit: 1 }), &[entry(1, 1), entry(2, 1), entry(3, 1)])
+                .unwrap();
+            before = fs::metadata(segment(d.path())).unwrap().len();
+            s.persist(Some(HardState { term: 2, vote: None, commit: 3 }), &[entry(2, 2), entry(3, 2)]).unwrap();
+        }
+        let full = fs::read(segment(d.path())).unwrap();
+        let mut kept_commit = false;
+        for cut in before..=full.len() as u64 {
+            let t = tempfile::tempdir().unwrap();
+            fs::create_dir_all(t.path().join("wal")).unwrap();
+            fs::copy(d.path().join("meta"), t.path().join("meta")).unwrap();
+            fs::write(segment(t.path()), &full[..cut as usize]).unwrap();
+            let (_, r) = Storage::open(t.path(), "a", &members()).unwrap();
+            let commit = r.hard_state.commit;
+            kept_commit |= commit == 3;
+            for e in r.entries.iter().filter(|e| e.index >= 2 && e.index <= commit) {
+                assert_eq!(e.term, 2, "cut at {cut}: commit {commit} covers replaced entry {e:?}");
+            }
+            // No entry is of a term beyond the recovered one, or the core raises it.
+            let last_term = r.entries.last().unwrap().term;
+            let node =
+                crate::raft::RawNode::new(crate::raft::Config::new(1, vec![1, 2, 3]), r.hard_state, r.entries).unwrap();
+            assert!(node.status().term >= last_term, "cut at {cut}");
+        }
+        assert!(kept_commit, "the whole batch recovers its commit");
+    }
+
     #[test]
     fn snapshot_and_compaction_drop_old_segments_and_restart_from_the_base() {
         let d = tempfile::tempdir().unwrap();

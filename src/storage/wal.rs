@@ -276,8 +276,11 @@ impl Wal {
                 }
             }
         }
-        // A batch writes its hard state before its entries (so no entry's term exceeds
-        // the recovered term); a torn batch may keep a commit index beyond what survived.
+        // A batch writes its entries before its hard state, so a hard state that survived
+        // a torn write covers only entries that survived with it (its commit index never
+        // names an older entry that the batch was replacing). A torn batch may keep
+        // entries of a term its lost hard state would have recorded; the core raises
+        // its term to them on restore.
         hs.commit = hs.commit.min(base + entries.len() as Index);
         let path = segment_path(dir, last_seq);
         let mut file = OpenOptions::new().read(true).write(true).open(&path).map_err(|e| io(&path, e))?;
@@ -349,10 +352,10 @@ impl Wal {
             // Each segment starts with the hard state, so older ones can be dropped later.
             rewrite_hs = true;
         }
-        let hs = hs.or(rewrite_hs.then_some(self.hard_state));
-        let mut buf = Vec::with_capacity(64 + entries.iter().map(|e| e.data.len() + HEADER + 17).sum::<usize>());
-        if let Some(h) = &hs {
-            encode_hard_state(&mut buf, h);
+        let mut buf = Vec::with_capacity(128 + entries.iter().map(|e| e.data.len() + HEADER + 17).sum::<usize>());
+        if rewrite_hs {
+            // The durable hard state first, so that this segment stands on its own.
+            encode_hard_state(&mut buf, &self.hard_state);
         }
         let seq = self.segments.last().expect("a segment").0;
         if let Some(last) = entries.last() {
@@ -362,6 +365,11 @@ impl Wal {
         for e in entries {
             self.positions.push((seq, self.size + buf.len() as u64));
             encode_entry(&mut buf, e);
+        }
+        // The new hard state after the entries: if a crash tears this write, a commit
+        // index that survived covers entries that survived (see `open`).
+        if let Some(h) = &hs {
+            encode_hard_state(&mut buf, h);
         }
         if buf.is_empty() {
             return Ok(());

@@ -48,6 +48,7 @@ pub enum Request {
         term: u64,
         leader: String,
     },
+    TimeoutNow(pb::TimeoutNowRequest),
 }
 
 pub fn request_to_pb(m: Message, names: &Names) -> Option<Request> {
@@ -75,6 +76,7 @@ pub fn request_to_pb(m: Message, names: &Names) -> Option<Request> {
             }))
         }
         MessageBody::InstallSnapshot { .. } => Some(Request::Snapshot { term: m.term, leader: from }),
+        MessageBody::TimeoutNow => Some(Request::TimeoutNow(pb::TimeoutNowRequest { term: m.term, leader: from })),
         _ => None,
     }
 }
@@ -90,6 +92,10 @@ pub fn vote_request_from_pb(r: pb::RequestVoteRequest, me: NodeId, names: &Names
             pre_vote: r.pre_vote,
         },
     })
+}
+
+pub fn timeout_now_from_pb(r: pb::TimeoutNowRequest, me: NodeId, names: &Names) -> Result<Message, Status> {
+    Ok(Message { from: names.id(&r.leader)?, to: me, term: r.term, body: MessageBody::TimeoutNow })
 }
 
 pub fn append_request_from_pb(r: pb::AppendEntriesRequest, me: NodeId, names: &Names) -> Result<Message, Status> {

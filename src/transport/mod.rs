@@ -69,6 +69,7 @@ pub fn spawn_peer(
                     None => break,
                 },
                 Some(answer) = inflight.next() => {
+                    let Some(answer) = answer else { continue };
                     if driver.send(Input::Raft { msg: answer, reply: None }).await.is_err() {
                         break;
                     }
@@ -128,21 +129,26 @@ fn call(
     peer: NodeId,
     rpc_timeout: Duration,
     snap_dir: PathBuf,
-) -> impl std::future::Future<Output = Message> {
+) -> impl std::future::Future<Output = Option<Message>> {
     let req = convert::request_to_pb(m, names);
     let timeout = if matches!(req, Some(Request::Snapshot { .. })) { SNAPSHOT_TIMEOUT } else { rpc_timeout };
     async move {
         let unreachable = Message { from: peer, to: me, term: 0, body: MessageBody::Unreachable };
+        // Some(None): delivered, and the request has no answer.
         let answer = async {
             match req? {
                 Request::Vote(r) => {
                     let pre_vote = r.pre_vote;
                     let r = client.request_vote(r).await.ok()?.into_inner();
-                    Some(convert::vote_response_from_pb(r, me, peer, pre_vote))
+                    Some(Some(convert::vote_response_from_pb(r, me, peer, pre_vote)))
                 }
                 Request::Append(r) => {
                     let r = client.append_entries(r).await.ok()?.into_inner();
-                    Some(convert::append_response_from_pb(r, me, peer))
+                    Some(Some(convert::append_response_from_pb(r, me, peer)))
+                }
+                Request::TimeoutNow(r) => {
+                    client.timeout_now(r).await.ok()?;
+                    Some(None)
                 }
                 Request::Snapshot { term, leader } => {
                     let chunks = snapshot_chunks(&snap_dir, term, leader).await?;
@@ -153,10 +159,10 @@ fn call(
                             return None;
                         }
                     };
-                    Some(convert::append_response_from_pb(r, me, peer))
+                    Some(Some(convert::append_response_from_pb(r, me, peer)))
                 }
             }
         };
-        tokio::time::timeout(timeout, answer).await.ok().flatten().unwrap_or(unreachable)
+        tokio::time::timeout(timeout, answer).await.ok().flatten().unwrap_or(Some(unreachable))
     }
 }

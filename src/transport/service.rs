@@ -40,7 +40,8 @@ impl pb::raft_server::Raft for RaftService {
 
     async fn propose(&self, req: Request<pb::ProposeRequest>) -> Result<Response<pb::ProposeResponse>, Status> {
         let deadline = crate::api::deadline(&req);
-        let (index, term) = self.node.propose_here(req.into_inner().command, deadline).await?;
+        let command = req.into_inner().command;
+        let (index, term) = self.node.forwarded(deadline, || self.node.propose_here(command.clone(), deadline)).await?;
         Ok(Response::new(pb::ProposeResponse { index, term }))
     }
 
@@ -99,9 +100,25 @@ impl pb::raft_server::Raft for RaftService {
         Ok(Response::new(convert::append_response_to_pb(answer?)?))
     }
 
+    async fn timeout_now(
+        &self,
+        req: Request<pb::TimeoutNowRequest>,
+    ) -> Result<Response<pb::TimeoutNowResponse>, Status> {
+        let msg = convert::timeout_now_from_pb(req.into_inner(), self.node.id(), self.node.names())?;
+        self.node.step_oneway(msg).await?;
+        Ok(Response::new(pb::TimeoutNowResponse {}))
+    }
+
+    async fn transfer_leader(
+        &self,
+        req: Request<pb::TransferLeaderRequest>,
+    ) -> Result<Response<pb::TransferLeaderResponse>, Status> {
+        crate::api::transfer_leader(&self.node, req).await
+    }
+
     async fn read_index(&self, req: Request<pb::ReadIndexRequest>) -> Result<Response<pb::ReadIndexResponse>, Status> {
         let deadline = crate::api::deadline(&req);
-        let index = self.node.read_index_here(deadline).await?;
+        let index = self.node.forwarded(deadline, || self.node.read_index_here(deadline)).await?;
         Ok(Response::new(pb::ReadIndexResponse { index }))
     }
 }

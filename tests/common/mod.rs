@@ -12,6 +12,8 @@ use raftkv::server::{Node, NodeHandle};
 use raftkv::transport::Faults;
 use tokio::net::TcpListener;
 use tonic::transport::Channel;
+pub use tonic_health::pb::health_check_response::ServingStatus;
+use tonic_health::pb::{health_client::HealthClient, HealthCheckRequest};
 
 /// Generous: this is a noisy 2-core machine; tests assert outcomes, not speed.
 pub const WAIT: Duration = Duration::from_secs(20);
@@ -111,6 +113,22 @@ impl TestCluster {
 
     /// Waits until one of `among` leads and a majority of the cluster agrees on it in
     /// its term; returns its index.
+    /// Waits until node `i` reports `service` (as a readiness probe asks it) as `want`.
+    pub async fn wait_health(&self, i: usize, service: &str, want: ServingStatus) {
+        let ch = Channel::from_shared(format!("http://{}", self.client_addrs[i])).unwrap().connect().await.unwrap();
+        let mut h = HealthClient::new(ch);
+        let deadline = tokio::time::Instant::now() + WAIT;
+        loop {
+            let req = HealthCheckRequest { service: service.into() };
+            let got = h.check(req).await.expect("health answers").into_inner().status;
+            if got == want as i32 {
+                return;
+            }
+            assert!(tokio::time::Instant::now() < deadline, "node {i} {service:?} health is {got}, not {want:?}");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
     pub async fn wait_leader_among(&self, among: &[usize]) -> usize {
         let majority = self.nodes.len() / 2 + 1;
         let deadline = tokio::time::Instant::now() + WAIT;
@@ -158,6 +176,13 @@ impl TestCluster {
     pub async fn stop(&mut self, i: usize) {
         if let Some(node) = self.nodes[i].take() {
             node.shutdown().await;
+        }
+    }
+
+    /// Stops node `i` as SIGTERM does: a leader hands over first.
+    pub async fn stop_gracefully(&mut self, i: usize) {
+        if let Some(node) = self.nodes[i].take() {
+            node.graceful_shutdown(Duration::from_secs(5)).await;
         }
     }
 
@@ -224,6 +249,62 @@ pub async fn store(
     value: &str,
 ) -> Result<pb::StoreResponse, tonic::Status> {
     c.store(pb::StoreRequest { key: key.into(), value: value.into() }).await.map(|r| r.into_inner())
+}
+
+/// Acknowledged (key, index) pairs and the errors seen.
+pub type Outcomes = (Vec<(String, u64)>, Vec<tonic::Status>);
+
+/// Writers storing unique keys through the given nodes until told to stop.
+pub struct Writers {
+    stop: Arc<std::sync::atomic::AtomicBool>,
+    tasks: Vec<tokio::task::JoinHandle<Outcomes>>,
+}
+
+impl Writers {
+    pub async fn start(c: &TestCluster, via: &[usize]) -> Writers {
+        let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let mut tasks = Vec::new();
+        for (w, &i) in via.iter().enumerate() {
+            let mut client = c.client(i).await;
+            let stop = stop.clone();
+            tasks.push(tokio::spawn(async move {
+                let (mut acked, mut errors) = (Vec::new(), Vec::new());
+                let mut n = 0;
+                while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    n += 1;
+                    let key = format!("w{w}-{n}");
+                    match store(&mut client, &key, "v").await {
+                        Ok(r) => acked.push((key, r.index)),
+                        Err(s) => errors.push(s),
+                    }
+                }
+                (acked, errors)
+            }));
+        }
+        Writers { stop, tasks }
+    }
+
+    /// Stops the writers: every acknowledged (key, index), and every error seen.
+    pub async fn finish(self) -> Outcomes {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        let (mut acked, mut errors) = (Vec::new(), Vec::new());
+        for t in self.tasks {
+            let (a, e) = t.await.unwrap();
+            acked.extend(a);
+            errors.extend(e);
+        }
+        (acked, errors)
+    }
+}
+
+/// Every acknowledged write is in node `i`'s history at the index it was acknowledged with.
+pub async fn assert_all_present(c: &TestCluster, i: usize, acked: &[(String, u64)]) {
+    let last = acked.iter().map(|(_, ix)| *ix).max().unwrap_or(0);
+    c.wait_applied(&[i], last).await;
+    let history: BTreeMap<u64, String> = c.retrieve(i).await.entries.into_iter().map(|e| (e.index, e.key)).collect();
+    for (key, index) in acked {
+        assert_eq!(history.get(index), Some(key), "acknowledged write {key} at {index} missing on node {i}");
+    }
 }
 
 pub fn with_timeout<T>(msg: T, d: Duration) -> tonic::Request<T> {
