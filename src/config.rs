@@ -62,6 +62,8 @@ impl NodeConfig {
 pub enum ConfigError {
     #[error("--initial-cluster: {0}")]
     Cluster(String),
+    #[error("--initial-cluster-size: {0}")]
+    Ordinal(String),
     #[error("--name {0:?} is not in --initial-cluster")]
     NotAMember(String),
     #[error("--heartbeat-ms ({heartbeat}) must be positive and at most half of --election-timeout-ms ({election})")]
@@ -100,7 +102,7 @@ pub fn parse_initial_cluster(s: &str) -> Result<Vec<Member>, ConfigError> {
 /// stable DNS name `PREFIX-i.SERVICE:PORT` (a Kubernetes headless service gives every
 /// pod of a StatefulSet such a name). `name` must be one of them.
 pub fn ordinal_members(name: &str, size: u32, service: &str, port: u16) -> Result<Vec<Member>, ConfigError> {
-    let bad = |why: String| ConfigError::Cluster(why);
+    let bad = ConfigError::Ordinal;
     let (prefix, ordinal) = name
         .rsplit_once('-')
         .and_then(|(p, o)| Some((p, o.parse::<u32>().ok()?)))
