@@ -67,6 +67,8 @@ pub(super) struct Driver {
     pub reads: HashMap<u64, oneshot::Sender<Result<Index, Error>>>,
     pub next_read: u64,
     pub waiters: BTreeMap<Index, Vec<oneshot::Sender<()>>>,
+    /// Callers waiting for a leader to be known.
+    pub leader_waiters: Vec<oneshot::Sender<()>>,
 }
 
 impl Driver {
@@ -214,6 +216,14 @@ impl Driver {
                     let _ = reply.send(());
                 } else {
                     self.waiters.entry(index).or_default().push(reply);
+                }
+            }
+            Input::WaitLeader { reply } => {
+                if self.core.status().leader.is_some() {
+                    let _ = reply.send(());
+                } else {
+                    self.leader_waiters.retain(|w| !w.is_closed());
+                    self.leader_waiters.push(reply);
                 }
             }
             Input::InstallSnapshot { msg, state, reply } => {
@@ -365,6 +375,11 @@ impl Driver {
             let leader = self.leader_name(st.leader);
             for (_, tx) in self.reads.drain() {
                 let _ = tx.send(Err(Error::NotLeader { leader: leader.clone() }));
+            }
+        }
+        if st.leader.is_some() {
+            for tx in self.leader_waiters.drain(..) {
+                let _ = tx.send(());
             }
         }
         while let Some(entry) = self.waiters.first_entry() {

@@ -40,6 +40,8 @@ pub enum Input {
     ReadIndex { reply: oneshot::Sender<Result<Index>> },
     /// Answered once the state machine has applied `index`.
     WaitApplied { index: Index, reply: oneshot::Sender<()> },
+    /// Answered once the core knows a leader (at once if it does).
+    WaitLeader { reply: oneshot::Sender<()> },
     /// A snapshot received from the leader: installed if the core accepts it, then
     /// answered like a request.
     InstallSnapshot { msg: Message, state: KvState, reply: oneshot::Sender<Message> },
@@ -203,11 +205,12 @@ impl NodeHandle {
         self.ask(|reply| Input::WaitApplied { index, reply }).await
     }
 
-    /// Waits up to two maximal election timeouts for a leader to be known.
+    /// Waits up to two maximal election timeouts for a leader to be known. Asks the
+    /// driver, not the published status: that may lag one batch behind the answer
+    /// ("no leader") that made the caller wait.
     async fn wait_for_leader(&self, deadline: Duration) {
-        let mut w = self.0.status.clone();
         let wait = (self.0.election_timeout * 4).min(deadline);
-        let _ = tokio::time::timeout(wait, w.wait_for(|s| s.leader.is_some())).await;
+        let _ = tokio::time::timeout(wait, self.ask(|reply| Input::WaitLeader { reply })).await;
     }
 
     /// Runs a request forwarded here by another node. If no leader is known (an
@@ -527,6 +530,7 @@ impl Node {
             next_read: 0,
             waiters: BTreeMap::new(),
             parked: Vec::new(),
+            leader_waiters: Vec::new(),
             transfers: Vec::new(),
         };
 
@@ -613,7 +617,9 @@ impl Node {
     /// Stops the node the way a rolling update wants it: a leader first hands
     /// leadership to its most up-to-date follower, so the cluster has a leader again
     /// without waiting for an election timeout, and waits (within `budget`) until the
-    /// entries it appended are applied, so their callers get answers. Then it stops.
+    /// entries it appended are applied, so their callers get answers. It then serves
+    /// one more election timeout, so that writes other nodes forward to it while they
+    /// still take it for the leader are redirected rather than cut off. Then it stops.
     pub async fn graceful_shutdown(self, budget: Duration) {
         let h = self.handle.clone();
         if h.status().role == Role::Leader {
@@ -623,6 +629,7 @@ impl Node {
                 let last = h.status().last_index;
                 let mut w = h.status_watch();
                 let _ = w.wait_for(|s| s.applied >= last).await;
+                tokio::time::sleep(h.0.election_timeout).await;
                 Ok::<_, Error>(())
             };
             match tokio::time::timeout(budget, handoff).await {
