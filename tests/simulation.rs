@@ -293,14 +293,19 @@ impl Sim {
         }
     }
 
-    fn propose(&mut self) {
+    /// A node that is up and believes it leads, if any, chosen at random.
+    fn any_leader(&mut self) -> Option<NodeId> {
         let leaders: Vec<NodeId> = self
             .nodes
             .iter()
             .filter(|(_, n)| n.up && n.core.status().role == Role::Leader)
             .map(|(id, _)| *id)
             .collect();
-        if let Some(&id) = leaders.choose(&mut self.rng) {
+        leaders.choose(&mut self.rng).copied()
+    }
+
+    fn propose(&mut self) {
+        if let Some(id) = self.any_leader() {
             self.proposals += 1;
             let data = Bytes::from(format!("p{}", self.proposals));
             let eager = self.rng.gen_bool(0.7);
@@ -497,13 +502,7 @@ impl Sim {
     /// A leader is asked to hand leadership to a random member (or to whoever is most
     /// up to date); it refuses proposals until the transfer succeeds or is given up.
     fn transfer_leader(&mut self) {
-        let leaders: Vec<NodeId> = self
-            .nodes
-            .iter()
-            .filter(|(_, n)| n.up && n.core.status().role == Role::Leader)
-            .map(|(id, _)| *id)
-            .collect();
-        let Some(&id) = leaders.choose(&mut self.rng) else { return };
+        let Some(id) = self.any_leader() else { return };
         let to = if self.rng.gen_bool(0.5) { Some(self.rng.gen_range(1..=self.n)) } else { None };
         let core = &mut self.nodes.get_mut(&id).unwrap().core;
         let term = core.status().term;
