@@ -17,7 +17,8 @@
 #     longest gap between successful writes during it is measured with `raftkv
 #     bench`); `docker network disconnect` of two containers leaves the other three
 #     committing and the two not, and after reconnecting all five converge with
-#     nothing acknowledged lost.
+#     nothing acknowledged lost; a rolling restart (highest ordinal first, each member
+#     ready before the next) under write load loses nothing.
 #
 # Everything it creates (containers, volumes, networks, images) carries a label of
 # this run and is removed when it ends, whether it passes or fails; set
@@ -239,12 +240,40 @@ if missing:
 PY
 }
 
+# Every node has applied and holds every acknowledged write, none holds a refused
+# one, and all histories agree.
+check_converged() {
+    for i in "${all[@]}"; do
+        wait_applied "$i" "$(last_acked)"
+        check_acked_on "$i"
+    done
+python3 - "$tmp/refused" "$tmp"/history-*.json <<'PY' || die "the histories differ"
+import json, sys
+refused = {line.strip() for line in open(sys.argv[1]) if line.strip()}
+histories = {}
+for path in sys.argv[2:]:
+    entries = json.load(open(path)).get("entries", [])
+    histories[path] = [(e["index"], e.get("key"), e.get("value", "")) for e in entries]
+    lost = [e for e in entries if e.get("key") in refused]
+    if lost:
+        print(f"{path}: a write refused to the minority was applied: {lost}")
+        sys.exit(1)
+shortest = min(len(h) for h in histories.values())
+first = next(iter(histories.values()))[:shortest]
+for path, h in histories.items():
+    if h[:shortest] != first:
+        print(f"{path} differs from the others")
+        sys.exit(1)
+print(f"   {len(histories)} histories agree ({shortest} entries), no refused write applied")
+PY
+}
+
 health() { # ORDINAL SERVICE -> SERVING / NOT_SERVING
     grpc "$1" grpc.health.v1.Health/Check "{\"service\":\"$2\"}" | python3 -c 'import json,sys; print(json.load(sys.stdin)["status"])'
 }
 
 all=($(seq 0 $((n - 1))))
-: >"$tmp/acked"
+: >"$tmp/acked" >"$tmp/refused"
 
 # ---- 1. election, and the API through every container ---------------------------
 
@@ -344,7 +373,6 @@ log "   the other $((n - 2)) elected raftkv-$leader (term $(term_of "$leader"))"
 for i in "${majority[@]}"; do
     store "$i" "majority-$i" "m$i" || die "the majority did not commit through raftkv-$i"
 done
-: >"$tmp/refused"
 for i in "${minority[@]}"; do
     if store "$i" "minority-$i" "lost" -max-time 3; then
         die "raftkv-$i committed a write while cut off with a minority"
@@ -366,30 +394,47 @@ leader=$(wait_leader "${all[@]}")
 for i in "${minority[@]}"; do
     store "$i" "healed-$i" "h$i" || die "Store through raftkv-$i after reconnecting failed"
 done
-for i in "${all[@]}"; do
-    wait_applied "$i" "$(last_acked)"
-    check_acked_on "$i"
-done
-python3 - "$tmp/refused" "$tmp"/history-*.json <<'PY' || die "the histories differ after healing"
-import json, sys
-refused = {line.strip() for line in open(sys.argv[1]) if line.strip()}
-histories = {}
-for path in sys.argv[2:]:
-    entries = json.load(open(path)).get("entries", [])
-    histories[path] = [(e["index"], e.get("key"), e.get("value", "")) for e in entries]
-    lost = [e for e in entries if e.get("key") in refused]
-    if lost:
-        print(f"{path}: a write refused to the minority was applied: {lost}")
-        sys.exit(1)
-shortest = min(len(h) for h in histories.values())
-first = next(iter(histories.values()))[:shortest]
-for path, h in histories.items():
-    if h[:shortest] != first:
-        print(f"{path} differs from the others")
-        sys.exit(1)
-print(f"   {len(histories)} histories agree ({shortest} entries), no refused write applied")
-PY
+check_converged
 log "   reconnected: one leader (raftkv-$leader), all $n converge, nothing acknowledged lost"
+
+# ---- 5. a rolling restart, as a StatefulSet RollingUpdate does it ----------------------
+
+# Highest ordinal first; each member gets SIGTERM, comes back on its volume and must be
+# ready (know a leader) before the next goes. Writes flow meanwhile through a member
+# that is not being restarted, as a Service routes around a terminating pod.
+wait_ready() {
+    local i=$1 deadline=$(($(date +%s) + 60))
+    until [ "$(health "$i" raftkv.v1.KeyValue 2>/dev/null)" = SERVING ]; do
+        (($(date +%s) < deadline)) || die "raftkv-$i did not become ready within 60 s"
+        sleep 0.2
+    done
+}
+
+log "5. rolling restart: raftkv-$((n - 1)) down to raftkv-0, each ready before the next"
+roll() { # ORDINALS... : restart each in turn, with a bench through the first other
+    local via
+    for ((via = 0; via < n; via++)); do
+        if ! printf '%s\n' "$@" | grep -qx "$via"; then break; fi
+    done
+    "$bin" bench --clients 4 --duration-s $((3 * $# + 3)) --value-size 16 --timeout-ms 2000 \
+        --endpoints "127.0.0.1:$(port "$via")" >"$tmp/bench.log" 2>&1 &
+    bench_pid=$!
+    sleep 1
+    for i in "$@"; do
+        docker stop -t 30 "raftkv-$i" >/dev/null
+        docker start "raftkv-$i" >/dev/null
+        wait_ready "$i"
+        store "$i" "rolled-$i" "r$i" || die "Store through raftkv-$i after its restart failed"
+    done
+    bench_result
+    log "   restarted $*; bench through raftkv-$via: $result"
+}
+rest=()
+for ((i = n - 1; i > 0; i--)); do rest+=("$i"); done
+roll "${rest[@]}"
+roll 0
+check_converged
+log "   every member restarted once; one leader (raftkv-$(wait_leader "${all[@]}")), nothing acknowledged lost"
 
 log "summary: $(wc -l <"$tmp/acked") acknowledged grpcurl writes, all present on every node"
 log "   docker kill of the leader: $kill_result"
