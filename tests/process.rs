@@ -151,18 +151,7 @@ fn cli_against_real_processes_survives_kill_9_of_the_leader() {
 
     // SIGTERM stops a node cleanly, with exit code 0.
     let follower = (0..3).find(|&i| i != new && p.children[i].is_some()).unwrap();
-    let mut child = p.children[follower].take().unwrap();
-    // SAFETY: signalling our own child by its PID.
-    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
-    let deadline = Instant::now() + WAIT;
-    let code = loop {
-        if let Some(s) = child.try_wait().unwrap() {
-            break s.code();
-        }
-        assert!(Instant::now() < deadline, "SIGTERM did not stop the node");
-        std::thread::sleep(Duration::from_millis(50));
-    };
-    assert_eq!(code, Some(0));
+    assert_eq!(terminate(&mut p, follower), Some(0));
 }
 
 #[test]
@@ -174,6 +163,11 @@ fn bad_command_lines_fail_with_one_line() {
         &["serve", "--name", "a", "--initial-cluster", "a=127.0.0.1:1", "--heartbeat-ms", "0"],
         &["put", "k", "v", "--endpoints", "127.0.0.1:1"],
         &["get", "", "--endpoints", "127.0.0.1:1"],
+        // --check-config refuses what serving would refuse.
+        &["serve", "--name", "raftkv-3", "--initial-cluster-size", "3", "--peer-service", "s", "--check-config"],
+        &["serve", "--name", "raftkv", "--initial-cluster-size", "3", "--peer-service", "s", "--check-config"],
+        &["serve", "--name", "a", "--initial-cluster", "a=h:1", "--client-addr", "nonsense", "--check-config"],
+        &["transfer-leader", "--endpoints", "127.0.0.1:1"],
     ] {
         let out = run(args);
         assert_eq!(out.status.code(), Some(1), "{args:?}");
@@ -183,6 +177,70 @@ fn bad_command_lines_fail_with_one_line() {
     }
     // Usage errors are clap's: non-zero, with usage.
     assert!(!run(&["put", "only-key"]).status.success());
+    assert!(!run(&["serve", "--name", "a"]).status.success(), "no members given");
+}
+
+#[test]
+fn check_config_prints_the_members_and_touches_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("never-created");
+    let out = Command::new(BIN)
+        .args(["serve", "--peer-addr", "0.0.0.0:7100", "--check-config", "--data-dir"])
+        .arg(&data)
+        .env("RAFTKV_NAME", "raftkv-1")
+        .env("RAFTKV_INITIAL_CLUSTER_SIZE", "3")
+        .env("RAFTKV_PEER_SERVICE", "raftkv-peer")
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", stderr(&out));
+    let text = stdout(&out);
+    assert!(text.starts_with("config OK: name=raftkv-1 "), "{text}");
+    assert!(
+        text.ends_with("members=raftkv-0=raftkv-0.raftkv-peer:7100,raftkv-1=raftkv-1.raftkv-peer:7100,raftkv-2=raftkv-2.raftkv-peer:7100"),
+        "{text}"
+    );
+    assert!(!data.exists(), "a dry run creates no data directory");
+}
+
+/// Sends SIGTERM to node `i` and waits for its exit code.
+fn terminate(p: &mut Procs, i: usize) -> Option<i32> {
+    let mut child = p.children[i].take().unwrap();
+    // SAFETY: signalling our own child by its PID.
+    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+    let deadline = Instant::now() + WAIT;
+    loop {
+        if let Some(s) = child.try_wait().unwrap() {
+            return s.code();
+        }
+        assert!(Instant::now() < deadline, "SIGTERM did not stop the node");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+#[test]
+fn transfer_leader_cli_and_sigterm_of_the_leader_hand_leadership_over() {
+    let mut p = Procs::start(3);
+    let leader = p.wait_leader(None);
+    let target = (leader + 1) % 3;
+    let out = p.cli(&["transfer-leader", "--to", &p.names[target]]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(stdout(&out).starts_with(&format!("OK leader={} term=", p.names[target])), "{}", stdout(&out));
+    assert_eq!(p.wait_leader(None), target);
+    let out = p.cli(&["transfer-leader", "--to", "nobody"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(stderr(&out).contains("unknown member \"nobody\""), "{}", stderr(&out));
+
+    let put = p.cli(&["put", "before", "sigterm"]);
+    assert!(put.status.success(), "{}", stderr(&put));
+    // SIGTERM to the leader: it hands over before it exits (and says so), cleanly.
+    assert_eq!(terminate(&mut p, target), Some(0));
+    let log = std::fs::read_to_string(p.data.path().join(format!("{}.log", p.names[target]))).unwrap();
+    assert!(log.contains("handed leadership over"), "{log}");
+    let new = p.wait_leader(Some(&p.names[target].clone()));
+    assert_ne!(new, target);
+    let put = p.cli(&["put", "after", "sigterm"]);
+    assert!(put.status.success(), "{}", stderr(&put));
+    assert_eq!(stdout(&p.cli(&["get", "before"])), "sigterm");
 }
 
 /// Writers under load while nodes are killed with SIGKILL (the leader, others, and
