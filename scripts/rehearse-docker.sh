@@ -22,7 +22,8 @@
 #
 # Everything it creates (containers, volumes, networks, images) carries a label of
 # this run and is removed when it ends, whether it passes or fails; set
-# REHEARSAL_KEEP_BASE=1 to keep a base image it had to build. REHEARSAL_BASE_PORT
+# REHEARSAL_KEEP_BASE=1 to keep a base image it had to build, REHEARSAL_LOGS=DIR to
+# keep every container's log and the bench outputs there. REHEARSAL_BASE_PORT
 # (default 17000) moves the published ports (BASE+1 ... BASE+N on 127.0.0.1).
 # Needs: docker, cargo, kubectl, python3 with PyYAML, grpcurl, and debootstrap when
 # the base image is missing (.ci/run installs what is missing).
@@ -51,6 +52,14 @@ cleanup() {
     local rc=$?
     trap - EXIT INT TERM
     [ -n "$bench_pid" ] && kill "$bench_pid" 2>/dev/null
+    if [ -n "${REHEARSAL_LOGS:-}" ]; then
+        mkdir -p "$REHEARSAL_LOGS"
+        for c in $(docker ps -aq --filter "label=$label" 2>/dev/null); do
+            docker logs "$c" >"$REHEARSAL_LOGS/$(docker inspect -f '{{.Name}}' "$c" | tr -d /).log" 2>&1
+        done
+        cp "$tmp"/bench-*.log "$REHEARSAL_LOGS/" 2>/dev/null
+        log "container and bench logs kept in $REHEARSAL_LOGS"
+    fi
     if [ "$rc" -ne 0 ]; then
         for c in $(docker ps -aq --filter "label=$label" 2>/dev/null); do
             echo "--- last log lines of $(docker inspect -f '{{.Name}}' "$c")"
@@ -311,6 +320,8 @@ bench_around() {
 bench_result() {
     wait "$bench_pid" || { cat "$tmp/bench.log"; die "the bench failed"; }
     bench_pid=
+    bench_runs=$((${bench_runs:-0} + 1))
+    cp "$tmp/bench.log" "$tmp/bench-$bench_runs.log"
     result="$(grep '^done:' "$tmp/bench.log"); longest gap between successful writes:"
     result+=" $(sed -n 's/^longest gap between successful writes: //p' "$tmp/bench.log")"
 }

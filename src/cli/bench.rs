@@ -51,6 +51,8 @@ struct Shared {
     /// between two successes, counting from the start and to the end.
     last_ok_us: AtomicU64,
     max_gap_us: AtomicU64,
+    /// When (microseconds since start) the longest gap ended.
+    max_gap_end_us: AtomicU64,
 }
 
 impl Shared {
@@ -58,7 +60,10 @@ impl Shared {
         let now = self.start.elapsed().as_micros() as u64;
         let prev = self.last_ok_us.swap(now, Ordering::AcqRel);
         if prev > 0 {
-            self.max_gap_us.fetch_max(now.saturating_sub(prev), Ordering::AcqRel);
+            let gap = now.saturating_sub(prev);
+            if self.max_gap_us.fetch_max(gap, Ordering::AcqRel) < gap {
+                self.max_gap_end_us.store(now, Ordering::Release);
+            }
         }
         self.ok.fetch_add(1, Ordering::Relaxed);
     }
@@ -74,6 +79,12 @@ async fn channels(conn: &Conn, n: usize) -> Vec<Channel> {
         }
     }
     out
+}
+
+/// A UTC time of day, HH:MM:SS.mmm, to match the nodes' log lines.
+fn wall_clock(t: std::time::SystemTime) -> String {
+    let ms = t.duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64) % 86_400_000;
+    format!("{:02}:{:02}:{:02}.{:03}Z", ms / 3_600_000, ms / 60_000 % 60, ms / 1000 % 60, ms % 1000)
 }
 
 /// The endpoint index of the leader, if an endpoint reports one.
@@ -115,6 +126,7 @@ pub async fn run(args: BenchArgs) -> CmdResult {
         args.conn.endpoints.join(","),
         args.conn.endpoints[leader]
     );
+    let started_at = std::time::SystemTime::now();
     let shared = Arc::new(Shared {
         start: Instant::now(),
         issued: AtomicU64::new(0),
@@ -123,6 +135,7 @@ pub async fn run(args: BenchArgs) -> CmdResult {
         failed: AtomicU64::new(0),
         last_ok_us: AtomicU64::new(0),
         max_gap_us: AtomicU64::new(0),
+        max_gap_end_us: AtomicU64::new(0),
     });
     let value = "x".repeat(args.value_size);
     let timeout = args.conn.timeout();
@@ -191,7 +204,9 @@ pub async fn run(args: BenchArgs) -> CmdResult {
     // The stretch from the last success (or the start) to the end counts as a gap too.
     let end_us = shared.start.elapsed().as_micros() as u64;
     let trailing = end_us.saturating_sub(shared.last_ok_us.load(Ordering::Acquire));
-    shared.max_gap_us.fetch_max(trailing, Ordering::AcqRel);
+    if shared.max_gap_us.fetch_max(trailing, Ordering::AcqRel) < trailing {
+        shared.max_gap_end_us.store(end_us, Ordering::Release);
+    }
     let secs = shared.start.elapsed().as_secs_f64();
     let ok = shared.ok.load(Ordering::Relaxed);
     let ms = |q: f64| hist.value_at_quantile(q) as f64 / 1000.0;
@@ -206,8 +221,10 @@ pub async fn run(args: BenchArgs) -> CmdResult {
         hist.max() as f64 / 1000.0
     );
     println!(
-        "longest gap between successful writes: {:.1} ms",
-        shared.max_gap_us.load(Ordering::Relaxed) as f64 / 1000.0
+        "longest gap between successful writes: {:.1} ms (ending {:.3} s after the start, at {})",
+        shared.max_gap_us.load(Ordering::Relaxed) as f64 / 1000.0,
+        shared.max_gap_end_us.load(Ordering::Relaxed) as f64 / 1e6,
+        wall_clock(started_at + Duration::from_micros(shared.max_gap_end_us.load(Ordering::Relaxed))),
     );
     if ok == 0 {
         return Err("no write succeeded".into());
