@@ -429,6 +429,13 @@ impl RawNode {
                 p.on_heartbeat();
             }
             self.heartbeat_due = true;
+            // A TimeoutNow may have been lost: say it again while the transferee is
+            // caught up (a stale copy, after it has campaigned, is ignored).
+            if let Some(to) = self.transferee {
+                if self.progress.get(&to).is_some_and(|p| p.matched == self.log.last_index()) {
+                    self.send(to, MessageBody::TimeoutNow);
+                }
+            }
         }
     }
 

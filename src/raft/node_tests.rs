@@ -691,3 +691,19 @@ fn transfer_3_10_stale_timeout_now_is_ignored() {
     let st = c.nodes[&3].status();
     assert_eq!((st.role, st.term), (Role::Follower, term));
 }
+
+#[test]
+fn transfer_3_10_a_lost_timeout_now_is_sent_again_with_the_next_heartbeat() {
+    let mut c = cluster_with_pre_vote(3);
+    c.elect(1);
+    c.nodes.get_mut(&1).unwrap().transfer_leader(Some(2)).unwrap();
+    let (msgs, _) = drain(c.nodes.get_mut(&1).unwrap());
+    assert!(msgs.iter().any(|m| m.to == 2 && m.body == MessageBody::TimeoutNow), "{msgs:?}");
+    // That TimeoutNow is lost; nothing else is delivered.
+    for _ in 0..5 {
+        c.nodes.get_mut(&1).unwrap().tick();
+    }
+    c.settle();
+    let st = c.nodes[&2].status();
+    assert_eq!(st.role, Role::Leader, "the heartbeat carried TimeoutNow again: {st:?}");
+}
