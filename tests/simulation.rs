@@ -60,7 +60,11 @@ struct Sim {
     /// Chance that a batch's write is torn by a crash.
     torn_rate: f64,
     leaders: BTreeMap<Term, NodeId>,
-    committed: BTreeMap<Index, (Term, Bytes)>,
+    /// Committed entries: (term, data, a term in which the entry was already committed).
+    /// The last is the lowest current term of a node seen holding it committed: never
+    /// below the term whose leader committed it, so requiring the entry of leaders of
+    /// later terms only is sound.
+    committed: BTreeMap<Index, (Term, Bytes, Term)>,
     applied: BTreeMap<Index, (Term, Bytes)>,
     proposals: u64,
     last_event: &'static str,
@@ -385,17 +389,18 @@ impl Sim {
             let log = n.core.log();
             for i in log.first_index()..=st.commit {
                 let e = log.entry(i).expect("within the log");
-                newly.push((*id, e.index, e.term, e.data.clone()));
+                newly.push((*id, st.term, e.index, e.term, e.data.clone()));
             }
         }
-        for (id, index, term, data) in newly {
-            match self.committed.get(&index) {
-                Some((t, d)) if (*t, d) != (term, &data) => {
+        for (id, node_term, index, term, data) in newly {
+            match self.committed.get_mut(&index) {
+                Some((t, d, _)) if (*t, &*d) != (term, &data) => {
+                    let t = *t;
                     self.fail(format!("committed entry {index} changed: node {id} has term {term}, earlier term {t}"))
                 }
-                Some(_) => {}
+                Some((_, _, committed_by)) => *committed_by = (*committed_by).min(node_term),
                 None => {
-                    self.committed.insert(index, (term, data));
+                    self.committed.insert(index, (term, data, node_term));
                 }
             }
         }
@@ -434,12 +439,14 @@ impl Sim {
                     }
                 }
             }
-            // Leader completeness: a new leader holds every entry committed before it
-            // (compacted ones are in its snapshot, which covers only committed entries).
+            // Leader completeness: a new leader holds every entry committed in an earlier
+            // term (compacted ones are in its snapshot, which covers only committed
+            // entries). A leader of an older term may coexist with one that has since
+            // committed more; it is not required to hold that.
             if self.nodes[&id].was_leader_term != Some(st.term) {
                 let log = self.nodes[&id].core.log();
-                for (index, (term, _)) in self.committed.range(log.first_index() - 1..) {
-                    if log.term(*index) != Some(*term) {
+                for (index, (term, _, committed_by)) in self.committed.range(log.first_index() - 1..) {
+                    if *committed_by < st.term && log.term(*index) != Some(*term) {
                         self.fail(format!("leader {id} of term {} lacks committed entry {index}@{term}", st.term));
                     }
                 }
