@@ -473,7 +473,7 @@ async fn transfer_leader_through_a_follower_hands_over_to_the_named_member_losin
     tokio::time::sleep(Duration::from_millis(300)).await;
     let (acked, errors) = writers.finish().await;
     assert!(errors.is_empty(), "writes during a transfer wait and go to the new leader: {errors:?}");
-    assert!(acked.iter().any(|(_, index)| c.handle(target).status().commit >= *index));
+    assert!(!acked.is_empty(), "the writers made progress");
     common::assert_all_present(&c, target, &acked).await;
     // A transfer to the current leader changes nothing; an unknown member is refused.
     let r = client.transfer_leader(pb::TransferLeaderRequest { target: c.names[target].clone() }).await.unwrap();
@@ -501,6 +501,7 @@ async fn graceful_shutdown_of_the_leader_leaves_a_new_leader_behind_and_loses_no
     tokio::time::sleep(Duration::from_millis(300)).await;
     let (acked, errors) = writers.finish().await;
     assert!(errors.is_empty(), "writes through the other nodes never fail: {errors:?}");
+    assert!(!acked.is_empty(), "the writers made progress");
     for &i in &others {
         common::assert_all_present(&c, i, &acked).await;
     }
