@@ -36,10 +36,63 @@ pub struct NodeConfig {
     /// Entries kept below the applied index when compacting, so that a follower a
     /// little behind catches up from the log rather than from a snapshot.
     pub keep_entries: u64,
+    /// Writes that add data are refused once the store holds this many bytes.
+    pub quota_backend_bytes: u64,
+    /// The storage engine's page cache.
+    pub engine_cache_bytes: usize,
+    /// History compaction decided by the leader, if any.
+    pub auto_compaction: Option<AutoCompaction>,
 }
 
+/// etcd's two auto-compaction modes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum AutoCompaction {
+    /// Keep the history of the last period.
+    Periodic(Duration),
+    /// Keep the last N revisions.
+    Revision(u64),
+}
+
+/// Checkpoint the state machine (a durable engine commit) and compact the log after
+/// this many applied entries...
 pub const DEFAULT_SNAPSHOT_ENTRIES: u64 = 10_000;
+/// ...or this many bytes of applied commands.
 pub const DEFAULT_SNAPSHOT_BYTES: u64 = 64 << 20;
+/// 8 GiB: etcd's suggested maximum (its default is 2 GiB).
+pub const DEFAULT_QUOTA_BACKEND_BYTES: u64 = 8 << 30;
+pub const DEFAULT_ENGINE_CACHE_BYTES: usize = 64 << 20;
+
+/// Parses `--auto-compaction-retention` for `--auto-compaction-mode` (etcd's syntax):
+/// periodic takes a duration (`1h`, `30m`, `10s`) or a number of hours; revision takes a
+/// number of revisions; `0` turns compaction off.
+pub fn parse_auto_compaction(mode: &str, retention: &str) -> Result<Option<AutoCompaction>, ConfigError> {
+    let bad = || ConfigError::AutoCompaction(format!("retention {retention:?} does not fit mode {mode:?}"));
+    let retention = retention.trim();
+    match mode {
+        "periodic" => {
+            let d = if let Ok(hours) = retention.parse::<u64>() {
+                Duration::from_secs(hours.checked_mul(3600).ok_or_else(bad)?)
+            } else {
+                let split = retention.find(|c: char| !c.is_ascii_digit()).ok_or_else(bad)?;
+                let (n, unit) = retention.split_at(split);
+                let n: u64 = n.parse().map_err(|_| bad())?;
+                match unit {
+                    "h" => Duration::from_secs(n * 3600),
+                    "m" => Duration::from_secs(n * 60),
+                    "s" => Duration::from_secs(n),
+                    "ms" => Duration::from_millis(n),
+                    _ => return Err(bad()),
+                }
+            };
+            Ok((!d.is_zero()).then_some(AutoCompaction::Periodic(d)))
+        }
+        "revision" => {
+            let n: u64 = retention.parse().map_err(|_| bad())?;
+            Ok((n > 0).then_some(AutoCompaction::Revision(n)))
+        }
+        _ => Err(ConfigError::AutoCompaction(format!("unknown mode {mode:?} (periodic or revision)"))),
+    }
+}
 
 impl NodeConfig {
     /// A configuration with the documented defaults for everything but the identity.
@@ -54,6 +107,9 @@ impl NodeConfig {
             snapshot_bytes: DEFAULT_SNAPSHOT_BYTES,
             wal_segment_bytes: crate::storage::wal::SEGMENT_BYTES,
             keep_entries: 5000,
+            quota_backend_bytes: DEFAULT_QUOTA_BACKEND_BYTES,
+            engine_cache_bytes: DEFAULT_ENGINE_CACHE_BYTES,
+            auto_compaction: None,
         }
     }
 }
@@ -70,6 +126,8 @@ pub enum ConfigError {
     Timing { heartbeat: u64, election: u64 },
     #[error("--snapshot-entries and --snapshot-bytes must be positive")]
     Snapshot,
+    #[error("--auto-compaction-retention: {0}")]
+    AutoCompaction(String),
 }
 
 /// Parses `NAME=HOST:PORT,NAME=HOST:PORT,...`.
@@ -186,6 +244,21 @@ mod tests {
         assert!(ordinal_members("-1", 5, "s", 1).is_err(), "no prefix");
         assert!(ordinal_members("raftkv-0", 0, "s", 1).is_err(), "empty cluster");
         assert!(ordinal_members("raftkv-0", 3, "", 1).is_err(), "no service");
+    }
+
+    #[test]
+    fn auto_compaction_follows_etcds_syntax() {
+        let p = |m, r| parse_auto_compaction(m, r);
+        assert_eq!(p("periodic", "0"), Ok(None));
+        assert_eq!(p("periodic", "1"), Ok(Some(AutoCompaction::Periodic(Duration::from_secs(3600)))));
+        assert_eq!(p("periodic", "30m"), Ok(Some(AutoCompaction::Periodic(Duration::from_secs(1800)))));
+        assert_eq!(p("periodic", "10s"), Ok(Some(AutoCompaction::Periodic(Duration::from_secs(10)))));
+        assert_eq!(p("revision", "1000"), Ok(Some(AutoCompaction::Revision(1000))));
+        assert_eq!(p("revision", "0"), Ok(None));
+        assert!(p("revision", "1h").is_err());
+        assert!(p("periodic", "5x").is_err());
+        assert!(p("periodic", "h").is_err());
+        assert!(p("hourly", "1").is_err());
     }
 
     #[test]

@@ -1,6 +1,8 @@
 //! The node's error type, and its one conversion into a gRPC status.
 use tonic::{metadata::MetadataValue, Code, Status};
 
+use crate::mvcc::MvccError;
+
 /// Response metadata key naming the leader, when one is known.
 pub const LEADER_METADATA: &str = "raftkv-leader";
 
@@ -27,6 +29,15 @@ pub enum Error {
     /// An error returned by the leader a request was forwarded to.
     #[error("{}", .0.message())]
     Remote(Status),
+    /// The state machine refused the request (a compacted or future revision), or failed.
+    #[error(transparent)]
+    Mvcc(#[from] crate::mvcc::MvccError),
+    /// Back-pressure: the state machine trails the commit index too far (etcd's
+    /// "too many requests").
+    #[error("too many requests: the state machine is {0} entries behind the commit index")]
+    TooManyRequests(u64),
+    #[error("database space exceeded: {stored} bytes stored, quota {quota} (--quota-backend-bytes); delete keys and compact the history to free space")]
+    QuotaExceeded { stored: u64, quota: u64 },
 }
 
 impl From<Error> for Status {
@@ -47,6 +58,11 @@ impl From<Error> for Status {
             Error::InvalidArgument(_) => Status::new(Code::InvalidArgument, msg),
             Error::FailedPrecondition(_) => Status::new(Code::FailedPrecondition, msg),
             Error::Aborted(_) => Status::new(Code::Aborted, msg),
+            Error::Mvcc(MvccError::Compacted { .. } | MvccError::FutureRevision { .. }) => {
+                Status::new(Code::OutOfRange, msg)
+            }
+            Error::Mvcc(MvccError::Engine(_)) => Status::new(Code::Internal, msg),
+            Error::TooManyRequests(_) | Error::QuotaExceeded { .. } => Status::new(Code::ResourceExhausted, msg),
         };
         if let Some(v) = leader.and_then(|l| MetadataValue::try_from(l).ok()) {
             status.metadata_mut().insert(LEADER_METADATA, v);

@@ -4,7 +4,7 @@
 //! - [`server`]: the tokio driver that owns a core, and node startup.
 //! - [`transport`]: peer gRPC (`raftkv.v1.Raft`), one channel per peer, fault injection.
 //! - [`api`]: client gRPC (`raftkv.v1.KeyValue`).
-//! - [`kv`]: the key-value state machine.
+//! - [`mvcc`]: the state machine: an MVCC keyspace on an embedded engine.
 //! - [`bridge`]: the UDP JSON controller bridge.
 // tonic::Status (176 bytes) is the error type of every gRPC handler and of the
 // conversions feeding them; boxing it everywhere would only add allocations.
@@ -14,7 +14,7 @@ pub mod api;
 pub mod bridge;
 pub mod config;
 pub mod error;
-pub mod kv;
+pub mod mvcc;
 pub mod proto;
 pub mod raft;
 pub mod server;

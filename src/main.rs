@@ -32,6 +32,9 @@ enum Cmd {
         /// Answer from the contacted node's own state, which may be stale.
         #[arg(long)]
         serializable: bool,
+        /// Read KEY as it was at this revision (0: the latest).
+        #[arg(long, default_value_t = 0)]
+        rev: u64,
         #[command(flatten)]
         conn: cli::client::Conn,
     },
@@ -41,15 +44,24 @@ enum Cmd {
         #[command(flatten)]
         conn: cli::client::Conn,
     },
-    /// List every client entry committed at one node, in log order.
+    /// List the history applied at one node (every write), in revision order.
     Retrieve {
         /// The node to ask, by name (default: the first endpoint that answers).
         #[arg(long)]
         node: Option<String>,
+        /// Start at this revision (it must be above the compacted one).
+        #[arg(long, default_value_t = 0)]
+        from_revision: u64,
         #[command(flatten)]
         conn: cli::client::Conn,
     },
-    /// Show every endpoint's view: name, role, term, leader, commit, applied.
+    /// Drop the history before REVISION (reads below it then fail).
+    Compact {
+        revision: u64,
+        #[command(flatten)]
+        conn: cli::client::Conn,
+    },
+    /// Show every endpoint's view: name, role, term, leader, commit, applied, revisions.
     Status {
         #[command(flatten)]
         conn: cli::client::Conn,
@@ -79,9 +91,10 @@ fn main() -> ExitCode {
             Cmd::Serve(args) => cli::serve::run(args).await,
             Cmd::Dev(args) => cli::dev::run(args).await,
             Cmd::Put { key, value, conn } => cli::client::put(&conn, key, value).await,
-            Cmd::Get { key, serializable, conn } => cli::client::get(&conn, key, serializable).await,
+            Cmd::Get { key, serializable, rev, conn } => cli::client::get(&conn, key, serializable, rev).await,
             Cmd::Delete { key, conn } => cli::client::delete(&conn, key).await,
-            Cmd::Retrieve { node, conn } => cli::client::retrieve(&conn, node).await,
+            Cmd::Retrieve { node, from_revision, conn } => cli::client::retrieve(&conn, node, from_revision).await,
+            Cmd::Compact { revision, conn } => cli::client::compact(&conn, revision).await,
             Cmd::Status { conn } => cli::client::status(&conn).await,
             Cmd::TransferLeader { to, conn } => cli::client::transfer_leader(&conn, to).await,
             Cmd::Bench(args) => cli::bench::run(args).await,

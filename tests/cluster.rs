@@ -20,7 +20,8 @@ async fn three_nodes_elect_one_leader_and_retrieve_is_identical_everywhere() {
         last = store(&mut client, &format!("k{i}"), &format!("v{i}")).await.unwrap().index;
     }
     c.wait_applied(&[0, 1, 2], last).await;
-    let views: Vec<_> = [0, 1, 2].iter().map(|&i| c.handle(i).kv().history().clone()).collect();
+    // etcd's HashKV: every member's keyspace hashes the same at the same revision.
+    let views: Vec<_> = [0, 1, 2].iter().map(|&i| c.handle(i).store().read().unwrap().hash(0).unwrap()).collect();
     let first = c.retrieve(0).await.entries;
     assert_eq!(first.len(), 10);
     assert_eq!(first[3].key, "k3");
@@ -42,11 +43,11 @@ async fn five_nodes_store_through_a_follower_and_read_linearizably_from_another(
     let r = store(&mut f1, "color", "blue").await.expect("a follower forwards the write");
     assert!(r.index > 0 && r.term > 0);
     let mut f2 = c.client(followers[1]).await;
-    let got = f2.get(pb::GetRequest { key: "color".into(), consistency: 0 }).await.unwrap().into_inner();
+    let got = f2.get(pb::GetRequest { key: "color".into(), consistency: 0, revision: 0 }).await.unwrap().into_inner();
     assert!(got.found);
     assert_eq!(got.value, "blue");
     f1.delete(pb::DeleteRequest { key: "color".into() }).await.unwrap();
-    let got = f2.get(pb::GetRequest { key: "color".into(), consistency: 0 }).await.unwrap().into_inner();
+    let got = f2.get(pb::GetRequest { key: "color".into(), consistency: 0, revision: 0 }).await.unwrap().into_inner();
     assert!(!got.found, "a linearizable read after a delete sees the delete");
     let st = f2.status(pb::StatusRequest {}).await.unwrap().into_inner();
     assert_eq!(st.role, pb::Role::Follower as i32);
@@ -110,13 +111,14 @@ async fn minority_cannot_commit_nor_serve_stale_reads_and_heals() {
     // A linearizable read there does not answer the stale v1.
     for i in &minority {
         let mut m = c.client(*i).await;
-        let req = with_timeout(pb::GetRequest { key: "k".into(), consistency: 0 }, Duration::from_millis(1500));
+        let req =
+            with_timeout(pb::GetRequest { key: "k".into(), consistency: 0, revision: 0 }, Duration::from_millis(1500));
         match m.get(req).await {
             Ok(r) => panic!("minority node {i} answered a linearizable read: {:?}", r.into_inner()),
             Err(e) => assert!(matches!(e.code(), Code::Unavailable | Code::DeadlineExceeded), "{e:?}"),
         }
         // A serializable read may be stale, and says so by being allowed.
-        let r = m.get(pb::GetRequest { key: "k".into(), consistency: 1 }).await.unwrap().into_inner();
+        let r = m.get(pb::GetRequest { key: "k".into(), consistency: 1, revision: 0 }).await.unwrap().into_inner();
         assert_eq!(r.value, "v1");
     }
 
@@ -142,7 +144,7 @@ async fn minority_cannot_commit_nor_serve_stale_reads_and_heals() {
     assert!(reference.iter().any(|e| e.index == acked.index && e.value == "v2"));
     for i in 0..5 {
         let mut g = c.client(i).await;
-        let r = g.get(pb::GetRequest { key: "k".into(), consistency: 0 }).await.unwrap().into_inner();
+        let r = g.get(pb::GetRequest { key: "k".into(), consistency: 0, revision: 0 }).await.unwrap().into_inner();
         assert_eq!(r.value, "v2", "node {i}");
         let entries = c.retrieve(i).await.entries;
         assert!(entries.iter().all(|e| e.value != "lost"), "node {i} applied the minority's write");
@@ -185,7 +187,7 @@ async fn bad_input_is_rejected_and_changes_nothing() {
     assert_eq!(e.code(), Code::InvalidArgument);
     let e = store(&mut client, "k", &"v".repeat((1 << 20) + 1)).await.unwrap_err();
     assert_eq!(e.code(), Code::InvalidArgument);
-    let e = client.get(pb::GetRequest { key: "k".into(), consistency: 7 }).await.unwrap_err();
+    let e = client.get(pb::GetRequest { key: "k".into(), consistency: 7, revision: 0 }).await.unwrap_err();
     assert_eq!(e.code(), Code::InvalidArgument);
     let e = client.delete(pb::DeleteRequest { key: String::new() }).await.unwrap_err();
     assert_eq!(e.code(), Code::InvalidArgument);
@@ -301,7 +303,8 @@ async fn single_node_cluster_commits_alone() {
     let mut client = c.client(0).await;
     let r = store(&mut client, "solo", "yes").await.unwrap();
     assert_eq!(r.term, 1);
-    let got = client.get(pb::GetRequest { key: "solo".into(), consistency: 0 }).await.unwrap().into_inner();
+    let got =
+        client.get(pb::GetRequest { key: "solo".into(), consistency: 0, revision: 0 }).await.unwrap().into_inner();
     assert_eq!(got.value, "yes");
     let e = client.transfer_leader(pb::TransferLeaderRequest::default()).await.unwrap_err();
     assert_eq!(e.code(), Code::FailedPrecondition, "nobody to hand leadership to: {e:?}");
@@ -337,7 +340,12 @@ async fn snapshots_bound_the_log_and_restart_restores_from_them_twice() {
         let got = c.retrieve(follower).await.entries;
         assert_eq!(got.len(), 301 + round, "round {round}");
         assert_eq!(got[..300], reference[..], "round {round}: history restored from snapshot + log");
-        let g = c.client(follower).await.get(pb::GetRequest { key: "k299".into(), consistency: 1 }).await.unwrap();
+        let g = c
+            .client(follower)
+            .await
+            .get(pb::GetRequest { key: "k299".into(), consistency: 1, revision: 0 })
+            .await
+            .unwrap();
         assert_eq!(g.into_inner().value, "v299");
     }
     c.assert_one_leader_per_term();
@@ -371,7 +379,8 @@ async fn a_follower_cut_off_while_the_leader_compacts_catches_up_through_install
     let reference = c.retrieve(leader).await.entries;
     assert_eq!(reference.len(), 201);
     assert_eq!(c.retrieve(lagging).await.entries, reference, "identical state after InstallSnapshot");
-    let g = c.client(lagging).await.get(pb::GetRequest { key: "k199".into(), consistency: 0 }).await.unwrap();
+    let g =
+        c.client(lagging).await.get(pb::GetRequest { key: "k199".into(), consistency: 0, revision: 0 }).await.unwrap();
     assert_eq!(g.into_inner().value, "v199");
     // And it keeps replicating normally afterwards.
     let r = store(&mut client, "after", "1").await.unwrap();
@@ -427,25 +436,25 @@ async fn retrieve_pages_chain_into_the_whole_history() {
         store(&mut client, &format!("p{i:02}"), "v").await.unwrap();
     }
     let whole = client.retrieve(pb::RetrieveRequest::default()).await.unwrap().into_inner();
-    assert_eq!((whole.entries.len(), whole.next_index), (50, 0), "unpaged: everything, and says so");
+    assert_eq!((whole.entries.len(), whole.next_revision), (50, 0), "unpaged: everything, and says so");
     let mut paged = Vec::new();
-    let mut from_index = 0;
+    let mut from_revision = 0;
     let mut pages = 0;
     loop {
-        let r = client.retrieve(pb::RetrieveRequest { from_index, limit: 20 }).await.unwrap().into_inner();
+        let r = client.retrieve(pb::RetrieveRequest { from_revision, limit: 20 }).await.unwrap().into_inner();
         pages += 1;
         assert!(r.entries.len() <= 20);
         paged.extend(r.entries);
-        if r.next_index == 0 {
+        if r.next_revision == 0 {
             break;
         }
-        assert!(r.next_index > paged.last().unwrap().index, "next_index follows the page");
-        from_index = r.next_index;
+        assert!(r.next_revision > paged.last().unwrap().revision, "next_revision follows the page");
+        from_revision = r.next_revision;
     }
     assert_eq!(pages, 3);
     assert_eq!(paged, whole.entries);
-    let past = client.retrieve(pb::RetrieveRequest { from_index: 10_000, limit: 5 }).await.unwrap().into_inner();
-    assert!(past.entries.is_empty() && past.next_index == 0);
+    let past = client.retrieve(pb::RetrieveRequest { from_revision: 10_000, limit: 5 }).await.unwrap().into_inner();
+    assert!(past.entries.is_empty() && past.next_revision == 0);
     c.shutdown().await;
 }
 

@@ -126,7 +126,7 @@ fn cli_against_real_processes_survives_kill_9_of_the_leader() {
 
     let put = p.cli(&["put", "city", "Oslo"]);
     assert!(put.status.success(), "{}", stderr(&put));
-    assert!(stdout(&put).starts_with("OK index="), "{}", stdout(&put));
+    assert!(stdout(&put).starts_with("OK revision="), "{}", stdout(&put));
     let get = p.cli(&["get", "city"]);
     assert_eq!(stdout(&get), "Oslo");
     let missing = p.cli(&["get", "nowhere"]);

@@ -5,7 +5,7 @@ use tonic::{Request, Response, Status};
 
 use crate::config::{MAX_KEY_BYTES, MAX_REQUEST_WAIT, MAX_VALUE_BYTES};
 use crate::error::Error;
-use crate::kv::Command;
+use crate::mvcc::{Command, EventKind};
 use crate::proto as pb;
 use crate::raft::Role;
 use crate::server::NodeHandle;
@@ -87,73 +87,82 @@ impl pb::key_value_server::KeyValue for KvService {
             let msg = format!("value is {} bytes; the limit is {MAX_VALUE_BYTES}", value.len());
             return Err(Error::InvalidArgument(msg).into());
         }
-        let (index, term) = self.node.propose(&Command::Put { key, value }, deadline).await?;
-        Ok(Response::new(pb::StoreResponse { index, term }))
+        let a = self.node.propose(&Command::Put { key, value }, deadline).await?;
+        Ok(Response::new(pb::StoreResponse { index: a.index, term: a.term, revision: a.revision }))
     }
 
     async fn delete(&self, req: Request<pb::DeleteRequest>) -> Result<Response<pb::DeleteResponse>, Status> {
         let deadline = deadline(&req);
         let key = req.into_inner().key;
         check_key(&key)?;
-        let (index, term) = self.node.propose(&Command::Delete { key }, deadline).await?;
-        Ok(Response::new(pb::DeleteResponse { index, term }))
+        let a = self.node.propose(&Command::Delete { key }, deadline).await?;
+        Ok(Response::new(pb::DeleteResponse { index: a.index, term: a.term, revision: a.revision }))
+    }
+
+    async fn compact(&self, req: Request<pb::CompactRequest>) -> Result<Response<pb::CompactResponse>, Status> {
+        let deadline = deadline(&req);
+        let revision = req.into_inner().revision;
+        let a = self.node.propose(&Command::Compact { revision }, deadline).await?;
+        Ok(Response::new(pb::CompactResponse { revision: a.revision }))
     }
 
     async fn retrieve(&self, req: Request<pb::RetrieveRequest>) -> Result<Response<pb::RetrieveResponse>, Status> {
-        let pb::RetrieveRequest { from_index, limit } = req.into_inner();
-        let paging = from_index > 0 || limit > 0;
+        let pb::RetrieveRequest { from_revision, limit } = req.into_inner();
+        let paging = limit > 0;
         let limit = if limit == 0 { usize::MAX } else { limit as usize };
-        let kv = self.node.kv();
-        let history = kv.history();
-        let start = match history.binary_search_by_key(&from_index, |h| h.index) {
-            Ok(i) | Err(i) => i,
-        };
-        let mut entries = Vec::new();
-        let mut bytes = 0;
-        let mut next_index = 0;
-        for h in history.skip(start).iter() {
-            let (key, value, op) = match &h.command {
-                Command::Put { key, value } | Command::PutJson { key, json: value } => {
-                    (key.clone(), value.clone(), pb::Op::Put)
-                }
-                Command::Delete { key } => (key.clone(), String::new(), pb::Op::Delete),
-            };
-            let size = key.len() + value.len() + 32;
-            if entries.len() >= limit || bytes + size > RETRIEVE_PAGE_BYTES {
-                next_index = h.index;
-                break;
-            }
-            bytes += size;
-            entries.push(pb::LogEntry { index: h.index, term: h.term, key, value, op: op as i32 });
-        }
-        // Entries are those applied, which are all committed; the history is complete
-        // up to the applied index.
-        let commit_index = kv.applied();
-        drop(kv);
-        if next_index != 0 && !paging {
+        let view = self.node.store().read().map_err(Error::from)?;
+        let page = view.history(from_revision, limit, RETRIEVE_PAGE_BYTES).map_err(Error::from)?;
+        if page.next != 0 && !paging {
             return Err(Status::resource_exhausted(format!(
-                "the history does not fit one message; page with from_index and limit (next page from {next_index})"
+                "the history does not fit one message; page with limit (next page from revision {})",
+                page.next
             )));
         }
+        let entries = page
+            .events
+            .into_iter()
+            .map(|e| pb::LogEntry {
+                index: e.index,
+                term: e.term,
+                op: match e.kind {
+                    EventKind::Put | EventKind::PutJson => pb::Op::Put,
+                    EventKind::Delete => pb::Op::Delete,
+                } as i32,
+                key: e.key,
+                value: e.value,
+                revision: e.revision,
+            })
+            .collect();
         Ok(Response::new(pb::RetrieveResponse {
             node: self.node.name().to_string(),
-            commit_index,
+            commit_index: view.applied().0,
             entries,
-            next_index,
+            revision: view.revision(),
+            compact_revision: view.compacted(),
+            next_revision: page.next,
         }))
     }
 
     async fn get(&self, req: Request<pb::GetRequest>) -> Result<Response<pb::GetResponse>, Status> {
         let deadline = deadline(&req);
-        let pb::GetRequest { key, consistency } = req.into_inner();
+        let pb::GetRequest { key, consistency, revision } = req.into_inner();
         check_key(&key)?;
         match pb::Consistency::try_from(consistency) {
             Ok(pb::Consistency::Linearizable) => self.node.linearizable_barrier(deadline).await?,
             Ok(pb::Consistency::Serializable) => {}
             Err(_) => return Err(Error::InvalidArgument(format!("unknown consistency {consistency}")).into()),
         }
-        let value = self.node.kv().get(&key).cloned();
-        Ok(Response::new(pb::GetResponse { found: value.is_some(), value: value.unwrap_or_default() }))
+        let view = self.node.store().read().map_err(Error::from)?;
+        let kv = view.get(&key, revision).map_err(Error::from)?;
+        let mut answer = pb::GetResponse { revision: view.revision(), ..Default::default() };
+        if let Some(kv) = kv {
+            answer.found = true;
+            answer.value = kv.value;
+            answer.create_revision = kv.create_revision;
+            answer.mod_revision = kv.mod_revision;
+            answer.version = kv.version;
+        }
+        Ok(Response::new(answer))
     }
 
     async fn transfer_leader(
@@ -165,6 +174,7 @@ impl pb::key_value_server::KeyValue for KvService {
 
     async fn status(&self, _req: Request<pb::StatusRequest>) -> Result<Response<pb::StatusResponse>, Status> {
         let st = self.node.status();
+        let store = self.node.store().status();
         let role = match st.role {
             Role::Follower => pb::Role::Follower,
             Role::Candidate => pb::Role::Candidate,
@@ -179,6 +189,10 @@ impl pb::key_value_server::KeyValue for KvService {
             applied_index: st.applied,
             last_log_index: st.last_index,
             members: self.node.names().0.clone(),
+            revision: store.revision,
+            compact_revision: store.compacted,
+            db_size_in_use: store.stored_bytes,
+            db_size: store.file_bytes,
         }))
     }
 }

@@ -11,7 +11,7 @@ use serde_json::{json, Map, Value};
 use tokio::net::UdpSocket;
 
 use crate::error::Error;
-use crate::kv::Command;
+use crate::mvcc::{Command, EventKind};
 use crate::server::NodeHandle;
 
 /// The documented default port.
@@ -100,8 +100,13 @@ fn message(sender: &str, request: &str, term: u64, key: Value, value: Value) -> 
 
 /// The RETRIEVE reply: the newest committed entries that fit one datagram, in log
 /// order, with `"truncated": true` when some had to be left out.
-pub fn retrieve_reply(sender: &str, term: u64, entries: &[Value]) -> Vec<u8> {
+/// `partial`: older committed entries exist that `entries` leave out (compacted, or
+/// not read), so the reply says it is truncated even if they fit.
+pub fn retrieve_reply(sender: &str, term: u64, entries: &[Value], partial: bool) -> Vec<u8> {
     let mut reply = message(sender, "RETRIEVE", term, json!("COMMITED_LOGS"), json!([]));
+    if partial {
+        reply.insert("truncated".into(), json!(true));
+    }
     let whole = {
         reply.insert("value".into(), Value::Array(entries.to_vec()));
         serde_json::to_vec(&reply).expect("JSON values serialize")
@@ -215,22 +220,27 @@ async fn handle(node: &NodeHandle, req: Request) -> Option<Vec<u8>> {
             }
         }
         Request::Retrieve => {
-            let entries: Vec<Value> = node
-                .kv()
-                .history()
-                .iter()
-                .map(|h| {
-                    let (key, value) = match &h.command {
-                        Command::Put { key, value } => (key, Value::String(value.clone())),
-                        Command::PutJson { key, json } => {
-                            (key, serde_json::from_str(json).unwrap_or_else(|_| Value::String(json.clone())))
-                        }
-                        Command::Delete { key } => (key, Value::Null),
+            // The newest history, more than one datagram holds; retrieve_reply cuts it.
+            let tail = node.store().read().and_then(|v| v.history_tail(4 * MAX_REPLY_BYTES));
+            let (events, partial) = match tail {
+                Ok(t) => t,
+                Err(e) => {
+                    let m = message(node.name(), "ERROR", node.status().term, json!("RETRIEVE"), json!(e.to_string()));
+                    return Some(serde_json::to_vec(&m).expect("serializes"));
+                }
+            };
+            let entries: Vec<Value> = events
+                .into_iter()
+                .map(|e| {
+                    let value = match e.kind {
+                        EventKind::Put => Value::String(e.value),
+                        EventKind::PutJson => serde_json::from_str(&e.value).unwrap_or(Value::String(e.value)),
+                        EventKind::Delete => Value::Null,
                     };
-                    json!({"term": h.term, "key": key, "value": value})
+                    json!({"term": e.term, "key": e.key, "value": value})
                 })
                 .collect();
-            Some(retrieve_reply(node.name(), node.status().term, &entries))
+            Some(retrieve_reply(node.name(), node.status().term, &entries, partial))
         }
     }
 }
@@ -279,7 +289,7 @@ mod tests {
     fn retrieve_reply_truncates_to_newest_entries_that_fit() {
         let entries: Vec<Value> =
             (0..2000).map(|i| json!({"term": 1, "key": format!("k{i}"), "value": "v".repeat(50)})).collect();
-        let reply = retrieve_reply("Node1", 4, &entries);
+        let reply = retrieve_reply("Node1", 4, &entries, false);
         assert!(reply.len() <= MAX_REPLY_BYTES);
         let v: Value = serde_json::from_slice(&reply).unwrap();
         assert_eq!(v["truncated"], json!(true));
@@ -287,9 +297,13 @@ mod tests {
         let got = v["value"].as_array().unwrap();
         assert!(got.len() > 100 && got.len() < 2000);
         assert_eq!(got.last().unwrap()["key"], json!("k1999"), "the newest entry is kept");
-        let small = retrieve_reply("Node1", 4, &entries[..3]);
+        let small = retrieve_reply("Node1", 4, &entries[..3], false);
         let v: Value = serde_json::from_slice(&small).unwrap();
         assert!(v.get("truncated").is_none());
         assert_eq!(v.as_object().unwrap().len(), 5, "exactly the five fields");
+        // Compacted history: what is left fits, but the reply says it is not all.
+        let v: Value = serde_json::from_slice(&retrieve_reply("Node1", 4, &entries[..3], true)).unwrap();
+        assert_eq!(v["truncated"], json!(true));
+        assert_eq!(v["value"].as_array().unwrap().len(), 3);
     }
 }

@@ -1,4 +1,4 @@
-//! Client commands: put, get, delete, retrieve, status.
+//! Client commands: put, get, delete, retrieve, compact, status.
 use std::process::ExitCode;
 use std::time::Duration;
 
@@ -77,7 +77,7 @@ pub async fn put(conn: &Conn, key: String, value: String) -> CmdResult {
             async move { c.store(req).await.map(|r| r.into_inner()) }
         })
         .await?;
-    println!("OK index={} term={}", r.index, r.term);
+    println!("OK revision={} index={} term={}", r.revision, r.index, r.term);
     Ok(ExitCode::SUCCESS)
 }
 
@@ -88,15 +88,23 @@ pub async fn delete(conn: &Conn, key: String) -> CmdResult {
             async move { c.delete(req).await.map(|r| r.into_inner()) }
         })
         .await?;
-    println!("OK index={} term={}", r.index, r.term);
+    println!("OK revision={} index={} term={}", r.revision, r.index, r.term);
     Ok(ExitCode::SUCCESS)
 }
 
-pub async fn get(conn: &Conn, key: String, serializable: bool) -> CmdResult {
+pub async fn compact(conn: &Conn, revision: u64) -> CmdResult {
+    let r = conn
+        .first(|mut c| async move { c.compact(pb::CompactRequest { revision }).await.map(|r| r.into_inner()) })
+        .await?;
+    println!("compacted revision {revision} (current revision {})", r.revision);
+    Ok(ExitCode::SUCCESS)
+}
+
+pub async fn get(conn: &Conn, key: String, serializable: bool, revision: u64) -> CmdResult {
     let consistency = if serializable { pb::Consistency::Serializable } else { pb::Consistency::Linearizable };
     let r = conn
         .first(|mut c| {
-            let req = pb::GetRequest { key: key.clone(), consistency: consistency as i32 };
+            let req = pb::GetRequest { key: key.clone(), consistency: consistency as i32, revision };
             async move { c.get(req).await.map(|r| r.into_inner()) }
         })
         .await?;
@@ -108,7 +116,7 @@ pub async fn get(conn: &Conn, key: String, serializable: bool) -> CmdResult {
     Ok(ExitCode::SUCCESS)
 }
 
-pub async fn retrieve(conn: &Conn, node: Option<String>) -> CmdResult {
+pub async fn retrieve(conn: &Conn, node: Option<String>, from_revision: u64) -> CmdResult {
     let mut conn = conn.clone();
     if let Some(name) = &node {
         let mut found = None;
@@ -126,26 +134,34 @@ pub async fn retrieve(conn: &Conn, node: Option<String>) -> CmdResult {
         conn.endpoints = vec![ep];
     }
     // Page through the history so that any size works.
-    let mut from_index = 0;
+    let mut from_revision = from_revision;
     let mut entries = Vec::new();
-    let (node, commit_index) = loop {
-        let r = conn
+    let first = loop {
+        let mut r = conn
             .first(|mut c| async move {
-                let req = pb::RetrieveRequest { from_index, limit: 10_000 };
+                let req = pb::RetrieveRequest { from_revision, limit: 10_000 };
                 c.retrieve(req).await.map(|r| r.into_inner())
             })
             .await?;
-        entries.extend(r.entries);
-        if r.next_index == 0 {
-            break (r.node, r.commit_index);
+        entries.append(&mut r.entries);
+        if r.next_revision == 0 {
+            break r;
         }
-        from_index = r.next_index;
+        from_revision = r.next_revision;
     };
-    println!("node {node} commit_index {commit_index} entries {}", entries.len());
+    println!(
+        "node {} commit_index {} revision {} compacted {} entries {}",
+        first.node,
+        first.commit_index,
+        first.revision,
+        first.compact_revision,
+        entries.len()
+    );
+    println!("{:>9} {:>8} {:>6}", "REVISION", "INDEX", "TERM");
     for e in entries {
         match pb::Op::try_from(e.op) {
-            Ok(pb::Op::Delete) => println!("{:>8} {:>6}  DELETE {}", e.index, e.term, e.key),
-            _ => println!("{:>8} {:>6}  PUT    {} = {}", e.index, e.term, e.key, e.value),
+            Ok(pb::Op::Delete) => println!("{:>9} {:>8} {:>6}  DELETE {}", e.revision, e.index, e.term, e.key),
+            _ => println!("{:>9} {:>8} {:>6}  PUT    {} = {}", e.revision, e.index, e.term, e.key, e.value),
         }
     }
     Ok(ExitCode::SUCCESS)
@@ -165,8 +181,8 @@ pub async fn transfer_leader(conn: &Conn, to: Option<String>) -> CmdResult {
 
 pub async fn status(conn: &Conn) -> CmdResult {
     println!(
-        "{:<12} {:<22} {:<10} {:>6} {:<12} {:>8} {:>8}",
-        "NAME", "ENDPOINT", "ROLE", "TERM", "LEADER", "COMMIT", "APPLIED"
+        "{:<12} {:<22} {:<10} {:>6} {:<12} {:>8} {:>8} {:>9} {:>9} {:>10}",
+        "NAME", "ENDPOINT", "ROLE", "TERM", "LEADER", "COMMIT", "APPLIED", "REVISION", "COMPACTED", "DB_IN_USE"
     );
     let mut reachable = 0;
     for ep in &conn.endpoints {
@@ -180,8 +196,17 @@ pub async fn status(conn: &Conn) -> CmdResult {
                 let role = pb::Role::try_from(s.role).map_or("?".into(), |r| format!("{r:?}").to_lowercase());
                 let leader = if s.leader.is_empty() { "-".to_string() } else { s.leader };
                 println!(
-                    "{:<12} {:<22} {:<10} {:>6} {:<12} {:>8} {:>8}",
-                    s.name, ep, role, s.term, leader, s.commit_index, s.applied_index
+                    "{:<12} {:<22} {:<10} {:>6} {:<12} {:>8} {:>8} {:>9} {:>9} {:>10}",
+                    s.name,
+                    ep,
+                    role,
+                    s.term,
+                    leader,
+                    s.commit_index,
+                    s.applied_index,
+                    s.revision,
+                    s.compact_revision,
+                    s.db_size_in_use
                 );
             }
             Err(_) => println!("{:<12} {:<22} {:<10}", "-", ep, "unreachable"),

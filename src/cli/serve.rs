@@ -43,12 +43,28 @@ pub struct ServeArgs {
     /// if missing; a directory of another node or cluster, or damaged data, is refused.
     #[arg(long, env = "RAFTKV_DATA_DIR")]
     pub data_dir: Option<std::path::PathBuf>,
-    /// Snapshot the state machine and compact the log after this many applied entries.
+    /// Checkpoint the state machine (one durable commit of its engine) and compact
+    /// the log after this many applied entries...
     #[arg(long, env = "RAFTKV_SNAPSHOT_ENTRIES", default_value_t = raftkv::config::DEFAULT_SNAPSHOT_ENTRIES)]
     pub snapshot_entries: u64,
     /// ...or after this many bytes of applied commands, whichever comes first.
     #[arg(long, env = "RAFTKV_SNAPSHOT_BYTES", default_value_t = raftkv::config::DEFAULT_SNAPSHOT_BYTES)]
     pub snapshot_bytes: u64,
+    /// Writes that add data are refused (RESOURCE_EXHAUSTED) once the store holds this
+    /// many bytes of keys and values, history included; deletes and compaction free it.
+    #[arg(long, env = "RAFTKV_QUOTA_BACKEND_BYTES", default_value_t = raftkv::config::DEFAULT_QUOTA_BACKEND_BYTES)]
+    pub quota_backend_bytes: u64,
+    /// The storage engine's page cache, in bytes (what bounds the node's memory).
+    #[arg(long, env = "RAFTKV_ENGINE_CACHE_BYTES", default_value_t = raftkv::config::DEFAULT_ENGINE_CACHE_BYTES)]
+    pub engine_cache_bytes: usize,
+    /// How --auto-compaction-retention is read: `periodic` (a duration) or `revision`.
+    #[arg(long, env = "RAFTKV_AUTO_COMPACTION_MODE", default_value = "periodic")]
+    pub auto_compaction_mode: String,
+    /// Keep this much history, compacting the rest (decided by the leader, through the
+    /// log): periodic `1h`, `30m`, `10s` or a number of hours; revision a number of
+    /// revisions. 0 (the default, as etcd's) keeps all history.
+    #[arg(long, env = "RAFTKV_AUTO_COMPACTION_RETENTION", default_value = "0")]
+    pub auto_compaction_retention: String,
     /// On SIGTERM a leader hands leadership over and lets its last writes finish, for
     /// at most this long, before it stops (keep it below the supervisor's grace period).
     #[arg(long, env = "RAFTKV_SHUTDOWN_TIMEOUT_MS", default_value_t = 5000)]
@@ -92,6 +108,13 @@ fn config(args: &ServeArgs) -> Result<NodeConfig, String> {
         heartbeat_ms: args.heartbeat_ms,
         snapshot_entries: args.snapshot_entries,
         snapshot_bytes: args.snapshot_bytes,
+        quota_backend_bytes: args.quota_backend_bytes,
+        engine_cache_bytes: args.engine_cache_bytes,
+        auto_compaction: raftkv::config::parse_auto_compaction(
+            &args.auto_compaction_mode,
+            &args.auto_compaction_retention,
+        )
+        .map_err(|e| e.to_string())?,
         ..NodeConfig::new(&args.name, members, data_dir)
     };
     cfg.validate().map_err(|e| e.to_string())?;

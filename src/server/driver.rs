@@ -1,44 +1,36 @@
 //! The tokio driver that owns one core: ticker, inputs, and the Ready protocol
-//! (persist → send → apply → advance).
+//! (persist → send → hand committed entries to the applier → advance).
 use std::collections::{BTreeMap, HashMap};
+use std::path::PathBuf;
 use std::sync::atomic::Ordering;
-use std::sync::{Arc, RwLock};
+use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio::time::MissedTickBehavior;
 
+use super::applier::{ProposalReply, Task};
 use super::{Input, Metrics, NodeStatus};
 use crate::error::Error;
-use crate::kv::KvState;
-use crate::raft::{Index, Message, MessageBody, NodeId, ProposeError, RawNode, Role, Term, TransferError};
-use crate::storage::{snapshot, SnapshotMeta, Storage};
+use crate::mvcc::Store;
+use crate::raft::{Index, Message, MessageBody, NodeId, ProposeError, RawNode, Role, TransferError};
+use crate::storage::Storage;
 use crate::transport::convert::Names;
-
-type ProposalReply = oneshot::Sender<Result<(Index, Term), Error>>;
 
 /// Inputs handled per loop iteration before the ready is processed (one batch).
 const MAX_BATCH: usize = 4096;
-
-/// When to snapshot, and what is under way.
-pub(super) struct Snapshots {
-    pub every_entries: u64,
-    pub every_bytes: u64,
-    /// Index of the newest snapshot (or of the recovered one).
-    pub last_index: Index,
-    /// Bytes of commands applied since it.
-    pub bytes_since: u64,
-    pub in_flight: bool,
-}
+/// Proposals are refused while the state machine trails the commit index by more than
+/// this many entries (etcd's limit), so that the applier's queue stays bounded.
+const MAX_APPLY_GAP: u64 = 5000;
 
 pub(super) struct Driver {
-    pub snapshots: Snapshots,
-    /// The driver's own input, for background work reporting back.
-    pub input_tx: mpsc::Sender<Input>,
-    /// A snapshot is durable: compact the log to this base at the next ready.
-    pub pending_compaction: Option<Index>,
-    /// A snapshot from the leader that the core is being offered.
-    pub incoming_snapshot: Option<KvState>,
+    /// The state machine's writer, on its own thread.
+    pub applier: mpsc::UnboundedSender<Task>,
+    pub store: Arc<Store>,
+    /// The durable applied index the log was last compacted for.
+    pub compacted_for: Index,
+    /// A snapshot from the leader (a verified engine file) that the core is being offered.
+    pub incoming_snapshot: Option<PathBuf>,
     pub core: RawNode,
     pub storage: Storage,
     /// Set, and the node stopped, when storage fails: a node must not go on from a
@@ -49,7 +41,6 @@ pub(super) struct Driver {
     pub names: Names,
     pub input: mpsc::Receiver<Input>,
     pub peers: BTreeMap<NodeId, mpsc::Sender<Message>>,
-    pub kv: Arc<RwLock<KvState>>,
     pub status: watch::Sender<NodeStatus>,
     pub metrics: Arc<Metrics>,
     pub tick: Duration,
@@ -57,7 +48,7 @@ pub(super) struct Driver {
     pub shutdown_tx: watch::Sender<bool>,
     /// Answers to peer requests, held until what they promise is persisted.
     pub held: Vec<(oneshot::Sender<Message>, Message)>,
-    pub proposals: BTreeMap<Index, (Term, ProposalReply)>,
+    pub proposals: BTreeMap<Index, (crate::raft::Term, ProposalReply)>,
     /// Proposals that arrived during a leadership transfer: proposed if it is given
     /// up, or refused with the new leader's name once that is known, so that their
     /// callers go there.
@@ -66,7 +57,6 @@ pub(super) struct Driver {
     pub transfers: Vec<oneshot::Sender<Result<(), Error>>>,
     pub reads: HashMap<u64, oneshot::Sender<Result<Index, Error>>>,
     pub next_read: u64,
-    pub waiters: BTreeMap<Index, Vec<oneshot::Sender<()>>>,
     /// Callers waiting for a leader to be known.
     pub leader_waiters: Vec<oneshot::Sender<()>>,
 }
@@ -130,6 +120,11 @@ impl Driver {
     }
 
     fn propose(&mut self, data: bytes::Bytes, reply: ProposalReply) {
+        let gap = self.core.status().commit.saturating_sub(self.store.applied());
+        if gap > MAX_APPLY_GAP && self.core.status().role == Role::Leader {
+            let _ = reply.send(Err(Error::TooManyRequests(gap)));
+            return;
+        }
         if self.core.transferee().is_some() {
             self.parked.push((data, reply));
             return;
@@ -211,13 +206,6 @@ impl Driver {
                     }
                 }
             }
-            Input::WaitApplied { index, reply } => {
-                if self.core.status().applied >= index {
-                    let _ = reply.send(());
-                } else {
-                    self.waiters.entry(index).or_default().push(reply);
-                }
-            }
             Input::WaitLeader { reply } => {
                 if self.core.status().leader.is_some() {
                     let _ = reply.send(());
@@ -226,21 +214,12 @@ impl Driver {
                     self.leader_waiters.push(reply);
                 }
             }
-            Input::InstallSnapshot { msg, state, reply } => {
-                self.incoming_snapshot = Some(state);
+            Input::InstallSnapshot { msg, path, reply } => {
+                if let Some(stale) = self.incoming_snapshot.replace(path) {
+                    let _ = std::fs::remove_file(stale);
+                }
                 if let Some(answer) = self.core.step(msg) {
                     self.held.push((reply, answer));
-                }
-            }
-            Input::SnapshotSaved { meta, result } => {
-                self.snapshots.in_flight = false;
-                match result {
-                    Ok(()) => {
-                        tracing::info!(index = meta.index, compact_to = meta.base.0, "snapshot saved");
-                        self.snapshots.last_index = meta.index;
-                        self.pending_compaction = Some(meta.base.0);
-                    }
-                    Err(e) => self.fatal_error = Some(format!("snapshot failed: {e}")),
                 }
             }
             Input::Campaign => self.core.campaign(),
@@ -266,41 +245,55 @@ impl Driver {
         }
     }
 
-    /// Starts writing a snapshot in the background when enough was applied since the
-    /// last one. The state is an O(1) clone; the log is compacted once it is durable.
-    fn maybe_snapshot(&mut self) {
-        let s = &mut self.snapshots;
-        let applied = self.core.status().applied;
-        if s.in_flight || (applied - s.last_index < s.every_entries && s.bytes_since < s.every_bytes) {
-            return;
+    /// Once the applier has made more of the state durable (a checkpoint), the log is
+    /// compacted up to it, keeping what the core still wants for slow followers.
+    fn maybe_compact(&mut self) -> Result<(), String> {
+        let (durable, _) = self.store.durable();
+        if durable <= self.compacted_for {
+            return Ok(());
         }
-        let state = self.kv.read().unwrap().clone();
-        // Compaction stops at what every member holds.
-        let base = self.core.compactable().max(self.core.log().first_index() - 1);
-        let Some(base_term) = self.core.log().term(base) else { return };
-        let meta = SnapshotMeta { index: state.applied(), term: state.applied_term(), base: (base, base_term) };
-        s.in_flight = true;
-        s.bytes_since = 0;
-        let dir = self.storage.snapshot_dir().to_path_buf();
-        let tx = self.input_tx.clone();
-        tokio::spawn(async move {
-            let result = match tokio::task::spawn_blocking(move || snapshot::save(&dir, meta, &state)).await {
-                Ok(r) => r.map_err(|e| e.to_string()),
-                Err(e) => Err(e.to_string()),
-            };
-            let _ = tx.send(Input::SnapshotSaved { meta, result }).await;
-        });
+        self.compacted_for = durable;
+        let base = self.core.compactable().min(durable);
+        if base < self.core.log().first_index() {
+            return Ok(());
+        }
+        self.core.compact(base);
+        let storage = &mut self.storage;
+        tokio::task::block_in_place(|| storage.compact(base)).map_err(|e| e.to_string())
+    }
+
+    /// Installs a snapshot the core accepted at (index, term): the applier swaps the
+    /// verified engine file in (renamed into place, durable), then the log, which now
+    /// starts after it, drops what it covers.
+    fn install_snapshot(
+        &mut self,
+        incoming: Option<PathBuf>,
+        index: Index,
+        term: crate::raft::Term,
+    ) -> Result<(), String> {
+        let Some(path) = incoming else {
+            return Err(format!("snapshot {index} accepted without its state machine"));
+        };
+        let (tx, rx) = oneshot::channel();
+        self.applier.send(Task::Install { path, reply: tx }).map_err(|_| "the applier stopped".to_string())?;
+        let installed = tokio::task::block_in_place(|| rx.blocking_recv())
+            .map_err(|_| "the applier stopped".to_string())?
+            .map_err(|e| e.to_string())?;
+        if installed != (index, term) {
+            return Err(format!("installed snapshot holds {installed:?}, not the accepted ({index}, {term})"));
+        }
+        let storage = &mut self.storage;
+        tokio::task::block_in_place(|| storage.compact(index)).map_err(|e| e.to_string())?;
+        self.compacted_for = index;
+        tracing::info!(index, term, "installed the leader's snapshot");
+        Ok(())
     }
 
     fn process_ready(&mut self) -> Result<(), String> {
         if let Some(e) = self.fatal_error.take() {
             return Err(e);
         }
-        if let Some(base) = self.pending_compaction.take() {
-            self.core.compact(base);
-            let storage = &mut self.storage;
-            tokio::task::block_in_place(|| storage.compact(base)).map_err(|e| e.to_string())?;
-        }
+        self.maybe_compact()?;
         self.finish_transfer();
         let was_leader = self.core.status().role == Role::Leader;
         while self.core.has_ready() {
@@ -308,23 +301,13 @@ impl Driver {
             // Install an accepted snapshot first: saved as this node's own (its log now
             // starts after it), the log compacted to it, the state machine replaced.
             let incoming = self.incoming_snapshot.take();
-            if let Some((index, term)) = rd.snapshot {
-                // The core only accepts a snapshot it was handed with its state.
-                let Some(state) = incoming else {
-                    return Err(format!("snapshot {index} accepted without its state machine"));
-                };
-                let meta = SnapshotMeta { index, term, base: (index, term) };
-                let dir = self.storage.snapshot_dir().to_path_buf();
-                let storage = &mut self.storage;
-                tokio::task::block_in_place(|| {
-                    snapshot::save(&dir, meta, &state)?;
-                    storage.compact(index)
-                })
-                .map_err(|e| e.to_string())?;
-                *self.kv.write().unwrap() = state;
-                self.snapshots.last_index = index;
-                self.snapshots.bytes_since = 0;
-                tracing::info!(index, term, "installed the leader's snapshot");
+            match (rd.snapshot, incoming) {
+                (Some((index, term)), incoming) => self.install_snapshot(incoming, index, term)?,
+                // Offered but refused (stale): nothing installs it.
+                (None, Some(path)) => {
+                    let _ = std::fs::remove_file(path);
+                }
+                (None, None) => {}
             }
             // 0. A leader's AppendEntries go out before its own write (Raft §10.2.1):
             //    the leader counts itself in a majority only once `advance` reports its
@@ -348,15 +331,20 @@ impl Driver {
                 let _ = tx.send(answer);
             }
             self.send(rest);
-            // 3. Apply, and answer what waited for it.
+            // 3. Apply: the applier applies in order and answers the proposals.
             if !rd.committed.is_empty() {
-                self.kv.write().unwrap().apply(&rd.committed);
-                self.snapshots.bytes_since += rd.committed.iter().map(|e| e.data.len() as u64).sum::<u64>();
+                let mut replies = Vec::new();
                 for e in &rd.committed {
-                    if let Some((term, tx)) = self.proposals.remove(&e.index) {
-                        let _ = tx.send(if term == e.term { Ok((e.index, e.term)) } else { Err(Error::Dropped) });
+                    match self.proposals.remove(&e.index) {
+                        Some((term, tx)) if term == e.term => replies.push((e.index, tx)),
+                        Some((_, tx)) => {
+                            let _ = tx.send(Err(Error::Dropped));
+                        }
+                        None => {}
                     }
                 }
+                let task = Task::Apply { entries: rd.committed, replies };
+                self.applier.send(task).map_err(|_| "the applier stopped".to_string())?;
             }
             for r in rd.reads {
                 if let Some(tx) = self.reads.remove(&r.ctx) {
@@ -369,7 +357,6 @@ impl Driver {
         for (tx, answer) in self.held.drain(..) {
             let _ = tx.send(answer);
         }
-        self.maybe_snapshot();
         let st = self.core.status();
         if was_leader && st.role != Role::Leader {
             let leader = self.leader_name(st.leader);
@@ -379,14 +366,6 @@ impl Driver {
         }
         if st.leader.is_some() {
             for tx in self.leader_waiters.drain(..) {
-                let _ = tx.send(());
-            }
-        }
-        while let Some(entry) = self.waiters.first_entry() {
-            if *entry.key() > st.applied {
-                break;
-            }
-            for tx in entry.remove() {
                 let _ = tx.send(());
             }
         }

@@ -1,11 +1,14 @@
 //! A running node: the driver task, the peer and client gRPC servers, and the
 //! handle through which the services reach the core.
+mod applier;
+mod compactor;
 mod driver;
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::sync::atomic::AtomicU64;
-use std::sync::{Arc, RwLock, RwLockReadGuard};
+use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -18,7 +21,7 @@ use tonic::transport::Server;
 use crate::api::KvService;
 use crate::config::NodeConfig;
 use crate::error::{Error, Result};
-use crate::kv::{Command, KvState};
+use crate::mvcc::{Applied, Command, Store};
 use crate::proto as pb;
 use crate::raft::{self, Index, Message, NodeId, RawNode, Role, Term};
 use crate::storage::Storage;
@@ -32,21 +35,17 @@ pub enum Input {
     Raft { msg: Message, reply: Option<oneshot::Sender<Message>> },
     /// Append a client command and replicate it now; answered once it is applied
     /// (or known lost).
-    Propose { data: Bytes, reply: oneshot::Sender<Result<(Index, Term)>> },
+    Propose { data: Bytes, reply: applier::ProposalReply },
     /// Append a client command without waking replication (it travels with the next
     /// heartbeat); answered at once with its index, or NotLeader.
     ProposeLazy { data: Bytes, reply: oneshot::Sender<Result<Index>> },
     /// A read index confirmed by a quorum (leader only).
     ReadIndex { reply: oneshot::Sender<Result<Index>> },
-    /// Answered once the state machine has applied `index`.
-    WaitApplied { index: Index, reply: oneshot::Sender<()> },
     /// Answered once the core knows a leader (at once if it does).
     WaitLeader { reply: oneshot::Sender<()> },
-    /// A snapshot received from the leader: installed if the core accepts it, then
-    /// answered like a request.
-    InstallSnapshot { msg: Message, state: KvState, reply: oneshot::Sender<Message> },
-    /// A snapshot finished writing (or failed).
-    SnapshotSaved { meta: crate::storage::SnapshotMeta, result: Result<(), String> },
+    /// A snapshot received from the leader, built into the engine file at `path`:
+    /// installed if the core accepts it, then answered like a request.
+    InstallSnapshot { msg: Message, path: PathBuf, reply: oneshot::Sender<Message> },
     /// Hand leadership to `to` (or the most up-to-date follower); answered once this
     /// node has stepped down (at once if `to` is this leader), or with why it could not.
     TransferLeader { to: Option<NodeId>, reply: oneshot::Sender<Result<()>> },
@@ -85,14 +84,14 @@ struct Shared {
     names: Names,
     input: mpsc::Sender<Input>,
     status: watch::Receiver<NodeStatus>,
-    kv: Arc<RwLock<KvState>>,
+    store: Arc<Store>,
     clients: BTreeMap<NodeId, PeerClient>,
     metrics: Arc<Metrics>,
     election_timeout: Duration,
     shutdown: watch::Sender<bool>,
     /// Why the node stopped itself, if it did (a failed write or fsync).
     fatal: Arc<std::sync::Mutex<Option<String>>>,
-    snap_dir: std::path::PathBuf,
+    quota_bytes: u64,
 }
 
 /// A cheap, cloneable handle to a running node.
@@ -116,8 +115,11 @@ impl NodeHandle {
         &self.0.metrics
     }
 
+    /// The node's status; `applied` is what the state machine has applied.
     pub fn status(&self) -> NodeStatus {
-        self.0.status.borrow().clone()
+        let mut st = self.0.status.borrow().clone();
+        st.applied = self.0.store.applied();
+        st
     }
 
     pub fn status_watch(&self) -> watch::Receiver<NodeStatus> {
@@ -128,9 +130,9 @@ impl NodeHandle {
         self.status().leader.map(|l| self.0.names.name(l).to_string())
     }
 
-    /// The applied state machine, for serializable reads.
-    pub fn kv(&self) -> RwLockReadGuard<'_, KvState> {
-        self.0.kv.read().unwrap()
+    /// The state machine, for serializable reads.
+    pub fn store(&self) -> &Arc<Store> {
+        &self.0.store
     }
 
     async fn ask<T>(&self, make: impl FnOnce(oneshot::Sender<T>) -> Input) -> Result<T> {
@@ -139,15 +141,10 @@ impl NodeHandle {
         rx.await.map_err(|_| Error::Shutdown)
     }
 
-    /// Offers a received snapshot (its state machine) to the core; answered once it is
-    /// installed durably, or refused.
-    pub async fn install_snapshot(&self, msg: Message, state: KvState) -> Result<Message> {
-        self.ask(|reply| Input::InstallSnapshot { msg, state, reply }).await
-    }
-
-    /// Where this node keeps its snapshots.
-    pub fn snapshot_dir(&self) -> &std::path::Path {
-        &self.0.snap_dir
+    /// Offers a received snapshot (built into the engine file at `path`) to the core;
+    /// answered once it is installed durably, or refused.
+    pub async fn install_snapshot(&self, msg: Message, path: PathBuf) -> Result<Message> {
+        self.ask(|reply| Input::InstallSnapshot { msg, path, reply }).await
     }
 
     pub async fn step_request(&self, msg: Message) -> Result<Message> {
@@ -191,7 +188,7 @@ impl NodeHandle {
     }
 
     /// Proposes on this node only (no forwarding) and waits until it is applied.
-    pub async fn propose_here(&self, data: Bytes, deadline: Duration) -> Result<(Index, Term)> {
+    pub async fn propose_here(&self, data: Bytes, deadline: Duration) -> Result<Applied> {
         let fut = self.ask(|reply| Input::Propose { data, reply });
         tokio::time::timeout(deadline, fut).await.map_err(|_| Error::Timeout)??
     }
@@ -202,7 +199,8 @@ impl NodeHandle {
     }
 
     async fn wait_applied(&self, index: Index) -> Result<()> {
-        self.ask(|reply| Input::WaitApplied { index, reply }).await
+        let mut applied = self.0.store.applied_watch();
+        applied.wait_for(|a| *a >= index).await.map(|_| ()).map_err(|_| Error::Shutdown)
     }
 
     /// Waits up to two maximal election timeouts for a leader to be known. Asks the
@@ -306,7 +304,13 @@ impl NodeHandle {
     }
 
     /// Commits `cmd` through the leader, wherever it is, and waits until applied there.
-    pub async fn propose(&self, cmd: &Command, deadline: Duration) -> Result<(Index, Term)> {
+    /// Past the quota, writes that add data are refused here, before anything is
+    /// appended (deletes and compactions, which free space, go through).
+    pub async fn propose(&self, cmd: &Command, deadline: Duration) -> Result<Applied> {
+        let stored = self.0.store.status().stored_bytes;
+        if cmd.grows_the_store() && stored >= self.0.quota_bytes {
+            return Err(Error::QuotaExceeded { stored, quota: self.0.quota_bytes });
+        }
         let data = cmd.encode();
         self.via_leader(
             deadline,
@@ -316,7 +320,7 @@ impl NodeHandle {
                 async move {
                     let r = c.propose(pb::ProposeRequest { command }).await.map_err(remote_error)?;
                     let r = r.into_inner();
-                    Ok((r.index, r.term))
+                    Ok(Applied { index: r.index, term: r.term, revision: r.revision })
                 }
             },
         )
@@ -387,6 +391,7 @@ pub struct Node {
     peer_addr: SocketAddr,
     shutdown: watch::Sender<bool>,
     tasks: Vec<JoinHandle<()>>,
+    applier: Option<std::thread::JoinHandle<()>>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -419,27 +424,34 @@ impl Node {
         core_cfg.heartbeat_ticks = cfg.ticks(cfg.heartbeat_ms);
         core_cfg.keep_entries = cfg.keep_entries;
         core_cfg.seed = rand::random();
-        let (storage, recovered) = {
+        // The directory's identity first, then the state machine, then the log, which
+        // restarts after what the state machine durably holds.
+        let (store, storage, recovered) = {
             let dir = cfg.data_dir.clone();
             let (name, cluster) = (cfg.name.clone(), names.0.clone());
-            let segment_bytes = cfg.wal_segment_bytes;
-            tokio::task::spawn_blocking(move || Storage::open_with(&dir, &name, &cluster, segment_bytes))
-                .await
-                .map_err(|e| StartError::Other(e.to_string()))??
+            let (segment_bytes, cache_bytes) = (cfg.wal_segment_bytes, cfg.engine_cache_bytes);
+            tokio::task::spawn_blocking(move || {
+                crate::storage::claim_dir(&dir, &name, &cluster)?;
+                let store = Store::open(&dir, cache_bytes).map_err(|e| StartError::Other(e.to_string()))?;
+                let (storage, recovered) = Storage::open_log(&dir, store.durable(), segment_bytes)?;
+                Ok::<_, StartError>((Arc::new(store), storage, recovered))
+            })
+            .await
+            .map_err(|e| StartError::Other(e.to_string()))??
         };
         let hs = recovered.hard_state;
+        let applied = recovered.base.0;
+        let status = store.status();
         tracing::info!(
             dir = %cfg.data_dir.display(),
             term = hs.term,
             commit = hs.commit,
-            entries = recovered.entries.len(),
-            snapshot = recovered.snapshot.as_ref().map_or(0, |(m, _)| m.index),
+            applied,
+            revision = status.revision,
+            compacted = status.compacted,
+            replay = recovered.entries.len(),
             "recovered durable state"
         );
-        let (applied, state) = match recovered.snapshot {
-            Some((meta, state)) => (meta.index, state),
-            None => (0, KvState::default()),
-        };
         let core = RawNode::restore(core_cfg, hs, recovered.base, recovered.entries, applied)
             .map_err(|e| StartError::Other(format!("raft config: {e}")))?;
 
@@ -457,7 +469,6 @@ impl Node {
         let (status_tx, status_rx) = watch::channel(initial);
         let (shutdown_tx, shutdown_rx) = watch::channel(false);
         let fatal = Arc::new(std::sync::Mutex::new(None));
-        let kv = Arc::new(RwLock::new(state));
         let metrics = Arc::new(Metrics::default());
         let election_timeout = Duration::from_millis(cfg.election_timeout_ms);
         let rpc_timeout = (election_timeout * 2).max(Duration::from_millis(500));
@@ -480,7 +491,7 @@ impl Node {
                     names.clone(),
                     input_tx.clone(),
                     rpc_timeout,
-                    cfg.data_dir.join("snap"),
+                    store.clone(),
                 ),
             );
             clients.insert(pid, client);
@@ -492,24 +503,30 @@ impl Node {
             names: names.clone(),
             input: input_tx,
             status: status_rx,
-            kv: kv.clone(),
+            store: store.clone(),
             clients,
             metrics: metrics.clone(),
             election_timeout,
             shutdown: shutdown_tx.clone(),
             fatal: fatal.clone(),
-            snap_dir: cfg.data_dir.join("snap"),
+            quota_bytes: cfg.quota_backend_bytes,
         }));
+        let (applier_tx, applier_rx) = mpsc::unbounded_channel();
+        let applier = applier::Applier {
+            store: store.clone(),
+            tasks: applier_rx,
+            checkpoints: applier::Checkpoints { every_entries: cfg.snapshot_entries, every_bytes: cfg.snapshot_bytes },
+            fatal: fatal.clone(),
+            shutdown: shutdown_tx.clone(),
+        };
+        let applier_thread = std::thread::Builder::new()
+            .name(format!("{}-applier", cfg.name))
+            .spawn(move || applier.run())
+            .map_err(|e| StartError::Other(format!("starting the applier: {e}")))?;
         let driver = driver::Driver {
-            snapshots: driver::Snapshots {
-                every_entries: cfg.snapshot_entries,
-                every_bytes: cfg.snapshot_bytes,
-                last_index: applied,
-                bytes_since: 0,
-                in_flight: false,
-            },
-            input_tx: handle.0.input.clone(),
-            pending_compaction: None,
+            applier: applier_tx,
+            store: store.clone(),
+            compacted_for: applied,
             incoming_snapshot: None,
             fatal_error: None,
             core,
@@ -518,7 +535,6 @@ impl Node {
             names,
             input: input_rx,
             peers,
-            kv,
             status: status_tx,
             metrics,
             tick: cfg.tick(),
@@ -528,7 +544,6 @@ impl Node {
             proposals: BTreeMap::new(),
             reads: Default::default(),
             next_read: 0,
-            waiters: BTreeMap::new(),
             parked: Vec::new(),
             leader_waiters: Vec::new(),
             transfers: Vec::new(),
@@ -599,7 +614,10 @@ impl Node {
             tasks.push(tokio::spawn(crate::bridge::serve(socket, handle.clone())));
         }
         tasks.push(tokio::spawn(report_health(handle.status_watch(), health_reporter, shutdown_rx.clone())));
-        Ok(Node { handle, client_addr, peer_addr, shutdown: shutdown_tx, tasks })
+        if let Some(mode) = cfg.auto_compaction {
+            tasks.push(tokio::spawn(compactor::run(handle.clone(), mode, shutdown_rx.clone())));
+        }
+        Ok(Node { handle, client_addr, peer_addr, shutdown: shutdown_tx, tasks, applier: Some(applier_thread) })
     }
 
     pub fn handle(&self) -> &NodeHandle {
@@ -627,8 +645,7 @@ impl Node {
                 let (leader, term) = h.transfer_leader(None, budget).await?;
                 tracing::info!(%leader, term, "handed leadership over");
                 let last = h.status().last_index;
-                let mut w = h.status_watch();
-                let _ = w.wait_for(|s| s.applied >= last).await;
+                let _ = h.wait_applied(last).await;
                 tokio::time::sleep(h.0.election_timeout).await;
                 Ok::<_, Error>(())
             };
@@ -642,10 +659,16 @@ impl Node {
     }
 
     /// Stops every task of the node and waits for them to end.
-    pub async fn shutdown(self) {
+    pub async fn shutdown(mut self) {
         let _ = self.shutdown.send(true);
-        for t in self.tasks {
+        for t in std::mem::take(&mut self.tasks) {
             let _ = t.await;
         }
+        // The driver is gone, so the applier drains its queue, checkpoints and ends;
+        // then the engine file is closed, even if handles to this node live on.
+        if let Some(applier) = self.applier.take() {
+            let _ = tokio::task::spawn_blocking(move || applier.join()).await;
+        }
+        self.handle.0.store.close();
     }
 }

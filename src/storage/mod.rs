@@ -1,19 +1,16 @@
-//! Durable node state: the data directory's identity (`meta`), the write-ahead log of
-//! entries and hard states (`wal/`) and state machine snapshots (`snap/`). The only
-//! place that fsyncs.
-pub mod snapshot;
+//! Durable node state: the data directory's identity (`meta`) and the write-ahead log
+//! of entries and hard states (`wal/`). The state machine's engine file sits beside
+//! them (`crate::mvcc`); the log keeps every entry after its last checkpoint.
 pub mod wal;
-
-pub use snapshot::SnapshotMeta;
 
 use std::fs::{self, File};
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
-use crate::kv::KvState;
 use crate::raft::{Entry, HardState, Index, Term};
 
-pub const FORMAT: &str = "raftkv-data-1";
+/// Version 2: the state machine is an engine file, no longer snapshot files.
+pub const FORMAT: &str = "raftkv-data-2";
 
 #[derive(Debug, thiserror::Error)]
 pub enum StorageError {
@@ -30,7 +27,6 @@ pub enum StorageError {
 /// The data directory of one node.
 pub struct Storage {
     wal: wal::Wal,
-    snap_dir: PathBuf,
 }
 
 /// What a node restarts from.
@@ -39,8 +35,6 @@ pub struct Recovered {
     /// The log's base (index, term): `entries` follow it.
     pub base: (Index, Term),
     pub entries: Vec<Entry>,
-    /// The newest snapshot, with the state machine it holds.
-    pub snapshot: Option<(SnapshotMeta, KvState)>,
 }
 
 fn meta_text(name: &str, cluster: &[String]) -> String {
@@ -82,47 +76,52 @@ fn write_meta(dir: &Path, text: &str) -> Result<(), StorageError> {
     File::open(dir).and_then(|d| d.sync_all()).map_err(|e| io(dir, e))
 }
 
+/// Checks that `dir` is the data directory of node `name` in a cluster of `cluster`
+/// (member names), or makes it one when it does not exist or is empty. Refuses a
+/// directory of another node or cluster, or an unknown format.
+pub fn claim_dir(dir: &Path, name: &str, cluster: &[String]) -> Result<(), StorageError> {
+    let io = |p: &Path, e| StorageError::Io { path: p.to_path_buf(), source: e };
+    fs::create_dir_all(dir).map_err(|e| io(dir, e))?;
+    let meta = dir.join("meta");
+    if meta.exists() {
+        let text = fs::read_to_string(&meta).map_err(|e| io(&meta, e))?;
+        return check_meta(&meta, &text, name, cluster);
+    }
+    let wal_dir = dir.join("wal");
+    if wal_dir.exists() && fs::read_dir(&wal_dir).map_err(|e| io(&wal_dir, e))?.next().is_some() {
+        return Err(StorageError::Format { path: meta, what: "missing, but the directory holds a log".into() });
+    }
+    if dir.join("snap").exists() {
+        return Err(StorageError::Format {
+            path: dir.to_path_buf(),
+            what: format!("holds snapshot files of an older raftkv, not format {FORMAT}"),
+        });
+    }
+    write_meta(dir, &meta_text(name, cluster))
+}
+
 impl Storage {
-    /// Opens the data directory of node `name` in a cluster of `cluster` (member
-    /// names), creating it when it does not exist or is empty. Refuses a directory
-    /// of another node or cluster, an unknown format, or damaged data.
+    /// Opens the data directory of node `name` in a cluster of `cluster` (see
+    /// `claim_dir`) with an empty state machine.
     pub fn open(dir: &Path, name: &str, cluster: &[String]) -> Result<(Storage, Recovered), StorageError> {
-        Self::open_with(dir, name, cluster, wal::SEGMENT_BYTES)
+        claim_dir(dir, name, cluster)?;
+        Self::open_log(dir, (0, 0), wal::SEGMENT_BYTES)
     }
 
-    /// `open`, with log segments closed past `segment_bytes`.
-    pub fn open_with(
-        dir: &Path,
-        name: &str,
-        cluster: &[String],
-        segment_bytes: u64,
-    ) -> Result<(Storage, Recovered), StorageError> {
-        let io = |p: &Path, e| StorageError::Io { path: p.to_path_buf(), source: e };
-        fs::create_dir_all(dir).map_err(|e| io(dir, e))?;
-        let meta = dir.join("meta");
+    /// Opens the log of a claimed directory whose state machine has durably applied up
+    /// to `base` (index, term): the log restarts after it, and log segments are closed
+    /// past `segment_bytes`. Refuses a log that cannot continue that state.
+    pub fn open_log(dir: &Path, base: (Index, Term), segment_bytes: u64) -> Result<(Storage, Recovered), StorageError> {
         let wal_dir = dir.join("wal");
-        if meta.exists() {
-            let text = fs::read_to_string(&meta).map_err(|e| io(&meta, e))?;
-            check_meta(&meta, &text, name, cluster)?;
-        } else if wal_dir.exists() && fs::read_dir(&wal_dir).map_err(|e| io(&wal_dir, e))?.next().is_some() {
-            return Err(StorageError::Format { path: meta, what: "missing, but the directory holds a log".into() });
-        } else {
-            write_meta(dir, &meta_text(name, cluster))?;
-        }
-        let snap_dir = dir.join("snap");
-        let snapshot = snapshot::load_latest(&snap_dir)?;
-        let base = snapshot.as_ref().map_or((0, 0), |(m, _)| m.base);
         let (wal, hard_state, entries) = wal::Wal::open(&wal_dir, base.0, segment_bytes)?;
-        if let Some((m, _)) = &snapshot {
-            if wal.last_index() < m.index {
-                return Err(StorageError::Corrupt {
-                    path: wal_dir,
-                    offset: 0,
-                    what: format!("the log ends at {} before snapshot {}", wal.last_index(), m.index),
-                });
-            }
+        if base.0 > 0 && hard_state.term == 0 {
+            return Err(StorageError::Corrupt {
+                path: wal_dir,
+                offset: 0,
+                what: format!("the state machine is at index {} but the log holds no term or vote", base.0),
+            });
         }
-        Ok((Storage { wal, snap_dir }, Recovered { hard_state, base, entries, snapshot }))
+        Ok((Storage { wal }, Recovered { hard_state, base, entries }))
     }
 
     /// Makes the hard state and entries durable: one write, one fdatasync.
@@ -135,12 +134,8 @@ impl Storage {
         self.wal.syncs
     }
 
-    /// Where snapshots are written (by `snapshot::save`, off the driver).
-    pub fn snapshot_dir(&self) -> &Path {
-        &self.snap_dir
-    }
-
-    /// After a snapshot whose base is `base`: drops log segments at or below it.
+    /// Once the state machine holds everything up to `base` durably: drops log
+    /// segments at or below it.
     pub fn compact(&mut self, base: Index) -> Result<(), StorageError> {
         self.wal.compact(base)
     }
@@ -300,11 +295,12 @@ mod tests {
     }
 
     #[test]
-    fn snapshot_and_compaction_drop_old_segments_and_restart_from_the_base() {
+    fn compaction_drops_old_segments_and_the_log_restarts_after_the_state_machine() {
         let d = tempfile::tempdir().unwrap();
         let hs = HardState { term: 3, vote: Some(2), commit: 200 };
         {
-            let (mut s, _) = Storage::open_with(d.path(), "a", &members(), 512).unwrap();
+            claim_dir(d.path(), "a", &members()).unwrap();
+            let (mut s, _) = Storage::open_log(d.path(), (0, 0), 512).unwrap();
             for batch in 0..20u64 {
                 let es: Vec<Entry> = (1..=10).map(|i| entry(batch * 10 + i, 3)).collect();
                 s.persist(Some(HardState { commit: batch * 10, ..hs }), &es).unwrap();
@@ -313,24 +309,23 @@ mod tests {
             let segments = || fs::read_dir(d.path().join("wal")).unwrap().count();
             let before = segments();
             assert!(before > 5, "small segments: {before}");
-            let mut kv = crate::kv::KvState::default();
-            kv.apply(&(1..=180).map(|i| entry(i, 3)).collect::<Vec<_>>());
-            let meta = SnapshotMeta { index: 180, term: 3, base: (150, 3) };
-            snapshot::save(s.snapshot_dir(), meta, &kv).unwrap();
             s.compact(150).unwrap();
             assert!(segments() < before, "old segments deleted: {} of {before}", segments());
         }
-        let (_, r) = Storage::open_with(d.path(), "a", &members(), 512).unwrap();
-        assert_eq!(r.base, (150, 3));
-        assert_eq!(r.entries.first().unwrap().index, 151);
+        // The state machine durably holds 180: the log restarts after it.
+        let (_, r) = Storage::open_log(d.path(), (180, 3), 512).unwrap();
+        assert_eq!(r.base, (180, 3));
+        assert_eq!(r.entries.first().unwrap().index, 181);
         assert_eq!(r.entries.last().unwrap().index, 200);
         assert_eq!(r.hard_state, hs);
-        let (meta, kv) = r.snapshot.unwrap();
-        assert_eq!((meta.index, kv.applied()), (180, 180));
-        // Without the snapshot, a log that no longer starts at 1 is refused.
-        fs::remove_dir_all(d.path().join("snap")).unwrap();
-        let e = Storage::open_with(d.path(), "a", &members(), 512).err().expect("refused");
+        // A state machine older than what the log kept cannot be continued: refused.
+        let e = Storage::open_log(d.path(), (0, 0), 512).err().expect("refused");
         assert!(matches!(e, StorageError::Corrupt { .. }), "{e}");
+        // Nor can a state machine without the log's term and vote.
+        let empty = tempfile::tempdir().unwrap();
+        claim_dir(empty.path(), "a", &members()).unwrap();
+        let e = Storage::open_log(empty.path(), (180, 3), 512).err().expect("refused");
+        assert!(e.to_string().contains("no term or vote"), "{e}");
     }
 
     #[test]

@@ -4,10 +4,8 @@ pub mod convert;
 pub mod fault;
 pub mod service;
 
-use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::Duration;
-
-use tokio::io::AsyncReadExt;
 
 use futures::stream::{FuturesUnordered, StreamExt};
 use tokio::sync::mpsc;
@@ -15,6 +13,7 @@ use tonic::transport::Endpoint;
 use tower::util::BoxCloneSyncService;
 use tower::{Layer, ServiceExt};
 
+use crate::mvcc::Store;
 use crate::proto as pb;
 use crate::proto::raft_client::RaftClient;
 use crate::raft::{Message, MessageBody, NodeId};
@@ -57,7 +56,7 @@ pub fn spawn_peer(
     names: Names,
     driver: mpsc::Sender<Input>,
     rpc_timeout: Duration,
-    snap_dir: PathBuf,
+    store: Arc<Store>,
 ) -> mpsc::Sender<Message> {
     let (tx, mut rx) = mpsc::channel::<Message>(PEER_QUEUE);
     tokio::spawn(async move {
@@ -65,7 +64,7 @@ pub fn spawn_peer(
         loop {
             tokio::select! {
                 m = rx.recv(), if inflight.len() < PEER_CONCURRENCY => match m {
-                    Some(m) => inflight.push(call(client.clone(), m, &names, me, peer, rpc_timeout, snap_dir.clone())),
+                    Some(m) => inflight.push(call(client.clone(), m, &names, me, peer, rpc_timeout, store.clone())),
                     None => break,
                 },
                 Some(answer) = inflight.next() => {
@@ -85,40 +84,35 @@ const SNAPSHOT_CHUNK: usize = 1 << 20;
 /// A snapshot transfer may take this long before it is given up and retried.
 const SNAPSHOT_TIMEOUT: Duration = Duration::from_secs(300);
 
-/// The newest snapshot file as a stream of chunks, read as it is sent.
-async fn snapshot_chunks(
-    snap_dir: &std::path::Path,
+/// A consistent view of the store, streamed as it is read (by a blocking task that
+/// stops when the receiver goes away), as InstallSnapshot chunks.
+fn snapshot_chunks(
+    store: Arc<Store>,
     term: u64,
     leader: String,
-) -> Option<impl futures::Stream<Item = pb::InstallSnapshotChunk>> {
-    let dir = snap_dir.to_path_buf();
-    let path = tokio::task::spawn_blocking(move || crate::storage::snapshot::latest_path(&dir)).await.ok()?.ok()??;
-    let file = tokio::fs::File::open(&path).await.ok()?;
-    let len = file.metadata().await.ok()?.len();
-    Some(futures::stream::unfold((file, 0u64, false), move |(mut file, offset, finished)| {
-        let (leader, path) = (leader.clone(), path.clone());
-        async move {
-            if finished {
-                return None;
+) -> impl futures::Stream<Item = pb::InstallSnapshotChunk> {
+    let (tx, rx) = mpsc::channel::<Option<Vec<u8>>>(4);
+    tokio::task::spawn_blocking(move || {
+        let sent = crate::mvcc::snapshot::stream(&store, SNAPSHOT_CHUNK, |chunk| tx.blocking_send(Some(chunk)).is_ok());
+        match sent {
+            Ok((index, _)) => {
+                tracing::info!(index, "snapshot streamed");
+                let _ = tx.blocking_send(None);
             }
-            let mut data = vec![0u8; SNAPSHOT_CHUNK];
-            let mut n = 0;
-            while n < data.len() {
-                match file.read(&mut data[n..]).await {
-                    Ok(0) => break,
-                    Ok(k) => n += k,
-                    Err(e) => {
-                        tracing::warn!("reading snapshot {}: {e}", path.display());
-                        return None;
-                    }
-                }
-            }
-            data.truncate(n);
-            let done = offset + n as u64 >= len;
-            let chunk = pb::InstallSnapshotChunk { term, leader, offset, data, done };
-            Some((chunk, (file, offset + n as u64, done)))
+            // The stream then ends without its last chunk, which the follower refuses.
+            Err(e) => tracing::warn!("streaming a snapshot failed: {e}"),
         }
-    }))
+    });
+    futures::stream::unfold((rx, 0u64), move |(mut rx, offset)| {
+        let leader = leader.clone();
+        async move {
+            let chunk = rx.recv().await?;
+            let done = chunk.is_none();
+            let data = chunk.unwrap_or_default();
+            let next = offset + data.len() as u64;
+            Some((pb::InstallSnapshotChunk { term, leader, offset, data, done }, (rx, next)))
+        }
+    })
 }
 
 fn call(
@@ -128,7 +122,7 @@ fn call(
     me: NodeId,
     peer: NodeId,
     rpc_timeout: Duration,
-    snap_dir: PathBuf,
+    store: Arc<Store>,
 ) -> impl std::future::Future<Output = Option<Message>> {
     let req = convert::request_to_pb(m, names);
     let timeout = if matches!(req, Some(Request::Snapshot { .. })) { SNAPSHOT_TIMEOUT } else { rpc_timeout };
@@ -151,7 +145,7 @@ fn call(
                     Some(None)
                 }
                 Request::Snapshot { term, leader } => {
-                    let chunks = snapshot_chunks(&snap_dir, term, leader).await?;
+                    let chunks = snapshot_chunks(store, term, leader);
                     let r = match client.install_snapshot(chunks).await {
                         Ok(r) => r.into_inner(),
                         Err(e) => {

@@ -1,6 +1,4 @@
 //! The peer gRPC service `raftkv.v1.Raft`.
-use std::sync::atomic::{AtomicU64, Ordering};
-
 use tokio::io::AsyncWriteExt;
 use tonic::{Request, Response, Status, Streaming};
 
@@ -41,19 +39,19 @@ impl pb::raft_server::Raft for RaftService {
     async fn propose(&self, req: Request<pb::ProposeRequest>) -> Result<Response<pb::ProposeResponse>, Status> {
         let deadline = crate::api::deadline(&req);
         let command = req.into_inner().command;
-        let (index, term) = self.node.forwarded(deadline, || self.node.propose_here(command.clone(), deadline)).await?;
-        Ok(Response::new(pb::ProposeResponse { index, term }))
+        let a = self.node.forwarded(deadline, || self.node.propose_here(command.clone(), deadline)).await?;
+        Ok(Response::new(pb::ProposeResponse { index: a.index, term: a.term, revision: a.revision }))
     }
 
     async fn install_snapshot(
         &self,
         req: Request<Streaming<pb::InstallSnapshotChunk>>,
     ) -> Result<Response<pb::AppendEntriesResponse>, Status> {
-        static RECEIVING: AtomicU64 = AtomicU64::new(0);
+        // The stream goes to a file first, then into a new engine file, off the async
+        // workers; nothing of the current state changes until the core accepts it.
         let mut stream = req.into_inner();
-        let dir = self.node.snapshot_dir().to_path_buf();
-        tokio::fs::create_dir_all(&dir).await.map_err(|e| Status::internal(e.to_string()))?;
-        let tmp = dir.join(format!("receiving-{}.tmp", RECEIVING.fetch_add(1, Ordering::Relaxed)));
+        let store = self.node.store().clone();
+        let tmp = store.install_path().with_extension("receiving");
         let received = async {
             let mut file = tokio::fs::File::create(&tmp).await.map_err(|e| Status::internal(e.to_string()))?;
             let (mut term, mut leader, mut offset) = (0, String::new(), 0u64);
@@ -73,30 +71,32 @@ impl pb::raft_server::Raft for RaftService {
                     break;
                 }
             }
-            file.sync_all().await.map_err(|e| Status::internal(e.to_string()))?;
+            file.flush().await.map_err(|e| Status::internal(e.to_string()))?;
             let path = tmp.clone();
-            let loaded = tokio::task::spawn_blocking(move || crate::storage::snapshot::load_file(&path))
+            let built = tokio::task::spawn_blocking(move || crate::mvcc::snapshot::build(&store, &path))
                 .await
                 .map_err(|e| Status::internal(e.to_string()))?
-                .map_err(|e| Status::invalid_argument(format!("received snapshot: {e}")))?;
-            Ok::<_, Status>((term, leader, loaded))
+                .map_err(|e| Status::invalid_argument(e.to_string()))?;
+            Ok::<_, Status>((term, leader, built))
         }
         .await;
-        let (term, leader, (meta, state)) = match received {
-            Ok(r) => r,
+        let _ = tokio::fs::remove_file(&tmp).await;
+        let (term, leader, (path, index, snap_term)) = received?;
+        let from = match self.node.names().id(&leader) {
+            Ok(id) => id,
             Err(e) => {
-                let _ = tokio::fs::remove_file(&tmp).await;
+                let _ = tokio::fs::remove_file(&path).await;
                 return Err(e);
             }
         };
         let msg = crate::raft::Message {
-            from: self.node.names().id(&leader)?,
+            from,
             to: self.node.id(),
             term,
-            body: crate::raft::MessageBody::InstallSnapshot { index: meta.index, term: meta.term },
+            body: crate::raft::MessageBody::InstallSnapshot { index, term: snap_term },
         };
-        let answer = self.node.install_snapshot(msg, state).await;
-        let _ = tokio::fs::remove_file(&tmp).await;
+        // The driver installs the file or, if the core refuses it, removes it.
+        let answer = self.node.install_snapshot(msg, path).await;
         Ok(Response::new(convert::append_response_to_pb(answer?)?))
     }
 

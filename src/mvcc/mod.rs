@@ -1,0 +1,66 @@
+//! The state machine: an MVCC keyspace on an embedded storage engine (redb), after
+//! etcd's model.
+//!
+//! Every applied write gets the next cluster-wide *revision*; a key carries its
+//! `create_revision`, `mod_revision` and `version`; a delete leaves a tombstone in the
+//! history. The history is kept until compacted, and reads may ask for any revision at
+//! or after the compacted one.
+//!
+//! The engine holds four tables:
+//! - `meta`: the applied Raft index and term, the current and compacted revision,
+//!   how far compaction has physically removed history, and the bytes stored;
+//! - `keys`: each live key's current metadata (create/mod revision, version);
+//! - `revs`: the history, `(revision, sub) -> event` (key, value or tombstone, the
+//!   key's create revision and version, the Raft index and term of its entry);
+//! - `key_revs`: `(key, revision, sub)`, to find a key's value at a past revision.
+//!
+//! Applying commits the engine with the applied index in the same transaction but
+//! without an fsync; a *checkpoint* is a durable commit. The Raft log is the
+//! write-ahead log: it keeps every entry after the last checkpoint, and recovery
+//! replays them. See `store.rs` for the write path, `read.rs` for reads and
+//! `snapshot.rs` for snapshots (consistent read views, streamed).
+pub mod command;
+mod read;
+mod record;
+pub mod snapshot;
+mod store;
+
+pub use command::Command;
+pub use read::{HistoryPage, ReadView};
+pub use record::{Event, EventKind, KeyValue};
+pub use store::{Applied, Store, StoreStatus};
+
+/// A cluster-wide revision: one per applied write.
+pub type Revision = u64;
+
+#[derive(Debug, thiserror::Error, Clone, PartialEq, Eq)]
+pub enum MvccError {
+    /// A read, Retrieve or compaction asked for history that compaction removed.
+    #[error("required revision has been compacted (compacted revision {compacted})")]
+    Compacted { compacted: Revision },
+    #[error("required revision {requested} is a future revision (current revision {current})")]
+    FutureRevision { requested: Revision, current: Revision },
+    /// The engine failed or holds data it cannot read: the node must stop.
+    #[error("storage engine: {0}")]
+    Engine(String),
+}
+
+macro_rules! engine_errors {
+    ($($t:ty),*) => {$(
+        impl From<$t> for MvccError {
+            fn from(e: $t) -> Self {
+                MvccError::Engine(e.to_string())
+            }
+        }
+    )*};
+}
+engine_errors!(
+    redb::Error,
+    redb::StorageError,
+    redb::TransactionError,
+    redb::TableError,
+    redb::CommitError,
+    redb::DatabaseError,
+    redb::SetDurabilityError,
+    std::io::Error
+);

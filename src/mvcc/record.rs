@@ -1,0 +1,182 @@
+//! The engine's value encodings: a live key's metadata and a history event.
+use super::{MvccError, Revision};
+use crate::raft::{Index, Term};
+
+/// A live key as a read sees it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct KeyValue {
+    pub key: String,
+    pub value: String,
+    /// The value is a JSON text (a bridge STORE of a non-string JSON value).
+    pub json: bool,
+    pub create_revision: Revision,
+    pub mod_revision: Revision,
+    /// Puts since the key was (re)created: 1 for the first.
+    pub version: u64,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum EventKind {
+    Put,
+    PutJson,
+    Delete,
+}
+
+/// One write of the history.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Event {
+    pub revision: Revision,
+    pub kind: EventKind,
+    /// The Raft entry that made it.
+    pub index: Index,
+    pub term: Term,
+    pub key: String,
+    /// Empty for a delete.
+    pub value: String,
+    /// 0 for a delete (the key no longer exists).
+    pub create_revision: Revision,
+    /// 0 for a delete.
+    pub version: u64,
+}
+
+impl Event {
+    /// Bytes this event occupies in the store (for the quota), roughly as stored.
+    pub fn stored_bytes(&self) -> u64 {
+        (EVENT_HEADER + 2 * self.key.len() + self.value.len() + 64) as u64
+    }
+
+    /// The key as a read at this event's revision sees it (None after a delete).
+    pub fn key_value(&self) -> Option<KeyValue> {
+        let json = match self.kind {
+            EventKind::Delete => return None,
+            EventKind::Put => false,
+            EventKind::PutJson => true,
+        };
+        Some(KeyValue {
+            key: self.key.clone(),
+            value: self.value.clone(),
+            json,
+            create_revision: self.create_revision,
+            mod_revision: self.revision,
+            version: self.version,
+        })
+    }
+}
+
+/// `[kind u8][index u64][term u64][create u64][version u64][key_len u32][key][value]`
+const EVENT_HEADER: usize = 1 + 8 * 4 + 4;
+
+pub(super) fn encode_event(e: &Event) -> Vec<u8> {
+    let kind = match e.kind {
+        EventKind::Put => 1u8,
+        EventKind::Delete => 2,
+        EventKind::PutJson => 3,
+    };
+    let mut b = Vec::with_capacity(EVENT_HEADER + e.key.len() + e.value.len());
+    b.push(kind);
+    for v in [e.index, e.term, e.create_revision, e.version] {
+        b.extend_from_slice(&v.to_le_bytes());
+    }
+    b.extend_from_slice(&(e.key.len() as u32).to_le_bytes());
+    b.extend_from_slice(e.key.as_bytes());
+    b.extend_from_slice(e.value.as_bytes());
+    b
+}
+
+fn damaged(what: &str) -> MvccError {
+    MvccError::Engine(format!("damaged {what} record in the store"))
+}
+
+fn u64_at(b: &[u8], at: usize) -> u64 {
+    u64::from_le_bytes(b[at..at + 8].try_into().expect("8 bytes"))
+}
+
+pub(super) fn decode_event(revision: Revision, b: &[u8]) -> Result<Event, MvccError> {
+    if b.len() < EVENT_HEADER {
+        return Err(damaged("history"));
+    }
+    let kind = match b[0] {
+        1 => EventKind::Put,
+        2 => EventKind::Delete,
+        3 => EventKind::PutJson,
+        _ => return Err(damaged("history")),
+    };
+    let key_len = u32::from_le_bytes(b[33..37].try_into().expect("4 bytes")) as usize;
+    let rest = &b[EVENT_HEADER..];
+    let (key, value) = (rest.get(..key_len), rest.get(key_len..));
+    let text = |s: Option<&[u8]>| s.and_then(|s| std::str::from_utf8(s).ok()).map(str::to_string);
+    let (Some(key), Some(value)) = (text(key), text(value)) else { return Err(damaged("history")) };
+    Ok(Event {
+        revision,
+        kind,
+        index: u64_at(b, 1),
+        term: u64_at(b, 9),
+        create_revision: u64_at(b, 17),
+        version: u64_at(b, 25),
+        key,
+        value,
+    })
+}
+
+/// A live key's metadata: where its current value is in the history.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) struct KeyMeta {
+    pub create_revision: Revision,
+    pub mod_revision: Revision,
+    pub mod_sub: u32,
+    pub version: u64,
+}
+
+impl KeyMeta {
+    pub fn encode(&self) -> [u8; 28] {
+        let mut b = [0u8; 28];
+        b[0..8].copy_from_slice(&self.create_revision.to_le_bytes());
+        b[8..16].copy_from_slice(&self.mod_revision.to_le_bytes());
+        b[16..20].copy_from_slice(&self.mod_sub.to_le_bytes());
+        b[20..28].copy_from_slice(&self.version.to_le_bytes());
+        b
+    }
+
+    pub fn decode(b: &[u8]) -> Result<KeyMeta, MvccError> {
+        if b.len() != 28 {
+            return Err(damaged("key"));
+        }
+        Ok(KeyMeta {
+            create_revision: u64_at(b, 0),
+            mod_revision: u64_at(b, 8),
+            mod_sub: u32::from_le_bytes(b[16..20].try_into().expect("4 bytes")),
+            version: u64_at(b, 20),
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn records_round_trip_and_damage_is_an_error() {
+        let e = Event {
+            revision: 9,
+            kind: EventKind::PutJson,
+            index: 12,
+            term: 3,
+            key: "ké".into(),
+            value: "{\"a\":1}".into(),
+            create_revision: 4,
+            version: 2,
+        };
+        let b = encode_event(&e);
+        assert_eq!(decode_event(9, &b).unwrap(), e);
+        assert!(decode_event(9, &b[..10]).is_err());
+        let mut bad = b.clone();
+        bad[0] = 7;
+        assert!(decode_event(9, &bad).is_err());
+        let mut long_key = b;
+        long_key[33] = 200;
+        assert!(decode_event(9, &long_key).is_err());
+        let m = KeyMeta { create_revision: 1, mod_revision: 5, mod_sub: 2, version: 3 };
+        assert_eq!(KeyMeta::decode(&m.encode()).unwrap(), m);
+        assert!(KeyMeta::decode(&[0; 27]).is_err());
+    }
+}
