@@ -64,3 +64,6 @@ engine_errors!(
     redb::SetDurabilityError,
     std::io::Error
 );
+
+#[cfg(test)]
+mod tests;

@@ -25,11 +25,20 @@ pub struct Opts {
     /// Start every node with a controller bridge on 127.0.0.1.
     pub bridge: bool,
     pub snapshot_entries: u64,
+    pub quota_backend_bytes: u64,
+    pub auto_compaction: Option<raftkv::config::AutoCompaction>,
 }
 
 impl Default for Opts {
     fn default() -> Self {
-        Opts { election_timeout_ms: 150, heartbeat_ms: 50, bridge: false, snapshot_entries: 10_000 }
+        Opts {
+            election_timeout_ms: 150,
+            heartbeat_ms: 50,
+            bridge: false,
+            snapshot_entries: 10_000,
+            quota_backend_bytes: raftkv::config::DEFAULT_QUOTA_BACKEND_BYTES,
+            auto_compaction: None,
+        }
     }
 }
 
@@ -78,6 +87,9 @@ impl TestCluster {
                 election_timeout_ms: opts.election_timeout_ms,
                 heartbeat_ms: opts.heartbeat_ms,
                 snapshot_entries: opts.snapshot_entries,
+                quota_backend_bytes: opts.quota_backend_bytes,
+                auto_compaction: opts.auto_compaction,
+                engine_cache_bytes: 8 << 20,
                 wal_segment_bytes: 16 << 10,
                 keep_entries: 10,
                 ..NodeConfig::new(name, members.clone(), data.path().join(name))

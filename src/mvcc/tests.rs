@@ -1,0 +1,187 @@
+//! The store's behaviour as a reader of it sees it.
+use bytes::Bytes;
+
+use super::*;
+use crate::raft::{Entry, EntryKind};
+
+fn store() -> (tempfile::TempDir, Store) {
+    let d = tempfile::tempdir().unwrap();
+    let s = Store::open(d.path(), 8 << 20).unwrap();
+    (d, s)
+}
+
+fn entry(index: u64, c: Command) -> Entry {
+    Entry { index, term: 2, kind: EntryKind::Normal, data: c.encode() }
+}
+
+fn put(k: &str, v: &str) -> Command {
+    Command::Put { key: k.into(), value: v.into() }
+}
+
+fn del(k: &str) -> Command {
+    Command::Delete { key: k.into() }
+}
+
+/// Applies `commands` as the entries after the store's applied index.
+fn apply(s: &Store, commands: Vec<Command>) -> Vec<Result<Applied, MvccError>> {
+    let first = s.applied() + 1;
+    let entries: Vec<Entry> = commands.into_iter().enumerate().map(|(i, c)| entry(first + i as u64, c)).collect();
+    s.apply(&entries).unwrap().into_iter().map(|(_, r)| r).collect()
+}
+
+fn revisions(r: &[Result<Applied, MvccError>]) -> Vec<Revision> {
+    r.iter().map(|a| a.as_ref().unwrap().revision).collect()
+}
+
+#[test]
+fn writes_get_revisions_versions_and_tombstones_like_etcd() {
+    let (_d, s) = store();
+    assert_eq!(s.status().revision, 1, "an empty store is at revision 1");
+    let r = apply(&s, vec![put("a", "1"), put("a", "2"), put("b", "x"), del("a"), del("missing"), put("a", "3")]);
+    // Deleting an absent key makes no revision.
+    assert_eq!(revisions(&r), vec![2, 3, 4, 5, 5, 6]);
+    let v = s.read().unwrap();
+    assert_eq!(v.revision(), 6);
+    let a = v.get("a", 0).unwrap().unwrap();
+    assert_eq!((a.value.as_str(), a.create_revision, a.mod_revision, a.version), ("3", 6, 6, 1), "recreated");
+    let old = v.get("a", 3).unwrap().unwrap();
+    assert_eq!((old.value.as_str(), old.create_revision, old.mod_revision, old.version), ("2", 2, 3, 2));
+    assert_eq!(v.get("a", 5).unwrap(), None, "deleted at 5");
+    assert_eq!(v.get("b", 2).unwrap(), None, "not yet written at 2");
+    assert_eq!(v.get("b", 0).unwrap().unwrap().value, "x");
+    assert_eq!(v.get("a", 7), Err(MvccError::FutureRevision { requested: 7, current: 6 }));
+    let h = v.history(0, usize::MAX, usize::MAX).unwrap();
+    let kinds: Vec<_> = h.events.iter().map(|e| (e.revision, e.key.as_str(), e.kind)).collect();
+    assert_eq!(
+        kinds,
+        vec![
+            (2, "a", EventKind::Put),
+            (3, "a", EventKind::Put),
+            (4, "b", EventKind::Put),
+            (5, "a", EventKind::Delete),
+            (6, "a", EventKind::Put)
+        ]
+    );
+    assert_eq!((h.events[0].index, h.events[0].term), (1, 2), "each event names its Raft entry");
+    let page = v.history(3, 2, usize::MAX).unwrap();
+    assert_eq!((page.events.len(), page.next), (2, 5));
+}
+
+#[test]
+fn applying_is_in_order_and_exactly_once() {
+    let (_d, s) = store();
+    let batch: Vec<Entry> =
+        vec![Entry { index: 1, term: 1, kind: EntryKind::Noop, data: Bytes::new() }, entry(2, put("k", "v"))];
+    s.apply(&batch).unwrap();
+    let hash = s.read().unwrap().hash(0).unwrap();
+    assert!(s.apply(&batch).unwrap().is_empty(), "replayed entries are skipped");
+    assert_eq!((s.applied(), s.status().revision), (2, 2));
+    assert_eq!(s.read().unwrap().hash(0).unwrap(), hash);
+    assert!(s.apply(&[entry(4, put("k", "w"))]).is_err(), "a gap is refused");
+    assert_eq!(s.read().unwrap().get("k", 0).unwrap().unwrap().value, "v", "and changes nothing");
+}
+
+#[test]
+fn compaction_refuses_old_revisions_and_frees_superseded_history() {
+    let (_d, s) = store();
+    let mut cmds = Vec::new();
+    for i in 0..100 {
+        cmds.push(put(&format!("k{}", i % 10), &format!("v{i}")));
+    }
+    cmds.push(del("k0"));
+    apply(&s, cmds);
+    let before = s.read().unwrap();
+    let at_60 = (0..10).map(|i| before.get(&format!("k{i}"), 60).unwrap()).collect::<Vec<_>>();
+    let hash_80 = before.hash(80).unwrap();
+    let stored = s.status().stored_bytes;
+    drop(before);
+    let r = apply(&s, vec![Command::Compact { revision: 60 }]);
+    assert_eq!(r[0].as_ref().unwrap().revision, 102, "a compaction is not a write");
+    while s.compaction_pending() {
+        s.compact_some().unwrap();
+    }
+    // 49 of the 101 events are superseded at 60 (each key keeps its newest there).
+    assert!(s.status().stored_bytes < stored * 6 / 10, "{} of {stored}", s.status().stored_bytes);
+    let v = s.read().unwrap();
+    assert_eq!(v.compacted(), 60);
+    let compacted = MvccError::Compacted { compacted: 60 };
+    assert_eq!(v.get("k1", 59), Err(compacted.clone()));
+    assert_eq!(v.history(0, 10, usize::MAX).err(), Some(compacted.clone()), "never a silently shorter history");
+    assert_eq!(v.history(60, 10, usize::MAX).err(), Some(compacted.clone()));
+    assert_eq!(v.history(61, usize::MAX, usize::MAX).unwrap().events.len(), 42, "whole after it");
+    // At the compacted revision every key still reads as it was.
+    let now_60 = (0..10).map(|i| v.get(&format!("k{i}"), 60).unwrap()).collect::<Vec<_>>();
+    assert_eq!(now_60, at_60);
+    assert_eq!(v.hash(80).unwrap(), hash_80);
+    drop(v);
+    let again = apply(&s, vec![Command::Compact { revision: 50 }, Command::Compact { revision: 500 }]);
+    assert_eq!(again[0], Err(compacted));
+    assert_eq!(again[1], Err(MvccError::FutureRevision { requested: 500, current: 102 }));
+}
+
+#[test]
+fn a_snapshot_stream_rebuilds_the_same_state_and_damage_builds_nothing() {
+    let (_d, s) = store();
+    let cmds =
+        (0..300).map(|i| if i % 7 == 6 { del(&format!("k{}", i % 13)) } else { put(&format!("k{}", i % 13), "v") });
+    apply(&s, cmds.collect());
+    apply(&s, vec![Command::Compact { revision: 100 }]);
+    let mut bytes = Vec::new();
+    let (index, term) = snapshot::stream(&s, 1000, |c| {
+        bytes.extend(c);
+        true
+    })
+    .unwrap();
+    assert_eq!((index, term), (s.applied(), 2));
+    let (d2, other) = store();
+    let file = d2.path().join("stream");
+    std::fs::write(&file, &bytes).unwrap();
+    let (path, i, t) = snapshot::build(&other, &file).unwrap();
+    assert_eq!((i, t), (index, term));
+    assert_eq!(other.install(&path).unwrap(), (index, term));
+    let (a, b) = (s.read().unwrap(), other.read().unwrap());
+    assert_eq!((b.revision(), b.compacted()), (a.revision(), a.compacted()));
+    for rev in [100, 200, a.revision()] {
+        assert_eq!(b.hash(rev).unwrap(), a.hash(rev).unwrap(), "revision {rev}");
+    }
+    for i in 0..13 {
+        let k = format!("k{i}");
+        assert_eq!(b.get(&k, 0).unwrap(), a.get(&k, 0).unwrap(), "{k}");
+    }
+    assert_eq!(other.durable(), (index, term), "an install is durable");
+    // A flipped byte anywhere, or a cut stream, builds nothing and leaves no file.
+    for bad in [
+        {
+            let mut b = bytes.clone();
+            b[bytes.len() / 2] ^= 1;
+            b
+        },
+        bytes[..bytes.len() - 3].to_vec(),
+        b"RKVSNAP9".to_vec(),
+    ] {
+        std::fs::write(&file, &bad).unwrap();
+        assert!(snapshot::build(&other, &file).is_err());
+    }
+    let leftovers: Vec<_> = std::fs::read_dir(d2.path())
+        .unwrap()
+        .filter_map(|e| e.ok()?.file_name().into_string().ok())
+        .filter(|n| n.ends_with(".installing"))
+        .collect();
+    assert!(leftovers.is_empty(), "{leftovers:?}");
+}
+
+#[test]
+fn a_checkpoint_is_what_reopening_finds() {
+    let d = tempfile::tempdir().unwrap();
+    {
+        let s = Store::open(d.path(), 8 << 20).unwrap();
+        apply(&s, vec![put("a", "1"), put("b", "2")]);
+        assert_eq!(s.checkpoint().unwrap(), (2, 2));
+        assert_eq!(s.durable(), (2, 2));
+    }
+    let s = Store::open(d.path(), 8 << 20).unwrap();
+    assert_eq!(s.durable(), (2, 2));
+    assert_eq!(s.read().unwrap().get("b", 0).unwrap().unwrap().value, "2");
+    let (events, partial) = s.read().unwrap().history_tail(1 << 20).unwrap();
+    assert_eq!((events.len(), partial), (2, false));
+}
