@@ -143,6 +143,20 @@ impl pb::key_value_server::KeyValue for KvService {
         }))
     }
 
+    async fn hash(&self, req: Request<pb::HashRequest>) -> Result<Response<pb::HashResponse>, Status> {
+        let revision = req.into_inner().revision;
+        let view = self.node.store().read().map_err(Error::from)?;
+        let revision = if revision == 0 { view.revision() } else { revision };
+        // A whole pass over the history: off the async workers.
+        let hash = tokio::task::block_in_place(|| view.hash(revision)).map_err(Error::from)?;
+        Ok(Response::new(pb::HashResponse {
+            node: self.node.name().to_string(),
+            hash,
+            revision,
+            compact_revision: view.compacted(),
+        }))
+    }
+
     async fn get(&self, req: Request<pb::GetRequest>) -> Result<Response<pb::GetResponse>, Status> {
         let deadline = deadline(&req);
         let pb::GetRequest { key, consistency, revision } = req.into_inner();

@@ -50,6 +50,10 @@ pub struct ServeArgs {
     /// ...or after this many bytes of applied commands, whichever comes first.
     #[arg(long, env = "RAFTKV_SNAPSHOT_BYTES", default_value_t = raftkv::config::DEFAULT_SNAPSHOT_BYTES)]
     pub snapshot_bytes: u64,
+    /// Log segments are closed past this size; only closed segments are deleted when
+    /// the log is compacted.
+    #[arg(long, env = "RAFTKV_WAL_SEGMENT_BYTES", default_value_t = raftkv::storage::wal::SEGMENT_BYTES)]
+    pub wal_segment_bytes: u64,
     /// Writes that add data are refused (RESOURCE_EXHAUSTED) once the store holds this
     /// many bytes of keys and values, history included; deletes and compaction free it.
     #[arg(long, env = "RAFTKV_QUOTA_BACKEND_BYTES", default_value_t = raftkv::config::DEFAULT_QUOTA_BACKEND_BYTES)]
@@ -109,6 +113,7 @@ fn config(args: &ServeArgs) -> Result<NodeConfig, String> {
         snapshot_entries: args.snapshot_entries,
         snapshot_bytes: args.snapshot_bytes,
         quota_backend_bytes: args.quota_backend_bytes,
+        wal_segment_bytes: args.wal_segment_bytes,
         engine_cache_bytes: args.engine_cache_bytes,
         auto_compaction: raftkv::config::parse_auto_compaction(
             &args.auto_compaction_mode,

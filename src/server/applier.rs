@@ -21,6 +21,10 @@ pub enum Task {
     Install { path: PathBuf, reply: oneshot::Sender<Result<(Index, Term), MvccError>> },
 }
 
+/// Queued batches are applied together, in one engine transaction, up to this many
+/// entries: under load the applier commits less often, and each commit carries more.
+const MAX_COALESCED: usize = 8192;
+
 /// When to checkpoint: after this many entries or bytes of commands applied.
 #[derive(Clone, Copy, Debug)]
 pub struct Checkpoints {
@@ -66,39 +70,67 @@ impl Applier {
                     None => return Ok(()),
                 },
             };
-            match task {
-                Task::Apply { entries, replies } => {
-                    let outcomes = self.store.apply(&entries)?;
-                    let revision = self.store.status().revision;
-                    for (index, reply) in replies {
-                        let outcome = match outcomes.binary_search_by_key(&index, |(i, _)| *i) {
-                            Ok(at) => outcomes[at].1.clone().map_err(Error::Mvcc),
-                            // Not a client command the store understood (it logged why).
-                            Err(_) => {
-                                let term = entries.iter().find(|e| e.index == index).map_or(0, |e| e.term);
-                                Ok(Applied { index, term, revision })
+            // Later batches already queued join this one (an install waits its turn).
+            let mut next = None;
+            let task = match task {
+                Task::Apply { mut entries, mut replies } => {
+                    while entries.len() < MAX_COALESCED {
+                        match self.tasks.try_recv() {
+                            Ok(Task::Apply { entries: more, replies: more_replies }) => {
+                                entries.extend(more);
+                                replies.extend(more_replies);
                             }
-                        };
-                        let _ = reply.send(outcome);
+                            Ok(other) => {
+                                next = Some(other);
+                                break;
+                            }
+                            Err(_) => break,
+                        }
                     }
-                    entries_since += entries.len() as u64;
-                    bytes_since += entries.iter().map(|e| e.data.len() as u64).sum::<u64>();
-                    if entries_since >= self.checkpoints.every_entries || bytes_since >= self.checkpoints.every_bytes {
-                        let (index, _) = self.store.checkpoint()?;
-                        tracing::debug!(index, "checkpoint");
-                        (entries_since, bytes_since) = (0, 0);
-                    }
+                    Task::Apply { entries, replies }
                 }
-                Task::Install { path, reply } => {
-                    let r = self.store.install(&path);
-                    let failed = r.as_ref().err().cloned();
-                    let _ = reply.send(r);
-                    if let Some(e) = failed {
-                        return Err(e);
-                    }
-                    (entries_since, bytes_since) = (0, 0);
-                }
+                other => other,
+            };
+            for task in std::iter::once(task).chain(next) {
+                self.run_task(task, &mut entries_since, &mut bytes_since)?;
             }
         }
+    }
+
+    fn run_task(&mut self, task: Task, entries_since: &mut u64, bytes_since: &mut u64) -> Result<(), MvccError> {
+        match task {
+            Task::Apply { entries, replies } => {
+                let outcomes = self.store.apply(&entries)?;
+                let revision = self.store.status().revision;
+                for (index, reply) in replies {
+                    let outcome = match outcomes.binary_search_by_key(&index, |(i, _)| *i) {
+                        Ok(at) => outcomes[at].1.clone().map_err(Error::Mvcc),
+                        // Not a client command the store understood (it logged why).
+                        Err(_) => {
+                            let term = entries.iter().find(|e| e.index == index).map_or(0, |e| e.term);
+                            Ok(Applied { index, term, revision })
+                        }
+                    };
+                    let _ = reply.send(outcome);
+                }
+                *entries_since += entries.len() as u64;
+                *bytes_since += entries.iter().map(|e| e.data.len() as u64).sum::<u64>();
+                if *entries_since >= self.checkpoints.every_entries || *bytes_since >= self.checkpoints.every_bytes {
+                    let (index, _) = self.store.checkpoint()?;
+                    tracing::debug!(index, "checkpoint");
+                    (*entries_since, *bytes_since) = (0, 0);
+                }
+            }
+            Task::Install { path, reply } => {
+                let r = self.store.install(&path);
+                let failed = r.as_ref().err().cloned();
+                let _ = reply.send(r);
+                if let Some(e) = failed {
+                    return Err(e);
+                }
+                (*entries_since, *bytes_since) = (0, 0);
+            }
+        }
+        Ok(())
     }
 }
