@@ -1,12 +1,12 @@
-//! The state machine: an MVCC keyspace on an embedded storage engine (redb), after
-//! etcd's model.
+//! The state machine: an MVCC keyspace on an embedded storage engine (fjall, an LSM
+//! tree), after etcd's model.
 //!
 //! Every applied write gets the next cluster-wide *revision*; a key carries its
 //! `create_revision`, `mod_revision` and `version`; a delete leaves a tombstone in the
 //! history. The history is kept until compacted, and reads may ask for any revision at
 //! or after the compacted one.
 //!
-//! The engine holds four tables:
+//! The engine holds four keyspaces:
 //! - `meta`: the applied Raft index and term, the current and compacted revision,
 //!   how far compaction has physically removed history, and the bytes stored;
 //! - `keys`: each live key's current metadata (create/mod revision, version);
@@ -14,8 +14,8 @@
 //!   key's create revision and version, the Raft index and term of its entry);
 //! - `key_revs`: `(key, revision, sub)`, to find a key's value at a past revision.
 //!
-//! Applying commits the engine with the applied index in the same transaction but
-//! without an fsync; a *checkpoint* is a durable commit. The Raft log is the
+//! Applying writes one atomic batch that includes the applied index, without an
+//! fsync; a *checkpoint* makes everything written durable (one fsync). The Raft log is the
 //! write-ahead log: it keeps every entry after the last checkpoint, and recovery
 //! replays them. See `store.rs` for the write path, `read.rs` for reads and
 //! `snapshot.rs` for snapshots (consistent read views, streamed).
@@ -54,16 +54,7 @@ macro_rules! engine_errors {
         }
     )*};
 }
-engine_errors!(
-    redb::Error,
-    redb::StorageError,
-    redb::TransactionError,
-    redb::TableError,
-    redb::CommitError,
-    redb::DatabaseError,
-    redb::SetDurabilityError,
-    std::io::Error
-);
+engine_errors!(fjall::Error, std::io::Error);
 
 #[cfg(test)]
 mod tests;

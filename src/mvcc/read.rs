@@ -1,8 +1,10 @@
-//! Reads: a consistent view of the store at its applied index.
-use redb::{ReadOnlyTable, ReadTransaction, ReadableTable};
+//! Reads: a consistent view of the store at its applied index (an engine snapshot).
+use std::sync::Arc;
 
-use super::record::{decode_event, KeyMeta};
-use super::store::{Meta, KEYS, KEY_REVS, META, REVS};
+use fjall::{Readable, Snapshot};
+
+use super::record::{decode_event, decode_key_rev_key, decode_rev_key, key_prefix, key_rev_key, rev_key, KeyMeta};
+use super::store::{Engine, Meta};
 use super::{Event, KeyValue, MvccError, Revision};
 use crate::raft::{Index, Term};
 
@@ -16,27 +18,28 @@ pub struct HistoryPage {
 
 pub struct ReadView {
     meta: Meta,
-    keys: ReadOnlyTable<&'static [u8], &'static [u8]>,
-    revs: ReadOnlyTable<(u64, u32), &'static [u8]>,
-    key_revs: ReadOnlyTable<(&'static [u8], u64, u32), ()>,
+    engine: Arc<Engine>,
+    snap: Snapshot,
 }
 
 impl ReadView {
-    pub(super) fn new(txn: ReadTransaction) -> Result<ReadView, MvccError> {
-        Ok(ReadView {
-            meta: Meta::load(&txn.open_table(META)?)?,
-            keys: txn.open_table(KEYS)?,
-            revs: txn.open_table(REVS)?,
-            key_revs: txn.open_table(KEY_REVS)?,
-        })
+    pub(super) fn new(engine: Arc<Engine>) -> Result<ReadView, MvccError> {
+        let snap = engine.db.snapshot();
+        let meta = engine.load_meta(&snap)?;
+        Ok(ReadView { meta, engine, snap })
     }
 
     pub(super) fn meta(&self) -> &Meta {
         &self.meta
     }
 
-    pub(super) fn revs_table(&self) -> &ReadOnlyTable<(u64, u32), &'static [u8]> {
-        &self.revs
+    /// Every history event in revision order: (revision, sub, encoded event).
+    pub(super) fn raw_history(&self) -> impl Iterator<Item = Result<(Revision, u32, Vec<u8>), MvccError>> + '_ {
+        self.snap.iter(&self.engine.revs).map(|g| {
+            let (k, v) = g.into_inner()?;
+            let (rev, sub) = decode_rev_key(&k)?;
+            Ok((rev, sub, v.to_vec()))
+        })
     }
 
     pub fn revision(&self) -> Revision {
@@ -64,22 +67,25 @@ impl ReadView {
     }
 
     fn event(&self, rev: Revision, sub: u32) -> Result<Event, MvccError> {
-        let raw = self.revs.get((rev, sub))?.ok_or_else(|| MvccError::Engine(format!("revision {rev} is missing")))?;
-        decode_event(rev, raw.value())
+        let raw = self
+            .snap
+            .get(&self.engine.revs, rev_key(rev, sub))?
+            .ok_or_else(|| MvccError::Engine(format!("revision {rev} is missing")))?;
+        decode_event(rev, &raw)
     }
 
     /// `key` at revision `at` (0: the latest).
     pub fn get(&self, key: &str, at: Revision) -> Result<Option<KeyValue>, MvccError> {
         if at == 0 || at == self.meta.revision {
-            let Some(m) = self.keys.get(key.as_bytes())? else { return Ok(None) };
-            let m = KeyMeta::decode(m.value())?;
+            let Some(m) = self.snap.get(&self.engine.keys, key.as_bytes())? else { return Ok(None) };
+            let m = KeyMeta::decode(&m)?;
             return Ok(self.event(m.mod_revision, m.mod_sub)?.key_value());
         }
         self.check_revision(at)?;
         let k = key.as_bytes();
-        let newest = self.key_revs.range((k, 0, 0)..=(k, at, u32::MAX))?.next_back().transpose()?;
-        let Some((found, _)) = newest else { return Ok(None) };
-        let (_, rev, sub) = found.value();
+        let versions = key_prefix(k)..=key_rev_key(k, at, u32::MAX);
+        let Some(newest) = self.snap.range(&self.engine.key_revs, versions).next_back() else { return Ok(None) };
+        let (_, rev, sub) = decode_key_rev_key(&newest.key()?)?;
         Ok(self.event(rev, sub)?.key_value())
     }
 
@@ -91,16 +97,15 @@ impl ReadView {
         }
         let mut page = HistoryPage::default();
         let mut bytes = 0;
-        for item in self.revs.range((from, 0)..)? {
-            let (k, v) = item?;
-            let (rev, _) = k.value();
-            let size = v.value().len();
-            if page.events.len() >= limit || (bytes + size > max_bytes && !page.events.is_empty()) {
+        for item in self.snap.range(&self.engine.revs, rev_key(from, 0)..) {
+            let (k, v) = item.into_inner()?;
+            let (rev, _) = decode_rev_key(&k)?;
+            if page.events.len() >= limit || (bytes + v.len() > max_bytes && !page.events.is_empty()) {
                 page.next = rev;
                 break;
             }
-            bytes += size;
-            page.events.push(decode_event(rev, v.value())?);
+            bytes += v.len();
+            page.events.push(decode_event(rev, &v)?);
         }
         Ok(page)
     }
@@ -112,15 +117,15 @@ impl ReadView {
         let mut events = Vec::new();
         let mut bytes = 0;
         let mut cut = false;
-        for item in self.revs.range((self.meta.compacted + 1, 0)..)?.rev() {
-            let (k, v) = item?;
-            let (rev, _) = k.value();
-            bytes += v.value().len();
+        for item in self.snap.range(&self.engine.revs, rev_key(self.meta.compacted + 1, 0)..).rev() {
+            let (k, v) = item.into_inner()?;
+            let (rev, _) = decode_rev_key(&k)?;
+            bytes += v.len();
             if bytes > max_bytes {
                 cut = true;
                 break;
             }
-            events.push(decode_event(rev, v.value())?);
+            events.push(decode_event(rev, &v)?);
         }
         events.reverse();
         Ok((events, cut || self.meta.compacted > 0))
@@ -132,12 +137,11 @@ impl ReadView {
         let at = if at == 0 { self.meta.revision } else { at };
         self.check_revision(at)?;
         let mut h = crc32fast::Hasher::new();
-        let mut current: Option<(Vec<u8>, u64, u32)> = None;
         let add = |h: &mut crc32fast::Hasher, found: Option<(Vec<u8>, u64, u32)>| -> Result<(), MvccError> {
             if let Some((_, rev, sub)) = found {
                 if let Some(kv) = self.event(rev, sub)?.key_value() {
-                    h.update(kv.key.as_bytes());
                     h.update(&(kv.key.len() as u64).to_le_bytes());
+                    h.update(kv.key.as_bytes());
                     for v in [kv.create_revision, kv.mod_revision, kv.version, kv.value.len() as u64] {
                         h.update(&v.to_le_bytes());
                     }
@@ -146,14 +150,15 @@ impl ReadView {
             }
             Ok(())
         };
-        for item in self.key_revs.iter()? {
-            let (k, _) = item?;
-            let (key, rev, sub) = k.value();
-            if current.as_ref().is_some_and(|(c, _, _)| c != key) {
+        // Each key's newest version at or below `at`, in key order.
+        let mut current: Option<(Vec<u8>, u64, u32)> = None;
+        for item in self.snap.iter(&self.engine.key_revs) {
+            let (key, rev, sub) = decode_key_rev_key(&item.key()?)?;
+            if current.as_ref().is_some_and(|(c, _, _)| *c != key) {
                 add(&mut h, current.take())?;
             }
             if rev <= at {
-                current = Some((key.to_vec(), rev, sub));
+                current = Some((key, rev, sub));
             }
         }
         add(&mut h, current)?;

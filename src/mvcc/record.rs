@@ -180,3 +180,96 @@ mod tests {
         assert!(KeyMeta::decode(&[0; 27]).is_err());
     }
 }
+
+/// `revs` keys: `[revision u64 BE][sub u32 BE]`, so that byte order is revision order.
+pub(super) fn rev_key(rev: Revision, sub: u32) -> [u8; 12] {
+    let mut k = [0u8; 12];
+    k[..8].copy_from_slice(&rev.to_be_bytes());
+    k[8..].copy_from_slice(&sub.to_be_bytes());
+    k
+}
+
+pub(super) fn decode_rev_key(k: &[u8]) -> Result<(Revision, u32), MvccError> {
+    if k.len() != 12 {
+        return Err(damaged("revision key"));
+    }
+    Ok((
+        u64::from_be_bytes(k[..8].try_into().expect("8 bytes")),
+        u32::from_be_bytes(k[8..].try_into().expect("4 bytes")),
+    ))
+}
+
+/// The `key_revs` prefix of every version of `key`: the key with each 0x00 escaped as
+/// 0x00 0xFF, then the terminator 0x00 0x01. Byte order of prefixes is key order, and no
+/// key's prefix starts another's.
+pub(super) fn key_prefix(key: &[u8]) -> Vec<u8> {
+    let mut p = Vec::with_capacity(key.len() + 14);
+    for &b in key {
+        p.push(b);
+        if b == 0 {
+            p.push(0xFF);
+        }
+    }
+    p.extend_from_slice(&[0, 1]);
+    p
+}
+
+/// A `key_revs` key: the key's prefix and the revision.
+pub(super) fn key_rev_key(key: &[u8], rev: Revision, sub: u32) -> Vec<u8> {
+    let mut k = key_prefix(key);
+    k.extend_from_slice(&rev_key(rev, sub));
+    k
+}
+
+/// The inverse of `key_rev_key`.
+pub(super) fn decode_key_rev_key(k: &[u8]) -> Result<(Vec<u8>, Revision, u32), MvccError> {
+    let mut key = Vec::with_capacity(k.len());
+    let mut i = 0;
+    while i + 1 < k.len() {
+        match (k[i], k[i + 1]) {
+            (0, 0xFF) => {
+                key.push(0);
+                i += 2;
+            }
+            (0, 1) => {
+                let (rev, sub) = decode_rev_key(&k[i + 2..])?;
+                return Ok((key, rev, sub));
+            }
+            (0, _) => break,
+            (b, _) => {
+                key.push(b);
+                i += 1;
+            }
+        }
+    }
+    Err(damaged("key index"))
+}
+
+#[cfg(test)]
+mod key_tests {
+    use super::*;
+
+    #[test]
+    fn key_index_encoding_round_trips_and_orders_by_key_then_revision() {
+        let keys: [&[u8]; 6] = [b"", b"a", b"a\x00", b"a\x00b", b"a\x01", b"b"];
+        let mut encoded = Vec::new();
+        for k in keys {
+            for rev in [1u64, 300, u64::MAX >> 1] {
+                let e = key_rev_key(k, rev, 2);
+                assert_eq!(decode_key_rev_key(&e).unwrap(), (k.to_vec(), rev, 2));
+                assert!(e.starts_with(&key_prefix(k)));
+                encoded.push(e);
+            }
+        }
+        let mut sorted = encoded.clone();
+        sorted.sort();
+        assert_eq!(sorted, encoded, "byte order is (key, revision) order");
+        for (i, a) in keys.iter().enumerate() {
+            for b in &keys[i + 1..] {
+                assert!(!key_prefix(b).starts_with(&key_prefix(a)), "{a:?} {b:?}");
+            }
+        }
+        assert!(decode_key_rev_key(b"abc").is_err());
+        assert_eq!(decode_rev_key(&rev_key(7, 1)).unwrap(), (7, 1));
+    }
+}

@@ -2,17 +2,15 @@
 //! engine file from such a stream on the receiving side.
 //!
 //! Stream: the magic `RKVSNAP2`, then records `[tag u8][len u32 LE][payload]`:
-//! tag 1 a meta field (`[name_len u8][name][value u64]`), tag 2 a history event
+//! tag 1 the meta record (48 bytes), tag 2 a history event
 //! (`[revision u64][sub u32][event]`), in revision order; the end is tag 255 with the
 //! crc32 of every byte after the magic and before it. The live keys and the per-key
 //! index are rebuilt from the events, so a snapshot carries each value once.
 use std::io::{BufReader, Read};
 use std::path::{Path, PathBuf};
 
-use redb::{Durability, ReadableTable};
-
-use super::record::{decode_event, KeyMeta};
-use super::store::{Meta, KEYS, KEY_REVS, META, REVS};
+use super::record::{decode_event, key_rev_key, rev_key, KeyMeta};
+use super::store::{Engine, Meta};
 use super::{EventKind, MvccError, Store};
 use crate::raft::{Index, Term};
 
@@ -22,8 +20,8 @@ const TAG_EVENT: u8 = 2;
 const TAG_END: u8 = 255;
 /// A record larger than this is damage, not data (values are at most 1 MiB).
 const MAX_RECORD: usize = 16 << 20;
-/// Records inserted per transaction while building.
-const BUILD_BATCH: usize = 50_000;
+/// Records written per batch while building.
+const BUILD_BATCH: usize = 150_000;
 
 struct Writer<F: FnMut(Vec<u8>) -> bool> {
     buf: Vec<u8>,
@@ -63,13 +61,10 @@ pub fn stream(store: &Store, chunk: usize, sink: impl FnMut(Vec<u8>) -> bool) ->
     let view = store.read()?;
     let meta = *view.meta();
     let mut w = Writer { buf: MAGIC.to_vec(), crc: crc32fast::Hasher::new(), chunk, sink };
-    for (name, value) in meta.fields() {
-        w.record(TAG_META, &[&[name.len() as u8], name.as_bytes(), &value.to_le_bytes()])?;
-    }
-    for item in view.revs_table().iter()? {
-        let (k, v) = item?;
-        let (rev, sub) = k.value();
-        w.record(TAG_EVENT, &[&rev.to_le_bytes(), &sub.to_le_bytes(), v.value()])?;
+    w.record(TAG_META, &[&meta.encode()])?;
+    for item in view.raw_history() {
+        let (rev, sub, event) = item?;
+        w.record(TAG_EVENT, &[&rev.to_le_bytes(), &sub.to_le_bytes(), &event])?;
     }
     let crc = w.crc.clone().finalize();
     w.buf.push(TAG_END);
@@ -83,15 +78,15 @@ fn damaged(what: impl std::fmt::Display) -> MvccError {
     MvccError::Engine(format!("received snapshot: {what}"))
 }
 
-/// Builds a new engine file from the snapshot stream in `file` (next to the store's,
-/// unique to this install) and makes it durable. Returns its path and the (index,
-/// term) it holds; a damaged or truncated stream builds nothing.
+/// Builds a new engine from the snapshot stream in `file` (a directory beside the
+/// store's, unique to this install) and makes it durable. Returns its path and the
+/// (index, term) it holds; a damaged or truncated stream builds nothing.
 pub fn build(store: &Store, file: &Path) -> Result<(PathBuf, Index, Term), MvccError> {
     let path = store.install_path();
     match build_at(store, file, &path) {
         Ok((index, term)) => Ok((path, index, term)),
         Err(e) => {
-            let _ = std::fs::remove_file(&path);
+            let _ = std::fs::remove_dir_all(&path);
             Err(e)
         }
     }
@@ -125,69 +120,47 @@ fn build_at(store: &Store, file: &Path, path: &Path) -> Result<(Index, Term), Mv
     if &magic != MAGIC {
         return Err(damaged("not a raftkv snapshot"));
     }
-    let db = redb::Builder::new().set_cache_size(store.cache_bytes()).create(path)?;
+    let engine = Engine::open(path, store.cache_bytes())?;
     let mut crc = crc32fast::Hasher::new();
-    let mut fields = Vec::new();
-    let mut ended = false;
+    let mut meta = None;
+    let mut batch = engine.db.batch();
     loop {
-        let txn = db.begin_write()?;
-        {
-            let mut revs = txn.open_table(REVS)?;
-            let mut key_revs = txn.open_table(KEY_REVS)?;
-            let mut keys = txn.open_table(KEYS)?;
-            for _ in 0..BUILD_BATCH {
-                let (tag, payload) = next_record(&mut r, &mut crc)?;
-                match tag {
-                    TAG_END => {
-                        ended = true;
-                        break;
-                    }
-                    TAG_META => {
-                        let n = *payload.first().ok_or_else(|| damaged("empty meta record"))? as usize;
-                        let (Some(name), Some(value)) = (payload.get(1..1 + n), payload.get(1 + n..)) else {
-                            return Err(damaged("short meta record"));
-                        };
-                        let name = String::from_utf8(name.to_vec()).map_err(|_| damaged("meta name"))?;
-                        let value = u64::from_le_bytes(value.try_into().map_err(|_| damaged("meta value"))?);
-                        fields.push((name, value));
-                    }
-                    TAG_EVENT if payload.len() >= 12 => {
-                        let rev = u64::from_le_bytes(payload[0..8].try_into().expect("8 bytes"));
-                        let sub = u32::from_le_bytes(payload[8..12].try_into().expect("4 bytes"));
-                        let event =
-                            decode_event(rev, &payload[12..]).map_err(|_| damaged(format!("revision {rev}")))?;
-                        let key = event.key.as_bytes();
-                        revs.insert((rev, sub), &payload[12..])?;
-                        key_revs.insert((key, rev, sub), ())?;
-                        if event.kind == EventKind::Delete {
-                            keys.remove(key)?;
-                        } else {
-                            let m = KeyMeta {
-                                create_revision: event.create_revision,
-                                mod_revision: rev,
-                                mod_sub: sub,
-                                version: event.version,
-                            };
-                            keys.insert(key, m.encode().as_slice())?;
-                        }
-                    }
-                    tag => return Err(damaged(format!("unknown record {tag}"))),
+        let (tag, payload) = next_record(&mut r, &mut crc)?;
+        match tag {
+            TAG_END => break,
+            TAG_META => meta = Some(Meta::decode(&payload).map_err(|_| damaged("meta record"))?),
+            TAG_EVENT if payload.len() >= 12 => {
+                let rev = u64::from_le_bytes(payload[0..8].try_into().expect("8 bytes"));
+                let sub = u32::from_le_bytes(payload[8..12].try_into().expect("4 bytes"));
+                let event = decode_event(rev, &payload[12..]).map_err(|_| damaged(format!("revision {rev}")))?;
+                let key = event.key.as_bytes();
+                batch.insert(&engine.revs, rev_key(rev, sub).as_slice(), &payload[12..]);
+                batch.insert(&engine.key_revs, key_rev_key(key, rev, sub), [].as_slice());
+                // Events come in revision order: the last one of a key says what it is now.
+                if event.kind == EventKind::Delete {
+                    batch.remove(&engine.keys, key);
+                } else {
+                    let m = KeyMeta {
+                        create_revision: event.create_revision,
+                        mod_revision: rev,
+                        mod_sub: sub,
+                        version: event.version,
+                    };
+                    batch.insert(&engine.keys, key, m.encode().as_slice());
+                }
+                if batch.len() >= BUILD_BATCH {
+                    std::mem::replace(&mut batch, engine.db.batch()).commit()?;
                 }
             }
+            tag => return Err(damaged(format!("unknown record {tag}"))),
         }
-        let mut txn = txn;
-        if ended {
-            let meta = Meta::from_fields(&fields).ok_or_else(|| damaged("meta fields missing"))?;
-            if meta.applied == 0 {
-                return Err(damaged("it holds no applied index"));
-            }
-            meta.save(&mut txn.open_table(META)?)?;
-            txn.set_durability(Durability::Immediate)?;
-            txn.commit()?;
-            drop(db);
-            return Ok((meta.applied, meta.applied_term));
-        }
-        txn.set_durability(Durability::None)?;
-        txn.commit()?;
     }
+    let meta = meta.ok_or_else(|| damaged("no meta record"))?;
+    if meta.applied == 0 {
+        return Err(damaged("it holds no applied index"));
+    }
+    batch.insert(&engine.meta, b"meta".as_slice(), meta.encode().as_slice());
+    batch.commit()?;
+    engine.db.persist(fjall::PersistMode::SyncAll)?;
+    Ok((meta.applied, meta.applied_term))
 }

@@ -1,31 +1,34 @@
-//! The engine file, its write path (apply, checkpoint, compaction) and its swap for an
-//! installed snapshot. One thread writes (the node's applier); any thread reads.
+//! The engine (a fjall database), its write path (apply, checkpoint, compaction) and
+//! its swap for an installed snapshot. One thread writes (the node's applier); any
+//! thread reads.
+//!
+//! A node's engine lives in `kv-<generation>/`; the file `kv.current` names the one in
+//! use. Installing a snapshot builds the next generation beside it and switches
+//! `kv.current` with one atomic rename, so a crash leaves either the old or the new
+//! state; other generations are removed when the store opens or installs.
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, RwLock};
+use std::sync::{Arc, Mutex, RwLock};
 
-use redb::{Database, Durability, ReadableDatabase, ReadableTable, TableDefinition, WriteTransaction};
+use fjall::config::PinningPolicy;
+use fjall::{Database, Keyspace, KeyspaceCreateOptions, PersistMode, Readable};
 use tokio::sync::watch;
 
-use super::record::{decode_event, encode_event, KeyMeta};
+use super::record::{decode_event, decode_rev_key, encode_event, key_rev_key, rev_key, KeyMeta};
 use super::{Command, Event, EventKind, MvccError, ReadView, Revision};
 use crate::raft::{Entry, EntryKind, Index, Term};
 
-pub(super) const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
-pub(super) const KEYS: TableDefinition<&[u8], &[u8]> = TableDefinition::new("keys");
-pub(super) const REVS: TableDefinition<(u64, u32), &[u8]> = TableDefinition::new("revs");
-pub(super) const KEY_REVS: TableDefinition<(&[u8], u64, u32), ()> = TableDefinition::new("key_revs");
-
-/// The engine file inside a node's data directory.
-pub const FILE: &str = "kv.redb";
-pub(super) const FORMAT: u64 = 1;
+/// Names the engine directory in use.
+const CURRENT: &str = "kv.current";
+const META_KEY: &[u8] = b"meta";
 /// The revision of an empty store (etcd's: its first write is revision 2).
 const FIRST_REVISION: Revision = 1;
-/// Compaction removes at most this many history events per transaction.
+/// Compaction removes at most this many history events per batch.
 const COMPACT_BATCH: usize = 10_000;
 
-/// The `meta` table, as one value.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+/// The `meta` record: where the state machine is.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(super) struct Meta {
     pub applied: Index,
     pub applied_term: Term,
@@ -37,52 +40,36 @@ pub(super) struct Meta {
     pub stored_bytes: u64,
 }
 
-const META_FIELDS: [&str; 6] = ["applied", "applied_term", "revision", "compacted", "compact_cursor", "stored_bytes"];
+impl Default for Meta {
+    fn default() -> Self {
+        Meta { applied: 0, applied_term: 0, revision: FIRST_REVISION, compacted: 0, compact_cursor: 0, stored_bytes: 0 }
+    }
+}
 
 impl Meta {
-    pub fn load(t: &impl ReadableTable<&'static str, u64>) -> Result<Meta, MvccError> {
-        let mut v = [0u64; 6];
-        for (slot, name) in v.iter_mut().zip(META_FIELDS) {
-            *slot = t.get(name)?.map(|g| g.value()).unwrap_or(0);
+    pub fn encode(&self) -> [u8; 48] {
+        let mut b = [0u8; 48];
+        let v =
+            [self.applied, self.applied_term, self.revision, self.compacted, self.compact_cursor, self.stored_bytes];
+        for (chunk, v) in b.chunks_mut(8).zip(v) {
+            chunk.copy_from_slice(&v.to_le_bytes());
         }
+        b
+    }
+
+    pub fn decode(b: &[u8]) -> Result<Meta, MvccError> {
+        if b.len() != 48 {
+            return Err(MvccError::Engine("damaged meta record in the store".into()));
+        }
+        let v: Vec<u64> = b.chunks(8).map(|c| u64::from_le_bytes(c.try_into().expect("8 bytes"))).collect();
         Ok(Meta {
             applied: v[0],
             applied_term: v[1],
-            revision: v[2].max(FIRST_REVISION),
+            revision: v[2],
             compacted: v[3],
             compact_cursor: v[4],
             stored_bytes: v[5],
         })
-    }
-
-    pub fn fields(&self) -> [(&'static str, u64); 6] {
-        let v =
-            [self.applied, self.applied_term, self.revision, self.compacted, self.compact_cursor, self.stored_bytes];
-        let mut out = [("", 0); 6];
-        for (slot, (name, value)) in out.iter_mut().zip(META_FIELDS.into_iter().zip(v)) {
-            *slot = (name, value);
-        }
-        out
-    }
-
-    /// The inverse of `fields`; None if one is missing.
-    pub fn from_fields(fields: &[(String, u64)]) -> Option<Meta> {
-        let get = |name: &str| fields.iter().find(|(n, _)| n == name).map(|(_, v)| *v);
-        Some(Meta {
-            applied: get("applied")?,
-            applied_term: get("applied_term")?,
-            revision: get("revision")?,
-            compacted: get("compacted")?,
-            compact_cursor: get("compact_cursor")?,
-            stored_bytes: get("stored_bytes")?,
-        })
-    }
-
-    pub fn save(&self, t: &mut redb::Table<&'static str, u64>) -> Result<(), MvccError> {
-        for (name, value) in self.fields() {
-            t.insert(name, value)?;
-        }
-        Ok(())
     }
 }
 
@@ -103,8 +90,43 @@ pub struct StoreStatus {
     pub compacted: Revision,
     /// Bytes of keys and values stored, history included.
     pub stored_bytes: u64,
-    /// The engine file's size at the last checkpoint.
+    /// The engine's files on disk, as of the last checkpoint.
     pub file_bytes: u64,
+}
+
+/// One open engine directory and its keyspaces.
+pub(super) struct Engine {
+    pub db: Database,
+    pub meta: Keyspace,
+    pub keys: Keyspace,
+    pub revs: Keyspace,
+    pub key_revs: Keyspace,
+}
+
+impl Engine {
+    pub fn open(dir: &Path, cache_bytes: usize) -> Result<Engine, MvccError> {
+        let cache = cache_bytes as u64;
+        let db = Database::builder(dir).cache_size(cache / 2).max_journaling_size(64 << 20).open()?;
+        let memtable = (cache / 8).max(1 << 20);
+        // Filter and index blocks go through the block cache rather than being pinned,
+        // so memory is bounded by the cache, not by the amount of data.
+        let ks = |name: &str| {
+            db.keyspace(name, || {
+                KeyspaceCreateOptions::default()
+                    .max_memtable_size(memtable)
+                    .filter_block_pinning_policy(PinningPolicy::all(false))
+                    .index_block_pinning_policy(PinningPolicy::all(false))
+            })
+        };
+        Ok(Engine { meta: ks("meta")?, keys: ks("keys")?, revs: ks("revs")?, key_revs: ks("key_revs")?, db })
+    }
+
+    pub fn load_meta(&self, r: &impl Readable) -> Result<Meta, MvccError> {
+        match r.get(&self.meta, META_KEY)? {
+            Some(v) => Meta::decode(&v),
+            None => Ok(Meta::default()),
+        }
+    }
 }
 
 pub struct Store {
@@ -112,7 +134,9 @@ pub struct Store {
     cache_bytes: usize,
     /// Replaced whole when a snapshot is installed (readers hold the old one
     /// meanwhile); None once closed.
-    db: RwLock<Option<Arc<Database>>>,
+    engine: RwLock<Option<Arc<Engine>>>,
+    /// The applier's copy of the meta record (it is the only writer).
+    meta: Mutex<Meta>,
     applied: watch::Sender<Index>,
     revision: AtomicU64,
     compacted: AtomicU64,
@@ -123,26 +147,38 @@ pub struct Store {
     durable: RwLock<Meta>,
 }
 
-fn open_db(path: &Path, cache_bytes: usize) -> Result<Database, MvccError> {
-    let db = redb::Builder::new().set_cache_size(cache_bytes).create(path)?;
-    let mut txn = db.begin_write()?;
-    txn.set_durability(Durability::Immediate)?;
-    {
-        let mut meta = txn.open_table(META)?;
-        let format = meta.get("format")?.map(|g| g.value());
-        match format {
-            None => {
-                meta.insert("format", FORMAT)?;
-            }
-            Some(FORMAT) => {}
-            Some(f) => return Err(MvccError::Engine(format!("{}: unknown store format {f}", path.display()))),
+fn generation_dir(dir: &Path, name: &str) -> PathBuf {
+    dir.join(name)
+}
+
+/// Removes engine directories other than those in `keep`: older generations and builds
+/// a crash interrupted.
+fn remove_other_generations(dir: &Path, keep: &[&str]) -> Result<(), MvccError> {
+    for ent in std::fs::read_dir(dir)? {
+        let ent = ent?;
+        let name = ent.file_name().to_string_lossy().to_string();
+        let is_dir = ent.file_type()?.is_dir();
+        let stale_dir = is_dir && name.starts_with("kv-") && !keep.contains(&name.as_str());
+        let stale_file = !is_dir && name.ends_with(".receiving");
+        if stale_dir {
+            std::fs::remove_dir_all(ent.path())?;
+        } else if stale_file {
+            std::fs::remove_file(ent.path())?;
         }
-        txn.open_table(KEYS)?;
-        txn.open_table(REVS)?;
-        txn.open_table(KEY_REVS)?;
     }
-    txn.commit()?;
-    Ok(db)
+    Ok(())
+}
+
+fn dir_bytes(dir: &Path) -> u64 {
+    let Ok(entries) = std::fs::read_dir(dir) else { return 0 };
+    entries
+        .flatten()
+        .map(|e| match e.metadata() {
+            Ok(m) if m.is_dir() => dir_bytes(&e.path()),
+            Ok(m) => m.len(),
+            Err(_) => 0,
+        })
+        .sum()
 }
 
 impl Store {
@@ -150,39 +186,41 @@ impl Store {
     /// checkpoint wrote; the caller replays the log from its applied index.
     pub fn open(dir: &Path, cache_bytes: usize) -> Result<Store, MvccError> {
         std::fs::create_dir_all(dir)?;
-        // Installs that a crash interrupted never replaced anything: drop them.
-        for ent in std::fs::read_dir(dir)? {
-            let path = ent?.path();
-            if path.extension().is_some_and(|e| e == "installing" || e == "receiving") {
-                std::fs::remove_file(&path)?;
-            }
+        let current = match std::fs::read_to_string(dir.join(CURRENT)) {
+            Ok(name) => name.trim().to_string(),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => "kv-0".to_string(),
+            Err(e) => return Err(e.into()),
+        };
+        if !current.starts_with("kv-") || current.contains('/') {
+            return Err(MvccError::Engine(format!("{}: names {current:?}, not an engine", CURRENT)));
         }
-        let db = open_db(&dir.join(FILE), cache_bytes)?;
-        let meta = Meta::load(&db.begin_read()?.open_table(META)?)?;
+        remove_other_generations(dir, &[&current])?;
+        let engine = Engine::open(&generation_dir(dir, &current), cache_bytes)?;
+        let meta = engine.load_meta(&engine.db.snapshot())?;
         let store = Store {
             dir: dir.to_path_buf(),
             cache_bytes,
-            db: RwLock::new(Some(Arc::new(db))),
+            engine: RwLock::new(Some(Arc::new(engine))),
+            meta: Mutex::new(meta),
             applied: watch::channel(meta.applied).0,
             revision: AtomicU64::new(0),
             compacted: AtomicU64::new(0),
             compact_cursor: AtomicU64::new(0),
             stored_bytes: AtomicU64::new(0),
-            file_bytes: AtomicU64::new(0),
+            file_bytes: AtomicU64::new(dir_bytes(&generation_dir(dir, &current))),
             durable: RwLock::new(meta),
         };
         store.publish(&meta);
-        store.file_bytes.store(std::fs::metadata(dir.join(FILE))?.len(), Ordering::Relaxed);
         Ok(store)
     }
 
-    fn db(&self) -> Result<Arc<Database>, MvccError> {
-        self.db.read().unwrap().clone().ok_or_else(|| MvccError::Engine("the store is closed".into()))
+    pub(super) fn engine(&self) -> Result<Arc<Engine>, MvccError> {
+        self.engine.read().unwrap().clone().ok_or_else(|| MvccError::Engine("the store is closed".into()))
     }
 
-    /// Closes the engine file (once the last read in flight ends): the node stopped.
+    /// Closes the engine (once the last read in flight ends): the node stopped.
     pub fn close(&self) {
-        self.db.write().unwrap().take();
+        self.engine.write().unwrap().take();
     }
 
     fn publish(&self, m: &Meta) {
@@ -195,7 +233,7 @@ impl Store {
 
     /// A consistent read view of the applied state.
     pub fn read(&self) -> Result<ReadView, MvccError> {
-        ReadView::new(self.db()?.begin_read()?)
+        ReadView::new(self.engine()?)
     }
 
     pub fn applied(&self) -> Index {
@@ -223,106 +261,96 @@ impl Store {
         (m.applied, m.applied_term)
     }
 
-    fn begin_write(db: &Database, durability: Durability) -> Result<WriteTransaction, MvccError> {
-        let mut txn = db.begin_write()?;
-        txn.set_durability(durability)?;
-        txn.set_quick_repair(true);
-        Ok(txn)
-    }
-
     /// Applies committed entries in order, each exactly once (entries at or below the
-    /// applied index are skipped), in one transaction that records the applied index.
+    /// applied index are skipped), in one atomic batch that records the applied index.
     /// Not durable: a checkpoint is. Returns the outcome of each client entry; a
     /// compaction that asks for a compacted or future revision fails without effect.
     #[allow(clippy::type_complexity)]
     pub fn apply(&self, entries: &[Entry]) -> Result<Vec<(Index, Result<Applied, MvccError>)>, MvccError> {
-        let db = self.db()?;
-        let txn = Self::begin_write(&db, Durability::None)?;
+        let engine = self.engine()?;
+        let mut meta_guard = self.meta.lock().unwrap();
+        let mut meta = *meta_guard;
+        let mut batch = engine.db.batch();
+        // A batch does not read its own writes: keys written earlier in it are here.
+        let mut written: HashMap<String, Option<KeyMeta>> = HashMap::new();
         let mut out = Vec::new();
-        let mut meta;
-        {
-            let mut meta_t = txn.open_table(META)?;
-            let mut keys = txn.open_table(KEYS)?;
-            let mut revs = txn.open_table(REVS)?;
-            let mut key_revs = txn.open_table(KEY_REVS)?;
-            meta = Meta::load(&meta_t)?;
-            let before = meta.applied;
-            for e in entries {
-                if e.index <= meta.applied {
-                    continue;
-                }
-                if e.index != meta.applied + 1 {
-                    return Err(MvccError::Engine(format!("entry {} applied after {}", e.index, meta.applied)));
-                }
-                meta.applied = e.index;
-                meta.applied_term = e.term;
-                if e.kind != EntryKind::Normal {
-                    continue;
-                }
-                let Some(command) = Command::decode(&e.data) else {
-                    tracing::error!(index = e.index, "undecodable command in the log; skipped");
-                    continue;
-                };
-                let kind = match &command {
-                    Command::Put { .. } => EventKind::Put,
-                    Command::PutJson { .. } => EventKind::PutJson,
-                    Command::Delete { .. } => EventKind::Delete,
-                    Command::Compact { revision } => {
-                        let r = if *revision <= meta.compacted {
-                            Err(MvccError::Compacted { compacted: meta.compacted })
-                        } else if *revision > meta.revision {
-                            Err(MvccError::FutureRevision { requested: *revision, current: meta.revision })
-                        } else {
-                            meta.compacted = *revision;
-                            Ok(Applied { index: e.index, term: e.term, revision: meta.revision })
-                        };
-                        out.push((e.index, r));
-                        continue;
-                    }
-                };
-                let (key, value) = match command {
-                    Command::Put { key, value } | Command::PutJson { key, json: value } => (key, value),
-                    Command::Delete { key } => (key, String::new()),
-                    Command::Compact { .. } => unreachable!("handled above"),
-                };
-                let old = keys.get(key.as_bytes())?.map(|g| KeyMeta::decode(g.value())).transpose()?;
-                if kind == EventKind::Delete && old.is_none() {
-                    // Deleting nothing writes nothing (etcd: no new revision).
-                    out.push((e.index, Ok(Applied { index: e.index, term: e.term, revision: meta.revision })));
-                    continue;
-                }
-                let revision = meta.revision + 1;
-                let (create_revision, version) = match (kind, old) {
-                    (EventKind::Delete, _) => (0, 0),
-                    (_, Some(m)) => (m.create_revision, m.version + 1),
-                    (_, None) => (revision, 1),
-                };
-                let event =
-                    Event { revision, kind, index: e.index, term: e.term, key, value, create_revision, version };
-                if kind == EventKind::Delete {
-                    keys.remove(event.key.as_bytes())?;
-                } else {
-                    let m = KeyMeta { create_revision, mod_revision: revision, mod_sub: 0, version };
-                    keys.insert(event.key.as_bytes(), m.encode().as_slice())?;
-                }
-                revs.insert((revision, 0), encode_event(&event).as_slice())?;
-                key_revs.insert((event.key.as_bytes(), revision, 0), ())?;
-                meta.stored_bytes += event.stored_bytes();
-                meta.revision = revision;
-                out.push((e.index, Ok(Applied { index: e.index, term: e.term, revision })));
+        let before = meta.applied;
+        for e in entries {
+            if e.index <= meta.applied {
+                continue;
             }
-            if meta.applied == before {
-                drop((meta_t, keys, revs, key_revs));
-                txn.abort()?;
-                return Ok(out);
+            if e.index != meta.applied + 1 {
+                return Err(MvccError::Engine(format!("entry {} applied after {}", e.index, meta.applied)));
             }
-            // Compaction keeps pace with the writes that feed it.
-            let budget = 2 * entries.len() + 256;
-            compact_step(&mut meta, &mut revs, &mut key_revs, budget)?;
-            meta.save(&mut meta_t)?;
+            meta.applied = e.index;
+            meta.applied_term = e.term;
+            if e.kind != EntryKind::Normal {
+                continue;
+            }
+            let Some(command) = Command::decode(&e.data) else {
+                tracing::error!(index = e.index, "undecodable command in the log; skipped");
+                continue;
+            };
+            let (kind, key, value) = match command {
+                Command::Put { key, value } => (EventKind::Put, key, value),
+                Command::PutJson { key, json } => (EventKind::PutJson, key, json),
+                Command::Delete { key } => (EventKind::Delete, key, String::new()),
+                Command::Compact { revision } => {
+                    let r = if revision <= meta.compacted {
+                        Err(MvccError::Compacted { compacted: meta.compacted })
+                    } else if revision > meta.revision {
+                        Err(MvccError::FutureRevision { requested: revision, current: meta.revision })
+                    } else {
+                        meta.compacted = revision;
+                        Ok(Applied { index: e.index, term: e.term, revision: meta.revision })
+                    };
+                    out.push((e.index, r));
+                    continue;
+                }
+            };
+            let old = match written.get(&key) {
+                Some(m) => *m,
+                None => engine.keys.get(key.as_bytes())?.map(|v| KeyMeta::decode(&v)).transpose()?,
+            };
+            if kind == EventKind::Delete && old.is_none() {
+                // Deleting nothing writes nothing (etcd: no new revision).
+                out.push((e.index, Ok(Applied { index: e.index, term: e.term, revision: meta.revision })));
+                continue;
+            }
+            let revision = meta.revision + 1;
+            let (create_revision, version) = match (kind, old) {
+                (EventKind::Delete, _) => (0, 0),
+                (_, Some(m)) => (m.create_revision, m.version + 1),
+                (_, None) => (revision, 1),
+            };
+            let event = Event { revision, kind, index: e.index, term: e.term, key, value, create_revision, version };
+            let key = event.key.as_bytes();
+            if kind == EventKind::Delete {
+                batch.remove(&engine.keys, key);
+                written.insert(event.key.clone(), None);
+            } else {
+                let m = KeyMeta { create_revision, mod_revision: revision, mod_sub: 0, version };
+                batch.insert(&engine.keys, key, m.encode().as_slice());
+                written.insert(event.key.clone(), Some(m));
+            }
+            batch.insert(&engine.revs, rev_key(revision, 0).as_slice(), encode_event(&event));
+            batch.insert(&engine.key_revs, key_rev_key(key, revision, 0), [].as_slice());
+            meta.stored_bytes += event.stored_bytes();
+            meta.revision = revision;
+            out.push((e.index, Ok(Applied { index: e.index, term: e.term, revision })));
         }
-        txn.commit()?;
+        if meta.applied == before {
+            return Ok(out);
+        }
+        batch.insert(&engine.meta, META_KEY, meta.encode().as_slice());
+        batch.commit()?;
+        *meta_guard = meta;
+        drop(meta_guard);
         self.publish(&meta);
+        // Compaction keeps pace with the writes that feed it.
+        if self.compaction_pending() {
+            self.compact(2 * entries.len() + 256)?;
+        }
         Ok(out)
     }
 
@@ -333,101 +361,111 @@ impl Store {
 
     /// Removes a batch of compacted history (when the applier is idle).
     pub fn compact_some(&self) -> Result<(), MvccError> {
-        let db = self.db()?;
-        let txn = Self::begin_write(&db, Durability::None)?;
-        let meta = {
-            let mut meta_t = txn.open_table(META)?;
-            let mut revs = txn.open_table(REVS)?;
-            let mut key_revs = txn.open_table(KEY_REVS)?;
-            let mut meta = Meta::load(&meta_t)?;
-            compact_step(&mut meta, &mut revs, &mut key_revs, COMPACT_BATCH)?;
-            meta.save(&mut meta_t)?;
-            meta
+        self.compact(COMPACT_BATCH)
+    }
+
+    /// Removes up to `budget` events of compacted history: every event at or below the
+    /// compacted revision that a later event of its key at or below it supersedes, and
+    /// every tombstone there. A key's newest version at the compacted revision stays,
+    /// so reads at that revision still see it.
+    fn compact(&self, budget: usize) -> Result<(), MvccError> {
+        let engine = self.engine()?;
+        let mut meta_guard = self.meta.lock().unwrap();
+        let mut meta = *meta_guard;
+        if meta.compact_cursor >= meta.compacted {
+            return Ok(());
+        }
+        let snap = engine.db.snapshot();
+        let lo = rev_key(meta.compact_cursor + 1, 0);
+        let hi = rev_key(meta.compacted, u32::MAX);
+        let mut examined = Vec::new();
+        for item in snap.range(&engine.revs, lo..=hi).take(budget) {
+            let (k, v) = item.into_inner()?;
+            let (rev, sub) = decode_rev_key(&k)?;
+            examined.push((rev, sub, decode_event(rev, &v)?));
+        }
+        let mut batch = engine.db.batch();
+        for (rev, sub, event) in &examined {
+            let key = event.key.as_bytes();
+            let later = key_rev_key(key, *rev, sub + 1)..=key_rev_key(key, meta.compacted, u32::MAX);
+            let superseded = snap.range(&engine.key_revs, later).next().is_some();
+            if superseded || event.kind == EventKind::Delete {
+                batch.remove(&engine.revs, rev_key(*rev, *sub).as_slice());
+                batch.remove(&engine.key_revs, key_rev_key(key, *rev, *sub));
+                meta.stored_bytes = meta.stored_bytes.saturating_sub(event.stored_bytes());
+            }
+        }
+        // A batch cut inside a revision's sub-revisions examines that revision again.
+        meta.compact_cursor = match (examined.len() < budget, examined.last()) {
+            (true, _) | (_, None) => meta.compacted,
+            (false, Some((rev, _, _))) => (*rev - 1).max(meta.compact_cursor + 1),
         };
-        txn.commit()?;
+        batch.insert(&engine.meta, META_KEY, meta.encode().as_slice());
+        batch.commit()?;
+        *meta_guard = meta;
+        drop(meta_guard);
         self.publish(&meta);
         Ok(())
     }
 
-    /// Makes everything applied durable (one fsync); returns the durable applied
-    /// (index, term). The log may then be compacted up to that index.
+    /// Makes everything applied durable (one fsync of the engine's journal); returns the
+    /// durable applied (index, term). The log may then be compacted up to that index.
     pub fn checkpoint(&self) -> Result<(Index, Term), MvccError> {
-        let db = self.db()?;
-        let txn = Self::begin_write(&db, Durability::Immediate)?;
-        let meta = Meta::load(&txn.open_table(META)?)?;
-        txn.commit()?;
+        let engine = self.engine()?;
+        let meta = *self.meta.lock().unwrap();
+        engine.db.persist(PersistMode::SyncAll)?;
         *self.durable.write().unwrap() = meta;
-        if let Ok(m) = std::fs::metadata(self.dir.join(FILE)) {
-            self.file_bytes.store(m.len(), Ordering::Relaxed);
-        }
+        self.measure_disk();
         Ok((meta.applied, meta.applied_term))
     }
 
-    /// A new engine file for a snapshot being received, unique to this install.
+    /// Refreshes the engine's size on disk (a walk of its directory).
+    pub fn measure_disk(&self) {
+        self.file_bytes.store(dir_bytes(&self.dir.join(self.current_name())), Ordering::Relaxed);
+    }
+
+    /// A new engine directory for a snapshot being received, unique to this install.
     pub fn install_path(&self) -> PathBuf {
         static NEXT: AtomicU64 = AtomicU64::new(0);
-        self.dir.join(format!("kv.{}-{}.installing", std::process::id(), NEXT.fetch_add(1, Ordering::Relaxed)))
+        let n = NEXT.fetch_add(1, Ordering::Relaxed);
+        self.dir.join(format!("kv-{}-{n}", std::process::id()))
     }
 
     pub(super) fn cache_bytes(&self) -> usize {
         self.cache_bytes
     }
 
-    /// Replaces the state by the engine file at `path` (a verified, durable snapshot):
-    /// renamed into place, so that a crash leaves either the old or the new state.
-    /// Returns the new applied (index, term).
+    /// Replaces the state by the engine directory at `path` (a verified, durable
+    /// snapshot): `kv.current` is switched to it with one atomic rename. Returns the
+    /// new applied (index, term).
     pub fn install(&self, path: &Path) -> Result<(Index, Term), MvccError> {
-        let mut slot = self.db.write().unwrap();
-        let target = self.dir.join(FILE);
-        std::fs::rename(path, &target)?;
+        let name = path
+            .file_name()
+            .map(|n| n.to_string_lossy().to_string())
+            .filter(|n| n.starts_with("kv-") && path.parent() == Some(self.dir.as_path()))
+            .ok_or_else(|| MvccError::Engine(format!("{} is not an engine of this store", path.display())))?;
+        let engine = Engine::open(path, self.cache_bytes)?;
+        let meta = engine.load_meta(&engine.db.snapshot())?;
+        let old = self.current_name();
+        let mut slot = self.engine.write().unwrap();
+        let tmp = self.dir.join(format!("{CURRENT}.tmp"));
+        std::fs::write(&tmp, format!("{name}\n"))?;
+        std::fs::File::open(&tmp)?.sync_all()?;
+        std::fs::rename(&tmp, self.dir.join(CURRENT))?;
         std::fs::File::open(&self.dir)?.sync_all()?;
-        // Readers of the old state keep their handle (and its unlinked file) until done.
-        let db = open_db(&target, self.cache_bytes)?;
-        let meta = Meta::load(&db.begin_read()?.open_table(META)?)?;
-        *slot = Some(Arc::new(db));
+        // Readers of the old state keep it until they are done, so its directory stays
+        // until the next install or start; any older one goes now.
+        *slot = Some(Arc::new(engine));
         drop(slot);
+        *self.meta.lock().unwrap() = meta;
         *self.durable.write().unwrap() = meta;
         self.publish(&meta);
-        self.file_bytes.store(std::fs::metadata(&target)?.len(), Ordering::Relaxed);
+        remove_other_generations(&self.dir, &[&name, &old])?;
+        self.measure_disk();
         Ok((meta.applied, meta.applied_term))
     }
-}
 
-/// Removes up to `budget` events of compacted history: every event at or below the
-/// compacted revision that a later event of its key at or below it supersedes, and
-/// every tombstone there. A key's newest version at the compacted revision stays, so
-/// reads at that revision still see it.
-fn compact_step(
-    meta: &mut Meta,
-    revs: &mut redb::Table<(u64, u32), &[u8]>,
-    key_revs: &mut redb::Table<(&[u8], u64, u32), ()>,
-    budget: usize,
-) -> Result<(), MvccError> {
-    if meta.compact_cursor >= meta.compacted {
-        return Ok(());
+    fn current_name(&self) -> String {
+        std::fs::read_to_string(self.dir.join(CURRENT)).map_or_else(|_| "kv-0".to_string(), |s| s.trim().to_string())
     }
-    let mut batch = Vec::new();
-    for item in revs.range((meta.compact_cursor + 1, 0)..=(meta.compacted, u32::MAX))?.take(budget) {
-        let (k, v) = item?;
-        let (rev, sub) = k.value();
-        batch.push((rev, sub, decode_event(rev, v.value())?));
-    }
-    let done = batch.len() < budget;
-    for (rev, sub, event) in &batch {
-        let key = event.key.as_bytes();
-        // Tuples order lexicographically: this is every later event of the key up to
-        // the compacted revision.
-        let superseded = key_revs.range((key, *rev, *sub + 1)..=(key, meta.compacted, u32::MAX))?.next().is_some();
-        if superseded || event.kind == EventKind::Delete {
-            revs.remove((*rev, *sub))?;
-            key_revs.remove((key, *rev, *sub))?;
-            meta.stored_bytes = meta.stored_bytes.saturating_sub(event.stored_bytes());
-        }
-    }
-    // A batch cut inside a revision's sub-revisions examines that revision again.
-    meta.compact_cursor = match (done, batch.last()) {
-        (true, _) | (_, None) => meta.compacted,
-        (false, Some((rev, _, _))) => (*rev - 1).max(meta.compact_cursor + 1),
-    };
-    Ok(())
 }
