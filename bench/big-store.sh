@@ -1,69 +1,83 @@
 #!/usr/bin/env bash
-# A large store on one 3-node `raftkv dev` cluster: load N keys of 256 B, then
-#  1. every node's RSS;
+# A large store on one 3-node cluster (three `raftkv serve` processes on loopback):
+#  1. load KEYS keys of 256 B; every node's RSS and disk;
 #  2. kill -9 of a follower and its restart: time until it serves (a serializable Get
-#     answers and its applied index reaches the leader's commit);
-#  3. the follower's data directory wiped: it catches up by snapshot; the leader's RSS
-#     before and its peak during the transfer;
+#     answers) and until its applied index reaches the leader's commit;
+#  3. a follower's data directory wiped, the cluster restarted (a leader keeps a wiped
+#     member's old match index, so only a new leader serves it: see issue 14): the
+#     follower catches up by snapshot; the leader's RSS before, its peak during;
 #  4. the whole history paged through Retrieve (`raftkv retrieve`), with the serving
 #     node's peak RSS.
 # Run from the project's root after `cargo build --release`.
-#   bash bench/big-store.sh            env: KEYS=5000000 CLIENTS=64 ROOT=/tmp/raftkv-big
+#   bash bench/big-store.sh        env: KEYS=5000000 CLIENTS=64 ROOT=/tmp/raftkv-big
+#                                       SKIP_LOAD=1 (reuse ROOT's data from a run before)
 set -euo pipefail
 RK=${RAFTKV:-$PWD/target/release/raftkv}
 KEYS=${KEYS:-5000000}; CLIENTS=${CLIENTS:-64}; ROOT=${ROOT:-/tmp/raftkv-big}
 EP=127.0.0.1:7001,127.0.0.1:7002,127.0.0.1:7003
+CLUSTER=node1=127.0.0.1:7101,node2=127.0.0.1:7102,node3=127.0.0.1:7103
+declare -A PID
 rss() { awk '/VmRSS/{print int($2/1024)}' "/proc/$1/status" 2>/dev/null || echo 0; }
-pid_of() { pgrep -P "$DEV" -f -- "--name $1 " | head -1; }
 now() { date +%s.%N; }
-peak_rss() { # peak_rss PID SECONDS_FILE: samples RSS every 0.2 s until the file appears
-  local p=$1 until=$2 peak=0 r
-  while [ ! -e "$until" ]; do r=$(rss "$p"); [ "$r" -gt "$peak" ] && peak=$r; sleep 0.2; done
+since() { awk "BEGIN{printf \"%.2f\", $(now) - $1}"; }
+start() { # start N: node N from its data directory
+  setsid "$RK" serve --name "node$1" --client-addr "127.0.0.1:700$1" --peer-addr "127.0.0.1:710$1" \
+    --initial-cluster "$CLUSTER" --data-dir "$ROOT/data/node$1" >>"$ROOT/node$1.log" 2>&1 &
+  PID[$1]=$!
+}
+stop_all() { for i in 1 2 3; do kill -9 "${PID[$i]:-0}" 2>/dev/null || true; done; sleep 0.5; }
+trap stop_all EXIT
+leader() { "$RK" status --endpoints "$EP" 2>/dev/null | awk '$3=="leader"{print substr($1, 5)}' | head -1; }
+wait_leader() { until [ -n "$(leader)" ]; do sleep 0.1; done; leader; }
+applied_of() { "$RK" status --endpoints "127.0.0.1:700$1" 2>/dev/null | awk 'NR==2{print $7}'; }
+commit_of() { "$RK" status --endpoints "127.0.0.1:700$1" 2>/dev/null | awk 'NR==2{print $6}'; }
+peak_rss() { # peak_rss PID STOPFILE: samples RSS every 0.2 s until STOPFILE exists
+  local peak=0 r
+  while [ ! -e "$2" ]; do r=$(rss "$1"); [ "$r" -gt "$peak" ] && peak=$r; sleep 0.2; done
   echo "$peak"
 }
-leader() { "$RK" status --endpoints "$EP" | awk '$3=="leader"{print $1}' | head -1; }
 
-rm -rf "$ROOT"; mkdir -p "$ROOT"
-setsid "$RK" dev --nodes 3 --fresh --data-root "$ROOT/data" >"$ROOT/dev.log" 2>&1 & DEV=$!
-trap 'kill -INT $DEV 2>/dev/null; wait $DEV 2>/dev/null; for p in ${EXTRA:-}; do kill $p 2>/dev/null; done' EXIT
-sleep 3
-echo "== loading $KEYS keys of 256 B with $CLIENTS clients"
-"$RK" bench --clients "$CLIENTS" --requests "$KEYS" --sequential-keys --value-size 256 --endpoints "$EP" \
-  | tee "$ROOT/load.txt" | grep -E "writes/s|failed|p99" || true
-for n in node1 node2 node3; do echo "RSS $n after the load: $(rss "$(pid_of $n)") MiB"; done
-du -sh "$ROOT"/data/* | sed 's/^/disk /'
+if [ -z "${SKIP_LOAD:-}" ]; then
+  rm -rf "$ROOT"; mkdir -p "$ROOT/data"
+fi
+for i in 1 2 3; do start "$i"; done
+L=$(wait_leader)
+if [ -z "${SKIP_LOAD:-}" ]; then
+  echo "== loading $KEYS keys of 256 B with $CLIENTS clients (leader node$L)"
+  "$RK" bench --clients "$CLIENTS" --requests "$KEYS" --sequential-keys --value-size 256 --endpoints "$EP" \
+    >"$ROOT/load.txt"
+  grep -E "^(done|throughput|latency)" "$ROOT/load.txt"
+fi
+t0=$(now); L=$(wait_leader); commit=$(commit_of "$L")
+for i in 1 2 3; do until [ "$(applied_of "$i")" -ge "$commit" ] 2>/dev/null; do sleep 0.2; done; done
+echo "every node applied commit $commit ($(since "$t0") s)"
+for i in 1 2 3; do echo "node$i: RSS $(rss "${PID[$i]}") MiB, disk $(du -sh "$ROOT/data/node$i" | cut -f1)"; done
 
-L=$(leader); F=$( [ "$L" = node1 ] && echo node2 || echo node1 ); i=${F#node}
-LP=$(pid_of "$L"); FP=$(pid_of "$F")
-CMD=$(tr '\0' ' ' <"/proc/$FP/cmdline")
-echo "== kill -9 of follower $F and restart"
-kill -9 "$FP"; sleep 1
+L=$(wait_leader); F=$(( L % 3 + 1 ))
+echo "== kill -9 of follower node$F and restart"
+kill -9 "${PID[$F]}"; sleep 1
+t0=$(now); start "$F"
+until "$RK" get key00000000 --serializable --endpoints "127.0.0.1:700$F" --timeout-ms 500 >/dev/null 2>&1; do sleep 0.02; done
+serving=$(since "$t0")
+commit=$(commit_of "$L")
+until [ "$(applied_of "$F")" -ge "$commit" ] 2>/dev/null; do sleep 0.05; done
+echo "restart: serving after $serving s, applied the leader's commit $commit after $(since "$t0") s; RSS $(rss "${PID[$F]}") MiB"
+
+echo "== node$F's data directory wiped, the cluster restarted: catch-up by snapshot"
+stop_all; rm -rf "$ROOT/data/node$F"
+for i in 1 2 3; do start "$i"; done
+L=$(wait_leader); t0=$(now); before=$(rss "${PID[$L]}"); rm -f "$ROOT/done"
+peak_rss "${PID[$L]}" "$ROOT/done" >"$ROOT/peak" & PK=$!
+commit=$(commit_of "$L")
+until [ "$(applied_of "$F")" -ge "$commit" ] 2>/dev/null; do sleep 0.2; done
+touch "$ROOT/done"; wait $PK
+echo "the wiped node$F applied the leader's commit $commit $(since "$t0") s after node$L led; leader RSS $before MiB then, peak $(cat "$ROOT/peak") MiB during; node$F RSS $(rss "${PID[$F]}") MiB"
+
+echo "== Retrieve of the whole history through node$L"
+rm -f "$ROOT/done"; before=$(rss "${PID[$L]}")
+peak_rss "${PID[$L]}" "$ROOT/done" >"$ROOT/peak" & PK=$!
 t0=$(now)
-# shellcheck disable=SC2086
-setsid $CMD >>"$ROOT/$F.restart.log" 2>&1 & NP=$!; EXTRA="$NP"
-until "$RK" get key00000000 --serializable --endpoints "127.0.0.1:700$i" --timeout-ms 500 >/dev/null 2>&1; do sleep 0.02; done
-t1=$(now)
-commit=$("$RK" status --endpoints "$EP" | awk -v l="$L" '$1==l{print $6}')
-until [ "$("$RK" status --endpoints "127.0.0.1:700$i" | awk 'NR==2{print $7}')" -ge "$commit" ]; do sleep 0.05; done
-t2=$(now)
-echo "restart: serving after $(awk "BEGIN{print $t1 - $t0}") s, caught up to the leader's commit $commit after $(awk "BEGIN{print $t2 - $t0}") s; RSS $(rss $NP) MiB"
-
-echo "== $F's data directory wiped: catch-up by snapshot"
-kill -9 "$NP"; sleep 0.5; rm -rf "$ROOT/data/$F"
-before=$(rss "$LP"); rm -f "$ROOT/done"
-peak_rss "$LP" "$ROOT/done" >"$ROOT/peak" & PK=$!
-t0=$(now)
-# shellcheck disable=SC2086
-setsid $CMD >>"$ROOT/$F.wiped.log" 2>&1 & NP=$!; EXTRA="$NP"
-commit=$("$RK" status --endpoints "$EP" | awk -v l="$L" '$1==l{print $6}')
-until [ "$("$RK" status --endpoints "127.0.0.1:700$i" 2>/dev/null | awk 'NR==2{print $7}')" -ge "$commit" ] 2>/dev/null; do sleep 0.2; done
-t1=$(now); touch "$ROOT/done"; wait $PK
-echo "wiped follower caught up to $commit in $(awk "BEGIN{print $t1 - $t0}") s; leader RSS $before MiB before, peak $(cat "$ROOT/peak") MiB during; follower RSS $(rss $NP) MiB"
-
-echo "== Retrieve of the whole history through $L"
-rm -f "$ROOT/done"; before=$(rss "$LP")
-peak_rss "$LP" "$ROOT/done" >"$ROOT/peak" & PK=$!
-t0=$(now)
-"$RK" retrieve --node "$L" --endpoints "$EP" --timeout-ms 60000 | head -1
-t1=$(now); touch "$ROOT/done"; wait $PK
-echo "retrieve paged through in $(awk "BEGIN{print $t1 - $t0}") s; server RSS $before MiB before, peak $(cat "$ROOT/peak") MiB during"
+"$RK" retrieve --node "node$L" --endpoints "127.0.0.1:700$L" --timeout-ms 60000 >"$ROOT/retrieve.txt"
+took=$(since "$t0"); touch "$ROOT/done"; wait $PK
+head -1 "$ROOT/retrieve.txt"; rm -f "$ROOT/retrieve.txt"
+echo "retrieve paged through in $took s; server RSS $before MiB before, peak $(cat "$ROOT/peak") MiB during"

@@ -247,7 +247,8 @@ impl Sim {
             let snapshot = matches!(m.body, MessageBody::InstallSnapshot { .. });
             if m.body.is_request() && self.nodes[&m.from].up && (snapshot || self.rng.gen_bool(0.5)) {
                 let from = m.from;
-                let u = Message { from: m.to, to: from, term: 0, body: MessageBody::Unreachable };
+                let body = if snapshot { MessageBody::SnapshotFailed } else { MessageBody::Unreachable };
+                let u = Message { from: m.to, to: from, term: 0, body };
                 self.nodes.get_mut(&from).unwrap().core.step(u);
                 self.process(from, Vec::new());
             }
@@ -267,7 +268,7 @@ impl Sim {
             let crashed = self.process(to, Vec::new());
             let answer = match resp {
                 Some(r) if !crashed => r,
-                _ => Message { from: to, to: from, term: 0, body: MessageBody::Unreachable },
+                _ => Message { from: to, to: from, term: 0, body: MessageBody::SnapshotFailed },
             };
             self.nodes.get_mut(&from).unwrap().core.step(answer);
             self.process(from, Vec::new());

@@ -551,13 +551,21 @@ impl RawNode {
     /// Feeds one message. A request returns its response, which must be sent only
     /// after the next `ready()` has been persisted.
     pub fn step(&mut self, m: Message) -> Option<Message> {
-        if m.body == MessageBody::Unreachable {
-            if let Some(p) = self.progress.get_mut(&m.from) {
-                if p.state != ProgressState::Probe {
-                    p.become_probe(p.matched + 1);
-                }
+        // A lost append makes a pipelined follower fall back to probing. A follower
+        // being sent a snapshot stays paused until the snapshot's own outcome: a lost
+        // heartbeat says nothing of the stream, and probing meanwhile would start a
+        // second snapshot while the first is being installed.
+        match (&m.body, self.progress.get_mut(&m.from)) {
+            (MessageBody::Unreachable, Some(p)) if p.state == ProgressState::Replicate => {
+                p.become_probe(p.matched + 1);
+                return None;
             }
-            return None;
+            (MessageBody::SnapshotFailed, Some(p)) if p.state == ProgressState::Snapshot => {
+                p.become_probe(p.matched + 1);
+                return None;
+            }
+            (MessageBody::Unreachable | MessageBody::SnapshotFailed, _) => return None,
+            _ => {}
         }
         // PreVotes never change a term: answered (or counted) before the term rules.
         match m.body {
@@ -641,7 +649,7 @@ impl RawNode {
                 }
                 None
             }
-            MessageBody::Unreachable => None,
+            MessageBody::Unreachable | MessageBody::SnapshotFailed => None,
         }
     }
 

@@ -707,3 +707,62 @@ fn transfer_3_10_a_lost_timeout_now_is_sent_again_with_the_next_heartbeat() {
     let st = c.nodes[&2].status();
     assert_eq!(st.role, Role::Leader, "the heartbeat carried TimeoutNow again: {st:?}");
 }
+
+/// A follower being sent a snapshot waits for the snapshot's outcome: a lost heartbeat
+/// meanwhile does not start a second one (it did, and a follower busy installing a
+/// large snapshot was sent it again); a failed transfer is retried.
+#[test]
+fn a_snapshot_in_flight_is_retried_only_when_it_fails() {
+    let mut c = Cluster::new(3);
+    let mut lc = cfg(1, 3);
+    lc.keep_entries = 0;
+    c.nodes.insert(1, RawNode::new(lc, HardState::default(), Vec::new()).unwrap());
+    c.elect(1);
+    c.cut = vec![3];
+    for d in [b"a", b"b", b"c", b"d"] {
+        c.propose(1, d);
+    }
+    // Every member but 3 holds everything; with no catch-up tail the leader compacts past it.
+    let l = c.nodes.get_mut(&1).unwrap();
+    let applied = l.status().applied;
+    l.compact(applied);
+    assert!(l.log().first_index() > c.nodes[&3].log().last_index() + 1);
+    // Ticks the leader for a heartbeat interval, with node 2 answering; node 3 answers
+    // appends only while `answer_3`. Returns the messages sent to node 3.
+    let beat = |c: &mut Cluster, answer_3: bool| -> Vec<Message> {
+        let mut to_3 = Vec::new();
+        let mut queue: VecDeque<Message> = tick_until(c.nodes.get_mut(&1).unwrap(), 5).into();
+        while let Some(m) = queue.pop_front() {
+            let deliver = m.to == 2 || (m.to == 3 && answer_3 && matches!(m.body, MessageBody::AppendEntries { .. }));
+            if m.to == 3 {
+                to_3.push(m.clone());
+            }
+            if !deliver {
+                continue;
+            }
+            if let Some(resp) = c.nodes.get_mut(&m.to).unwrap().step(m) {
+                drain(c.nodes.get_mut(&resp.from).unwrap());
+                let l = c.nodes.get_mut(&1).unwrap();
+                l.step(resp);
+                queue.extend(drain(l).0);
+            }
+        }
+        to_3
+    };
+    let snapshots =
+        |msgs: &[Message]| msgs.iter().filter(|m| matches!(m.body, MessageBody::InstallSnapshot { .. })).count();
+    // Node 3 rejects the next heartbeat: it needs the snapshot, which is sent.
+    assert_eq!(snapshots(&beat(&mut c, true)), 1, "the snapshot is sent");
+    // Lost heartbeats while it streams change nothing.
+    for _ in 0..3 {
+        let l = c.nodes.get_mut(&1).unwrap();
+        l.step(Message { from: 3, to: 1, term: 0, body: MessageBody::Unreachable });
+        assert_eq!(snapshots(&beat(&mut c, false)), 0, "no second snapshot while the first is in flight");
+    }
+    assert_eq!(c.nodes[&1].status().role, Role::Leader);
+    // The transfer fails: the leader probes again and sends the snapshot anew.
+    let l = c.nodes.get_mut(&1).unwrap();
+    l.step(Message { from: 3, to: 1, term: 0, body: MessageBody::SnapshotFailed });
+    let sent: usize = (0..2).map(|_| snapshots(&beat(&mut c, true))).sum();
+    assert_eq!(sent, 1, "a failed snapshot is sent again");
+}

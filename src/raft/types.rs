@@ -101,6 +101,8 @@ pub enum MessageBody {
     TimeoutNow,
     /// Local only: the transport could not deliver a request to `from`.
     Unreachable,
+    /// Local only: streaming a snapshot to `from` failed or timed out.
+    SnapshotFailed,
 }
 
 impl MessageBody {

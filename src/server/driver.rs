@@ -1,6 +1,6 @@
 //! The tokio driver that owns one core: ticker, inputs, and the Ready protocol
 //! (persist → send → hand committed entries to the applier → advance).
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::path::PathBuf;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -10,11 +10,11 @@ use tokio::sync::{mpsc, oneshot, watch};
 use tokio::time::MissedTickBehavior;
 
 use super::applier::{ProposalReply, Task};
+use super::persister::Job;
 use super::{Input, Metrics, NodeStatus};
 use crate::error::Error;
 use crate::mvcc::Store;
-use crate::raft::{Index, Message, MessageBody, NodeId, ProposeError, RawNode, Role, TransferError};
-use crate::storage::Storage;
+use crate::raft::{Index, Message, MessageBody, NodeId, ProposeError, RawNode, Role, Term, TransferError};
 use crate::transport::convert::Names;
 
 /// Inputs handled per loop iteration before the ready is processed (one batch).
@@ -22,6 +22,14 @@ const MAX_BATCH: usize = 4096;
 /// Proposals are refused while the state machine trails the commit index by more than
 /// this many entries (etcd's limit), so that the applier's queue stays bounded.
 const MAX_APPLY_GAP: u64 = 5000;
+
+/// A batch handed to the persister, and what waits for it to be durable.
+pub(super) struct InFlight {
+    seq: u64,
+    /// Answers to peer requests, and requests to peers, that promise what it persists.
+    held: Vec<(oneshot::Sender<Message>, Message)>,
+    messages: Vec<Message>,
+}
 
 pub(super) struct Driver {
     /// The state machine's writer, on its own thread.
@@ -32,7 +40,11 @@ pub(super) struct Driver {
     /// A snapshot from the leader (a verified engine file) that the core is being offered.
     pub incoming_snapshot: Option<PathBuf>,
     pub core: RawNode,
-    pub storage: Storage,
+    /// The Raft log's writer, on its own thread.
+    pub persister: mpsc::UnboundedSender<Job>,
+    pub next_persist: u64,
+    /// Batches being persisted, oldest first.
+    pub in_flight: VecDeque<InFlight>,
     /// Set, and the node stopped, when storage fails: a node must not go on from a
     /// state it cannot trust.
     pub fatal: Arc<std::sync::Mutex<Option<String>>>,
@@ -216,12 +228,13 @@ impl Driver {
             }
             Input::InstallSnapshot { msg, path, reply } => {
                 if let Some(stale) = self.incoming_snapshot.replace(path) {
-                    let _ = std::fs::remove_file(stale);
+                    let _ = std::fs::remove_dir_all(stale);
                 }
                 if let Some(answer) = self.core.step(msg) {
                     self.held.push((reply, answer));
                 }
             }
+            Input::Persisted { seq, last } => self.persisted(seq, last),
             Input::Campaign => self.core.campaign(),
             Input::BecomeFollower => {
                 let term = self.core.status().term;
@@ -237,10 +250,14 @@ impl Driver {
                 self.metrics.appends_sent.fetch_add(1, Ordering::Relaxed);
             }
             let to = m.to;
+            let body = match m.body {
+                MessageBody::InstallSnapshot { .. } => MessageBody::SnapshotFailed,
+                _ => MessageBody::Unreachable,
+            };
             let delivered = self.peers.get(&to).is_some_and(|q| q.try_send(m).is_ok());
             if !delivered {
                 let me = self.core.id();
-                self.core.step(Message { from: to, to: me, term: 0, body: MessageBody::Unreachable });
+                self.core.step(Message { from: to, to: me, term: 0, body });
             }
         }
     }
@@ -258,8 +275,25 @@ impl Driver {
             return Ok(());
         }
         self.core.compact(base);
-        let storage = &mut self.storage;
-        tokio::task::block_in_place(|| storage.compact(base)).map_err(|e| e.to_string())
+        self.persister.send(Job::Compact { base }).map_err(|_| "the persister stopped".to_string())
+    }
+
+    /// The persister made batch `seq` durable: what waited for it goes out, and the core
+    /// learns its entries are stable.
+    fn persisted(&mut self, seq: u64, last: Option<(Index, Term)>) {
+        let Some(done) = self.in_flight.pop_front() else {
+            self.fatal_error = Some(format!("batch {seq} persisted, but none was in flight"));
+            return;
+        };
+        if done.seq != seq {
+            self.fatal_error = Some(format!("batch {seq} persisted before batch {}", done.seq));
+            return;
+        }
+        for (tx, answer) in done.held {
+            let _ = tx.send(answer);
+        }
+        self.send(done.messages);
+        self.core.advance(last);
     }
 
     /// Installs a snapshot the core accepted at (index, term): the applier swaps the
@@ -282,8 +316,7 @@ impl Driver {
         if installed != (index, term) {
             return Err(format!("installed snapshot holds {installed:?}, not the accepted ({index}, {term})"));
         }
-        let storage = &mut self.storage;
-        tokio::task::block_in_place(|| storage.compact(index)).map_err(|e| e.to_string())?;
+        self.persister.send(Job::Compact { base: index }).map_err(|_| "the persister stopped".to_string())?;
         self.compacted_for = index;
         tracing::info!(index, term, "installed the leader's snapshot");
         Ok(())
@@ -305,7 +338,7 @@ impl Driver {
                 (Some((index, term)), incoming) => self.install_snapshot(incoming, index, term)?,
                 // Offered but refused (stale): nothing installs it.
                 (None, Some(path)) => {
-                    let _ = std::fs::remove_file(path);
+                    let _ = std::fs::remove_dir_all(path);
                 }
                 (None, None) => {}
             }
@@ -316,21 +349,28 @@ impl Driver {
                 .into_iter()
                 .partition(|m| matches!(m.body, MessageBody::AppendEntries { .. }));
             self.send(appends);
-            // 1. Persist hard state and entries: one write, one fdatasync, before
-            //    anything that depends on them (votes, answers, applying) happens.
+            // 1. Persist hard state and entries (one write, one fdatasync, on the
+            //    persister's thread) before anything that depends on them (votes,
+            //    answers, requests, applying, the leader counting itself) happens:
+            // 2. held answers and requests to peers go once that batch is durable (at
+            //    once if nothing is being persisted); the core learns it in `persisted`.
+            let held = std::mem::take(&mut self.held);
             if rd.hard_state.is_some() || !rd.entries.is_empty() {
-                let storage = &mut self.storage;
-                tokio::task::block_in_place(|| storage.persist(rd.hard_state, &rd.entries))
-                    .map_err(|e| e.to_string())?;
-                self.metrics.fsyncs.store(self.storage.syncs(), Ordering::Relaxed);
-                self.metrics.entries_persisted.fetch_add(rd.entries.len() as u64, Ordering::Relaxed);
+                let seq = self.next_persist;
+                self.next_persist += 1;
+                let job = Job::Persist { seq, hard_state: rd.hard_state, entries: rd.entries };
+                self.persister.send(job).map_err(|_| "the persister stopped".to_string())?;
+                self.in_flight.push_back(InFlight { seq, held, messages: rest });
+            } else if let Some(last) = self.in_flight.back_mut() {
+                // They may promise what a batch still in flight holds.
+                last.held.extend(held);
+                last.messages.extend(rest);
+            } else {
+                for (tx, answer) in held {
+                    let _ = tx.send(answer);
+                }
+                self.send(rest);
             }
-            let persisted = rd.entries.last().map(|e| (e.index, e.term));
-            // 2. Send: held answers, then requests to peers.
-            for (tx, answer) in self.held.drain(..) {
-                let _ = tx.send(answer);
-            }
-            self.send(rest);
             // 3. Apply: the applier applies in order and answers the proposals.
             if !rd.committed.is_empty() {
                 let mut replies = Vec::new();
@@ -351,11 +391,16 @@ impl Driver {
                     let _ = tx.send(Ok(r.index));
                 }
             }
-            // 4. Advance.
-            self.core.advance(persisted);
         }
-        for (tx, answer) in self.held.drain(..) {
-            let _ = tx.send(answer);
+        // Answers to requests that changed nothing to persist.
+        let held = std::mem::take(&mut self.held);
+        match self.in_flight.back_mut() {
+            Some(last) => last.held.extend(held),
+            None => {
+                for (tx, answer) in held {
+                    let _ = tx.send(answer);
+                }
+            }
         }
         let st = self.core.status();
         if was_leader && st.role != Role::Leader {

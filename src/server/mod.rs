@@ -3,6 +3,7 @@
 mod applier;
 mod compactor;
 mod driver;
+mod persister;
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -49,6 +50,8 @@ pub enum Input {
     /// Hand leadership to `to` (or the most up-to-date follower); answered once this
     /// node has stepped down (at once if `to` is this leader), or with why it could not.
     TransferLeader { to: Option<NodeId>, reply: oneshot::Sender<Result<()>> },
+    /// The persister made batch `seq` durable (its last entry, if it had entries).
+    Persisted { seq: u64, last: Option<(Index, Term)> },
     /// Start an election now.
     Campaign,
     /// Become a follower now, keeping the term.
@@ -391,7 +394,8 @@ pub struct Node {
     peer_addr: SocketAddr,
     shutdown: watch::Sender<bool>,
     tasks: Vec<JoinHandle<()>>,
-    applier: Option<std::thread::JoinHandle<()>>,
+    /// The applier and the persister.
+    threads: Vec<std::thread::JoinHandle<()>>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -519,10 +523,25 @@ impl Node {
             fatal: fatal.clone(),
             shutdown: shutdown_tx.clone(),
         };
-        let applier_thread = std::thread::Builder::new()
-            .name(format!("{}-applier", cfg.name))
-            .spawn(move || applier.run())
-            .map_err(|e| StartError::Other(format!("starting the applier: {e}")))?;
+        let (persister_tx, persister_rx) = mpsc::unbounded_channel();
+        let persister = persister::Persister {
+            storage,
+            jobs: persister_rx,
+            driver: handle.0.input.clone(),
+            metrics: metrics.clone(),
+            fatal: fatal.clone(),
+            shutdown: shutdown_tx.clone(),
+        };
+        let thread = |what: &str, f: Box<dyn FnOnce() + Send>| {
+            std::thread::Builder::new()
+                .name(format!("{}-{what}", cfg.name))
+                .spawn(f)
+                .map_err(|e| StartError::Other(format!("starting the {what}: {e}")))
+        };
+        let threads = vec![
+            thread("applier", Box::new(move || applier.run()))?,
+            thread("persister", Box::new(move || persister.run()))?,
+        ];
         let driver = driver::Driver {
             applier: applier_tx,
             store: store.clone(),
@@ -530,7 +549,9 @@ impl Node {
             incoming_snapshot: None,
             fatal_error: None,
             core,
-            storage,
+            persister: persister_tx,
+            next_persist: 0,
+            in_flight: Default::default(),
             fatal: fatal.clone(),
             names,
             input: input_rx,
@@ -617,7 +638,7 @@ impl Node {
         if let Some(mode) = cfg.auto_compaction {
             tasks.push(tokio::spawn(compactor::run(handle.clone(), mode, shutdown_rx.clone())));
         }
-        Ok(Node { handle, client_addr, peer_addr, shutdown: shutdown_tx, tasks, applier: Some(applier_thread) })
+        Ok(Node { handle, client_addr, peer_addr, shutdown: shutdown_tx, tasks, threads })
     }
 
     pub fn handle(&self) -> &NodeHandle {
@@ -664,10 +685,11 @@ impl Node {
         for t in std::mem::take(&mut self.tasks) {
             let _ = t.await;
         }
-        // The driver is gone, so the applier drains its queue, checkpoints and ends;
-        // then the engine file is closed, even if handles to this node live on.
-        if let Some(applier) = self.applier.take() {
-            let _ = tokio::task::spawn_blocking(move || applier.join()).await;
+        // The driver is gone, so the applier drains its queue, checkpoints and ends, and
+        // the persister writes what it was given and ends; then the engine is closed,
+        // even if handles to this node live on.
+        for t in std::mem::take(&mut self.threads) {
+            let _ = tokio::task::spawn_blocking(move || t.join()).await;
         }
         self.handle.0.store.close();
     }

@@ -127,7 +127,11 @@ fn call(
     let req = convert::request_to_pb(m, names);
     let timeout = if matches!(req, Some(Request::Snapshot { .. })) { SNAPSHOT_TIMEOUT } else { rpc_timeout };
     async move {
-        let unreachable = Message { from: peer, to: me, term: 0, body: MessageBody::Unreachable };
+        let body = match req {
+            Some(Request::Snapshot { .. }) => MessageBody::SnapshotFailed,
+            _ => MessageBody::Unreachable,
+        };
+        let unreachable = Message { from: peer, to: me, term: 0, body };
         // Some(None): delivered, and the request has no answer.
         let answer = async {
             match req? {

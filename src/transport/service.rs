@@ -85,7 +85,7 @@ impl pb::raft_server::Raft for RaftService {
         let from = match self.node.names().id(&leader) {
             Ok(id) => id,
             Err(e) => {
-                let _ = tokio::fs::remove_file(&path).await;
+                let _ = tokio::fs::remove_dir_all(&path).await;
                 return Err(e);
             }
         };
