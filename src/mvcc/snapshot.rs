@@ -78,18 +78,33 @@ fn damaged(what: impl std::fmt::Display) -> MvccError {
     MvccError::Engine(format!("received snapshot: {what}"))
 }
 
-/// Builds a new engine from the snapshot stream in `file` (a directory beside the
-/// store's, unique to this install) and makes it durable. Returns its path and the
-/// (index, term) it holds; a damaged or truncated stream builds nothing.
-pub fn build(store: &Store, file: &Path) -> Result<(PathBuf, Index, Term), MvccError> {
-    let path = store.install_path();
-    match build_at(store, file, &path) {
-        Ok((index, term)) => Ok((path, index, term)),
-        Err(e) => {
-            let _ = std::fs::remove_dir_all(&path);
-            Err(e)
+/// A snapshot built into a new engine, open and durable, waiting to be installed
+/// (`Store::install`). Dropped without being installed, it removes itself.
+pub struct Built {
+    pub(super) path: PathBuf,
+    pub(super) engine: Option<Engine>,
+    pub index: Index,
+    pub term: Term,
+}
+
+impl Drop for Built {
+    fn drop(&mut self) {
+        if self.engine.take().is_some() {
+            let _ = std::fs::remove_dir_all(&self.path);
         }
     }
+}
+
+/// Builds a new engine from the snapshot stream in `file` (a directory beside the
+/// store's, unique to this install) and makes it durable. A damaged or truncated
+/// stream builds nothing.
+pub fn build(store: &Store, file: &Path) -> Result<Built, MvccError> {
+    let path = store.install_path();
+    let engine = Engine::open(&path, store.cache_bytes())?;
+    let mut built = Built { path, engine: Some(engine), index: 0, term: 0 };
+    let (index, term) = build_into(built.engine.as_ref().expect("just opened"), file)?;
+    (built.index, built.term) = (index, term);
+    Ok(built)
 }
 
 /// Reads one record: (tag, payload).
@@ -113,14 +128,13 @@ fn next_record(r: &mut impl Read, crc: &mut crc32fast::Hasher) -> Result<(u8, Ve
     Ok((head[0], payload))
 }
 
-fn build_at(store: &Store, file: &Path, path: &Path) -> Result<(Index, Term), MvccError> {
+fn build_into(engine: &Engine, file: &Path) -> Result<(Index, Term), MvccError> {
     let mut r = BufReader::with_capacity(1 << 20, std::fs::File::open(file)?);
     let mut magic = [0u8; 8];
     r.read_exact(&mut magic).map_err(|_| damaged("too short"))?;
     if &magic != MAGIC {
         return Err(damaged("not a raftkv snapshot"));
     }
-    let engine = Engine::open(path, store.cache_bytes())?;
     let mut crc = crc32fast::Hasher::new();
     let mut meta = None;
     let mut batch = engine.db.batch();

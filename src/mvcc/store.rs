@@ -435,16 +435,17 @@ impl Store {
         self.cache_bytes
     }
 
-    /// Replaces the state by the engine directory at `path` (a verified, durable
-    /// snapshot): `kv.current` is switched to it with one atomic rename. Returns the
-    /// new applied (index, term).
-    pub fn install(&self, path: &Path) -> Result<(Index, Term), MvccError> {
+    /// Replaces the state by a built snapshot (verified, durable, already open):
+    /// `kv.current` is switched to it with one atomic rename. Returns the new applied
+    /// (index, term).
+    pub fn install(&self, mut built: super::snapshot::Built) -> Result<(Index, Term), MvccError> {
+        let path = built.path.clone();
         let name = path
             .file_name()
             .map(|n| n.to_string_lossy().to_string())
             .filter(|n| n.starts_with("kv-") && path.parent() == Some(self.dir.as_path()))
             .ok_or_else(|| MvccError::Engine(format!("{} is not an engine of this store", path.display())))?;
-        let engine = Engine::open(path, self.cache_bytes)?;
+        let engine = built.engine.take().ok_or_else(|| MvccError::Engine("snapshot installed twice".into()))?;
         let meta = engine.load_meta(&engine.db.snapshot())?;
         let old = self.current_name();
         let mut slot = self.engine.write().unwrap();

@@ -136,9 +136,9 @@ fn a_snapshot_stream_rebuilds_the_same_state_and_damage_builds_nothing() {
     let (d2, other) = store();
     let file = d2.path().join("stream");
     std::fs::write(&file, &bytes).unwrap();
-    let (path, i, t) = snapshot::build(&other, &file).unwrap();
-    assert_eq!((i, t), (index, term));
-    assert_eq!(other.install(&path).unwrap(), (index, term));
+    let built = snapshot::build(&other, &file).unwrap();
+    assert_eq!((built.index, built.term), (index, term));
+    assert_eq!(other.install(built).unwrap(), (index, term));
     let (a, b) = (s.read().unwrap(), other.read().unwrap());
     assert_eq!((b.revision(), b.compacted()), (a.revision(), a.compacted()));
     for rev in [100, 200, a.revision()] {

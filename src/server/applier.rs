@@ -3,12 +3,12 @@
 //! committed batches the driver hands it, in order, answers the proposals among them,
 //! checkpoints the engine (one durable commit) every so many entries or bytes,
 //! removes compacted history while idle, and swaps in installed snapshots.
-use std::path::PathBuf;
 use std::sync::Arc;
 
 use tokio::sync::{mpsc, oneshot, watch};
 
 use crate::error::Error;
+use crate::mvcc::snapshot::Built;
 use crate::mvcc::{Applied, MvccError, Store};
 use crate::raft::{Entry, Index, Term};
 
@@ -17,8 +17,8 @@ pub type ProposalReply = oneshot::Sender<Result<Applied, Error>>;
 pub enum Task {
     /// Committed entries, and the callers waiting for some of them.
     Apply { entries: Vec<Entry>, replies: Vec<(Index, ProposalReply)> },
-    /// Replace the state by the verified engine file at `path`.
-    Install { path: PathBuf, reply: oneshot::Sender<Result<(Index, Term), MvccError>> },
+    /// Replace the state by a verified snapshot.
+    Install { built: Built, reply: oneshot::Sender<Result<(Index, Term), MvccError>> },
 }
 
 /// Queued batches are applied together, in one engine transaction, up to this many
@@ -121,8 +121,8 @@ impl Applier {
                     (*entries_since, *bytes_since) = (0, 0);
                 }
             }
-            Task::Install { path, reply } => {
-                let r = self.store.install(&path);
+            Task::Install { built, reply } => {
+                let r = self.store.install(built);
                 let failed = r.as_ref().err().cloned();
                 let _ = reply.send(r);
                 if let Some(e) = failed {

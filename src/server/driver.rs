@@ -1,7 +1,6 @@
 //! The tokio driver that owns one core: ticker, inputs, and the Ready protocol
 //! (persist → send → hand committed entries to the applier → advance).
 use std::collections::{BTreeMap, HashMap, VecDeque};
-use std::path::PathBuf;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
@@ -13,6 +12,7 @@ use super::applier::{ProposalReply, Task};
 use super::persister::Job;
 use super::{Input, Metrics, NodeStatus};
 use crate::error::Error;
+use crate::mvcc::snapshot::Built;
 use crate::mvcc::Store;
 use crate::raft::{Index, Message, MessageBody, NodeId, ProposeError, RawNode, Role, Term, TransferError};
 use crate::transport::convert::Names;
@@ -37,8 +37,8 @@ pub(super) struct Driver {
     pub store: Arc<Store>,
     /// The durable applied index the log was last compacted for.
     pub compacted_for: Index,
-    /// A snapshot from the leader (a verified engine file) that the core is being offered.
-    pub incoming_snapshot: Option<PathBuf>,
+    /// A snapshot from the leader (a verified engine) that the core is being offered.
+    pub incoming_snapshot: Option<Built>,
     pub core: RawNode,
     /// The Raft log's writer, on its own thread.
     pub persister: mpsc::UnboundedSender<Job>,
@@ -226,10 +226,9 @@ impl Driver {
                     self.leader_waiters.push(reply);
                 }
             }
-            Input::InstallSnapshot { msg, path, reply } => {
-                if let Some(stale) = self.incoming_snapshot.replace(path) {
-                    let _ = std::fs::remove_dir_all(stale);
-                }
+            Input::InstallSnapshot { msg, built, reply } => {
+                // An older offer still pending is dropped, which removes it.
+                self.incoming_snapshot = Some(built);
                 if let Some(answer) = self.core.step(msg) {
                     self.held.push((reply, answer));
                 }
@@ -301,15 +300,15 @@ impl Driver {
     /// starts after it, drops what it covers.
     fn install_snapshot(
         &mut self,
-        incoming: Option<PathBuf>,
+        incoming: Option<Built>,
         index: Index,
         term: crate::raft::Term,
     ) -> Result<(), String> {
-        let Some(path) = incoming else {
+        let Some(built) = incoming else {
             return Err(format!("snapshot {index} accepted without its state machine"));
         };
         let (tx, rx) = oneshot::channel();
-        self.applier.send(Task::Install { path, reply: tx }).map_err(|_| "the applier stopped".to_string())?;
+        self.applier.send(Task::Install { built, reply: tx }).map_err(|_| "the applier stopped".to_string())?;
         let installed = tokio::task::block_in_place(|| rx.blocking_recv())
             .map_err(|_| "the applier stopped".to_string())?
             .map_err(|e| e.to_string())?;
@@ -334,13 +333,9 @@ impl Driver {
             // Install an accepted snapshot first: saved as this node's own (its log now
             // starts after it), the log compacted to it, the state machine replaced.
             let incoming = self.incoming_snapshot.take();
-            match (rd.snapshot, incoming) {
-                (Some((index, term)), incoming) => self.install_snapshot(incoming, index, term)?,
-                // Offered but refused (stale): nothing installs it.
-                (None, Some(path)) => {
-                    let _ = std::fs::remove_dir_all(path);
-                }
-                (None, None) => {}
+            // An offer the core refused (stale) is dropped, which removes it.
+            if let Some((index, term)) = rd.snapshot {
+                self.install_snapshot(incoming, index, term)?;
             }
             // 0. A leader's AppendEntries go out before its own write (Raft §10.2.1):
             //    the leader counts itself in a majority only once `advance` reports its

@@ -7,7 +7,6 @@ mod persister;
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
-use std::path::PathBuf;
 use std::sync::atomic::AtomicU64;
 use std::sync::Arc;
 use std::time::Duration;
@@ -46,7 +45,7 @@ pub enum Input {
     WaitLeader { reply: oneshot::Sender<()> },
     /// A snapshot received from the leader, built into the engine file at `path`:
     /// installed if the core accepts it, then answered like a request.
-    InstallSnapshot { msg: Message, path: PathBuf, reply: oneshot::Sender<Message> },
+    InstallSnapshot { msg: Message, built: crate::mvcc::snapshot::Built, reply: oneshot::Sender<Message> },
     /// Hand leadership to `to` (or the most up-to-date follower); answered once this
     /// node has stepped down (at once if `to` is this leader), or with why it could not.
     TransferLeader { to: Option<NodeId>, reply: oneshot::Sender<Result<()>> },
@@ -146,8 +145,8 @@ impl NodeHandle {
 
     /// Offers a received snapshot (built into the engine file at `path`) to the core;
     /// answered once it is installed durably, or refused.
-    pub async fn install_snapshot(&self, msg: Message, path: PathBuf) -> Result<Message> {
-        self.ask(|reply| Input::InstallSnapshot { msg, path, reply }).await
+    pub async fn install_snapshot(&self, msg: Message, built: crate::mvcc::snapshot::Built) -> Result<Message> {
+        self.ask(|reply| Input::InstallSnapshot { msg, built, reply }).await
     }
 
     pub async fn step_request(&self, msg: Message) -> Result<Message> {

@@ -81,22 +81,18 @@ impl pb::raft_server::Raft for RaftService {
         }
         .await;
         let _ = tokio::fs::remove_file(&tmp).await;
-        let (term, leader, (path, index, snap_term)) = received?;
-        let from = match self.node.names().id(&leader) {
-            Ok(id) => id,
-            Err(e) => {
-                let _ = tokio::fs::remove_dir_all(&path).await;
-                return Err(e);
-            }
-        };
+        // Dropping `built` without installing it removes it.
+        let (term, leader, built) = received?;
+        let from = self.node.names().id(&leader)?;
+        let (index, snap_term) = (built.index, built.term);
         let msg = crate::raft::Message {
             from,
             to: self.node.id(),
             term,
             body: crate::raft::MessageBody::InstallSnapshot { index, term: snap_term },
         };
-        // The driver installs the file or, if the core refuses it, removes it.
-        let answer = self.node.install_snapshot(msg, path).await;
+        // The driver installs it or, if the core refuses it, drops it.
+        let answer = self.node.install_snapshot(msg, built).await;
         Ok(Response::new(convert::append_response_to_pb(answer?)?))
     }
 
