@@ -9,12 +9,12 @@ use tokio::sync::{mpsc, oneshot, watch};
 use tokio::time::MissedTickBehavior;
 
 use super::applier::{ProposalReply, Task};
-use super::persister::Job;
+use super::persister::{Durable, Job};
 use super::{Input, Metrics, NodeStatus};
 use crate::error::Error;
 use crate::mvcc::snapshot::Built;
 use crate::mvcc::Store;
-use crate::raft::{Index, Message, MessageBody, NodeId, ProposeError, RawNode, Role, Term, TransferError};
+use crate::raft::{Index, Message, MessageBody, NodeId, ProposeError, RawNode, Role, TransferError};
 use crate::transport::convert::Names;
 
 /// Inputs handled per loop iteration before the ready is processed (one batch).
@@ -42,6 +42,8 @@ pub(super) struct Driver {
     pub core: RawNode,
     /// The Raft log's writer, on its own thread.
     pub persister: mpsc::UnboundedSender<Job>,
+    /// The persister's reports of batches made durable.
+    pub durable: mpsc::UnboundedReceiver<Durable>,
     pub next_persist: u64,
     /// Batches being persisted, oldest first.
     pub in_flight: VecDeque<InFlight>,
@@ -82,6 +84,14 @@ impl Driver {
                 biased;
                 _ = self.shutdown.changed() => break,
                 _ = ticker.tick() => self.core.tick(),
+                // Before new inputs: what waits for the disk goes out as soon as it may.
+                done = self.durable.recv() => {
+                    let Some(done) = done else { break };
+                    self.persisted(done);
+                    while let Ok(done) = self.durable.try_recv() {
+                        self.persisted(done);
+                    }
+                }
                 input = self.input.recv() => {
                     let Some(input) = input else { break };
                     self.handle(input);
@@ -233,7 +243,6 @@ impl Driver {
                     self.held.push((reply, answer));
                 }
             }
-            Input::Persisted { seq, last } => self.persisted(seq, last),
             Input::Campaign => self.core.campaign(),
             Input::BecomeFollower => {
                 let term = self.core.status().term;
@@ -277,22 +286,20 @@ impl Driver {
         self.persister.send(Job::Compact { base }).map_err(|_| "the persister stopped".to_string())
     }
 
-    /// The persister made batch `seq` durable: what waited for it goes out, and the core
-    /// learns its entries are stable.
-    fn persisted(&mut self, seq: u64, last: Option<(Index, Term)>) {
-        let Some(done) = self.in_flight.pop_front() else {
-            self.fatal_error = Some(format!("batch {seq} persisted, but none was in flight"));
-            return;
-        };
-        if done.seq != seq {
-            self.fatal_error = Some(format!("batch {seq} persisted before batch {}", done.seq));
+    /// The persister made every batch up to `done.seq` durable: what waited for them
+    /// goes out, in order, and the core learns its entries are stable.
+    fn persisted(&mut self, done: Durable) {
+        if self.in_flight.front().is_none_or(|b| b.seq > done.seq) {
+            self.fatal_error = Some(format!("batch {} reported durable, but it was not in flight", done.seq));
             return;
         }
-        for (tx, answer) in done.held {
-            let _ = tx.send(answer);
+        while let Some(batch) = self.in_flight.pop_front_if(|b| b.seq <= done.seq) {
+            for (tx, answer) in batch.held {
+                let _ = tx.send(answer);
+            }
+            self.send(batch.messages);
         }
-        self.send(done.messages);
-        self.core.advance(last);
+        self.core.advance(done.last);
     }
 
     /// Installs a snapshot the core accepted at (index, term): the applier swaps the

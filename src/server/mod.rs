@@ -49,8 +49,6 @@ pub enum Input {
     /// Hand leadership to `to` (or the most up-to-date follower); answered once this
     /// node has stepped down (at once if `to` is this leader), or with why it could not.
     TransferLeader { to: Option<NodeId>, reply: oneshot::Sender<Result<()>> },
-    /// The persister made batch `seq` durable (its last entry, if it had entries).
-    Persisted { seq: u64, last: Option<(Index, Term)> },
     /// Start an election now.
     Campaign,
     /// Become a follower now, keeping the term.
@@ -523,10 +521,11 @@ impl Node {
             shutdown: shutdown_tx.clone(),
         };
         let (persister_tx, persister_rx) = mpsc::unbounded_channel();
+        let (durable_tx, durable_rx) = mpsc::unbounded_channel();
         let persister = persister::Persister {
             storage,
             jobs: persister_rx,
-            driver: handle.0.input.clone(),
+            driver: durable_tx,
             metrics: metrics.clone(),
             fatal: fatal.clone(),
             shutdown: shutdown_tx.clone(),
@@ -549,6 +548,7 @@ impl Node {
             fatal_error: None,
             core,
             persister: persister_tx,
+            durable: durable_rx,
             next_persist: 0,
             in_flight: Default::default(),
             fatal: fatal.clone(),

@@ -1,31 +1,51 @@
 //! The persister: a thread of its own that owns the Raft log on disk, so that the
-//! driver never waits for an fdatasync. It writes each batch the driver hands it (one
-//! write, one fdatasync), in order, compacts the log when asked, and reports each
-//! batch durable back to the driver, which only then sends what depended on it.
+//! driver never waits for an fdatasync. It writes the batches the driver hands it in
+//! order; every batch that queued while the disk was busy shares one fdatasync (group
+//! commit), and then they are reported durable together, so that the driver sends what
+//! depended on them. It compacts the log when asked.
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
 use tokio::sync::{mpsc, watch};
 
-use super::{Input, Metrics};
+use super::Metrics;
 use crate::raft::{Entry, HardState, Index, Term};
 use crate::storage::{Storage, StorageError};
 
+/// Batches written before one fdatasync at most, so that a driver that keeps producing
+/// still hears of durability regularly.
+const MAX_GROUP: usize = 256;
+
 pub enum Job {
-    /// Make these durable, then report `Input::Persisted { seq, last }`.
+    /// Make these durable, then report them with a `Durable`.
     Persist { seq: u64, hard_state: Option<HardState>, entries: Vec<Entry> },
     /// Drop the log up to `base` (the state machine holds it durably).
     Compact { base: Index },
 }
 
+/// Every batch up to `seq` is durable; `last` is the last entry they wrote, if any.
+#[derive(Debug, Clone, Copy)]
+pub struct Durable {
+    pub seq: u64,
+    pub last: Option<(Index, Term)>,
+}
+
 pub struct Persister {
     pub storage: Storage,
     pub jobs: mpsc::UnboundedReceiver<Job>,
-    pub driver: mpsc::Sender<Input>,
+    pub driver: mpsc::UnboundedSender<Durable>,
     pub metrics: Arc<Metrics>,
     /// Set, and the node stopped, when the disk fails.
     pub fatal: Arc<std::sync::Mutex<Option<String>>>,
     pub shutdown: watch::Sender<bool>,
+}
+
+/// Batches written since the last fdatasync.
+#[derive(Default)]
+struct Group {
+    seq: Option<u64>,
+    last: Option<(Index, Term)>,
+    entries: u64,
 }
 
 impl Persister {
@@ -39,20 +59,42 @@ impl Persister {
     }
 
     fn work(&mut self) -> Result<(), StorageError> {
-        while let Some(job) = self.jobs.blocking_recv() {
-            match job {
-                Job::Persist { seq, hard_state, entries } => {
-                    self.storage.persist(hard_state, &entries)?;
-                    self.metrics.fsyncs.store(self.storage.syncs(), Ordering::Relaxed);
-                    self.metrics.entries_persisted.fetch_add(entries.len() as u64, Ordering::Relaxed);
-                    let last: Option<(Index, Term)> = entries.last().map(|e| (e.index, e.term));
-                    if self.driver.blocking_send(Input::Persisted { seq, last }).is_err() {
-                        return Ok(());
+        while let Some(first) = self.jobs.blocking_recv() {
+            let mut group = Group::default();
+            let mut next = Some(first);
+            let mut written = 0;
+            while let Some(job) = next {
+                match job {
+                    Job::Persist { seq, hard_state, entries } => {
+                        self.storage.write(hard_state, &entries)?;
+                        group.seq = Some(seq);
+                        if let Some(e) = entries.last() {
+                            group.last = Some((e.index, e.term));
+                        }
+                        group.entries += entries.len() as u64;
+                        written += 1;
+                    }
+                    Job::Compact { base } => {
+                        // What was written before goes first, in order.
+                        self.flush(std::mem::take(&mut group))?;
+                        self.storage.compact(base)?;
                     }
                 }
-                Job::Compact { base } => self.storage.compact(base)?,
+                next = if written < MAX_GROUP { self.jobs.try_recv().ok() } else { None };
             }
+            self.flush(group)?;
         }
+        Ok(())
+    }
+
+    /// Makes the group durable and reports it.
+    fn flush(&mut self, group: Group) -> Result<(), StorageError> {
+        let Some(seq) = group.seq else { return Ok(()) };
+        self.storage.sync()?;
+        self.metrics.fsyncs.store(self.storage.syncs(), Ordering::Relaxed);
+        self.metrics.entries_persisted.fetch_add(group.entries, Ordering::Relaxed);
+        // A driver that stopped no longer needs to hear it.
+        let _ = self.driver.send(Durable { seq, last: group.last });
         Ok(())
     }
 }

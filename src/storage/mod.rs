@@ -129,6 +129,16 @@ impl Storage {
         self.wal.append(hs, entries)
     }
 
+    /// Writes the hard state and entries without waiting for the disk (see `sync`).
+    pub fn write(&mut self, hs: Option<HardState>, entries: &[Entry]) -> Result<(), StorageError> {
+        self.wal.write(hs, entries)
+    }
+
+    /// Makes everything written so far durable: one fdatasync for any number of writes.
+    pub fn sync(&mut self) -> Result<(), StorageError> {
+        self.wal.sync()
+    }
+
     /// fdatasync calls so far.
     pub fn syncs(&self) -> u64 {
         self.wal.syncs
@@ -341,5 +351,36 @@ mod tests {
         let (_, r) = Storage::open(d.path(), "a", &members()).unwrap();
         assert_eq!(r.hard_state, HardState { term: 5, vote: Some(3), commit: 1 });
         assert_eq!(r.entries, vec![entry(1, 1), entry(2, 5)]);
+    }
+
+    #[test]
+    fn batches_written_together_share_one_fdatasync_and_all_recover_across_segments() {
+        let d = tempfile::tempdir().unwrap();
+        claim_dir(d.path(), "a", &members()).unwrap();
+        {
+            let (mut s, _) = Storage::open_log(d.path(), (0, 0), 512).unwrap();
+            // A group: a vote, entries, a suffix replaced, commit-only moves.
+            s.write(Some(HardState { term: 1, vote: Some(1), commit: 0 }), &[entry(1, 1), entry(2, 1)]).unwrap();
+            s.write(None, &[entry(2, 2), entry(3, 2)]).unwrap();
+            s.write(Some(HardState { term: 2, vote: Some(1), commit: 3 }), &[]).unwrap();
+            assert_eq!(s.syncs(), 0, "nothing synced before the group ends");
+            s.sync().unwrap();
+            assert_eq!(s.syncs(), 1, "one fdatasync for the group");
+            // A commit-only group needs none.
+            s.write(Some(HardState { term: 2, vote: Some(1), commit: 1 }), &[]).unwrap();
+            s.sync().unwrap();
+            assert_eq!(s.syncs(), 1, "commit-only: no fdatasync");
+            // A group that spans segments (512 bytes each) closes each one synced.
+            for i in 4..=40u64 {
+                s.write(None, &[entry(i, 2)]).unwrap();
+            }
+            s.sync().unwrap();
+            assert!(fs::read_dir(d.path().join("wal")).unwrap().count() > 2, "several segments");
+        }
+        let (_, r) = Storage::open_log(d.path(), (0, 0), 512).unwrap();
+        assert_eq!(r.hard_state.term, 2);
+        assert_eq!(r.entries.len(), 40);
+        assert_eq!(r.entries[1], entry(2, 2));
+        assert_eq!(r.entries.last(), Some(&entry(40, 2)));
     }
 }

@@ -43,6 +43,10 @@ pub struct Wal {
     /// (segment, offset) of each entry after `base`.
     positions: Vec<(u64, u64)>,
     hard_state: HardState,
+    /// Bytes written to the current segment since its last fdatasync.
+    unsynced: bool,
+    /// Something written since the last fdatasync must be durable before it is reported.
+    must_sync: bool,
     /// fdatasync calls so far (for benchmarks).
     pub syncs: u64,
 }
@@ -213,6 +217,8 @@ impl Wal {
                 base,
                 positions: Vec::new(),
                 hard_state: HardState::default(),
+                unsynced: false,
+                must_sync: false,
                 syncs: 0,
             };
             return Ok((wal, HardState::default(), Vec::new()));
@@ -294,6 +300,8 @@ impl Wal {
             base,
             positions,
             hard_state: hs,
+            unsynced: false,
+            must_sync: false,
             syncs: 0,
         };
         Ok((wal, hs, entries))
@@ -333,6 +341,27 @@ impl Wal {
     /// (none when only the commit index moved). Entries continue the log, or replace a
     /// suffix of it from their first index.
     pub fn append(&mut self, hs: Option<HardState>, entries: &[Entry]) -> Result<(), StorageError> {
+        self.write(hs, entries)?;
+        self.sync()
+    }
+
+    /// Makes everything `write` wrote durable, with one fdatasync (none if all it wrote
+    /// only moved the commit index).
+    pub fn sync(&mut self) -> Result<(), StorageError> {
+        if self.must_sync {
+            let path = self.current_path();
+            self.file.sync_data().map_err(|e| io(&path, e))?;
+            self.syncs += 1;
+            self.must_sync = false;
+            self.unsynced = false;
+        }
+        Ok(())
+    }
+
+    /// Writes `hs` (if any) and `entries` without waiting for the disk: several writes
+    /// can share one `sync` (group commit). Entries continue the log, or replace a
+    /// suffix of it from their first index.
+    pub fn write(&mut self, hs: Option<HardState>, entries: &[Entry]) -> Result<(), StorageError> {
         let mut rewrite_hs = false;
         if let Some(first) = entries.first() {
             if first.index <= self.base || first.index > self.last_index() + 1 {
@@ -345,6 +374,13 @@ impl Wal {
             self.positions.truncate((first.index - self.base - 1) as usize);
         }
         if self.size >= self.segment_bytes && (hs.is_some() || !entries.is_empty()) {
+            // A closed segment is complete on disk: only the last one may end torn.
+            if self.unsynced {
+                let path = self.current_path();
+                self.file.sync_data().map_err(|e| io(&path, e))?;
+                self.syncs += 1;
+                self.unsynced = false;
+            }
             let seq = self.segments.last().expect("a segment").0 + 1;
             self.file = create_segment(&self.dir, seq)?;
             self.segments.push((seq, 0));
@@ -376,15 +412,13 @@ impl Wal {
         }
         let path = self.current_path();
         self.file.write_all(&buf).map_err(|e| io(&path, e))?;
+        self.unsynced = true;
         // A batch that only moves the commit index needs no sync of its own: commit can
         // be relearned from the leader, and the next synced batch covers this record.
         let commit_only = entries.is_empty()
             && !rewrite_hs
             && hs.is_some_and(|h| h.term == self.hard_state.term && h.vote == self.hard_state.vote);
-        if !commit_only {
-            self.file.sync_data().map_err(|e| io(&path, e))?;
-            self.syncs += 1;
-        }
+        self.must_sync |= !commit_only;
         self.size += buf.len() as u64;
         if let Some(h) = hs {
             self.hard_state = h;
