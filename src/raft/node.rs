@@ -313,8 +313,17 @@ impl RawNode {
         self.broadcast_pending = true;
     }
 
-    /// Starts an election now (election timeout, or the controller's TIMEOUT).
+    /// Starts an election now, asked for (the leader's TimeoutNow, or the controller's
+    /// TIMEOUT): voters grant it even while they hear from a leader.
     pub fn campaign(&mut self) {
+        self.start_election(true);
+    }
+
+    fn start_election(&mut self, transfer: bool) {
+        if self.term >= MAX_TERM {
+            tracing::error!(term = self.term, "the term is at its limit: this node cannot start an election");
+            return;
+        }
         self.become_candidate();
         if self.votes.len() >= self.quorum() {
             self.become_leader();
@@ -322,7 +331,7 @@ impl RawNode {
         }
         let (last_log_index, last_log_term) = (self.log.last_index(), self.log.last_term());
         for p in self.peers().collect::<Vec<_>>() {
-            self.send(p, MessageBody::RequestVote { last_log_index, last_log_term, pre_vote: false });
+            self.send(p, MessageBody::RequestVote { last_log_index, last_log_term, pre_vote: false, transfer });
         }
     }
 
@@ -332,14 +341,18 @@ impl RawNode {
         self.leader = None;
         self.reset_election_timer();
         self.prevotes = Some(BTreeMap::from([(self.cfg.id, true)]));
+        if self.term >= MAX_TERM {
+            tracing::error!(term = self.term, "the term is at its limit: this node cannot start an election");
+            return;
+        }
         if self.quorum() == 1 {
-            self.campaign();
+            self.start_election(false);
             return;
         }
         let (last_log_index, last_log_term) = (self.log.last_index(), self.log.last_term());
         let term = self.term + 1;
         for p in self.peers().collect::<Vec<_>>() {
-            let body = MessageBody::RequestVote { last_log_index, last_log_term, pre_vote: true };
+            let body = MessageBody::RequestVote { last_log_index, last_log_term, pre_vote: true, transfer: false };
             self.msgs.push(Message { from: self.cfg.id, to: p, term, body });
         }
     }
@@ -348,9 +361,7 @@ impl RawNode {
     /// up to date and this node has not heard from a leader within the (minimum)
     /// election timeout: while a leader is alive, nobody may start an election.
     fn handle_pre_vote(&mut self, m: &Message, last_index: Index, last_term: Term) -> Message {
-        let leader_alive =
-            self.role == Role::Leader || (self.leader.is_some() && self.election_elapsed < self.cfg.election_ticks);
-        let granted = m.term > self.term && !leader_alive && self.log.is_up_to_date(last_index, last_term);
+        let granted = m.term > self.term && !self.leader_alive() && self.log.is_up_to_date(last_index, last_term);
         let term = if granted { m.term } else { self.term };
         Message {
             from: self.cfg.id,
@@ -358,6 +369,11 @@ impl RawNode {
             term,
             body: MessageBody::RequestVoteResponse { granted, pre_vote: true },
         }
+    }
+
+    /// This node is the leader, or heard from one within the (minimum) election timeout.
+    fn leader_alive(&self) -> bool {
+        self.role == Role::Leader || (self.leader.is_some() && self.election_elapsed < self.cfg.election_ticks)
     }
 
     fn handle_pre_vote_response(&mut self, m: &Message, granted: bool) {
@@ -373,7 +389,7 @@ impl RawNode {
         let yes = prevotes.values().filter(|&&g| g).count();
         let no = prevotes.len() - yes;
         if yes >= self.quorum() {
-            self.campaign();
+            self.start_election(false);
         } else if no >= self.quorum() {
             self.prevotes = None;
         }
@@ -567,9 +583,14 @@ impl RawNode {
             (MessageBody::Unreachable | MessageBody::SnapshotFailed, _) => return None,
             _ => {}
         }
+        // Transport refuses these; a term past the limit must never be adopted.
+        if m.term > MAX_TERM {
+            tracing::warn!(term = m.term, from = m.from, "dropped a message with a term past the limit");
+            return None;
+        }
         // PreVotes never change a term: answered (or counted) before the term rules.
         match m.body {
-            MessageBody::RequestVote { last_log_index, last_log_term, pre_vote: true } => {
+            MessageBody::RequestVote { last_log_index, last_log_term, pre_vote: true, .. } => {
                 return Some(self.handle_pre_vote(&m, last_log_index, last_log_term));
             }
             MessageBody::RequestVoteResponse { granted, pre_vote: true } => {
@@ -577,6 +598,14 @@ impl RawNode {
                 return None;
             }
             _ => {}
+        }
+        // While a leader is alive, an election nobody asked for is ignored, and its term
+        // adopted by no one (Raft thesis §4.2.3): a member that was cut off, or a forged
+        // request, cannot depose a healthy leader.
+        if let MessageBody::RequestVote { transfer: false, .. } = m.body {
+            if m.term > self.term && self.cfg.check_quorum && self.leader_alive() {
+                return Some(self.reply(m.from, MessageBody::RequestVoteResponse { granted: false, pre_vote: false }));
+            }
         }
         if m.term > self.term {
             let leader = matches!(m.body, MessageBody::AppendEntries { .. } | MessageBody::InstallSnapshot { .. })

@@ -151,7 +151,7 @@ fn paper_5_2_one_vote_per_term() {
         from,
         to: 1,
         term,
-        body: MessageBody::RequestVote { last_log_index: 0, last_log_term: 0, pre_vote: false },
+        body: MessageBody::RequestVote { last_log_index: 0, last_log_term: 0, pre_vote: false, transfer: false },
     };
     let granted =
         |m: Option<Message>| matches!(m.unwrap().body, MessageBody::RequestVoteResponse { granted: true, .. });
@@ -171,7 +171,7 @@ fn paper_5_2_vote_resets_election_timer() {
         from: 2,
         to: 1,
         term: 1,
-        body: MessageBody::RequestVote { last_log_index: 0, last_log_term: 0, pre_vote: false },
+        body: MessageBody::RequestVote { last_log_index: 0, last_log_term: 0, pre_vote: false, transfer: false },
     });
     for _ in 0..14 {
         n.tick();
@@ -219,12 +219,13 @@ fn paper_5_4_1_vote_denied_to_candidate_with_older_log() {
     let mut c = Cluster::new(3);
     c.elect(1);
     c.propose(1, b"x");
-    // Node 3 holds [noop@1, x@1]; a candidate whose log ends at (1, 1) is behind.
+    // Node 3 holds [noop@1, x@1]; a candidate whose log ends at (1, 1) is behind. (An
+    // election asked for, so that node 3's leader lease does not decide it.)
     let resp = c.nodes.get_mut(&3).unwrap().step(Message {
         from: 2,
         to: 3,
         term: 5,
-        body: MessageBody::RequestVote { last_log_index: 1, last_log_term: 1, pre_vote: false },
+        body: MessageBody::RequestVote { last_log_index: 1, last_log_term: 1, pre_vote: false, transfer: true },
     });
     assert!(matches!(resp.unwrap().body, MessageBody::RequestVoteResponse { granted: false, .. }));
     assert_eq!(c.nodes[&3].status().term, 5, "the higher term is still adopted");
@@ -534,7 +535,12 @@ fn pre_vote_is_refused_while_a_leader_is_heard_and_granted_once_it_is_gone() {
             from: 3,
             to: 2,
             term: term + 1,
-            body: MessageBody::RequestVote { last_log_index: 100, last_log_term: term, pre_vote: true },
+            body: MessageBody::RequestVote {
+                last_log_index: 100,
+                last_log_term: term,
+                pre_vote: true,
+                transfer: false,
+            },
         };
         c.nodes.get_mut(&2).unwrap().step(m).unwrap()
     };
@@ -765,4 +771,51 @@ fn a_snapshot_in_flight_is_retried_only_when_it_fails() {
     l.step(Message { from: 3, to: 1, term: 0, body: MessageBody::SnapshotFailed });
     let sent: usize = (0..2).map(|_| snapshots(&beat(&mut c, true))).sum();
     assert_eq!(sent, 1, "a failed snapshot is sent again");
+}
+
+fn vote_request(from: NodeId, to: NodeId, term: Term, transfer: bool) -> Message {
+    Message {
+        from,
+        to,
+        term,
+        body: MessageBody::RequestVote { last_log_index: 100, last_log_term: term, pre_vote: false, transfer },
+    }
+}
+
+#[test]
+fn thesis_4_2_3_members_hearing_from_a_leader_ignore_an_election_nobody_asked_for() {
+    let mut c = Cluster::new(3);
+    c.elect(1);
+    let term = c.nodes[&1].status().term;
+    // A member that was cut off (or a forged request) asks for votes in a later term:
+    // neither the follower nor the leader adopts the term or grants the vote.
+    for to in [3, 1] {
+        let resp = c.nodes.get_mut(&to).unwrap().step(vote_request(2, to, term + 5, false)).unwrap();
+        assert!(matches!(resp.body, MessageBody::RequestVoteResponse { granted: false, .. }), "node {to}");
+        assert_eq!(resp.term, term, "answered in the current term, so the candidate drops it");
+        assert_eq!(c.nodes[&to].status().term, term, "node {to} keeps its term");
+    }
+    assert_eq!(c.nodes[&1].status().role, Role::Leader);
+    assert_eq!(c.nodes[&3].status().leader, Some(1));
+    // An election the leader asked for (TimeoutNow) is honoured.
+    let resp = c.nodes.get_mut(&3).unwrap().step(vote_request(2, 3, term + 5, true)).unwrap();
+    assert!(matches!(resp.body, MessageBody::RequestVoteResponse { granted: true, .. }));
+    assert_eq!(c.nodes[&3].status().term, term + 5);
+}
+
+#[test]
+fn a_term_past_the_limit_is_never_adopted_and_the_last_term_is_never_passed() {
+    let mut n = node(1, 3);
+    assert_eq!(n.step(vote_request(2, 1, u64::MAX, true)), None, "dropped");
+    assert_eq!(n.status().term, 0);
+    // A node that somehow sits at the limit refuses to campaign rather than wrap.
+    let hs = HardState { term: MAX_TERM, vote: None, commit: 0 };
+    let mut n = RawNode::new(cfg(1, 3), hs, Vec::new()).unwrap();
+    n.campaign();
+    assert_eq!(n.status().term, MAX_TERM);
+    assert_eq!(n.status().role, Role::Follower);
+    assert!(drain(&mut n).0.is_empty(), "no vote requests");
+    let mut n = RawNode::new(Config::new(1, vec![1, 2, 3]), hs, Vec::new()).unwrap();
+    tick_until(&mut n, 200);
+    assert_eq!(n.status().term, MAX_TERM, "no PreVote round for a term past the limit either");
 }

@@ -6,6 +6,13 @@ pub type NodeId = u64;
 pub type Term = u64;
 pub type Index = u64;
 
+/// The highest term a node accepts or reaches. No honest cluster comes near it (a new
+/// term every microsecond would take over 2,000 years), and below it `term + 1` can
+/// never wrap: a forged `u64::MAX` is refused instead of freezing every election.
+pub const MAX_TERM: Term = 1 << 56;
+/// The highest log index a node accepts from the network, for the same reason.
+pub const MAX_INDEX: Index = 1 << 62;
+
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum EntryKind {
     /// A client command; `data` is opaque to the core.
@@ -60,6 +67,10 @@ pub enum MessageBody {
         last_log_index: Index,
         last_log_term: Term,
         pre_vote: bool,
+        /// The election was asked for (by the leader handing over, or by the operator),
+        /// so voters grant it even while they still hear from a leader; an ordinary
+        /// candidate is ignored then (Raft thesis §4.2.3).
+        transfer: bool,
     },
     RequestVoteResponse {
         granted: bool,

@@ -367,6 +367,7 @@ async fn report_health(
 ) {
     type Kv = pb::key_value_server::KeyValueServer<KvService>;
     let mut serving = false;
+    let mut driver_alive = true;
     loop {
         let has_leader = status.borrow_and_update().leader.is_some();
         if has_leader != serving {
@@ -378,10 +379,21 @@ async fn report_health(
             }
         }
         tokio::select! {
-            changed = status.changed() => if changed.is_err() { break },
+            changed = status.changed() => if changed.is_err() { driver_alive = false; break },
             _ = shutdown.wait_for(|s| *s) => break,
         }
     }
+    if !driver_alive || *shutdown.borrow() {
+        // Liveness follows the driver: nothing is served once it is gone.
+        reporter.set_not_serving::<Kv>().await;
+        reporter.set_service_status("", tonic_health::ServingStatus::NotServing).await;
+    }
+}
+
+/// The longest snapshot stream a node accepts: twice what its quota lets it hold, at
+/// least 1 GiB.
+fn max_snapshot_bytes(quota_backend_bytes: u64) -> u64 {
+    quota_backend_bytes.saturating_mul(2).max(1 << 30)
 }
 
 /// A running node and the means to stop it.
@@ -606,9 +618,12 @@ impl Node {
             .add_service(kv_server)
             .serve_with_incoming_shutdown(incoming(client_listener)?, stop(shutdown_rx.clone()));
         let (r2, r2a) = reflection()?;
-        let raft_server = pb::raft_server::RaftServer::new(RaftService::new(handle.clone()))
-            .max_decoding_message_size(transport::MAX_MESSAGE_BYTES)
-            .max_encoding_message_size(transport::MAX_MESSAGE_BYTES);
+        let raft_server = pb::raft_server::RaftServer::new(RaftService::new(
+            handle.clone(),
+            max_snapshot_bytes(cfg.quota_backend_bytes),
+        ))
+        .max_decoding_message_size(transport::MAX_MESSAGE_BYTES)
+        .max_encoding_message_size(transport::MAX_MESSAGE_BYTES);
         let peer_server = Server::builder()
             .add_service(health)
             .add_service(r2)
@@ -617,8 +632,21 @@ impl Node {
             .serve_with_incoming_shutdown(incoming(peer_listener)?, stop(shutdown_rx.clone()));
 
         let name = cfg.name.clone();
+        let driver = tokio::spawn(driver.run());
+        let (driver_fatal, driver_stop) = (fatal.clone(), shutdown_tx.clone());
         let mut tasks = vec![
-            tokio::spawn(driver.run()),
+            // Fail-stop: a driver that dies stops the whole node (release builds abort
+            // on any panic anyway), so its supervisor restarts it rather than leaving
+            // servers up in front of nothing.
+            tokio::spawn(async move {
+                if let Err(e) = driver.await {
+                    tracing::error!("the raft driver failed, stopping the node: {e}");
+                    let mut fatal = driver_fatal.lock().unwrap_or_else(|p| p.into_inner());
+                    fatal.get_or_insert_with(|| format!("the raft driver failed: {e}"));
+                    drop(fatal);
+                    let _ = driver_stop.send(true);
+                }
+            }),
             tokio::spawn(async move {
                 if let Err(e) = client_server.await {
                     tracing::error!(node = %name, "client server failed: {e}");

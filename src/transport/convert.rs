@@ -2,7 +2,7 @@
 use tonic::Status;
 
 use crate::proto as pb;
-use crate::raft::{Entry, EntryKind, Message, MessageBody, NodeId};
+use crate::raft::{Entry, EntryKind, Index, Message, MessageBody, NodeId, Term, MAX_INDEX, MAX_TERM};
 
 /// Node names by id (id = position + 1 in name order).
 #[derive(Clone, Debug)]
@@ -20,6 +20,42 @@ impl Names {
             .map(|i| i as NodeId + 1)
             .ok_or_else(|| Status::invalid_argument(format!("unknown node {name:?}")))
     }
+
+    /// The id of the member that sent a request to `me`: a name that is not another
+    /// member of this cluster is refused.
+    pub fn sender(&self, name: &str, me: NodeId) -> Result<NodeId, Status> {
+        let id = self
+            .id(name)
+            .map_err(|_| Status::permission_denied(format!("{name:?} is not a member of this cluster")))?;
+        if id == me {
+            return Err(Status::permission_denied(format!("{name:?} is this node's own name")));
+        }
+        Ok(id)
+    }
+}
+
+/// Refuses a term past `MAX_TERM`.
+pub fn check_term(what: &str, term: Term) -> Result<(), Status> {
+    if term > MAX_TERM {
+        return Err(Status::invalid_argument(format!("{what} {term} is out of range (at most {MAX_TERM})")));
+    }
+    Ok(())
+}
+
+/// Refuses an index past `MAX_INDEX`.
+pub fn check_index(what: &str, index: Index) -> Result<(), Status> {
+    if index > MAX_INDEX {
+        return Err(Status::invalid_argument(format!("{what} {index} is out of range (at most {MAX_INDEX})")));
+    }
+    Ok(())
+}
+
+/// A log term never exceeds the term of the message that carries it.
+fn check_log_term(what: &str, log_term: Term, term: Term) -> Result<(), Status> {
+    if log_term > term {
+        return Err(Status::invalid_argument(format!("{what} {log_term} is past the message's term {term}")));
+    }
+    Ok(())
 }
 
 fn entry_to_pb(e: Entry) -> pb::Entry {
@@ -54,13 +90,14 @@ pub enum Request {
 pub fn request_to_pb(m: Message, names: &Names) -> Option<Request> {
     let from = names.name(m.from).to_string();
     match m.body {
-        MessageBody::RequestVote { last_log_index, last_log_term, pre_vote } => {
+        MessageBody::RequestVote { last_log_index, last_log_term, pre_vote, transfer } => {
             Some(Request::Vote(pb::RequestVoteRequest {
                 term: m.term,
                 candidate: from,
                 last_log_index,
                 last_log_term,
                 pre_vote,
+                leader_transfer: transfer,
             }))
         }
         MessageBody::AppendEntries { prev_log_index, prev_log_term, entries, commit, round, floor } => {
@@ -82,30 +119,54 @@ pub fn request_to_pb(m: Message, names: &Names) -> Option<Request> {
 }
 
 pub fn vote_request_from_pb(r: pb::RequestVoteRequest, me: NodeId, names: &Names) -> Result<Message, Status> {
+    let from = names.sender(&r.candidate, me)?;
+    check_term("term", r.term)?;
+    check_index("last_log_index", r.last_log_index)?;
+    check_log_term("last_log_term", r.last_log_term, r.term)?;
     Ok(Message {
-        from: names.id(&r.candidate)?,
+        from,
         to: me,
         term: r.term,
         body: MessageBody::RequestVote {
             last_log_index: r.last_log_index,
             last_log_term: r.last_log_term,
             pre_vote: r.pre_vote,
+            transfer: r.leader_transfer,
         },
     })
 }
 
 pub fn timeout_now_from_pb(r: pb::TimeoutNowRequest, me: NodeId, names: &Names) -> Result<Message, Status> {
-    Ok(Message { from: names.id(&r.leader)?, to: me, term: r.term, body: MessageBody::TimeoutNow })
+    let from = names.sender(&r.leader, me)?;
+    check_term("term", r.term)?;
+    Ok(Message { from, to: me, term: r.term, body: MessageBody::TimeoutNow })
 }
 
 pub fn append_request_from_pb(r: pb::AppendEntriesRequest, me: NodeId, names: &Names) -> Result<Message, Status> {
+    let from = names.sender(&r.leader, me)?;
+    check_term("term", r.term)?;
+    check_index("prev_log_index", r.prev_log_index)?;
+    check_index("leader_commit", r.leader_commit)?;
+    check_index("floor", r.floor)?;
+    check_log_term("prev_log_term", r.prev_log_term, r.term)?;
     let entries = r.entries.into_iter().map(entry_from_pb).collect::<Result<Vec<_>, _>>()?;
-    let contiguous = entries.iter().enumerate().all(|(i, e)| e.index == r.prev_log_index + 1 + i as u64);
-    if !contiguous {
-        return Err(Status::invalid_argument("entries do not follow prev_log_index contiguously"));
+    // Indices follow prev_log_index one by one, and terms never go down (Log Matching)
+    // nor past the leader's.
+    let mut last_term = r.prev_log_term;
+    for (i, e) in entries.iter().enumerate() {
+        if Some(e.index) != r.prev_log_index.checked_add(1 + i as u64) || e.index > MAX_INDEX {
+            return Err(Status::invalid_argument("entries do not follow prev_log_index contiguously"));
+        }
+        if e.term < last_term || e.term > r.term {
+            return Err(Status::invalid_argument(format!(
+                "entry {} has term {}, out of order (after {last_term}, leader's term {})",
+                e.index, e.term, r.term
+            )));
+        }
+        last_term = e.term;
     }
     Ok(Message {
-        from: names.id(&r.leader)?,
+        from,
         to: me,
         term: r.term,
         body: MessageBody::AppendEntries {
@@ -149,15 +210,26 @@ pub fn append_response_to_pb(m: Message) -> Result<pb::AppendEntriesResponse, St
     }
 }
 
-/// The core message for a peer's answer to a request `to` sent it.
+/// The core message for a peer's answer to a request `to` sent it, or why it is refused.
 /// `pre_vote` is the request's: an answer belongs to the round that asked.
-pub fn vote_response_from_pb(r: pb::RequestVoteResponse, me: NodeId, peer: NodeId, pre_vote: bool) -> Message {
+pub fn vote_response_from_pb(
+    r: pb::RequestVoteResponse,
+    me: NodeId,
+    peer: NodeId,
+    pre_vote: bool,
+) -> Result<Message, Status> {
+    check_term("term", r.term)?;
     let body = MessageBody::RequestVoteResponse { granted: r.vote_granted, pre_vote };
-    Message { from: peer, to: me, term: r.term, body }
+    Ok(Message { from: peer, to: me, term: r.term, body })
 }
 
-pub fn append_response_from_pb(r: pb::AppendEntriesResponse, me: NodeId, peer: NodeId) -> Message {
-    Message {
+pub fn append_response_from_pb(r: pb::AppendEntriesResponse, me: NodeId, peer: NodeId) -> Result<Message, Status> {
+    check_term("term", r.term)?;
+    check_term("conflict_term", r.conflict_term)?;
+    check_index("match_index", r.match_index)?;
+    check_index("reject_index", r.reject_index)?;
+    check_index("conflict_index", r.conflict_index)?;
+    Ok(Message {
         from: peer,
         to: me,
         term: r.term,
@@ -169,5 +241,5 @@ pub fn append_response_from_pb(r: pb::AppendEntriesResponse, me: NodeId, peer: N
             conflict_term: r.conflict_term,
             round: r.round,
         },
-    }
+    })
 }

@@ -115,6 +115,11 @@ fn snapshot_chunks(
     })
 }
 
+/// An answer that fails validation counts as no answer (the peer is then unreachable).
+fn refused(peer: NodeId, answer: Result<Message, tonic::Status>) -> Option<Message> {
+    answer.map_err(|e| tracing::warn!(peer, "refused a peer's answer: {}", e.message())).ok()
+}
+
 fn call(
     mut client: PeerClient,
     m: Message,
@@ -138,11 +143,11 @@ fn call(
                 Request::Vote(r) => {
                     let pre_vote = r.pre_vote;
                     let r = client.request_vote(r).await.ok()?.into_inner();
-                    Some(Some(convert::vote_response_from_pb(r, me, peer, pre_vote)))
+                    Some(Some(refused(peer, convert::vote_response_from_pb(r, me, peer, pre_vote))?))
                 }
                 Request::Append(r) => {
                     let r = client.append_entries(r).await.ok()?.into_inner();
-                    Some(Some(convert::append_response_from_pb(r, me, peer)))
+                    Some(Some(refused(peer, convert::append_response_from_pb(r, me, peer))?))
                 }
                 Request::TimeoutNow(r) => {
                     client.timeout_now(r).await.ok()?;
@@ -157,7 +162,7 @@ fn call(
                             return None;
                         }
                     };
-                    Some(Some(convert::append_response_from_pb(r, me, peer)))
+                    Some(Some(refused(peer, convert::append_response_from_pb(r, me, peer))?))
                 }
             }
         };

@@ -8,11 +8,13 @@ use crate::server::NodeHandle;
 
 pub struct RaftService {
     node: NodeHandle,
+    /// A snapshot stream longer than this is refused before it is built.
+    max_snapshot_bytes: u64,
 }
 
 impl RaftService {
-    pub fn new(node: NodeHandle) -> Self {
-        RaftService { node }
+    pub fn new(node: NodeHandle, max_snapshot_bytes: u64) -> Self {
+        RaftService { node, max_snapshot_bytes }
     }
 }
 
@@ -52,6 +54,7 @@ impl pb::raft_server::Raft for RaftService {
         let mut stream = req.into_inner();
         let store = self.node.store().clone();
         let tmp = store.install_path().with_extension("receiving");
+        let (me, names, max) = (self.node.id(), self.node.names().clone(), self.max_snapshot_bytes);
         let received = async {
             let mut file = tokio::fs::File::create(&tmp).await.map_err(|e| Status::internal(e.to_string()))?;
             let (mut term, mut leader, mut offset) = (0, String::new(), 0u64);
@@ -60,10 +63,16 @@ impl pb::raft_server::Raft for RaftService {
                     return Err(Status::invalid_argument("snapshot stream ended before its last chunk"));
                 };
                 if offset == 0 {
+                    // Who sends it, and in which term, is checked before anything is kept.
+                    names.sender(&chunk.leader, me)?;
+                    convert::check_term("term", chunk.term)?;
                     (term, leader) = (chunk.term, chunk.leader.clone());
                 }
                 if chunk.offset != offset || chunk.term != term || chunk.leader != leader {
                     return Err(Status::invalid_argument("snapshot chunks out of order"));
+                }
+                if offset + chunk.data.len() as u64 > max {
+                    return Err(Status::resource_exhausted(format!("a snapshot stream longer than {max} bytes")));
                 }
                 file.write_all(&chunk.data).await.map_err(|e| Status::internal(e.to_string()))?;
                 offset += chunk.data.len() as u64;
@@ -83,8 +92,14 @@ impl pb::raft_server::Raft for RaftService {
         let _ = tokio::fs::remove_file(&tmp).await;
         // Dropping `built` without installing it removes it.
         let (term, leader, built) = received?;
-        let from = self.node.names().id(&leader)?;
+        let from = self.node.names().sender(&leader, self.node.id())?;
         let (index, snap_term) = (built.index, built.term);
+        convert::check_index("snapshot index", index)?;
+        if snap_term > term {
+            return Err(Status::invalid_argument(format!(
+                "snapshot term {snap_term} is past the leader's term {term}"
+            )));
+        }
         let msg = crate::raft::Message {
             from,
             to: self.node.id(),

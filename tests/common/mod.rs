@@ -53,7 +53,7 @@ pub struct TestCluster {
     /// Every node's data directory, removed when the cluster is dropped.
     _data: tempfile::TempDir,
     cfgs: Vec<NodeConfig>,
-    peer_addrs: Vec<String>,
+    pub peer_addrs: Vec<String>,
 }
 
 impl TestCluster {
