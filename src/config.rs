@@ -42,6 +42,13 @@ pub struct NodeConfig {
     pub engine_cache_bytes: usize,
     /// History compaction decided by the leader, if any.
     pub auto_compaction: Option<AutoCompaction>,
+    /// TLS on the client port (`--cert-file --key-file --trusted-ca-file
+    /// --client-cert-auth`); plain text if `None`.
+    pub client_tls: Option<crate::tls::TlsFiles>,
+    /// TLS between members (`--peer-cert-file --peer-key-file --peer-trusted-ca-file
+    /// --peer-client-cert-auth`): a node's pair serves its peer port and is its client
+    /// certificate when it calls the others; the CA verifies both ways.
+    pub peer_tls: Option<crate::tls::TlsFiles>,
 }
 
 /// etcd's two auto-compaction modes.
@@ -110,6 +117,8 @@ impl NodeConfig {
             quota_backend_bytes: DEFAULT_QUOTA_BACKEND_BYTES,
             engine_cache_bytes: DEFAULT_ENGINE_CACHE_BYTES,
             auto_compaction: None,
+            client_tls: None,
+            peer_tls: None,
         }
     }
 }

@@ -16,7 +16,7 @@ struct Cli {
 #[derive(Subcommand)]
 enum Cmd {
     /// Run one node.
-    Serve(cli::serve::ServeArgs),
+    Serve(Box<cli::serve::ServeArgs>),
     /// Run a local cluster: N `raftkv serve` child processes on loopback.
     Dev(cli::dev::DevArgs),
     /// Set KEY to VALUE (answers once committed by a majority).
@@ -88,7 +88,7 @@ fn main() -> ExitCode {
     };
     let result = rt.block_on(async move {
         match cli.cmd {
-            Cmd::Serve(args) => cli::serve::run(args).await,
+            Cmd::Serve(args) => cli::serve::run(*args).await,
             Cmd::Dev(args) => cli::dev::run(args).await,
             Cmd::Put { key, value, conn } => cli::client::put(&conn, key, value).await,
             Cmd::Get { key, serializable, rev, conn } => cli::client::get(&conn, key, serializable, rev).await,

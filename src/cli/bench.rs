@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 use clap::Args;
 use hdrhistogram::Histogram;
 use raftkv::proto::{self as pb, key_value_client::KeyValueClient};
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::Channel;
 
 use super::client::Conn;
 use super::CmdResult;
@@ -73,8 +73,9 @@ async fn channels(conn: &Conn, n: usize) -> Vec<Channel> {
     let mut out = Vec::new();
     for ep in &conn.endpoints {
         for _ in 0..n.max(1) {
-            if let Ok(e) = Endpoint::from_shared(format!("http://{ep}")) {
-                out.push(e.connect_timeout(Duration::from_millis(500)).tcp_nodelay(true).connect_lazy());
+            match conn.channel(ep, Duration::from_millis(500)) {
+                Ok(ch) => out.push(ch),
+                Err(e) => eprintln!("bench: {e}"),
             }
         }
     }
@@ -90,10 +91,7 @@ fn wall_clock(t: std::time::SystemTime) -> String {
 /// The endpoint index of the leader, if an endpoint reports one.
 async fn leader_endpoint(conn: &Conn) -> usize {
     for ep in &conn.endpoints {
-        let Ok(e) = Endpoint::from_shared(format!("http://{ep}")) else {
-            continue;
-        };
-        let Ok(ch) = e.connect_timeout(Duration::from_millis(500)).connect().await else {
+        let Ok(ch) = conn.channel(ep, Duration::from_millis(500)) else {
             continue;
         };
         if let Ok(st) = KeyValueClient::new(ch).status(pb::StatusRequest {}).await {

@@ -9,6 +9,17 @@ use tonic::{Code, Status};
 
 use super::CmdResult;
 
+/// A transport error with its causes, on one line.
+fn describe_transport(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut out = e.to_string();
+    let mut cause = e.source();
+    while let Some(c) = cause {
+        out += &format!(": {c}");
+        cause = c.source();
+    }
+    out
+}
+
 /// The endpoints of `raftkv dev` with its default 5 nodes.
 pub const DEV_ENDPOINTS: &str = "127.0.0.1:7001,127.0.0.1:7002,127.0.0.1:7003,127.0.0.1:7004,127.0.0.1:7005";
 
@@ -20,6 +31,15 @@ pub struct Conn {
     /// Deadline of each request, in milliseconds.
     #[arg(long, default_value_t = 5000)]
     pub timeout_ms: u64,
+    /// Talk TLS, verifying the servers with this CA certificate (PEM).
+    #[arg(long, env = "RAFTKV_CACERT")]
+    pub cacert: Option<std::path::PathBuf>,
+    /// This client's certificate (PEM), for servers that require one (with --cacert).
+    #[arg(long, env = "RAFTKV_CERT", requires_all = ["tls_key", "cacert"])]
+    pub cert: Option<std::path::PathBuf>,
+    /// The key of --cert (PEM).
+    #[arg(long = "key", id = "tls_key", value_name = "KEY_FILE", env = "RAFTKV_KEY", requires = "cert")]
+    pub tls_key: Option<std::path::PathBuf>,
 }
 
 impl Conn {
@@ -27,12 +47,40 @@ impl Conn {
         Duration::from_millis(self.timeout_ms)
     }
 
-    async fn client(&self, endpoint: &str) -> Result<KeyValueClient<Channel>, String> {
-        let ep = Endpoint::from_shared(format!("http://{endpoint}"))
+    /// A lazily connected channel to `endpoint`, over TLS if --cacert is given.
+    pub fn channel(&self, endpoint: &str, connect_timeout: Duration) -> Result<Channel, String> {
+        self.channel_with(endpoint, connect_timeout, None)
+    }
+
+    fn channel_with(
+        &self,
+        endpoint: &str,
+        connect_timeout: Duration,
+        deadline: Option<Duration>,
+    ) -> Result<Channel, String> {
+        let mut ep = Endpoint::from_shared(format!("http://{endpoint}"))
             .map_err(|e| format!("bad endpoint {endpoint:?}: {e}"))?
-            .connect_timeout(Duration::from_millis(1000))
-            .timeout(self.timeout());
-        let ch = ep.connect().await.map_err(|e| format!("{endpoint}: cannot connect: {e}"))?;
+            .connect_timeout(connect_timeout)
+            .tcp_nodelay(true);
+        if let Some(d) = deadline {
+            ep = ep.timeout(d);
+        }
+        match &self.cacert {
+            Some(ca) => {
+                let pair = self.cert.as_deref().zip(self.tls_key.as_deref());
+                let cfg = raftkv::tls::client_config(ca, pair).map_err(|e| e.to_string())?;
+                raftkv::tls::channel(ep, endpoint, cfg).map_err(|e| e.to_string())
+            }
+            None => Ok(ep.connect_lazy()),
+        }
+    }
+
+    async fn client(&self, endpoint: &str) -> Result<KeyValueClient<Channel>, String> {
+        let mut ch = self.channel_with(endpoint, Duration::from_millis(1000), Some(self.timeout()))?;
+        // Connect now, so that an unreachable endpoint is told apart from a refusal.
+        futures::future::poll_fn(|cx| tower::Service::poll_ready(&mut ch, cx))
+            .await
+            .map_err(|e| format!("{endpoint}: cannot connect: {}", describe_transport(&e)))?;
         Ok(KeyValueClient::new(ch))
     }
 

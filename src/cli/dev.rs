@@ -35,6 +35,10 @@ pub struct DevArgs {
     /// 127.0.0.(10+i) with its bridge on port 5555 (implies --bridge).
     #[arg(long)]
     pub classic: bool,
+    /// The secure set-up: a throwaway CA and node certificates under DATA_ROOT/pki;
+    /// members authenticate each other mutually and clients need a certificate.
+    #[arg(long)]
+    pub tls: bool,
 }
 
 struct DevNode {
@@ -78,10 +82,38 @@ pub async fn run(args: DevArgs) -> CmdResult {
             .map_err(|e| format!("--fresh: cannot remove {}: {e}", args.data_root.display()))?;
     }
     println!("raftkv dev: starting {} nodes, data under {}", args.nodes, args.data_root.display());
+    let pki = if args.tls {
+        let pki = raftkv::tls::dev::DevPki::create(&args.data_root.join("pki"), "raftkv dev CA")
+            .map_err(|e| e.to_string())?;
+        let (cert, key) = pki.issue("client", &[]).map_err(|e| e.to_string())?;
+        println!(
+            "raftkv dev: TLS on; CA {}, a client certificate {} (key {})",
+            pki.ca().display(),
+            cert.display(),
+            key.display()
+        );
+        Some(pki)
+    } else {
+        None
+    };
     let mut children = Vec::new();
     for (name, client, peer, bridge) in spec {
         let mut cmd = Command::new(&exe);
         cmd.arg("serve");
+        if let Some(pki) = &pki {
+            let host = client.rsplit_once(':').map_or("127.0.0.1", |(h, _)| h);
+            let (cert, key) = pki.issue(&name, &[host, "localhost"]).map_err(|e| e.to_string())?;
+            let ca = pki.ca();
+            for (flag, path) in [("--cert-file", &cert), ("--key-file", &key), ("--trusted-ca-file", &ca)] {
+                cmd.arg(flag).arg(path);
+            }
+            for (flag, path) in
+                [("--peer-cert-file", &cert), ("--peer-key-file", &key), ("--peer-trusted-ca-file", &ca)]
+            {
+                cmd.arg(flag).arg(path);
+            }
+            cmd.args(["--client-cert-auth", "--peer-client-cert-auth"]);
+        }
         cmd.arg("--data-dir").arg(args.data_root.join(&name));
         if let Some(b) = &bridge {
             cmd.args(["--bridge-addr", b]);
@@ -118,16 +150,27 @@ pub async fn run(args: DevArgs) -> CmdResult {
     let first = endpoints[0];
     println!();
     println!("Try:");
-    println!("  grpcurl -plaintext {first} list");
-    println!("  grpcurl -plaintext -d '{{\"key\":\"a\",\"value\":\"1\"}}' {first} raftkv.v1.KeyValue/Store");
-    println!("  grpcurl -plaintext -d '{{\"key\":\"a\"}}' {first} raftkv.v1.KeyValue/Get");
-    println!("  grpcurl -plaintext {first} raftkv.v1.KeyValue/Retrieve");
-    println!("  grpcurl -plaintext {first} raftkv.v1.KeyValue/Status");
-    let ep_flag = if args.nodes == 5 && args.base_port == 7000 && !args.classic {
+    let g = match &pki {
+        Some(p) => {
+            let d = p.dir.display();
+            format!("grpcurl -cacert {d}/ca.pem -cert {d}/client.pem -key {d}/client-key.pem")
+        }
+        None => "grpcurl -plaintext".to_string(),
+    };
+    println!("  {g} {first} list");
+    println!("  {g} -d '{{\"key\":\"a\",\"value\":\"1\"}}' {first} raftkv.v1.KeyValue/Store");
+    println!("  {g} -d '{{\"key\":\"a\"}}' {first} raftkv.v1.KeyValue/Get");
+    println!("  {g} {first} raftkv.v1.KeyValue/Retrieve");
+    println!("  {g} {first} raftkv.v1.KeyValue/Status");
+    let mut ep_flag = if args.nodes == 5 && args.base_port == 7000 && !args.classic {
         String::new()
     } else {
         format!(" --endpoints {}", endpoints.join(","))
     };
+    if let Some(p) = &pki {
+        let d = p.dir.display();
+        ep_flag += &format!(" --cacert {d}/ca.pem --cert {d}/client.pem --key {d}/client-key.pem");
+    }
     println!("  raftkv put a 1{ep_flag}");
     println!("  raftkv get a{ep_flag}");
     println!("  raftkv status{ep_flag}");

@@ -4,6 +4,7 @@ use std::process::ExitCode;
 use clap::Args;
 use raftkv::config::{ordinal_members, parse_initial_cluster, NodeConfig};
 use raftkv::server::Node;
+use raftkv::tls::TlsFiles;
 use tokio::net::TcpListener;
 
 use super::CmdResult;
@@ -73,6 +74,32 @@ pub struct ServeArgs {
     /// at most this long, before it stops (keep it below the supervisor's grace period).
     #[arg(long, env = "RAFTKV_SHUTDOWN_TIMEOUT_MS", default_value_t = 5000)]
     pub shutdown_timeout_ms: u64,
+    /// Serve clients over TLS with this certificate (PEM; re-read when the file changes).
+    #[arg(long, env = "RAFTKV_CERT_FILE", requires = "key_file")]
+    pub cert_file: Option<std::path::PathBuf>,
+    /// The key of --cert-file (PEM).
+    #[arg(long, env = "RAFTKV_KEY_FILE", requires = "cert_file")]
+    pub key_file: Option<std::path::PathBuf>,
+    /// The CA that signs client certificates (with --client-cert-auth).
+    #[arg(long, env = "RAFTKV_TRUSTED_CA_FILE")]
+    pub trusted_ca_file: Option<std::path::PathBuf>,
+    /// Clients must present a certificate signed by --trusted-ca-file.
+    #[arg(long, env = "RAFTKV_CLIENT_CERT_AUTH", requires = "trusted_ca_file")]
+    pub client_cert_auth: bool,
+    /// This node's certificate between members (PEM): served on the peer port and
+    /// presented when it calls the others. A certificate whose DNS names name a member
+    /// speaks only for that member.
+    #[arg(long, env = "RAFTKV_PEER_CERT_FILE", requires_all = ["peer_key_file", "peer_trusted_ca_file"])]
+    pub peer_cert_file: Option<std::path::PathBuf>,
+    /// The key of --peer-cert-file (PEM).
+    #[arg(long, env = "RAFTKV_PEER_KEY_FILE", requires = "peer_cert_file")]
+    pub peer_key_file: Option<std::path::PathBuf>,
+    /// The cluster's CA: verifies the other members' certificates, both ways.
+    #[arg(long, env = "RAFTKV_PEER_TRUSTED_CA_FILE", requires = "peer_cert_file")]
+    pub peer_trusted_ca_file: Option<std::path::PathBuf>,
+    /// The peer port accepts only members with a certificate of --peer-trusted-ca-file.
+    #[arg(long, env = "RAFTKV_PEER_CLIENT_CERT_AUTH", requires = "peer_cert_file")]
+    pub peer_client_cert_auth: bool,
     /// Parse and validate the flags and environment, print the resulting
     /// configuration, and exit without serving or touching the data directory.
     #[arg(long)]
@@ -120,10 +147,37 @@ fn config(args: &ServeArgs) -> Result<NodeConfig, String> {
             &args.auto_compaction_retention,
         )
         .map_err(|e| e.to_string())?,
+        client_tls: match (&args.cert_file, &args.key_file) {
+            (Some(cert), Some(key)) => Some(TlsFiles {
+                cert: cert.clone(),
+                key: key.clone(),
+                trusted_ca: args.trusted_ca_file.clone(),
+                client_cert_auth: args.client_cert_auth,
+            }),
+            _ if args.client_cert_auth => return Err("--client-cert-auth needs --cert-file and --key-file".into()),
+            _ => None,
+        },
+        peer_tls: match (&args.peer_cert_file, &args.peer_key_file) {
+            (Some(cert), Some(key)) => Some(TlsFiles {
+                cert: cert.clone(),
+                key: key.clone(),
+                trusted_ca: args.peer_trusted_ca_file.clone(),
+                client_cert_auth: args.peer_client_cert_auth,
+            }),
+            _ => None,
+        },
         ..NodeConfig::new(&args.name, members, data_dir)
     };
     cfg.validate().map_err(|e| e.to_string())?;
     Ok(cfg)
+}
+
+fn tls_mode(tls: Option<&TlsFiles>) -> &'static str {
+    match tls {
+        None => "plain text",
+        Some(f) if f.client_cert_auth => "TLS, certificates required",
+        Some(_) => "TLS",
+    }
 }
 
 fn init_logging() {
@@ -149,10 +203,12 @@ pub async fn run(args: ServeArgs) -> CmdResult {
     if args.check_config {
         let members: Vec<String> = cfg.members.iter().map(|m| format!("{}={}", m.name, m.peer_addr)).collect();
         println!(
-            "config OK: name={} client={} peer={} bridge={} data-dir={} election-timeout-ms={} heartbeat-ms={} members={}",
+            "config OK: name={} client={} ({}) peer={} ({}) bridge={} data-dir={} election-timeout-ms={} heartbeat-ms={} members={}",
             cfg.name,
             args.client_addr,
+            tls_mode(cfg.client_tls.as_ref()),
             args.peer_addr,
+            tls_mode(cfg.peer_tls.as_ref()),
             args.bridge_addr.as_deref().unwrap_or("off"),
             cfg.data_dir.display(),
             cfg.election_timeout_ms,
@@ -180,7 +236,9 @@ pub async fn run(args: ServeArgs) -> CmdResult {
     tracing::info!(
         name = %args.name,
         client = %node.client_addr(),
+        client_security = tls_mode(cfg.client_tls.as_ref()),
         peer = %node.peer_addr(),
+        peer_security = tls_mode(cfg.peer_tls.as_ref()),
         election_timeout_ms = args.election_timeout_ms,
         heartbeat_ms = args.heartbeat_ms,
         members = %members.join(","),

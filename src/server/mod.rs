@@ -413,6 +413,8 @@ pub enum StartError {
     Config(#[from] crate::config::ConfigError),
     #[error(transparent)]
     Storage(#[from] crate::storage::StorageError),
+    #[error(transparent)]
+    Tls(#[from] crate::tls::TlsError),
     #[error("{0}")]
     Other(String),
 }
@@ -437,6 +439,29 @@ impl Node {
         core_cfg.heartbeat_ticks = cfg.ticks(cfg.heartbeat_ms);
         core_cfg.keep_entries = cfg.keep_entries;
         core_cfg.seed = rand::random();
+        // Certificates are checked before any data is touched.
+        let client_tls = cfg.client_tls.as_ref().map(crate::tls::server_config).transpose()?;
+        let peer_tls = cfg.peer_tls.as_ref().map(crate::tls::server_config).transpose()?;
+        let peer_client_tls = match &cfg.peer_tls {
+            Some(f) => {
+                let ca = f.trusted_ca.as_deref().ok_or_else(|| {
+                    StartError::Other("--peer-trusted-ca-file is needed with --peer-cert-file".into())
+                })?;
+                Some(crate::tls::client_config(ca, Some((&f.cert, &f.key)))?)
+            }
+            None => None,
+        };
+        match (&cfg.client_tls, &cfg.peer_tls) {
+            (None, None) => {
+                tracing::warn!("serving clients and peers in plain text (no --cert-file, no --peer-cert-file)")
+            }
+            (None, Some(_)) => tracing::warn!("serving clients in plain text (no --cert-file)"),
+            (Some(_), None) => tracing::warn!("talking to peers in plain text (no --peer-cert-file)"),
+            (Some(_), Some(_)) => {}
+        }
+        if cfg.peer_tls.as_ref().is_some_and(|f| !f.client_cert_auth) {
+            tracing::warn!("the peer port accepts peers without a certificate (no --peer-client-cert-auth)");
+        }
         // The directory's identity first, then the state machine, then the log, which
         // restarts after what the state machine durably holds.
         let (store, storage, recovered) = {
@@ -493,8 +518,8 @@ impl Node {
             if pid == id {
                 continue;
             }
-            let client =
-                transport::connect(&m.peer_addr, &cfg.name, &m.name, faults.as_ref()).map_err(StartError::Other)?;
+            let client = transport::connect(&m.peer_addr, &cfg.name, &m.name, faults.as_ref(), peer_client_tls.clone())
+                .map_err(StartError::Other)?;
             peers.insert(
                 pid,
                 transport::spawn_peer(
@@ -611,25 +636,38 @@ impl Node {
         let kv_server = pb::key_value_server::KeyValueServer::new(KvService::new(handle.clone()))
             .max_decoding_message_size(transport::MAX_MESSAGE_BYTES)
             .max_encoding_message_size(transport::MAX_MESSAGE_BYTES);
-        let client_server = Server::builder()
-            .add_service(health.clone())
-            .add_service(r1)
-            .add_service(r1a)
-            .add_service(kv_server)
-            .serve_with_incoming_shutdown(incoming(client_listener)?, stop(shutdown_rx.clone()));
+        let client_router =
+            Server::builder().add_service(health.clone()).add_service(r1).add_service(r1a).add_service(kv_server);
+        let client_server: futures::future::BoxFuture<'static, Result<(), tonic::transport::Error>> =
+            match client_tls {
+                Some(tls) => Box::pin(client_router.serve_with_incoming_shutdown(
+                    crate::tls::incoming(client_listener, tls),
+                    stop(shutdown_rx.clone()),
+                )),
+                None => Box::pin(
+                    client_router.serve_with_incoming_shutdown(incoming(client_listener)?, stop(shutdown_rx.clone())),
+                ),
+            };
         let (r2, r2a) = reflection()?;
+        let certified_peers = cfg.peer_tls.as_ref().is_some_and(|f| f.client_cert_auth);
         let raft_server = pb::raft_server::RaftServer::new(RaftService::new(
             handle.clone(),
             max_snapshot_bytes(cfg.quota_backend_bytes),
+            certified_peers,
         ))
         .max_decoding_message_size(transport::MAX_MESSAGE_BYTES)
         .max_encoding_message_size(transport::MAX_MESSAGE_BYTES);
-        let peer_server = Server::builder()
-            .add_service(health)
-            .add_service(r2)
-            .add_service(r2a)
-            .add_service(raft_server)
-            .serve_with_incoming_shutdown(incoming(peer_listener)?, stop(shutdown_rx.clone()));
+        let peer_router =
+            Server::builder().add_service(health).add_service(r2).add_service(r2a).add_service(raft_server);
+        let peer_server: futures::future::BoxFuture<'static, Result<(), tonic::transport::Error>> = match peer_tls {
+            Some(tls) => Box::pin(
+                peer_router
+                    .serve_with_incoming_shutdown(crate::tls::incoming(peer_listener, tls), stop(shutdown_rx.clone())),
+            ),
+            None => {
+                Box::pin(peer_router.serve_with_incoming_shutdown(incoming(peer_listener)?, stop(shutdown_rx.clone())))
+            }
+        };
 
         let name = cfg.name.clone();
         let driver = tokio::spawn(driver.run());

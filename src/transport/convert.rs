@@ -34,6 +34,17 @@ impl Names {
     }
 }
 
+/// The members a certificate's DNS names name: `NAME`, or `NAME.` followed by a domain
+/// (a StatefulSet pod's `raftkv-0.raftkv-peer.ns.svc`).
+pub fn members_named(names: &Names, dns: &[String]) -> Vec<String> {
+    names
+        .0
+        .iter()
+        .filter(|m| dns.iter().any(|d| d == *m || d.strip_prefix(m.as_str()).is_some_and(|rest| rest.starts_with('.'))))
+        .cloned()
+        .collect()
+}
+
 /// Refuses a term past `MAX_TERM`.
 pub fn check_term(what: &str, term: Term) -> Result<(), Status> {
     if term > MAX_TERM {

@@ -31,15 +31,25 @@ const PEER_QUEUE: usize = 256;
 const PEER_CONCURRENCY: usize = 16;
 pub const MAX_MESSAGE_BYTES: usize = 64 << 20;
 
-/// A client for the peer at `addr`. Connects lazily and reconnects on demand.
-pub fn connect(addr: &str, from: &str, to: &str, faults: Option<&Faults>) -> Result<PeerClient, String> {
+/// A client for the peer at `addr`, over TLS with `tls` (its CA and this node's pair).
+/// Connects lazily and reconnects on demand.
+pub fn connect(
+    addr: &str,
+    from: &str,
+    to: &str,
+    faults: Option<&Faults>,
+    tls: Option<Arc<rustls::ClientConfig>>,
+) -> Result<PeerClient, String> {
     let ep = Endpoint::from_shared(format!("http://{addr}"))
         .map_err(|e| format!("peer {to} address {addr:?}: {e}"))?
         .connect_timeout(Duration::from_millis(500))
         .tcp_nodelay(true)
         .http2_keep_alive_interval(Duration::from_secs(5))
         .keep_alive_timeout(Duration::from_secs(5));
-    let channel = ep.connect_lazy();
+    let channel = match tls {
+        Some(cfg) => crate::tls::channel(ep, addr, cfg).map_err(|e| format!("peer {to}: {e}"))?,
+        None => ep.connect_lazy(),
+    };
     let svc: PeerChannel = match faults {
         Some(f) => BoxCloneSyncService::new(f.layer(from, to).layer(channel)),
         None => BoxCloneSyncService::new(channel.map_err(|e| PeerError(e.to_string()))),

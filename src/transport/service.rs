@@ -2,7 +2,9 @@
 use tokio::io::AsyncWriteExt;
 use tonic::{Request, Response, Status, Streaming};
 
-use super::convert;
+use rustls::pki_types::CertificateDer;
+
+use super::convert::{self, Names};
 use crate::proto as pb;
 use crate::server::NodeHandle;
 
@@ -10,12 +12,38 @@ pub struct RaftService {
     node: NodeHandle,
     /// A snapshot stream longer than this is refused before it is built.
     max_snapshot_bytes: u64,
+    /// Peers present certificates of the cluster's CA (`--peer-client-cert-auth`): a
+    /// certificate that names a member may speak only as that member.
+    certified_peers: bool,
 }
 
 impl RaftService {
-    pub fn new(node: NodeHandle, max_snapshot_bytes: u64) -> Self {
-        RaftService { node, max_snapshot_bytes }
+    pub fn new(node: NodeHandle, max_snapshot_bytes: u64, certified_peers: bool) -> Self {
+        RaftService { node, max_snapshot_bytes, certified_peers }
     }
+
+    /// Refuses a request that claims to come from `claimed` while its certificate
+    /// names another member. A certificate that names no member (one for every node,
+    /// say) is trusted as any member: the CA vouched for it.
+    fn check_identity<T>(&self, req: &Request<T>, claimed: &str) -> Result<(), Status> {
+        if !self.certified_peers {
+            return Ok(());
+        }
+        speaks_for(req.peer_certs().as_deref(), self.node.names(), claimed)
+    }
+}
+
+/// A request that claims to come from `claimed` is refused when its certificate names
+/// another member. A certificate that names no member (one for every node, say) is
+/// trusted as any member: the cluster's CA vouched for it.
+fn speaks_for(certs: Option<&Vec<CertificateDer<'static>>>, names: &Names, claimed: &str) -> Result<(), Status> {
+    let leaf =
+        certs.and_then(|c| c.first()).ok_or_else(|| Status::unauthenticated("a peer certificate is required"))?;
+    let named = convert::members_named(names, &crate::tls::dns_names(leaf));
+    if named.is_empty() || named.iter().any(|n| n == claimed) {
+        return Ok(());
+    }
+    Err(Status::permission_denied(format!("a certificate of {} cannot speak for {claimed:?}", named.join(", "))))
 }
 
 #[tonic::async_trait]
@@ -24,6 +52,7 @@ impl pb::raft_server::Raft for RaftService {
         &self,
         req: Request<pb::RequestVoteRequest>,
     ) -> Result<Response<pb::RequestVoteResponse>, Status> {
+        self.check_identity(&req, &req.get_ref().candidate)?;
         let msg = convert::vote_request_from_pb(req.into_inner(), self.node.id(), self.node.names())?;
         let answer = self.node.step_request(msg).await?;
         Ok(Response::new(convert::vote_response_to_pb(answer)))
@@ -33,6 +62,7 @@ impl pb::raft_server::Raft for RaftService {
         &self,
         req: Request<pb::AppendEntriesRequest>,
     ) -> Result<Response<pb::AppendEntriesResponse>, Status> {
+        self.check_identity(&req, &req.get_ref().leader)?;
         let msg = convert::append_request_from_pb(req.into_inner(), self.node.id(), self.node.names())?;
         let answer = self.node.step_request(msg).await?;
         Ok(Response::new(convert::append_response_to_pb(answer)?))
@@ -51,6 +81,7 @@ impl pb::raft_server::Raft for RaftService {
     ) -> Result<Response<pb::AppendEntriesResponse>, Status> {
         // The stream goes to a file first, then into a new engine file, off the async
         // workers; nothing of the current state changes until the core accepts it.
+        let certified = if self.certified_peers { Some(req.peer_certs()) } else { None };
         let mut stream = req.into_inner();
         let store = self.node.store().clone();
         let tmp = store.install_path().with_extension("receiving");
@@ -65,6 +96,9 @@ impl pb::raft_server::Raft for RaftService {
                 if offset == 0 {
                     // Who sends it, and in which term, is checked before anything is kept.
                     names.sender(&chunk.leader, me)?;
+                    if let Some(certs) = &certified {
+                        speaks_for(certs.as_deref(), &names, &chunk.leader)?;
+                    }
                     convert::check_term("term", chunk.term)?;
                     (term, leader) = (chunk.term, chunk.leader.clone());
                 }
@@ -115,6 +149,7 @@ impl pb::raft_server::Raft for RaftService {
         &self,
         req: Request<pb::TimeoutNowRequest>,
     ) -> Result<Response<pb::TimeoutNowResponse>, Status> {
+        self.check_identity(&req, &req.get_ref().leader)?;
         let msg = convert::timeout_now_from_pb(req.into_inner(), self.node.id(), self.node.names())?;
         self.node.step_oneway(msg).await?;
         Ok(Response::new(pb::TimeoutNowResponse {}))

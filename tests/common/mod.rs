@@ -27,6 +27,9 @@ pub struct Opts {
     pub snapshot_entries: u64,
     pub quota_backend_bytes: u64,
     pub auto_compaction: Option<raftkv::config::AutoCompaction>,
+    /// Mutual TLS on both ports, from a throwaway CA (`pki/` in the data directory):
+    /// node `nI` has a certificate for `nI` and 127.0.0.1; clients need one.
+    pub tls: bool,
 }
 
 impl Default for Opts {
@@ -38,6 +41,7 @@ impl Default for Opts {
             snapshot_entries: 10_000,
             quota_backend_bytes: raftkv::config::DEFAULT_QUOTA_BACKEND_BYTES,
             auto_compaction: None,
+            tls: false,
         }
     }
 }
@@ -54,6 +58,8 @@ pub struct TestCluster {
     _data: tempfile::TempDir,
     cfgs: Vec<NodeConfig>,
     pub peer_addrs: Vec<String>,
+    /// With `Opts::tls`: the CA that signed every node's and the client's certificate.
+    pub pki: Option<raftkv::tls::dev::DevPki>,
 }
 
 impl TestCluster {
@@ -82,7 +88,16 @@ impl TestCluster {
         let mut bridge_addrs = Vec::new();
         let mut cfgs = Vec::new();
         let mut peer_addrs = Vec::new();
+        let pki = opts.tls.then(|| {
+            let pki = raftkv::tls::dev::DevPki::create(&data.path().join("pki"), "test CA").unwrap();
+            pki.issue("client", &[]).unwrap();
+            pki
+        });
         for ((name, cl), pl) in names.iter().zip(client_ls).zip(peer_ls) {
+            let tls = pki.as_ref().map(|pki| {
+                let (cert, key) = pki.issue(name, &["127.0.0.1"]).unwrap();
+                raftkv::tls::TlsFiles { cert, key, trusted_ca: Some(pki.ca()), client_cert_auth: true }
+            });
             let cfg = NodeConfig {
                 election_timeout_ms: opts.election_timeout_ms,
                 heartbeat_ms: opts.heartbeat_ms,
@@ -92,6 +107,8 @@ impl TestCluster {
                 engine_cache_bytes: 8 << 20,
                 wal_segment_bytes: 16 << 10,
                 keep_entries: 10,
+                client_tls: tls.clone(),
+                peer_tls: tls,
                 ..NodeConfig::new(name, members.clone(), data.path().join(name))
             };
             client_addrs.push(cl.local_addr().unwrap().to_string());
@@ -108,7 +125,7 @@ impl TestCluster {
             monitor(node.handle().clone(), leaders.clone());
             nodes.push(Some(node));
         }
-        TestCluster { names, nodes, client_addrs, bridge_addrs, faults, leaders, _data: data, cfgs, peer_addrs }
+        TestCluster { names, nodes, client_addrs, bridge_addrs, faults, leaders, _data: data, cfgs, peer_addrs, pki }
     }
 
     pub fn handle(&self, i: usize) -> &NodeHandle {
@@ -120,7 +137,20 @@ impl TestCluster {
     }
 
     pub async fn client(&self, i: usize) -> KeyValueClient<Channel> {
-        KeyValueClient::connect(format!("http://{}", self.client_addrs[i])).await.expect("client connects")
+        match &self.pki {
+            Some(pki) => KeyValueClient::new(self.tls_channel(&self.client_addrs[i], pki, "client")),
+            None => KeyValueClient::connect(format!("http://{}", self.client_addrs[i])).await.expect("client connects"),
+        }
+    }
+
+    /// A channel to `addr` over TLS, verifying the server with this cluster's CA and
+    /// presenting the certificate `pki` issued as `name`.
+    pub fn tls_channel(&self, addr: &str, pki: &raftkv::tls::dev::DevPki, name: &str) -> Channel {
+        let ca = self.pki.as_ref().expect("a TLS cluster").ca();
+        let (cert, key) = (pki.dir.join(format!("{name}.pem")), pki.dir.join(format!("{name}-key.pem")));
+        let cfg = raftkv::tls::client_config(&ca, Some((&cert, &key))).unwrap();
+        let ep = tonic::transport::Endpoint::from_shared(format!("http://{addr}")).unwrap();
+        raftkv::tls::channel(ep, addr, cfg).unwrap()
     }
 
     /// Waits until one of `among` leads and a majority of the cluster agrees on it in
