@@ -49,6 +49,11 @@ pub struct NodeConfig {
     /// --peer-client-cert-auth`): a node's pair serves its peer port and is its client
     /// certificate when it calls the others; the CA verifies both ways.
     pub peer_tls: Option<crate::tls::TlsFiles>,
+    /// The largest client request accepted, in bytes (etcd's `--max-request-bytes`);
+    /// the client port decodes at most this plus `GRPC_OVERHEAD_BYTES`.
+    pub max_request_bytes: usize,
+    /// Concurrent gRPC streams per client connection (HTTP/2 `max_concurrent_streams`).
+    pub max_concurrent_streams: u32,
 }
 
 /// etcd's two auto-compaction modes.
@@ -68,6 +73,12 @@ pub const DEFAULT_SNAPSHOT_BYTES: u64 = 64 << 20;
 /// 8 GiB: etcd's suggested maximum (its default is 2 GiB).
 pub const DEFAULT_QUOTA_BACKEND_BYTES: u64 = 8 << 30;
 pub const DEFAULT_ENGINE_CACHE_BYTES: usize = 64 << 20;
+/// 1.5 MiB, etcd's default `--max-request-bytes`.
+pub const DEFAULT_MAX_REQUEST_BYTES: usize = 3 << 19;
+/// What gRPC framing may add to a request (etcd's `grpcOverheadBytes`).
+pub const GRPC_OVERHEAD_BYTES: usize = 512 << 10;
+/// Streams per client connection: enough for any pooled client, bounded for a hostile one.
+pub const DEFAULT_MAX_CONCURRENT_STREAMS: u32 = 1024;
 
 /// Parses `--auto-compaction-retention` for `--auto-compaction-mode` (etcd's syntax):
 /// periodic takes a duration (`1h`, `30m`, `10s`) or a number of hours; revision takes a
@@ -119,6 +130,8 @@ impl NodeConfig {
             auto_compaction: None,
             client_tls: None,
             peer_tls: None,
+            max_request_bytes: DEFAULT_MAX_REQUEST_BYTES,
+            max_concurrent_streams: DEFAULT_MAX_CONCURRENT_STREAMS,
         }
     }
 }
@@ -135,6 +148,8 @@ pub enum ConfigError {
     Timing { heartbeat: u64, election: u64 },
     #[error("--snapshot-entries and --snapshot-bytes must be positive")]
     Snapshot,
+    #[error("--max-request-bytes and --max-concurrent-streams must be positive")]
+    Limits,
     #[error("--auto-compaction-retention: {0}")]
     AutoCompaction(String),
 }
@@ -199,6 +214,9 @@ impl NodeConfig {
         }
         if self.snapshot_entries == 0 || self.snapshot_bytes == 0 {
             return Err(ConfigError::Snapshot);
+        }
+        if self.max_request_bytes == 0 || self.max_concurrent_streams == 0 {
+            return Err(ConfigError::Limits);
         }
         Ok(())
     }

@@ -97,3 +97,21 @@ async fn forged_and_out_of_range_peer_requests_are_refused_and_change_nothing() 
     c.assert_one_leader_per_term();
     c.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_oversized_client_request_is_refused_unread_and_writes_go_on() {
+    let c = TestCluster::start(3).await;
+    let leader = c.wait_leader().await;
+    let mut client = c.client(leader).await.max_encoding_message_size(64 << 20);
+    // Past --max-request-bytes (1.5 MiB) plus gRPC's overhead: refused by the server
+    // before it is read into memory.
+    let big = "x".repeat(3 << 20);
+    let e = store(&mut client, "big", &big).await.expect_err("refused");
+    assert!(matches!(e.code(), Code::OutOfRange | Code::ResourceExhausted), "{e:?}");
+    // Within the request limit but past the value limit (1 MiB): a clear error.
+    let e = store(&mut client, "big", &"x".repeat((1 << 20) + 1)).await.expect_err("refused");
+    assert_eq!(e.code(), Code::InvalidArgument, "{e:?}");
+    store(&mut client, "small", "ok").await.expect("the next write goes through");
+    assert_eq!(c.retrieve(leader).await.entries.len(), 1);
+    c.shutdown().await;
+}

@@ -74,6 +74,13 @@ pub struct ServeArgs {
     /// at most this long, before it stops (keep it below the supervisor's grace period).
     #[arg(long, env = "RAFTKV_SHUTDOWN_TIMEOUT_MS", default_value_t = 5000)]
     pub shutdown_timeout_ms: u64,
+    /// The largest client request accepted, in bytes (etcd's flag and default, 1.5 MiB);
+    /// a larger one is refused before it is read into memory.
+    #[arg(long, env = "RAFTKV_MAX_REQUEST_BYTES", default_value_t = raftkv::config::DEFAULT_MAX_REQUEST_BYTES)]
+    pub max_request_bytes: usize,
+    /// Concurrent gRPC streams per client connection.
+    #[arg(long, env = "RAFTKV_MAX_CONCURRENT_STREAMS", default_value_t = raftkv::config::DEFAULT_MAX_CONCURRENT_STREAMS)]
+    pub max_concurrent_streams: u32,
     /// Serve clients over TLS with this certificate (PEM; re-read when the file changes).
     #[arg(long, env = "RAFTKV_CERT_FILE", requires = "key_file")]
     pub cert_file: Option<std::path::PathBuf>,
@@ -147,6 +154,8 @@ fn config(args: &ServeArgs) -> Result<NodeConfig, String> {
             &args.auto_compaction_retention,
         )
         .map_err(|e| e.to_string())?,
+        max_request_bytes: args.max_request_bytes,
+        max_concurrent_streams: args.max_concurrent_streams,
         client_tls: match (&args.cert_file, &args.key_file) {
             (Some(cert), Some(key)) => Some(TlsFiles {
                 cert: cert.clone(),

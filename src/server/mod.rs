@@ -634,10 +634,14 @@ impl Node {
         };
         let (r1, r1a) = reflection()?;
         let kv_server = pb::key_value_server::KeyValueServer::new(KvService::new(handle.clone()))
-            .max_decoding_message_size(transport::MAX_MESSAGE_BYTES)
+            .max_decoding_message_size(cfg.max_request_bytes.saturating_add(crate::config::GRPC_OVERHEAD_BYTES))
             .max_encoding_message_size(transport::MAX_MESSAGE_BYTES);
-        let client_router =
-            Server::builder().add_service(health.clone()).add_service(r1).add_service(r1a).add_service(kv_server);
+        let client_router = Server::builder()
+            .max_concurrent_streams(Some(cfg.max_concurrent_streams))
+            .add_service(health.clone())
+            .add_service(r1)
+            .add_service(r1a)
+            .add_service(kv_server);
         let client_server: futures::future::BoxFuture<'static, Result<(), tonic::transport::Error>> =
             match client_tls {
                 Some(tls) => Box::pin(client_router.serve_with_incoming_shutdown(
