@@ -79,6 +79,10 @@ pub fn parse(datagram: &[u8]) -> Result<Request, BadInput> {
         "LEADER_INFO" => Request::LeaderInfo,
         "RETRIEVE" => Request::Retrieve,
         "STORE" => match key {
+            Some(key) if key.len() > crate::config::MAX_KEY_BYTES => {
+                let limit = crate::config::MAX_KEY_BYTES;
+                return Err(bad(r, format!("key is {} bytes; the limit is {limit}", key.len())));
+            }
             Some(key) if !key.is_empty() => {
                 Request::Store { key, value: obj.get("value").cloned().unwrap_or(Value::Null) }
             }
@@ -281,6 +285,8 @@ mod tests {
         assert!(err(br#"{"request":"STORE","key":{"a":1},"value":1}"#).reason.contains("key"));
         assert!(err(br#"{"request":"STORE","value":1}"#).reason.contains("STORE"));
         assert!(err(br#"{"request":7}"#).reason.contains("string"));
+        let long_key = format!(r#"{{"request":"STORE","key":"{}","value":1}}"#, "k".repeat(4097));
+        assert!(err(long_key.as_bytes()).reason.contains("the limit is 4096"));
         let big = format!(r#"{{"request":"STORE","key":"k","value":"{}"}}"#, "x".repeat(MAX_REQUEST_BYTES));
         assert!(err(big.as_bytes()).reason.contains("exceeds"));
     }

@@ -59,6 +59,10 @@ impl Command {
             return Some(Command::Compact { revision });
         }
         let len = u32::from_le_bytes(rest.get(..4)?.try_into().ok()?) as usize;
+        // Keys the API would refuse are refused here too: the engine cannot store them.
+        if len == 0 || len > crate::config::MAX_KEY_BYTES {
+            return None;
+        }
         let key = std::str::from_utf8(rest.get(4..4 + len)?).ok()?.to_string();
         let value = std::str::from_utf8(rest.get(4 + len..)?).ok()?.to_string();
         match op {
@@ -84,7 +88,7 @@ mod tests {
     fn command_round_trips_and_garbage_is_rejected() {
         for c in [
             Command::Put { key: "k".into(), value: "v ü".into() },
-            Command::Put { key: "".into(), value: "".into() },
+            Command::Put { key: "k".into(), value: "".into() },
             Command::PutJson { key: "j".into(), json: "[1]".into() },
             Command::Delete { key: "gone".into() },
             Command::Compact { revision: 77 },
@@ -92,6 +96,9 @@ mod tests {
             assert_eq!(Command::decode(&c.encode()), Some(c));
         }
         assert_eq!(Command::decode(&[]), None);
+        // Keys the engine cannot hold (the API refuses them too).
+        assert_eq!(Command::decode(&Command::Put { key: "".into(), value: "v".into() }.encode()), None);
+        assert_eq!(Command::decode(&Command::Delete { key: "k".repeat(4097) }.encode()), None);
         assert_eq!(Command::decode(&[1, 200, 0, 0, 0, b'a']), None);
         assert_eq!(Command::decode(&[9, 0, 0, 0, 0]), None);
         assert_eq!(Command::decode(&[OP_COMPACT, 1, 2]), None);

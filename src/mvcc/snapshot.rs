@@ -148,6 +148,10 @@ fn build_into(engine: &Engine, file: &Path) -> Result<(Index, Term), MvccError> 
                 let sub = u32::from_le_bytes(payload[8..12].try_into().expect("4 bytes"));
                 let event = decode_event(rev, &payload[12..]).map_err(|_| damaged(format!("revision {rev}")))?;
                 let key = event.key.as_bytes();
+                // Checked before the engine sees it (the checksum comes at the end).
+                if key.is_empty() || key.len() > crate::config::MAX_KEY_BYTES {
+                    return Err(damaged(format!("revision {rev} has a key of {} bytes", key.len())));
+                }
                 batch.insert(&engine.revs, rev_key(rev, sub).as_slice(), &payload[12..]);
                 batch.insert(&engine.key_revs, key_rev_key(key, rev, sub), [].as_slice());
                 // Events come in revision order: the last one of a key says what it is now.
