@@ -517,3 +517,55 @@ async fn graceful_shutdown_of_the_leader_leaves_a_new_leader_behind_and_loses_no
     c.assert_one_leader_per_term();
     c.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reads_pending_on_a_leader_that_is_cut_off_are_answered_not_left_to_time_out() {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::sync::Arc;
+
+    let c = TestCluster::start(3).await;
+    let leader = c.wait_leader().await;
+    let mut w = c.client(leader).await;
+    store(&mut w, "k", "v").await.unwrap();
+    let stop = Arc::new(AtomicBool::new(false));
+    let mut readers = Vec::new();
+    for _ in 0..16 {
+        let mut client = c.client(leader).await;
+        let stop = stop.clone();
+        readers.push(tokio::spawn(async move {
+            let mut codes = Vec::new();
+            while !stop.load(Ordering::Relaxed) {
+                // The longest a request may wait: a read left pending runs into it.
+                let get = pb::GetRequest { key: "k".into(), consistency: 0, revision: 0 };
+                match client.get(with_timeout(get, Duration::from_secs(10))).await {
+                    Ok(_) => codes.push(Code::Ok),
+                    Err(e) => codes.push(e.code()),
+                }
+            }
+            codes
+        }));
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    c.partition(&[leader]);
+    let others: Vec<usize> = (0..3).filter(|&i| i != leader).collect();
+    c.wait_leader_among(&others).await;
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while c.handle(leader).status().role == raftkv::raft::Role::Leader {
+        assert!(tokio::time::Instant::now() < deadline, "the cut-off leader never stepped down");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    stop.store(true, Ordering::Relaxed);
+    let mut codes = Vec::new();
+    for r in readers {
+        codes.extend(r.await.unwrap());
+    }
+    assert!(codes.contains(&Code::Ok), "reads were served before the cut");
+    let timed_out = codes.iter().filter(|c| **c == Code::DeadlineExceeded).count();
+    assert_eq!(timed_out, 0, "reads left pending until their deadline; outcomes {codes:?}");
+    assert!(codes.iter().all(|c| matches!(c, Code::Ok | Code::Unavailable)), "{codes:?}");
+    let pending = c.handle(leader).metrics().pending_reads.load(Ordering::Relaxed);
+    assert_eq!(pending, 0, "the old leader still holds pending reads");
+    c.faults.heal();
+    c.shutdown().await;
+}

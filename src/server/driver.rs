@@ -69,7 +69,9 @@ pub(super) struct Driver {
     pub parked: Vec<(bytes::Bytes, ProposalReply)>,
     /// Callers waiting for the outcome of a leadership transfer.
     pub transfers: Vec<oneshot::Sender<Result<(), Error>>>,
-    pub reads: HashMap<u64, oneshot::Sender<Result<Index, Error>>>,
+    /// Pending ReadIndex requests, by context, with the term they were asked in: the
+    /// core drops its own when it stops leading, so these are failed then too.
+    pub reads: HashMap<u64, (crate::raft::Term, oneshot::Sender<Result<Index, Error>>)>,
     pub next_read: u64,
     /// Callers waiting for a leader to be known.
     pub leader_waiters: Vec<oneshot::Sender<()>>,
@@ -221,7 +223,7 @@ impl Driver {
                 self.next_read += 1;
                 match self.core.read_index(ctx) {
                     Ok(()) => {
-                        self.reads.insert(ctx, reply);
+                        self.reads.insert(ctx, (self.core.status().term, reply));
                     }
                     Err(e) => {
                         let _ = reply.send(Err(self.propose_error(e)));
@@ -334,7 +336,6 @@ impl Driver {
         }
         self.maybe_compact()?;
         self.finish_transfer();
-        let was_leader = self.core.status().role == Role::Leader;
         while self.core.has_ready() {
             let mut rd = self.core.ready();
             // Install an accepted snapshot first: saved as this node's own (its log now
@@ -389,7 +390,7 @@ impl Driver {
                 self.applier.send(task).map_err(|_| "the applier stopped".to_string())?;
             }
             for r in rd.reads {
-                if let Some(tx) = self.reads.remove(&r.ctx) {
+                if let Some((_, tx)) = self.reads.remove(&r.ctx) {
                     let _ = tx.send(Ok(r.index));
                 }
             }
@@ -405,12 +406,18 @@ impl Driver {
             }
         }
         let st = self.core.status();
-        if was_leader && st.role != Role::Leader {
+        // Reads the core no longer holds (it stopped leading, perhaps only for a moment
+        // within this batch) fail now, pointing at the leader if one is known; the
+        // forwarding node follows that hint.
+        if !self.reads.is_empty() {
+            let leading = st.role == Role::Leader;
             let leader = self.leader_name(st.leader);
-            for (_, tx) in self.reads.drain() {
+            let stale: Vec<_> = self.reads.extract_if(|_, (term, _)| !leading || *term != st.term).collect();
+            for (_, (_, tx)) in stale {
                 let _ = tx.send(Err(Error::NotLeader { leader: leader.clone() }));
             }
         }
+        self.metrics.pending_reads.store(self.reads.len() as u64, Ordering::Relaxed);
         if st.leader.is_some() {
             for tx in self.leader_waiters.drain(..) {
                 let _ = tx.send(());

@@ -76,6 +76,8 @@ pub struct Metrics {
     pub fsyncs: AtomicU64,
     /// Entries persisted to the log.
     pub entries_persisted: AtomicU64,
+    /// ReadIndex requests waiting on this node (as leader) for a quorum.
+    pub pending_reads: AtomicU64,
 }
 
 struct Shared {
