@@ -5,6 +5,9 @@ use crate::mvcc::MvccError;
 
 /// Response metadata key naming the leader, when one is known.
 pub const LEADER_METADATA: &str = "raftkv-leader";
+/// Set on every UNAVAILABLE this node answers: the request was not applied and is safe
+/// to retry. An UNAVAILABLE without it came from the transport, not from a node.
+pub const NOT_APPLIED_METADATA: &str = "raftkv-not-applied";
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
@@ -16,6 +19,10 @@ pub enum Error {
     Dropped,
     #[error("deadline exceeded before the request completed; a write may still commit")]
     Timeout,
+    /// The request may have been appended to the log, and its outcome is not known:
+    /// it may or may not be applied. Never safe to retry blindly.
+    #[error("outcome unknown: {0}; the write may or may not have been applied")]
+    OutcomeUnknown(String),
     #[error("{0}")]
     InvalidArgument(String),
     #[error("{0}")]
@@ -54,7 +61,7 @@ impl From<Error> for Status {
             | Error::Dropped
             | Error::Shutdown
             | Error::LeaderUnreachable(_) => Status::new(Code::Unavailable, msg),
-            Error::Timeout => Status::new(Code::DeadlineExceeded, msg),
+            Error::Timeout | Error::OutcomeUnknown(_) => Status::new(Code::DeadlineExceeded, msg),
             Error::InvalidArgument(_) => Status::new(Code::InvalidArgument, msg),
             Error::FailedPrecondition(_) => Status::new(Code::FailedPrecondition, msg),
             Error::Aborted(_) => Status::new(Code::Aborted, msg),
@@ -67,8 +74,23 @@ impl From<Error> for Status {
         if let Some(v) = leader.and_then(|l| MetadataValue::try_from(l).ok()) {
             status.metadata_mut().insert(LEADER_METADATA, v);
         }
+        if status.code() == Code::Unavailable {
+            status.metadata_mut().insert(NOT_APPLIED_METADATA, MetadataValue::from_static("1"));
+        }
         status
     }
+}
+
+/// Whether a transport error says the connection was never established (so the
+/// request cannot have reached a node).
+pub fn is_connect_failure(s: &Status) -> bool {
+    let mut text = s.message().to_string();
+    let mut cause: Option<&(dyn std::error::Error + 'static)> = std::error::Error::source(s);
+    while let Some(c) = cause {
+        text += &format!(": {c}");
+        cause = c.source();
+    }
+    ["error trying to connect", "tcp connect error", "Connection refused"].iter().any(|p| text.contains(p))
 }
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;

@@ -569,3 +569,63 @@ async fn reads_pending_on_a_leader_that_is_cut_off_are_answered_not_left_to_time
     c.faults.heal();
     c.shutdown().await;
 }
+
+/// Writes forwarded by followers to a leader that is stopped with them in flight: an
+/// answer of UNAVAILABLE promises the write was not applied (clients retry it), so no
+/// write answered so may be in the history; acknowledged ones all are; the rest are
+/// "outcome unknown" (DEADLINE_EXCEEDED).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_write_cut_short_by_its_leaders_stop_is_never_reported_unavailable_if_applied() {
+    let mut c = TestCluster::start(3).await;
+    let mut outcomes: Vec<(String, Code)> = Vec::new();
+    for round in 0..4u64 {
+        let leader = c.wait_leader().await;
+        let followers: Vec<usize> = (0..3).filter(|&i| i != leader).collect();
+        let mut writers = Vec::new();
+        for w in 0..8 {
+            let mut client = c.client(followers[w % 2]).await;
+            writers.push(tokio::spawn(async move {
+                let mut out = Vec::new();
+                for n in 0..30 {
+                    let key = format!("r{round}-w{w}-{n}");
+                    let req = pb::StoreRequest { key: key.clone(), value: "x".into() };
+                    let code = match client.store(with_timeout(req, Duration::from_secs(5))).await {
+                        Ok(_) => Code::Ok,
+                        Err(e) => e.code(),
+                    };
+                    out.push((key, code));
+                }
+                out
+            }));
+        }
+        tokio::time::sleep(Duration::from_millis(40 + 25 * round)).await;
+        c.stop(leader).await;
+        for w in writers {
+            outcomes.extend(w.await.unwrap());
+        }
+        c.restart(leader).await;
+    }
+    let leader = c.wait_leader().await;
+    let mut client = c.client(leader).await;
+    let fin = store(&mut client, "final", "1").await.unwrap();
+    c.wait_applied(&[0, 1, 2], fin.index).await;
+    let applied: std::collections::HashSet<String> =
+        c.retrieve(leader).await.entries.into_iter().map(|e| e.key).collect();
+    let count = |code| outcomes.iter().filter(|(_, c)| *c == code).count();
+    eprintln!(
+        "ok {}, unavailable {}, outcome unknown {}",
+        count(Code::Ok),
+        count(Code::Unavailable),
+        count(Code::DeadlineExceeded)
+    );
+    for (key, code) in &outcomes {
+        match code {
+            Code::Ok => assert!(applied.contains(key), "acknowledged {key} is lost"),
+            Code::Unavailable => assert!(!applied.contains(key), "{key} was answered UNAVAILABLE, yet applied"),
+            Code::DeadlineExceeded => {}
+            other => panic!("{key}: unexpected {other:?}"),
+        }
+    }
+    c.assert_one_leader_per_term();
+    c.shutdown().await;
+}

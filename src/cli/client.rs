@@ -85,7 +85,9 @@ impl Conn {
     }
 
     /// Runs `call` against each endpoint in turn until one answers with anything other
-    /// than "unreachable" or "unavailable".
+    /// than "unreachable" or a node's own "unavailable" (which says it applied nothing).
+    /// A request whose answer was lost on the way is not retried: it may have been
+    /// applied, and a retry could apply it twice.
     async fn first<T, F, Fut>(&self, call: F) -> Result<T, String>
     where
         F: Fn(KeyValueClient<Channel>) -> Fut,
@@ -102,7 +104,9 @@ impl Conn {
             };
             match call(client).await {
                 Ok(v) => return Ok(v),
-                Err(s) if s.code() == Code::Unavailable => last = format!("{ep}: {}", describe(&s)),
+                Err(s) if s.code() == Code::Unavailable && safe_to_retry(&s) => {
+                    last = format!("{ep}: {}", describe(&s))
+                }
                 Err(s) => return Err(format!("{ep}: {}", describe(&s))),
             }
         }
@@ -110,7 +114,16 @@ impl Conn {
     }
 }
 
+/// A node's own UNAVAILABLE (it applied nothing), or a connection never made.
+fn safe_to_retry(s: &Status) -> bool {
+    s.metadata().contains_key(raftkv::error::NOT_APPLIED_METADATA) || raftkv::error::is_connect_failure(s)
+}
+
 fn describe(s: &Status) -> String {
+    if s.code() == Code::Unavailable && !safe_to_retry(s) {
+        let text = describe_transport(s);
+        return format!("outcome unknown: the answer was lost ({text}); the request may or may not have been applied");
+    }
     let code = format!("{:?}", s.code());
     match s.metadata().get(raftkv::error::LEADER_METADATA).and_then(|v| v.to_str().ok()) {
         Some(l) => format!("{code}: {} (leader: {l})", s.message()),

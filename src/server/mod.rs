@@ -191,8 +191,14 @@ impl NodeHandle {
 
     /// Proposes on this node only (no forwarding) and waits until it is applied.
     pub async fn propose_here(&self, data: Bytes, deadline: Duration) -> Result<Applied> {
-        let fut = self.ask(|reply| Input::Propose { data, reply });
-        tokio::time::timeout(deadline, fut).await.map_err(|_| Error::Timeout)??
+        let fut = async {
+            let (tx, rx) = oneshot::channel();
+            // Not handed to the driver: nothing was appended.
+            self.0.input.send(Input::Propose { data, reply: tx }).await.map_err(|_| Error::Shutdown)?;
+            // Handed over, then dropped unanswered: it may have been appended.
+            rx.await.map_err(|_| Error::OutcomeUnknown("the node stopped before the entry committed".into()))?
+        };
+        tokio::time::timeout(deadline, fut).await.map_err(|_| Error::Timeout)?
     }
 
     pub async fn read_index_here(&self, deadline: Duration) -> Result<Index> {
@@ -320,7 +326,7 @@ impl NodeHandle {
             |mut c| {
                 let command = data.clone();
                 async move {
-                    let r = c.propose(pb::ProposeRequest { command }).await.map_err(remote_error)?;
+                    let r = c.propose(pb::ProposeRequest { command }).await.map_err(remote_write_error)?;
                     let r = r.into_inner();
                     Ok(Applied { index: r.index, term: r.term, revision: r.revision })
                 }
@@ -355,6 +361,23 @@ fn remote_error(s: tonic::Status) -> Error {
         (tonic::Code::Unavailable, Some(l)) => Error::NotLeader { leader: Some(l.to_string()) },
         (tonic::Code::Unknown | tonic::Code::Internal, _) => Error::LeaderUnreachable(s.message().to_string()),
         _ => Error::Remote(s),
+    }
+}
+
+/// An error from a write forwarded to the leader. A node's own UNAVAILABLE (marked
+/// "not applied") and a connection that was never made are safe to retry; any other
+/// transport failure (the leader died or the connection broke with the request in
+/// flight) may have left the entry appended: its outcome is unknown.
+fn remote_write_error(s: tonic::Status) -> Error {
+    let from_a_node = s.metadata().contains_key(crate::error::NOT_APPLIED_METADATA);
+    let never_sent = crate::error::is_connect_failure(&s);
+    match s.code() {
+        tonic::Code::Unavailable | tonic::Code::Unknown | tonic::Code::Internal | tonic::Code::Cancelled
+            if !from_a_node && !never_sent =>
+        {
+            Error::OutcomeUnknown(format!("the leader's answer was lost ({})", s.message()))
+        }
+        _ => remote_error(s),
     }
 }
 

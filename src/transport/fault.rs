@@ -20,6 +20,19 @@ impl std::fmt::Display for PeerError {
 
 impl std::error::Error for PeerError {}
 
+impl PeerError {
+    /// A transport error with every cause (so "connection refused" stays visible).
+    pub fn from_transport(e: &(dyn std::error::Error + 'static)) -> PeerError {
+        let mut text = e.to_string();
+        let mut cause = e.source();
+        while let Some(c) = cause {
+            text += &format!(": {c}");
+            cause = c.source();
+        }
+        PeerError(text)
+    }
+}
+
 #[derive(Default)]
 struct State {
     /// Directed links (from, to) that drop every request.
@@ -89,7 +102,7 @@ pub struct FaultService<S> {
 impl<S, R> Service<R> for FaultService<S>
 where
     S: Service<R> + Clone + Send + 'static,
-    S::Error: std::fmt::Display,
+    S::Error: std::error::Error + 'static,
     S::Future: Send + 'static,
     R: Send + 'static,
 {
@@ -98,7 +111,7 @@ where
     type Future = Pin<Box<dyn Future<Output = Result<S::Response, PeerError>> + Send>>;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), PeerError>> {
-        self.inner.poll_ready(cx).map_err(|e| PeerError(e.to_string()))
+        self.inner.poll_ready(cx).map_err(|e| PeerError::from_transport(&e))
     }
 
     fn call(&mut self, req: R) -> Self::Future {
@@ -108,7 +121,7 @@ where
         let mut inner = std::mem::replace(&mut self.inner, clone);
         Box::pin(async move {
             verdict?;
-            inner.call(req).await.map_err(|e| PeerError(e.to_string()))
+            inner.call(req).await.map_err(|e| PeerError::from_transport(&e))
         })
     }
 }

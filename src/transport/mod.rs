@@ -52,7 +52,7 @@ pub fn connect(
     };
     let svc: PeerChannel = match faults {
         Some(f) => BoxCloneSyncService::new(f.layer(from, to).layer(channel)),
-        None => BoxCloneSyncService::new(channel.map_err(|e| PeerError(e.to_string()))),
+        None => BoxCloneSyncService::new(channel.map_err(|e| PeerError::from_transport(&e))),
     };
     Ok(RaftClient::new(svc).max_decoding_message_size(MAX_MESSAGE_BYTES).max_encoding_message_size(MAX_MESSAGE_BYTES))
 }
