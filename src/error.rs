@@ -39,10 +39,10 @@ pub enum Error {
     /// The state machine refused the request (a compacted or future revision), or failed.
     #[error(transparent)]
     Mvcc(#[from] crate::mvcc::MvccError),
-    /// Back-pressure: the state machine trails the commit index too far (etcd's
-    /// "too many requests").
-    #[error("too many requests: the state machine is {0} entries behind the commit index")]
-    TooManyRequests(u64),
+    /// Back-pressure (etcd's "too many requests"): the state machine trails the commit
+    /// index too far, or too many entries wait to be committed.
+    #[error("too many requests: {0}")]
+    TooManyRequests(String),
     #[error("database space exceeded: {stored} bytes stored, quota {quota} (--quota-backend-bytes); delete keys and compact the history to free space")]
     QuotaExceeded { stored: u64, quota: u64 },
 }

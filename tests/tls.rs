@@ -129,3 +129,23 @@ async fn a_members_certificate_speaks_only_for_that_member() {
     c.assert_one_leader_per_term();
     c.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_client_cert_auth_admin_calls_still_need_a_certificate() {
+    let c = TestCluster::start_with(3, Opts { tls: true, tls_clients_optional: true, ..Opts::default() }).await;
+    let leader = c.wait_leader().await;
+    let addr = &c.client_addrs[leader];
+    let ca = c.pki.as_ref().unwrap().ca();
+    let cfg = raftkv::tls::client_config(&ca, None).unwrap();
+    let ep = tonic::transport::Endpoint::from_shared(format!("http://{addr}")).unwrap();
+    let mut anonymous = KeyValueClient::new(raftkv::tls::channel(ep, addr, cfg).unwrap());
+    let r = store(&mut anonymous, "k", "v").await.expect("reads and writes need no certificate");
+    let e = anonymous.compact(pb::CompactRequest { revision: r.revision }).await.expect_err("refused");
+    assert_eq!(e.code(), Code::PermissionDenied, "{e:?}");
+    let e = anonymous.transfer_leader(pb::TransferLeaderRequest { target: String::new() }).await.expect_err("refused");
+    assert_eq!(e.code(), Code::PermissionDenied, "{e:?}");
+    assert_eq!(c.wait_leader().await, leader, "nothing changed");
+    let mut admin = c.client(leader).await;
+    admin.compact(pb::CompactRequest { revision: r.revision }).await.expect("with a certificate");
+    c.shutdown().await;
+}

@@ -15,11 +15,22 @@ const RETRIEVE_PAGE_BYTES: usize = 48 << 20;
 
 pub struct KvService {
     node: NodeHandle,
+    /// Admin calls (Compact, TransferLeader) need a client certificate of the trusted
+    /// CA: set when the client port runs TLS with a trusted CA.
+    admin_needs_cert: bool,
 }
 
 impl KvService {
-    pub fn new(node: NodeHandle) -> Self {
-        KvService { node }
+    pub fn new(node: NodeHandle, admin_needs_cert: bool) -> Self {
+        KvService { node, admin_needs_cert }
+    }
+
+    /// Refuses an admin call from a client without a verified certificate.
+    fn check_admin<T>(&self, req: &Request<T>) -> Result<(), Status> {
+        if self.admin_needs_cert && req.peer_certs().is_none_or(|c| c.is_empty()) {
+            return Err(Status::permission_denied("this call needs a client certificate of the trusted CA"));
+        }
+        Ok(())
     }
 }
 
@@ -100,6 +111,7 @@ impl pb::key_value_server::KeyValue for KvService {
     }
 
     async fn compact(&self, req: Request<pb::CompactRequest>) -> Result<Response<pb::CompactResponse>, Status> {
+        self.check_admin(&req)?;
         let deadline = deadline(&req);
         let revision = req.into_inner().revision;
         let a = self.node.propose(&Command::Compact { revision }, deadline).await?;
@@ -183,6 +195,7 @@ impl pb::key_value_server::KeyValue for KvService {
         &self,
         req: Request<pb::TransferLeaderRequest>,
     ) -> Result<Response<pb::TransferLeaderResponse>, Status> {
+        self.check_admin(&req)?;
         transfer_leader(&self.node, req).await
     }
 

@@ -156,10 +156,40 @@ impl RateLimitedLog {
     }
 }
 
+/// Datagrams handled per second at most (a burst of as many is allowed); past it a
+/// datagram is answered ERROR and changes nothing.
+pub const MAX_DATAGRAMS_PER_SECOND: f64 = 5000.0;
+
+/// A token bucket: `rate` tokens a second, at most `rate` saved.
+struct RateLimit {
+    rate: f64,
+    tokens: f64,
+    last: Instant,
+}
+
+impl RateLimit {
+    fn new(rate: f64, now: Instant) -> Self {
+        RateLimit { rate, tokens: rate, last: now }
+    }
+
+    fn admit(&mut self, now: Instant) -> bool {
+        let elapsed = now.saturating_duration_since(self.last).as_secs_f64();
+        self.tokens = (self.tokens + elapsed * self.rate).min(self.rate);
+        self.last = now;
+        if self.tokens >= 1.0 {
+            self.tokens -= 1.0;
+            true
+        } else {
+            false
+        }
+    }
+}
+
 /// Serves the bridge on `socket` until the node stops.
 pub async fn serve(socket: UdpSocket, node: NodeHandle) {
     let mut buf = vec![0u8; 65_536];
     let mut log = RateLimitedLog { window: Instant::now(), count: 0 };
+    let mut limit = RateLimit::new(MAX_DATAGRAMS_PER_SECOND, Instant::now());
     loop {
         let (len, from) = tokio::select! {
             _ = node.stopped() => break,
@@ -171,7 +201,12 @@ pub async fn serve(socket: UdpSocket, node: NodeHandle) {
                 }
             },
         };
-        let reply = match parse(&buf[..len]) {
+        let parsed = if limit.admit(Instant::now()) {
+            parse(&buf[..len])
+        } else {
+            Err(bad(None, format!("more than {MAX_DATAGRAMS_PER_SECOND} datagrams a second; try again later")))
+        };
+        let reply = match parsed {
             Ok(req) => handle(&node, req).await,
             Err(b) => {
                 log.warn(from, &b.reason);
@@ -255,6 +290,17 @@ mod tests {
 
     fn err(d: &[u8]) -> BadInput {
         parse(d).expect_err("refused")
+    }
+
+    #[test]
+    fn the_rate_limit_admits_a_burst_then_the_rate() {
+        let t0 = Instant::now();
+        let mut l = RateLimit::new(100.0, t0);
+        assert_eq!((0..150).filter(|_| l.admit(t0)).count(), 100, "a burst of one second's worth");
+        let t1 = t0 + Duration::from_millis(500);
+        assert_eq!((0..150).filter(|_| l.admit(t1)).count(), 50, "then the rate");
+        let t2 = t1 + Duration::from_secs(60);
+        assert_eq!((0..150).filter(|_| l.admit(t2)).count(), 100, "savings are capped");
     }
 
     #[test]

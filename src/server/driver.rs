@@ -22,6 +22,9 @@ const MAX_BATCH: usize = 4096;
 /// Proposals are refused while the state machine trails the commit index by more than
 /// this many entries (etcd's limit), so that the applier's queue stays bounded.
 const MAX_APPLY_GAP: u64 = 5000;
+/// Proposals are refused while this many entries wait for a quorum (etcd-raft's
+/// `MaxUncommittedEntriesSize`, counted in entries: values are at most 1 MiB).
+const MAX_UNCOMMITTED: u64 = 10_000;
 
 /// A batch handed to the persister, and what waits for it to be durable.
 pub(super) struct InFlight {
@@ -144,9 +147,19 @@ impl Driver {
     }
 
     fn propose(&mut self, data: bytes::Bytes, reply: ProposalReply) {
-        let gap = self.core.status().commit.saturating_sub(self.store.applied());
-        if gap > MAX_APPLY_GAP && self.core.status().role == Role::Leader {
-            let _ = reply.send(Err(Error::TooManyRequests(gap)));
+        let st = self.core.status();
+        let gap = st.commit.saturating_sub(self.store.applied());
+        if gap > MAX_APPLY_GAP && st.role == Role::Leader {
+            let why = format!("the state machine is {gap} entries behind the commit index");
+            let _ = reply.send(Err(Error::TooManyRequests(why)));
+            return;
+        }
+        // Entries a leader appended but cannot commit (no quorum answers) are bounded,
+        // and so are the proposals waiting on them.
+        let uncommitted = st.last_index.saturating_sub(st.commit);
+        if uncommitted > MAX_UNCOMMITTED && st.role == Role::Leader {
+            let why = format!("{uncommitted} entries are appended but not committed");
+            let _ = reply.send(Err(Error::TooManyRequests(why)));
             return;
         }
         if self.core.transferee().is_some() {

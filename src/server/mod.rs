@@ -658,9 +658,12 @@ impl Node {
             let _ = rx.wait_for(|s| *s).await;
         };
         let (r1, r1a) = reflection()?;
-        let kv_server = pb::key_value_server::KeyValueServer::new(KvService::new(handle.clone()))
-            .max_decoding_message_size(cfg.max_request_bytes.saturating_add(crate::config::GRPC_OVERHEAD_BYTES))
-            .max_encoding_message_size(transport::MAX_MESSAGE_BYTES);
+        let kv_server = pb::key_value_server::KeyValueServer::new(KvService::new(
+            handle.clone(),
+            cfg.client_tls.as_ref().is_some_and(|f| f.trusted_ca.is_some()),
+        ))
+        .max_decoding_message_size(cfg.max_request_bytes.saturating_add(crate::config::GRPC_OVERHEAD_BYTES))
+        .max_encoding_message_size(transport::MAX_MESSAGE_BYTES);
         let client_router = Server::builder()
             .max_concurrent_streams(Some(cfg.max_concurrent_streams))
             .add_service(health.clone())

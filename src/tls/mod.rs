@@ -145,14 +145,17 @@ pub fn server_config(files: &TlsFiles) -> Result<Arc<ServerConfig>, TlsError> {
         .with_safe_default_protocol_versions()
         .map_err(|e| TlsError::Config(e.to_string()))?;
     let builder = match (&files.trusted_ca, files.client_cert_auth) {
-        (Some(ca), true) => {
-            let verifier = WebPkiClientVerifier::builder_with_provider(load_roots(ca)?, provider)
-                .build()
-                .map_err(|e| file_error(ca, e))?;
-            builder.with_client_cert_verifier(verifier)
+        // With a trusted CA, client certificates are verified: required with client
+        // certificate auth, else asked for (admin calls need one).
+        (Some(ca), required) => {
+            let mut verifier = WebPkiClientVerifier::builder_with_provider(load_roots(ca)?, provider);
+            if !required {
+                verifier = verifier.allow_unauthenticated();
+            }
+            builder.with_client_cert_verifier(verifier.build().map_err(|e| file_error(ca, e))?)
         }
         (None, true) => return Err(TlsError::Config("client certificate auth needs a trusted CA file".into())),
-        (_, false) => builder.with_no_client_auth(),
+        (None, false) => builder.with_no_client_auth(),
     };
     let mut cfg = builder.with_cert_resolver(pair);
     cfg.alpn_protocols = alpn_h2();

@@ -30,6 +30,8 @@ pub struct Opts {
     /// Mutual TLS on both ports, from a throwaway CA (`pki/` in the data directory):
     /// node `nI` has a certificate for `nI` and 127.0.0.1; clients need one.
     pub tls: bool,
+    /// With `tls`: the client port asks for certificates but does not require them.
+    pub tls_clients_optional: bool,
 }
 
 impl Default for Opts {
@@ -42,6 +44,7 @@ impl Default for Opts {
             quota_backend_bytes: raftkv::config::DEFAULT_QUOTA_BACKEND_BYTES,
             auto_compaction: None,
             tls: false,
+            tls_clients_optional: false,
         }
     }
 }
@@ -98,6 +101,8 @@ impl TestCluster {
                 let (cert, key) = pki.issue(name, &["127.0.0.1"]).unwrap();
                 raftkv::tls::TlsFiles { cert, key, trusted_ca: Some(pki.ca()), client_cert_auth: true }
             });
+            let client_tls =
+                tls.clone().map(|f| raftkv::tls::TlsFiles { client_cert_auth: !opts.tls_clients_optional, ..f });
             let cfg = NodeConfig {
                 election_timeout_ms: opts.election_timeout_ms,
                 heartbeat_ms: opts.heartbeat_ms,
@@ -107,7 +112,7 @@ impl TestCluster {
                 engine_cache_bytes: 8 << 20,
                 wal_segment_bytes: 16 << 10,
                 keep_entries: 10,
-                client_tls: tls.clone(),
+                client_tls,
                 peer_tls: tls,
                 ..NodeConfig::new(name, members.clone(), data.path().join(name))
             };
