@@ -174,7 +174,13 @@ async fn histories_under_partitions_and_restarts_are_linearizable() {
     }
     eprintln!("jepsen: linearizable (checked in {:.1} s)", checking.elapsed().as_secs_f64());
 
-    // The checker catches each bad history injected into this real one.
+    // The checker catches each bad history injected into this real one. (Proving a
+    // history bad means searching all of it: done for CI's short runs, skipped for
+    // long on-demand ones, where it would take hours.)
+    if history.len() > 20_000 {
+        eprintln!("jepsen: injections skipped: {} operations are too many for an exhaustive search", history.len());
+        return;
+    }
     let end = start.elapsed().as_nanos() as u64 + 1_000_000;
     let acked: Vec<&Event> = history.iter().filter(|e| e.key == "k0" && e.completed.is_some()).collect();
     let finally = match &history.iter().rev().find(|e| e.key == "k0").unwrap().op {

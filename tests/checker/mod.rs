@@ -136,10 +136,20 @@ pub fn linearizable(events: &[Event]) -> bool {
     }
     entries.sort();
     let n = events.len();
-    let mut taken = vec![false; n];
-    let mut seen: HashSet<(Vec<u64>, Option<String>)> = HashSet::new();
-    let mut search = Search { events, entries: &entries, taken: &mut taken, seen: &mut seen };
-    let ok = search.run(None);
+    // Zobrist hashing: the set of operations taken is a 128-bit xor of one random key
+    // per operation, so a state costs 16 bytes however long the history is.
+    let mut rng = 0x2545_f491_4f6c_dd1d_u128;
+    let zobrist: Vec<u128> = (0..n)
+        .map(|_| {
+            rng ^= rng << 13;
+            rng ^= rng >> 7;
+            rng ^= rng << 17;
+            rng
+        })
+        .collect();
+    let mut search =
+        Search { events, entries: &entries, taken: vec![false; n], zobrist, hash: 0, seen: HashSet::new() };
+    let ok = search.run();
     assert!(
         search.seen.len() < MAX_STATES,
         "the checker gave up after {MAX_STATES} states ({n} operations): shorten the run or add keys"
@@ -149,36 +159,48 @@ pub fn linearizable(events: &[Event]) -> bool {
 
 /// Search states explored at most per key before the checker gives up (a failure
 /// that says so, never a silent pass).
-const MAX_STATES: usize = 5_000_000;
+const MAX_STATES: usize = 20_000_000;
 
 struct Search<'a> {
     events: &'a [Event],
     entries: &'a [(u64, bool, usize)],
-    taken: &'a mut Vec<bool>,
-    seen: &'a mut HashSet<(Vec<u64>, Option<String>)>,
+    taken: Vec<bool>,
+    zobrist: Vec<u128>,
+    hash: u128,
+    seen: HashSet<(u128, Option<String>)>,
+}
+
+/// One state of the depth-first search: the operation taken to reach it, the value
+/// then, where its untaken entries start, and its candidates still to try.
+struct Frame {
+    via: Option<usize>,
+    value: Option<String>,
+    lo: usize,
+    candidates: Vec<usize>,
+    next: usize,
 }
 
 impl Search<'_> {
-    fn bits(&self) -> Vec<u64> {
-        let mut b = vec![0u64; self.taken.len().div_ceil(64)];
-        for (i, t) in self.taken.iter().enumerate() {
-            if *t {
-                b[i / 64] |= 1 << (i % 64);
-            }
-        }
-        b
+    fn flip(&mut self, i: usize) {
+        self.taken[i] = !self.taken[i];
+        self.hash ^= self.zobrist[i];
     }
 
-    /// Whether the operations not yet taken can be ordered from `value` on.
-    fn run(&mut self, value: Option<String>) -> bool {
-        if self.seen.len() >= MAX_STATES || !self.seen.insert((self.bits(), value.clone())) {
-            return false;
+    /// The state after `via`: None if seen before; else its frame, or Err(()) if every
+    /// completed operation is placed (success: unknown writes may never happen).
+    fn enter(&mut self, via: Option<usize>, value: Option<String>, lo: usize) -> Result<Option<Frame>, ()> {
+        if self.seen.len() >= MAX_STATES || !self.seen.insert((self.hash, value.clone())) {
+            return Ok(None);
+        }
+        let mut lo = lo;
+        while lo < self.entries.len() && self.taken[self.entries[lo].2] {
+            lo += 1;
         }
         // Candidates: operations invoked before the first completion of an operation
         // not yet taken (that one must take effect before it completes).
         let mut candidates = Vec::new();
         let mut pending_return = false;
-        for &(_, is_return, i) in self.entries {
+        for &(_, is_return, i) in &self.entries[lo..] {
             if self.taken[i] {
                 continue;
             }
@@ -189,20 +211,40 @@ impl Search<'_> {
             candidates.push(i);
         }
         if !pending_return {
-            // Every completed operation is placed; unknown writes may never happen.
-            return true;
+            return Err(());
         }
-        for i in candidates {
+        Ok(Some(Frame { via, value, lo, candidates, next: 0 }))
+    }
+
+    /// Whether the operations can be ordered from the empty register on; iterative, as
+    /// histories are far deeper than a thread's stack.
+    fn run(&mut self) -> bool {
+        let mut stack = match self.enter(None, None, 0) {
+            Err(()) => return true,
+            Ok(f) => f.into_iter().collect::<Vec<_>>(),
+        };
+        while let Some(top) = stack.last_mut() {
+            if top.next == top.candidates.len() {
+                let done = stack.pop().expect("a frame");
+                if let Some(i) = done.via {
+                    self.flip(i);
+                }
+                continue;
+            }
+            let i = top.candidates[top.next];
+            top.next += 1;
             let next = match &self.events[i].op {
                 Op::Write(v) => v.clone(),
-                Op::Read(v) if *v == value => value.clone(),
+                Op::Read(v) if *v == top.value => top.value.clone(),
                 Op::Read(_) => continue,
             };
-            self.taken[i] = true;
-            if self.run(next) {
-                return true;
+            let lo = top.lo;
+            self.flip(i);
+            match self.enter(Some(i), next, lo) {
+                Err(()) => return true,
+                Ok(Some(frame)) => stack.push(frame),
+                Ok(None) => self.flip(i),
             }
-            self.taken[i] = false;
         }
         false
     }
