@@ -149,3 +149,32 @@ async fn without_client_cert_auth_admin_calls_still_need_a_certificate() {
     admin.compact(pb::CompactRequest { revision: r.revision }).await.expect("with a certificate");
     c.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_certificate_that_names_no_member_is_refused_on_the_peer_port() {
+    let c = tls_cluster().await;
+    let leader = c.wait_leader().await;
+    let follower = (0..3).find(|&i| i != leader).unwrap();
+    let term = c.handle(follower).status().term;
+    // The clients' certificate, of the cluster's own CA.
+    let mut peer = RaftClient::new(c.tls_channel(&c.peer_addrs[follower], c.pki.as_ref().unwrap(), "client"));
+    let forged = pb::AppendEntriesRequest {
+        term: term + 1,
+        leader: c.names[leader].clone(),
+        prev_log_index: 0,
+        prev_log_term: 0,
+        entries: vec![],
+        leader_commit: 0,
+        round: 0,
+        floor: 0,
+    };
+    let e = peer.append_entries(forged).await.expect_err("refused");
+    assert_eq!(e.code(), Code::PermissionDenied, "{e:?}");
+    let e = peer.propose(pb::ProposeRequest { command: vec![9].into() }).await.expect_err("refused");
+    assert_eq!(e.code(), Code::PermissionDenied, "{e:?}");
+    let e = peer.transfer_leader(pb::TransferLeaderRequest { target: String::new() }).await.expect_err("refused");
+    assert_eq!(e.code(), Code::PermissionDenied, "{e:?}");
+    assert_eq!(c.handle(follower).status().term, term, "nothing changed");
+    assert_eq!(c.wait_leader().await, leader);
+    c.shutdown().await;
+}

@@ -583,9 +583,17 @@ impl RawNode {
             (MessageBody::Unreachable | MessageBody::SnapshotFailed, _) => return None,
             _ => {}
         }
-        // Transport refuses these; a term past the limit must never be adopted.
-        if m.term > MAX_TERM {
-            tracing::warn!(term = m.term, from = m.from, "dropped a message with a term past the limit");
+        // Transport refuses these; a term past the limit must never be adopted. Nor a
+        // jump of more than MAX_TERM_JUMP terms at once: no honest cluster holds that
+        // many elections while a member is away, and one forged message near the limit
+        // would otherwise stop every election for good.
+        if m.term > MAX_TERM || m.term > self.term.saturating_add(MAX_TERM_JUMP) {
+            tracing::warn!(
+                term = m.term,
+                from = m.from,
+                my_term = self.term,
+                "dropped a message with a term out of reach"
+            );
             return None;
         }
         // PreVotes never change a term: answered (or counted) before the term rules.
@@ -795,6 +803,13 @@ impl RawNode {
         round: u64,
     ) {
         if self.role != Role::Leader {
+            return;
+        }
+        // An answer about entries this leader never had is not an answer to it: a
+        // faulty or hostile peer must not move progress past the log.
+        let last = self.log.last_index();
+        if (success && match_index > last) || (!success && reject_index > last) {
+            tracing::warn!(from, match_index, reject_index, last, "dropped an append answer past this leader's log");
             return;
         }
         let max_inflight = self.cfg.max_inflight;

@@ -819,3 +819,30 @@ fn a_term_past_the_limit_is_never_adopted_and_the_last_term_is_never_passed() {
     tick_until(&mut n, 200);
     assert_eq!(n.status().term, MAX_TERM, "no PreVote round for a term past the limit either");
 }
+
+#[test]
+fn a_peer_answer_past_the_leaders_log_or_a_term_out_of_reach_changes_nothing() {
+    let mut c = Cluster::new(3);
+    c.elect(1);
+    let term = c.nodes[&1].status().term;
+    let l = c.nodes.get_mut(&1).unwrap();
+    for (success, match_index, reject_index) in [(true, 1 << 62, 0), (false, 0, 1 << 62)] {
+        let body = MessageBody::AppendEntriesResponse {
+            success,
+            match_index,
+            reject_index,
+            conflict_index: 0,
+            conflict_term: 0,
+            round: 0,
+        };
+        l.step(Message { from: 2, to: 1, term, body });
+        drain(l);
+    }
+    assert_eq!(c.nodes[&1].status().role, Role::Leader);
+    c.propose(1, b"after");
+    assert!(c.applied[&2].iter().any(|e| e.data.as_ref() == b"after"), "replication goes on");
+    // A term far ahead of this node's is dropped, not adopted.
+    let n = c.nodes.get_mut(&3).unwrap();
+    assert_eq!(n.step(vote_request(2, 3, term + MAX_TERM_JUMP + 1, true)), None);
+    assert_eq!(n.status().term, term);
+}

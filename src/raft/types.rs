@@ -10,6 +10,9 @@ pub type Index = u64;
 /// term every microsecond would take over 2,000 years), and below it `term + 1` can
 /// never wrap: a forged `u64::MAX` is refused instead of freezing every election.
 pub const MAX_TERM: Term = 1 << 56;
+/// The most terms a message may be ahead of the receiver's: more means a forged or
+/// broken sender (2^20 elections, at one per election timeout, take days).
+pub const MAX_TERM_JUMP: Term = 1 << 20;
 /// The highest log index a node accepts from the network, for the same reason.
 pub const MAX_INDEX: Index = 1 << 62;
 

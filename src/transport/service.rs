@@ -25,6 +25,15 @@ impl RaftService {
     /// Refuses a request that claims to come from `claimed` while its certificate
     /// names another member. A certificate that names no member (one for every node,
     /// say) is trusted as any member: the CA vouched for it.
+    /// A forwarded client request (Propose, ReadIndex, TransferLeader) must come from
+    /// a member, whichever.
+    fn check_member<T>(&self, req: &Request<T>) -> Result<(), Status> {
+        if !self.certified_peers {
+            return Ok(());
+        }
+        member_certificate(req.peer_certs().as_deref(), self.node.names()).map(|_| ())
+    }
+
     fn check_identity<T>(&self, req: &Request<T>, claimed: &str) -> Result<(), Status> {
         if !self.certified_peers {
             return Ok(());
@@ -33,17 +42,26 @@ impl RaftService {
     }
 }
 
-/// A request that claims to come from `claimed` is refused when its certificate names
-/// another member. A certificate that names no member (one for every node, say) is
-/// trusted as any member: the cluster's CA vouched for it.
+/// A request that claims to come from `claimed` is refused unless its certificate
+/// names that member (a DNS name `NAME` or `NAME.<domain>`): a client certificate of the
+/// same CA, or one certificate shared by all nodes, cannot speak for a member.
 fn speaks_for(certs: Option<&Vec<CertificateDer<'static>>>, names: &Names, claimed: &str) -> Result<(), Status> {
-    let leaf =
-        certs.and_then(|c| c.first()).ok_or_else(|| Status::unauthenticated("a peer certificate is required"))?;
-    let named = convert::members_named(names, &crate::tls::dns_names(leaf));
-    if named.is_empty() || named.iter().any(|n| n == claimed) {
+    let named = member_certificate(certs, names)?;
+    if named.iter().any(|n| n == claimed) {
         return Ok(());
     }
     Err(Status::permission_denied(format!("a certificate of {} cannot speak for {claimed:?}", named.join(", "))))
+}
+
+/// The members a peer's certificate names; refused if it names none.
+fn member_certificate(certs: Option<&Vec<CertificateDer<'static>>>, names: &Names) -> Result<Vec<String>, Status> {
+    let leaf =
+        certs.and_then(|c| c.first()).ok_or_else(|| Status::unauthenticated("a peer certificate is required"))?;
+    let named = convert::members_named(names, &crate::tls::dns_names(leaf));
+    if named.is_empty() {
+        return Err(Status::permission_denied("the peer certificate names no member of this cluster"));
+    }
+    Ok(named)
 }
 
 #[tonic::async_trait]
@@ -69,6 +87,7 @@ impl pb::raft_server::Raft for RaftService {
     }
 
     async fn propose(&self, req: Request<pb::ProposeRequest>) -> Result<Response<pb::ProposeResponse>, Status> {
+        self.check_member(&req)?;
         let deadline = crate::api::deadline(&req);
         let command = req.into_inner().command;
         let a = self.node.forwarded(deadline, || self.node.propose_here(command.clone(), deadline)).await?;
@@ -159,10 +178,12 @@ impl pb::raft_server::Raft for RaftService {
         &self,
         req: Request<pb::TransferLeaderRequest>,
     ) -> Result<Response<pb::TransferLeaderResponse>, Status> {
+        self.check_member(&req)?;
         crate::api::transfer_leader(&self.node, req).await
     }
 
     async fn read_index(&self, req: Request<pb::ReadIndexRequest>) -> Result<Response<pb::ReadIndexResponse>, Status> {
+        self.check_member(&req)?;
         let deadline = crate::api::deadline(&req);
         let index = self.node.forwarded(deadline, || self.node.read_index_here(deadline)).await?;
         Ok(Response::new(pb::ReadIndexResponse { index }))
