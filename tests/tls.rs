@@ -11,6 +11,20 @@ use raftkv::proto::raft_client::RaftClient;
 use raftkv::tls::dev::DevPki;
 use tonic::Code;
 
+/// An empty AppendEntries from `leader`.
+fn heartbeat(term: u64, leader: &str) -> pb::AppendEntriesRequest {
+    pb::AppendEntriesRequest {
+        term,
+        leader: leader.into(),
+        prev_log_index: 0,
+        prev_log_term: 0,
+        entries: vec![],
+        leader_commit: 0,
+        round: 0,
+        floor: 0,
+    }
+}
+
 async fn tls_cluster() -> TestCluster {
     TestCluster::start_with(3, Opts { tls: true, ..Opts::default() }).await
 }
@@ -90,16 +104,7 @@ async fn a_members_certificate_speaks_only_for_that_member() {
     let pki = c.pki.as_ref().unwrap();
     // `other`'s own certificate, claiming to be the leader.
     let mut peer = RaftClient::new(c.tls_channel(&c.peer_addrs[follower], pki, &c.names[other]));
-    let forged = pb::AppendEntriesRequest {
-        term,
-        leader: c.names[leader].clone(),
-        prev_log_index: 0,
-        prev_log_term: 0,
-        entries: vec![],
-        leader_commit: 0,
-        round: 0,
-        floor: 0,
-    };
+    let forged = heartbeat(term, &c.names[leader]);
     let e = peer.append_entries(forged).await.expect_err("refused");
     assert_eq!(e.code(), Code::PermissionDenied, "{e:?}");
     assert!(e.message().contains("cannot speak for"), "{}", e.message());
@@ -158,16 +163,7 @@ async fn a_certificate_that_names_no_member_is_refused_on_the_peer_port() {
     let term = c.handle(follower).status().term;
     // The clients' certificate, of the cluster's own CA.
     let mut peer = RaftClient::new(c.tls_channel(&c.peer_addrs[follower], c.pki.as_ref().unwrap(), "client"));
-    let forged = pb::AppendEntriesRequest {
-        term: term + 1,
-        leader: c.names[leader].clone(),
-        prev_log_index: 0,
-        prev_log_term: 0,
-        entries: vec![],
-        leader_commit: 0,
-        round: 0,
-        floor: 0,
-    };
+    let forged = heartbeat(term + 1, &c.names[leader]);
     let e = peer.append_entries(forged).await.expect_err("refused");
     assert_eq!(e.code(), Code::PermissionDenied, "{e:?}");
     let e = peer.propose(pb::ProposeRequest { command: vec![9].into() }).await.expect_err("refused");
