@@ -465,14 +465,14 @@ impl Node {
         core_cfg.keep_entries = cfg.keep_entries;
         core_cfg.seed = rand::random();
         // Certificates are checked before any data is touched.
-        let client_tls = cfg.client_tls.as_ref().map(crate::tls::server_config).transpose()?;
-        let peer_tls = cfg.peer_tls.as_ref().map(crate::tls::server_config).transpose()?;
+        let client_tls = cfg.client_tls.as_ref().map(crate::tls::reloading_server_config).transpose()?;
+        let peer_tls = cfg.peer_tls.as_ref().map(crate::tls::reloading_server_config).transpose()?;
         let peer_client_tls = match &cfg.peer_tls {
             Some(f) => {
                 let ca = f.trusted_ca.as_deref().ok_or_else(|| {
                     StartError::Other("--peer-trusted-ca-file is needed with --peer-cert-file".into())
                 })?;
-                Some(crate::tls::client_config(ca, Some((&f.cert, &f.key)))?)
+                Some(crate::tls::reloading_client_config(ca, Some((&f.cert, &f.key)))?)
             }
             None => None,
         };

@@ -121,6 +121,69 @@ impl ResolvesClientCert for KeyPairFiles {
     }
 }
 
+/// A TLS configuration rebuilt from its files when any of them changes (checked at
+/// most once a second, when a connection is made): a rotated CA takes effect without a
+/// restart, as rotated certificates do. A rebuild that fails keeps the last good one.
+pub struct Reloading<T> {
+    files: Vec<PathBuf>,
+    build: Box<dyn Fn() -> Result<Arc<T>, TlsError> + Send + Sync>,
+    state: Mutex<(Vec<Option<SystemTime>>, Arc<T>, Instant)>,
+}
+
+impl<T: Send + Sync + 'static> Reloading<T> {
+    /// A configuration that watches no file.
+    pub fn fixed(cfg: Arc<T>) -> Arc<Self> {
+        let keep = cfg.clone();
+        let build = Box::new(move || Ok(keep.clone()));
+        Arc::new(Reloading { files: Vec::new(), build, state: Mutex::new((Vec::new(), cfg, Instant::now())) })
+    }
+
+    fn new(
+        files: Vec<PathBuf>,
+        build: impl Fn() -> Result<Arc<T>, TlsError> + Send + Sync + 'static,
+    ) -> Result<Arc<Self>, TlsError> {
+        let stamps = files.iter().map(|f| modified(f)).collect();
+        let current = build()?;
+        Ok(Arc::new(Reloading { files, build: Box::new(build), state: Mutex::new((stamps, current, Instant::now())) }))
+    }
+
+    /// The configuration as the files are now.
+    pub fn current(&self) -> Arc<T> {
+        let mut st = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        if st.2.elapsed() >= Duration::from_secs(1) {
+            st.2 = Instant::now();
+            let stamps: Vec<_> = self.files.iter().map(|f| modified(f)).collect();
+            if stamps != st.0 {
+                match (self.build)() {
+                    Ok(cfg) => {
+                        tracing::info!(files = ?self.files, "reloaded the TLS configuration");
+                        (st.0, st.1) = (stamps, cfg);
+                    }
+                    Err(e) => tracing::warn!("keeping the previous TLS configuration: {e}"),
+                }
+            }
+        }
+        st.1.clone()
+    }
+}
+
+/// `server_config`, rebuilt when the CA file changes (the pair reloads by itself).
+pub fn reloading_server_config(files: &TlsFiles) -> Result<Arc<Reloading<ServerConfig>>, TlsError> {
+    let f = files.clone();
+    Reloading::new(files.trusted_ca.iter().cloned().collect(), move || server_config(&f))
+}
+
+/// `client_config`, rebuilt when the CA file changes.
+pub fn reloading_client_config(
+    ca: &Path,
+    pair: Option<(&Path, &Path)>,
+) -> Result<Arc<Reloading<ClientConfig>>, TlsError> {
+    let (ca_path, pair) = (ca.to_path_buf(), pair.map(|(c, k)| (c.to_path_buf(), k.to_path_buf())));
+    Reloading::new(vec![ca_path.clone()], move || {
+        client_config(&ca_path, pair.as_ref().map(|(c, k)| (c.as_path(), k.as_path())))
+    })
+}
+
 /// One side's TLS files, as etcd's flags name them (`--cert-file --key-file
 /// --trusted-ca-file --client-cert-auth`, and the `--peer-` ones).
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -181,10 +244,9 @@ pub fn client_config(ca: &Path, pair: Option<(&Path, &Path)>) -> Result<Arc<Clie
 /// a slow or failing client never holds up the others; failures are logged, not fatal.
 pub fn incoming(
     listener: TcpListener,
-    cfg: Arc<ServerConfig>,
+    cfg: Arc<Reloading<ServerConfig>>,
 ) -> tokio_stream::wrappers::ReceiverStream<Result<TlsStream<TcpStream>, std::io::Error>> {
     let (tx, rx) = tokio::sync::mpsc::channel(64);
-    let acceptor = TlsAcceptor::from(cfg);
     tokio::spawn(async move {
         loop {
             let (tcp, from) = tokio::select! {
@@ -199,7 +261,7 @@ pub fn incoming(
                 _ = tx.closed() => return,
             };
             let _ = tcp.set_nodelay(true);
-            let (acceptor, tx) = (acceptor.clone(), tx.clone());
+            let (acceptor, tx) = (TlsAcceptor::from(cfg.current()), tx.clone());
             tokio::spawn(async move {
                 match tokio::time::timeout(Duration::from_secs(10), acceptor.accept(tcp)).await {
                     Ok(Ok(tls)) => {
@@ -217,13 +279,21 @@ pub fn incoming(
 /// A lazily connected channel to `addr` (HOST:PORT) over TLS; the server's certificate
 /// must name HOST.
 pub fn channel(endpoint: Endpoint, addr: &str, cfg: Arc<ClientConfig>) -> Result<Channel, TlsError> {
+    reloading_channel(endpoint, addr, Reloading::fixed(cfg))
+}
+
+/// `channel`, with the configuration as it is at each (re)connection.
+pub fn reloading_channel(
+    endpoint: Endpoint,
+    addr: &str,
+    cfg: Arc<Reloading<ClientConfig>>,
+) -> Result<Channel, TlsError> {
     let host = addr.rsplit_once(':').map(|(h, _)| h).unwrap_or(addr);
     let host = host.trim_start_matches('[').trim_end_matches(']').to_string();
     let name = ServerName::try_from(host.clone()).map_err(|e| TlsError::Config(format!("{addr}: {e}")))?;
-    let connector = TlsConnector::from(cfg);
     let addr = addr.to_string();
     Ok(endpoint.connect_with_connector_lazy(tower::service_fn(move |_: http::Uri| {
-        let (connector, name, addr) = (connector.clone(), name.clone(), addr.clone());
+        let (connector, name, addr) = (TlsConnector::from(cfg.current()), name.clone(), addr.clone());
         async move {
             let tcp = TcpStream::connect(&addr).await?;
             tcp.set_nodelay(true)?;
@@ -269,6 +339,26 @@ mod tests {
         std::thread::sleep(Duration::from_millis(1100));
         std::fs::write(&cert, "not a certificate").unwrap();
         assert_eq!(pair.current().cert, rotated);
+        // A rotated CA file rebuilds the configuration that uses it.
+        let files =
+            TlsFiles { cert: cert.clone(), key: key.clone(), trusted_ca: Some(pki.ca()), client_cert_auth: true };
+        pki.issue("n1", &["127.0.0.1"]).unwrap();
+        let server = reloading_server_config(&files).unwrap();
+        let first = server.current();
+        std::thread::sleep(Duration::from_millis(1100));
+        assert!(Arc::ptr_eq(&first, &server.current()), "unchanged files: the same configuration");
+        let other = tempfile::tempdir().unwrap();
+        let ca2 = dev::DevPki::create(other.path(), "another CA").unwrap().ca();
+        std::fs::copy(&ca2, pki.ca()).unwrap();
+        std::thread::sleep(Duration::from_millis(1100));
+        assert!(!Arc::ptr_eq(&first, &server.current()), "a new CA: a new configuration");
+        std::fs::write(pki.ca(), "not a CA").unwrap();
+        std::thread::sleep(Duration::from_millis(1100));
+        let kept = server.current();
+        std::thread::sleep(Duration::from_millis(1100));
+        assert!(Arc::ptr_eq(&kept, &server.current()), "a broken CA keeps the last good configuration");
+        pki.issue("n1", &["127.0.0.1"]).unwrap();
+        std::fs::write(&cert, "not a certificate").unwrap();
         // And a damaged pair is refused at start.
         assert!(KeyPairFiles::load(&cert, &key).is_err());
         assert!(client_config(&cert, None).is_err());

@@ -38,7 +38,7 @@ pub fn connect(
     from: &str,
     to: &str,
     faults: Option<&Faults>,
-    tls: Option<Arc<rustls::ClientConfig>>,
+    tls: Option<Arc<crate::tls::Reloading<rustls::ClientConfig>>>,
 ) -> Result<PeerClient, String> {
     let ep = Endpoint::from_shared(format!("http://{addr}"))
         .map_err(|e| format!("peer {to} address {addr:?}: {e}"))?
@@ -47,7 +47,7 @@ pub fn connect(
         .http2_keep_alive_interval(Duration::from_secs(5))
         .keep_alive_timeout(Duration::from_secs(5));
     let channel = match tls {
-        Some(cfg) => crate::tls::channel(ep, addr, cfg).map_err(|e| format!("peer {to}: {e}"))?,
+        Some(cfg) => crate::tls::reloading_channel(ep, addr, cfg).map_err(|e| format!("peer {to}: {e}"))?,
         None => ep.connect_lazy(),
     };
     let svc: PeerChannel = match faults {
