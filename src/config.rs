@@ -54,6 +54,9 @@ pub struct NodeConfig {
     pub max_request_bytes: usize,
     /// Concurrent gRPC streams per client connection (HTTP/2 `max_concurrent_streams`).
     pub max_concurrent_streams: u32,
+    /// A plain-text port serving only `grpc.health.v1.Health`, for probes that cannot
+    /// speak TLS (the kubelet's) when the client port does.
+    pub health_addr: Option<String>,
 }
 
 /// etcd's two auto-compaction modes.
@@ -132,6 +135,7 @@ impl NodeConfig {
             peer_tls: None,
             max_request_bytes: DEFAULT_MAX_REQUEST_BYTES,
             max_concurrent_streams: DEFAULT_MAX_CONCURRENT_STREAMS,
+            health_addr: None,
         }
     }
 }

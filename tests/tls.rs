@@ -174,3 +174,20 @@ async fn a_certificate_that_names_no_member_is_refused_on_the_peer_port() {
     assert_eq!(c.wait_leader().await, leader);
     c.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn probes_that_cannot_speak_tls_use_the_plain_text_health_port() {
+    let c = TestCluster::start_with(3, Opts { tls: true, health: true, ..Opts::default() }).await;
+    c.wait_leader().await;
+    for addr in &c.health_addrs {
+        c.wait_health_at(addr, "", common::ServingStatus::Serving).await;
+        c.wait_health_at(addr, "raftkv.v1.KeyValue", common::ServingStatus::Serving).await;
+        // Only health is there: the key-value service is not served in plain text.
+        let mut plain = KeyValueClient::new(
+            tonic::transport::Endpoint::from_shared(format!("http://{addr}")).unwrap().connect_lazy(),
+        );
+        let e = store(&mut plain, "k", "v").await.expect_err("no KeyValue on the health port");
+        assert_eq!(e.code(), Code::Unimplemented, "{e:?}");
+    }
+    c.shutdown().await;
+}

@@ -81,6 +81,10 @@ pub struct ServeArgs {
     /// Concurrent gRPC streams per client connection.
     #[arg(long, env = "RAFTKV_MAX_CONCURRENT_STREAMS", default_value_t = raftkv::config::DEFAULT_MAX_CONCURRENT_STREAMS)]
     pub max_concurrent_streams: u32,
+    /// Also serve grpc.health.v1.Health alone, in plain text, here (for probes that
+    /// cannot speak TLS, such as the kubelet's, when the client port does).
+    #[arg(long, env = "RAFTKV_LISTEN_HEALTH_ADDR")]
+    pub listen_health_addr: Option<String>,
     /// Serve clients over TLS with this certificate (PEM; re-read when the file changes).
     #[arg(long, env = "RAFTKV_CERT_FILE", requires = "key_file")]
     pub cert_file: Option<std::path::PathBuf>,
@@ -137,6 +141,9 @@ fn config(args: &ServeArgs) -> Result<NodeConfig, String> {
     if let Some(b) = &args.bridge_addr {
         check_listen_addr("--bridge-addr", b)?;
     }
+    if let Some(h) = &args.listen_health_addr {
+        check_listen_addr("--listen-health-addr", h)?;
+    }
     if args.shutdown_timeout_ms == 0 {
         return Err("--shutdown-timeout-ms must be positive".into());
     }
@@ -156,6 +163,7 @@ fn config(args: &ServeArgs) -> Result<NodeConfig, String> {
         .map_err(|e| e.to_string())?,
         max_request_bytes: args.max_request_bytes,
         max_concurrent_streams: args.max_concurrent_streams,
+        health_addr: args.listen_health_addr.clone(),
         client_tls: match (&args.cert_file, &args.key_file) {
             (Some(cert), Some(key)) => Some(TlsFiles {
                 cert: cert.clone(),

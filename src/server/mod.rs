@@ -634,6 +634,7 @@ impl Node {
         let client_addr = client_listener.local_addr().map_err(|e| StartError::Other(e.to_string()))?;
         let peer_addr = peer_listener.local_addr().map_err(|e| StartError::Other(e.to_string()))?;
         let (mut health_reporter, health) = tonic_health::server::health_reporter();
+        let health_only = health.clone();
         health_reporter.set_not_serving::<pb::key_value_server::KeyValueServer<KvService>>().await;
         health_reporter.set_serving::<pb::raft_server::RaftServer<RaftService>>().await;
         let reflection = || {
@@ -728,6 +729,20 @@ impl Node {
                 }
             }),
         ];
+        if let Some(addr) = &cfg.health_addr {
+            let listener = TcpListener::bind(addr)
+                .await
+                .map_err(|e| StartError::Other(format!("cannot listen on --listen-health-addr {addr}: {e}")))?;
+            tracing::info!(addr = %listener.local_addr().map_or(addr.clone(), |a| a.to_string()), "health in plain text");
+            let health_server = Server::builder()
+                .add_service(health_only.clone())
+                .serve_with_incoming_shutdown(incoming(listener)?, stop(shutdown_rx.clone()));
+            tasks.push(tokio::spawn(async move {
+                if let Err(e) = health_server.await {
+                    tracing::error!("health server failed: {e}");
+                }
+            }));
+        }
         if let Some(socket) = bridge {
             tasks.push(tokio::spawn(crate::bridge::serve(socket, handle.clone())));
         }

@@ -32,6 +32,8 @@ pub struct Opts {
     pub tls: bool,
     /// With `tls`: the client port asks for certificates but does not require them.
     pub tls_clients_optional: bool,
+    /// Give every node a plain-text health port (`health_addrs`).
+    pub health: bool,
 }
 
 impl Default for Opts {
@@ -45,6 +47,7 @@ impl Default for Opts {
             auto_compaction: None,
             tls: false,
             tls_clients_optional: false,
+            health: false,
         }
     }
 }
@@ -63,6 +66,8 @@ pub struct TestCluster {
     pub peer_addrs: Vec<String>,
     /// With `Opts::tls`: the CA that signed every node's and the client's certificate.
     pub pki: Option<raftkv::tls::dev::DevPki>,
+    /// With `Opts::health`: each node's plain-text health address.
+    pub health_addrs: Vec<String>,
 }
 
 impl TestCluster {
@@ -91,6 +96,7 @@ impl TestCluster {
         let mut bridge_addrs = Vec::new();
         let mut cfgs = Vec::new();
         let mut peer_addrs = Vec::new();
+        let mut health_addrs = Vec::new();
         let pki = opts.tls.then(|| {
             let pki = raftkv::tls::dev::DevPki::create(&data.path().join("pki"), "test CA").unwrap();
             pki.issue("client", &[]).unwrap();
@@ -114,6 +120,10 @@ impl TestCluster {
                 keep_entries: 10,
                 client_tls,
                 peer_tls: tls,
+                health_addr: opts.health.then(|| {
+                    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+                    format!("127.0.0.1:{port}")
+                }),
                 ..NodeConfig::new(name, members.clone(), data.path().join(name))
             };
             client_addrs.push(cl.local_addr().unwrap().to_string());
@@ -125,12 +135,25 @@ impl TestCluster {
                 None
             };
             peer_addrs.push(pl.local_addr().unwrap().to_string());
+            health_addrs.extend(cfg.health_addr.clone());
             cfgs.push(cfg.clone());
             let node = Node::start(cfg, cl, pl, bridge, Some(faults.clone())).await.expect("node starts");
             monitor(node.handle().clone(), leaders.clone());
             nodes.push(Some(node));
         }
-        TestCluster { names, nodes, client_addrs, bridge_addrs, faults, leaders, _data: data, cfgs, peer_addrs, pki }
+        TestCluster {
+            names,
+            nodes,
+            client_addrs,
+            bridge_addrs,
+            faults,
+            leaders,
+            _data: data,
+            cfgs,
+            peer_addrs,
+            pki,
+            health_addrs,
+        }
     }
 
     pub fn handle(&self, i: usize) -> &NodeHandle {
@@ -162,7 +185,13 @@ impl TestCluster {
     /// its term; returns its index.
     /// Waits until node `i` reports `service` (as a readiness probe asks it) as `want`.
     pub async fn wait_health(&self, i: usize, service: &str, want: ServingStatus) {
-        let ch = Channel::from_shared(format!("http://{}", self.client_addrs[i])).unwrap().connect().await.unwrap();
+        self.wait_health_at(&self.client_addrs[i], service, want).await
+    }
+
+    /// Waits until the plain-text health service at `addr` reports `service` as `want`.
+    pub async fn wait_health_at(&self, addr: &str, service: &str, want: ServingStatus) {
+        let i = addr;
+        let ch = Channel::from_shared(format!("http://{addr}")).unwrap().connect().await.unwrap();
         let mut h = HealthClient::new(ch);
         let deadline = tokio::time::Instant::now() + WAIT;
         loop {
