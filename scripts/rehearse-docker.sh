@@ -358,7 +358,10 @@ sleep 2
 docker stop -t 30 "raftkv-$old" >/dev/null
 bench_result
 stop_result=$result
-docker logs "raftkv-$old" 2>&1 | grep -q "handed leadership over" ||
+# Read the logs whole first: `docker logs | grep -q` under pipefail fails when grep
+# stops reading at its match and docker logs gets SIGPIPE (seen once in CI).
+old_logs=$(docker logs "raftkv-$old" 2>&1)
+grep -q "handed leadership over" <<<"$old_logs" ||
     die "raftkv-$old did not hand leadership over on SIGTERM"
 others=()
 for i in "${all[@]}"; do if [ "$i" != "$old" ]; then others+=("$i"); fi; done
