@@ -147,6 +147,9 @@ fn config(args: &ServeArgs) -> Result<NodeConfig, String> {
     if args.shutdown_timeout_ms == 0 {
         return Err("--shutdown-timeout-ms must be positive".into());
     }
+    if args.client_cert_auth && args.cert_file.is_none() {
+        return Err("--client-cert-auth needs --cert-file and --key-file".into());
+    }
     let data_dir = args.data_dir.clone().unwrap_or_else(|| format!("{}.raftkv", args.name).into());
     let cfg = NodeConfig {
         election_timeout_ms: args.election_timeout_ms,
@@ -164,29 +167,28 @@ fn config(args: &ServeArgs) -> Result<NodeConfig, String> {
         max_request_bytes: args.max_request_bytes,
         max_concurrent_streams: args.max_concurrent_streams,
         health_addr: args.listen_health_addr.clone(),
-        client_tls: match (&args.cert_file, &args.key_file) {
-            (Some(cert), Some(key)) => Some(TlsFiles {
-                cert: cert.clone(),
-                key: key.clone(),
-                trusted_ca: args.trusted_ca_file.clone(),
-                client_cert_auth: args.client_cert_auth,
-            }),
-            _ if args.client_cert_auth => return Err("--client-cert-auth needs --cert-file and --key-file".into()),
-            _ => None,
-        },
-        peer_tls: match (&args.peer_cert_file, &args.peer_key_file) {
-            (Some(cert), Some(key)) => Some(TlsFiles {
-                cert: cert.clone(),
-                key: key.clone(),
-                trusted_ca: args.peer_trusted_ca_file.clone(),
-                client_cert_auth: args.peer_client_cert_auth,
-            }),
-            _ => None,
-        },
+        client_tls: tls_files(&args.cert_file, &args.key_file, &args.trusted_ca_file, args.client_cert_auth),
+        peer_tls: tls_files(
+            &args.peer_cert_file,
+            &args.peer_key_file,
+            &args.peer_trusted_ca_file,
+            args.peer_client_cert_auth,
+        ),
         ..NodeConfig::new(&args.name, members, data_dir)
     };
     cfg.validate().map_err(|e| e.to_string())?;
     Ok(cfg)
+}
+
+/// One port's TLS files, if its certificate and key are given.
+fn tls_files(
+    cert: &Option<std::path::PathBuf>,
+    key: &Option<std::path::PathBuf>,
+    ca: &Option<std::path::PathBuf>,
+    client_cert_auth: bool,
+) -> Option<TlsFiles> {
+    let (cert, key) = cert.clone().zip(key.clone())?;
+    Some(TlsFiles { cert, key, trusted_ca: ca.clone(), client_cert_auth })
 }
 
 fn tls_mode(tls: Option<&TlsFiles>) -> &'static str {

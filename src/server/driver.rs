@@ -14,7 +14,7 @@ use super::{Input, Metrics, NodeStatus};
 use crate::error::Error;
 use crate::mvcc::snapshot::Built;
 use crate::mvcc::Store;
-use crate::raft::{Index, Message, MessageBody, NodeId, ProposeError, RawNode, Role, TransferError};
+use crate::raft::{Index, Message, MessageBody, NodeId, ProposeError, RawNode, Role, Term, TransferError};
 use crate::transport::convert::Names;
 
 /// Inputs handled per loop iteration before the ready is processed (one batch).
@@ -25,6 +25,23 @@ const MAX_APPLY_GAP: u64 = 5000;
 /// Proposals are refused while this many entries wait for a quorum (etcd-raft's
 /// `MaxUncommittedEntriesSize`, counted in entries: values are at most 1 MiB).
 const MAX_UNCOMMITTED: u64 = 10_000;
+
+/// Why the driver stops the node: it cannot go on from a state it cannot trust.
+#[derive(Debug, thiserror::Error)]
+pub(super) enum Fatal {
+    #[error("the persister stopped")]
+    PersisterStopped,
+    #[error("the applier stopped")]
+    ApplierStopped,
+    #[error("batch {0} reported durable, but it was not in flight")]
+    NotInFlight(u64),
+    #[error("snapshot {0} accepted without its state machine")]
+    SnapshotMissing(Index),
+    #[error("installing the snapshot failed: {0}")]
+    Install(#[from] crate::mvcc::MvccError),
+    #[error("installed snapshot holds {installed:?}, not the accepted {accepted:?}")]
+    SnapshotMismatch { installed: (Index, Term), accepted: (Index, Term) },
+}
 
 /// A batch handed to the persister, and what waits for it to be durable.
 pub(super) struct InFlight {
@@ -54,7 +71,7 @@ pub(super) struct Driver {
     /// state it cannot trust.
     pub fatal: Arc<std::sync::Mutex<Option<String>>>,
     /// A failure noticed while handling an input; stops the node at the next ready.
-    pub fatal_error: Option<String>,
+    pub fatal_error: Option<Fatal>,
     pub names: Names,
     pub input: mpsc::Receiver<Input>,
     pub peers: BTreeMap<NodeId, mpsc::Sender<Message>>,
@@ -65,7 +82,7 @@ pub(super) struct Driver {
     pub shutdown_tx: watch::Sender<bool>,
     /// Answers to peer requests, held until what they promise is persisted.
     pub held: Vec<(oneshot::Sender<Message>, Message)>,
-    pub proposals: BTreeMap<Index, (crate::raft::Term, ProposalReply)>,
+    pub proposals: BTreeMap<Index, (Term, ProposalReply)>,
     /// Proposals that arrived during a leadership transfer: proposed if it is given
     /// up, or refused with the new leader's name once that is known, so that their
     /// callers go there.
@@ -74,7 +91,7 @@ pub(super) struct Driver {
     pub transfers: Vec<oneshot::Sender<Result<(), Error>>>,
     /// Pending ReadIndex requests, by context, with the term they were asked in: the
     /// core drops its own when it stops leading, so these are failed then too.
-    pub reads: HashMap<u64, (crate::raft::Term, oneshot::Sender<Result<Index, Error>>)>,
+    pub reads: HashMap<u64, (Term, oneshot::Sender<Result<Index, Error>>)>,
     pub next_read: u64,
     /// Callers waiting for a leader to be known.
     pub leader_waiters: Vec<oneshot::Sender<()>>,
@@ -287,7 +304,7 @@ impl Driver {
 
     /// Once the applier has made more of the state durable (a checkpoint), the log is
     /// compacted up to it, keeping what the core still wants for slow followers.
-    fn maybe_compact(&mut self) -> Result<(), String> {
+    fn maybe_compact(&mut self) -> Result<(), Fatal> {
         let (durable, _) = self.store.durable();
         if durable <= self.compacted_for {
             return Ok(());
@@ -298,14 +315,14 @@ impl Driver {
             return Ok(());
         }
         self.core.compact(base);
-        self.persister.send(Job::Compact { base }).map_err(|_| "the persister stopped".to_string())
+        self.persister.send(Job::Compact { base }).map_err(|_| Fatal::PersisterStopped)
     }
 
     /// The persister made every batch up to `done.seq` durable: what waited for them
     /// goes out, in order, and the core learns its entries are stable.
     fn persisted(&mut self, done: Durable) {
         if self.in_flight.front().is_none_or(|b| b.seq > done.seq) {
-            self.fatal_error = Some(format!("batch {} reported durable, but it was not in flight", done.seq));
+            self.fatal_error = Some(Fatal::NotInFlight(done.seq));
             return;
         }
         while let Some(batch) = self.in_flight.pop_front_if(|b| b.seq <= done.seq) {
@@ -320,30 +337,23 @@ impl Driver {
     /// Installs a snapshot the core accepted at (index, term): the applier swaps the
     /// verified engine file in (renamed into place, durable), then the log, which now
     /// starts after it, drops what it covers.
-    fn install_snapshot(
-        &mut self,
-        incoming: Option<Built>,
-        index: Index,
-        term: crate::raft::Term,
-    ) -> Result<(), String> {
+    fn install_snapshot(&mut self, incoming: Option<Built>, index: Index, term: Term) -> Result<(), Fatal> {
         let Some(built) = incoming else {
-            return Err(format!("snapshot {index} accepted without its state machine"));
+            return Err(Fatal::SnapshotMissing(index));
         };
         let (tx, rx) = oneshot::channel();
-        self.applier.send(Task::Install { built, reply: tx }).map_err(|_| "the applier stopped".to_string())?;
-        let installed = tokio::task::block_in_place(|| rx.blocking_recv())
-            .map_err(|_| "the applier stopped".to_string())?
-            .map_err(|e| e.to_string())?;
+        self.applier.send(Task::Install { built, reply: tx }).map_err(|_| Fatal::ApplierStopped)?;
+        let installed = tokio::task::block_in_place(|| rx.blocking_recv()).map_err(|_| Fatal::ApplierStopped)??;
         if installed != (index, term) {
-            return Err(format!("installed snapshot holds {installed:?}, not the accepted ({index}, {term})"));
+            return Err(Fatal::SnapshotMismatch { installed, accepted: (index, term) });
         }
-        self.persister.send(Job::Compact { base: index }).map_err(|_| "the persister stopped".to_string())?;
+        self.persister.send(Job::Compact { base: index }).map_err(|_| Fatal::PersisterStopped)?;
         self.compacted_for = index;
         tracing::info!(index, term, "installed the leader's snapshot");
         Ok(())
     }
 
-    fn process_ready(&mut self) -> Result<(), String> {
+    fn process_ready(&mut self) -> Result<(), Fatal> {
         if let Some(e) = self.fatal_error.take() {
             return Err(e);
         }
@@ -375,7 +385,7 @@ impl Driver {
                 let seq = self.next_persist;
                 self.next_persist += 1;
                 let job = Job::Persist { seq, hard_state: rd.hard_state, entries: rd.entries };
-                self.persister.send(job).map_err(|_| "the persister stopped".to_string())?;
+                self.persister.send(job).map_err(|_| Fatal::PersisterStopped)?;
                 self.in_flight.push_back(InFlight { seq, held, messages: rest });
             } else if let Some(last) = self.in_flight.back_mut() {
                 // They may promise what a batch still in flight holds.
@@ -400,7 +410,7 @@ impl Driver {
                     }
                 }
                 let task = Task::Apply { entries: rd.committed, replies };
-                self.applier.send(task).map_err(|_| "the applier stopped".to_string())?;
+                self.applier.send(task).map_err(|_| Fatal::ApplierStopped)?;
             }
             for r in rd.reads {
                 if let Some((_, tx)) = self.reads.remove(&r.ctx) {

@@ -3,6 +3,8 @@
 mod applier;
 mod compactor;
 mod driver;
+mod forward;
+mod health;
 mod persister;
 
 use std::collections::BTreeMap;
@@ -303,7 +305,7 @@ impl NodeHandle {
         let remote = |mut c: PeerClient| {
             let target = target_name.clone();
             async move {
-                let r = c.transfer_leader(pb::TransferLeaderRequest { target }).await.map_err(remote_error)?;
+                let r = c.transfer_leader(pb::TransferLeaderRequest { target }).await.map_err(forward::remote_error)?;
                 let r = r.into_inner();
                 Ok((r.leader, r.term))
             }
@@ -326,7 +328,7 @@ impl NodeHandle {
             |mut c| {
                 let command = data.clone();
                 async move {
-                    let r = c.propose(pb::ProposeRequest { command }).await.map_err(remote_write_error)?;
+                    let r = c.propose(pb::ProposeRequest { command }).await.map_err(forward::remote_write_error)?;
                     let r = r.into_inner();
                     Ok(Applied { index: r.index, term: r.term, revision: r.revision })
                 }
@@ -343,75 +345,12 @@ impl NodeHandle {
                 deadline,
                 || self.read_index_here(deadline),
                 |mut c| async move {
-                    let r = c.read_index(pb::ReadIndexRequest {}).await.map_err(remote_error)?;
+                    let r = c.read_index(pb::ReadIndexRequest {}).await.map_err(forward::remote_error)?;
                     Ok(r.into_inner().index)
                 },
             )
             .await?;
         tokio::time::timeout(deadline, self.wait_applied(index)).await.map_err(|_| Error::Timeout)?
-    }
-}
-
-/// An error from a forwarded call: the leader's own status passes through, but one
-/// that names another leader (it has just stepped down) is followed; a transport
-/// failure means the leader is unreachable from here.
-fn remote_error(s: tonic::Status) -> Error {
-    let leader = s.metadata().get(crate::error::LEADER_METADATA).and_then(|v| v.to_str().ok());
-    match (s.code(), leader) {
-        (tonic::Code::Unavailable, Some(l)) => Error::NotLeader { leader: Some(l.to_string()) },
-        (tonic::Code::Unknown | tonic::Code::Internal, _) => Error::LeaderUnreachable(s.message().to_string()),
-        _ => Error::Remote(s),
-    }
-}
-
-/// An error from a write forwarded to the leader. A node's own UNAVAILABLE (marked
-/// "not applied") and a connection that was never made are safe to retry; any other
-/// transport failure (the leader died or the connection broke with the request in
-/// flight) may have left the entry appended: its outcome is unknown.
-fn remote_write_error(s: tonic::Status) -> Error {
-    let from_a_node = s.metadata().contains_key(crate::error::NOT_APPLIED_METADATA);
-    let never_sent = crate::error::is_connect_failure(&s);
-    match s.code() {
-        tonic::Code::Unavailable | tonic::Code::Unknown | tonic::Code::Internal | tonic::Code::Cancelled
-            if !from_a_node && !never_sent =>
-        {
-            Error::OutcomeUnknown(format!("the leader's answer was lost ({})", s.message()))
-        }
-        _ => remote_error(s),
-    }
-}
-
-/// The health of `raftkv.v1.KeyValue` (what a readiness probe asks): SERVING while
-/// this node knows a leader, so it can answer clients; NOT_SERVING while it knows none
-/// (starting, an election, cut off from the majority). The overall status ("") stays
-/// SERVING while the process runs (what a liveness probe asks).
-async fn report_health(
-    mut status: watch::Receiver<NodeStatus>,
-    mut reporter: tonic_health::server::HealthReporter,
-    mut shutdown: watch::Receiver<bool>,
-) {
-    type Kv = pb::key_value_server::KeyValueServer<KvService>;
-    let mut serving = false;
-    let mut driver_alive = true;
-    loop {
-        let has_leader = status.borrow_and_update().leader.is_some();
-        if has_leader != serving {
-            serving = has_leader;
-            if serving {
-                reporter.set_serving::<Kv>().await;
-            } else {
-                reporter.set_not_serving::<Kv>().await;
-            }
-        }
-        tokio::select! {
-            changed = status.changed() => if changed.is_err() { driver_alive = false; break },
-            _ = shutdown.wait_for(|s| *s) => break,
-        }
-    }
-    if !driver_alive || *shutdown.borrow() {
-        // Liveness follows the driver: nothing is served once it is gone.
-        reporter.set_not_serving::<Kv>().await;
-        reporter.set_service_status("", tonic_health::ServingStatus::NotServing).await;
     }
 }
 
@@ -746,7 +685,7 @@ impl Node {
         if let Some(socket) = bridge {
             tasks.push(tokio::spawn(crate::bridge::serve(socket, handle.clone())));
         }
-        tasks.push(tokio::spawn(report_health(handle.status_watch(), health_reporter, shutdown_rx.clone())));
+        tasks.push(tokio::spawn(health::report_health(handle.status_watch(), health_reporter, shutdown_rx.clone())));
         if let Some(mode) = cfg.auto_compaction {
             tasks.push(tokio::spawn(compactor::run(handle.clone(), mode, shutdown_rx.clone())));
         }
