@@ -81,15 +81,21 @@ impl From<Error> for Status {
     }
 }
 
-/// Whether a transport error says the connection was never established (so the
-/// request cannot have reached a node).
-pub fn is_connect_failure(s: &Status) -> bool {
-    let mut text = s.message().to_string();
-    let mut cause: Option<&(dyn std::error::Error + 'static)> = std::error::Error::source(s);
+/// An error with all its causes, on one line ("transport error: ...: Connection refused").
+pub fn with_causes(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut text = e.to_string();
+    let mut cause = e.source();
     while let Some(c) = cause {
         text += &format!(": {c}");
         cause = c.source();
     }
+    text
+}
+
+/// Whether a transport error says the connection was never established (so the
+/// request cannot have reached a node).
+pub fn is_connect_failure(s: &Status) -> bool {
+    let text = with_causes(s);
     ["error trying to connect", "tcp connect error", "Connection refused"].iter().any(|p| text.contains(p))
 }
 

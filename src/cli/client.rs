@@ -9,17 +9,6 @@ use tonic::{Code, Status};
 
 use super::CmdResult;
 
-/// A transport error with its causes, on one line.
-fn describe_transport(e: &(dyn std::error::Error + 'static)) -> String {
-    let mut out = e.to_string();
-    let mut cause = e.source();
-    while let Some(c) = cause {
-        out += &format!(": {c}");
-        cause = c.source();
-    }
-    out
-}
-
 /// The endpoints of `raftkv dev` with its default 5 nodes.
 pub const DEV_ENDPOINTS: &str = "127.0.0.1:7001,127.0.0.1:7002,127.0.0.1:7003,127.0.0.1:7004,127.0.0.1:7005";
 
@@ -80,7 +69,7 @@ impl Conn {
         // Connect now, so that an unreachable endpoint is told apart from a refusal.
         futures::future::poll_fn(|cx| tower::Service::poll_ready(&mut ch, cx))
             .await
-            .map_err(|e| format!("{endpoint}: cannot connect: {}", describe_transport(&e)))?;
+            .map_err(|e| format!("{endpoint}: cannot connect: {}", raftkv::error::with_causes(&e)))?;
         Ok(KeyValueClient::new(ch))
     }
 
@@ -121,7 +110,7 @@ fn safe_to_retry(s: &Status) -> bool {
 
 fn describe(s: &Status) -> String {
     if s.code() == Code::Unavailable && !safe_to_retry(s) {
-        let text = describe_transport(s);
+        let text = raftkv::error::with_causes(s);
         return format!("outcome unknown: the answer was lost ({text}); the request may or may not have been applied");
     }
     let code = format!("{:?}", s.code());

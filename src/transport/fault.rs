@@ -23,13 +23,7 @@ impl std::error::Error for PeerError {}
 impl PeerError {
     /// A transport error with every cause (so "connection refused" stays visible).
     pub fn from_transport(e: &(dyn std::error::Error + 'static)) -> PeerError {
-        let mut text = e.to_string();
-        let mut cause = e.source();
-        while let Some(c) = cause {
-            text += &format!(": {c}");
-            cause = c.source();
-        }
-        PeerError(text)
+        PeerError(crate::error::with_causes(e))
     }
 }
 
