@@ -406,7 +406,14 @@ for i in "${minority[@]}"; do
 done
 leader=$(wait_leader "${all[@]}")
 for i in "${minority[@]}"; do
-    store "$i" "healed-$i" "h$i" || die "Store through raftkv-$i after reconnecting failed"
+    # The first write forwarded from a node just reconnected may meet a peer connection
+    # that died while it was cut off (until HTTP/2 keepalive notices): a client retries.
+    for attempt in 1 2 3 4; do
+        store "$i" "healed-$i" "h$i" && break
+        ((attempt < 4)) || die "Store through raftkv-$i after reconnecting failed"
+        log "   a Store through raftkv-$i right after reconnecting failed; retrying"
+        sleep 3
+    done
 done
 check_converged
 log "   reconnected: one leader (raftkv-$leader), all $n converge, nothing acknowledged lost"
