@@ -57,6 +57,11 @@ pub struct NodeConfig {
     /// A plain-text port serving only `grpc.health.v1.Health`, for probes that cannot
     /// speak TLS (the kubelet's) when the client port does.
     pub health_addr: Option<String>,
+    /// The longest (and default) time to live of a client session: it expires after
+    /// this much log time without a write (`--client-session-ttl`).
+    pub session_ttl: Duration,
+    /// Client sessions open at once, at most (`--max-client-sessions`).
+    pub max_sessions: u64,
 }
 
 /// etcd's two auto-compaction modes.
@@ -82,6 +87,10 @@ pub const DEFAULT_MAX_REQUEST_BYTES: usize = 3 << 19;
 pub const GRPC_OVERHEAD_BYTES: usize = 512 << 10;
 /// Streams per client connection: enough for any pooled client, bounded for a hostile one.
 pub const DEFAULT_MAX_CONCURRENT_STREAMS: u32 = 1024;
+/// A client session's longest time to live, in seconds (one hour).
+pub const DEFAULT_SESSION_TTL_SECS: u64 = 3600;
+/// Client sessions open at once, at most (about 100 bytes of memory each).
+pub const DEFAULT_MAX_SESSIONS: u64 = 100_000;
 
 /// Parses `--auto-compaction-retention` for `--auto-compaction-mode` (etcd's syntax):
 /// periodic takes a duration (`1h`, `30m`, `10s`) or a number of hours; revision takes a
@@ -136,6 +145,8 @@ impl NodeConfig {
             max_request_bytes: DEFAULT_MAX_REQUEST_BYTES,
             max_concurrent_streams: DEFAULT_MAX_CONCURRENT_STREAMS,
             health_addr: None,
+            session_ttl: Duration::from_secs(DEFAULT_SESSION_TTL_SECS),
+            max_sessions: DEFAULT_MAX_SESSIONS,
         }
     }
 }

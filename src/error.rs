@@ -68,8 +68,13 @@ impl From<Error> for Status {
             Error::Mvcc(MvccError::Compacted { .. } | MvccError::FutureRevision { .. }) => {
                 Status::new(Code::OutOfRange, msg)
             }
+            Error::Mvcc(MvccError::SessionExpired { .. } | MvccError::StaleSequence { .. }) => {
+                Status::new(Code::FailedPrecondition, msg)
+            }
             Error::Mvcc(MvccError::Engine(_)) => Status::new(Code::Internal, msg),
-            Error::TooManyRequests(_) | Error::QuotaExceeded { .. } => Status::new(Code::ResourceExhausted, msg),
+            Error::TooManyRequests(_)
+            | Error::QuotaExceeded { .. }
+            | Error::Mvcc(MvccError::TooManySessions { .. }) => Status::new(Code::ResourceExhausted, msg),
         };
         if let Some(v) = leader.and_then(|l| MetadataValue::try_from(l).ok()) {
             status.metadata_mut().insert(LEADER_METADATA, v);

@@ -6,12 +6,14 @@
 //! - [`api`]: client gRPC (`raftkv.v1.KeyValue`).
 //! - [`mvcc`]: the state machine: an MVCC keyspace on an embedded engine.
 //! - [`bridge`]: the UDP JSON controller bridge.
+//! - [`client`]: an exactly-once client (sessions, safe retries), for the CLI and bench.
 // tonic::Status (176 bytes) is the error type of every gRPC handler and of the
 // conversions feeding them; boxing it everywhere would only add allocations.
 #![allow(clippy::result_large_err)]
 
 pub mod api;
 pub mod bridge;
+pub mod client;
 pub mod config;
 pub mod error;
 pub mod mvcc;

@@ -12,6 +12,10 @@ use crate::server::NodeHandle;
 
 /// A Retrieve answer holds at most this much (under the 64 MiB message limit).
 const RETRIEVE_PAGE_BYTES: usize = 48 << 20;
+/// Request metadata of a session write: the session's id...
+pub const SESSION_METADATA: &str = "raftkv-session";
+/// ...and the write's sequence number in it.
+pub const SEQ_METADATA: &str = "raftkv-seq";
 
 pub struct KvService {
     node: NodeHandle,
@@ -78,6 +82,31 @@ pub async fn transfer_leader(
     Ok(Response::new(pb::TransferLeaderResponse { leader, term }))
 }
 
+/// The session and sequence number a write's metadata names, if any.
+fn session_of<T>(req: &Request<T>) -> Result<Option<(u64, u64)>, Error> {
+    let md = req.metadata();
+    let number = |name: &str| -> Result<Option<u64>, Error> {
+        let Some(v) = md.get(name) else { return Ok(None) };
+        match v.to_str().ok().and_then(|s| s.trim().parse::<u64>().ok()) {
+            Some(n) if n > 0 => Ok(Some(n)),
+            _ => Err(Error::InvalidArgument(format!("metadata {name} must be a positive integer"))),
+        }
+    };
+    match (number(SESSION_METADATA)?, number(SEQ_METADATA)?) {
+        (None, None) => Ok(None),
+        (Some(client), Some(seq)) => Ok(Some((client, seq))),
+        _ => Err(Error::InvalidArgument(format!("a session write needs both {SESSION_METADATA} and {SEQ_METADATA}"))),
+    }
+}
+
+/// `write`, under `session` if there is one.
+fn in_session(session: Option<(u64, u64)>, write: Command) -> Command {
+    match session {
+        Some((client, seq)) => Command::Session { client, seq, time_ms: 0, write: Box::new(write) },
+        None => write,
+    }
+}
+
 fn check_key(key: &str) -> Result<(), Error> {
     if key.is_empty() {
         return Err(Error::InvalidArgument("key must not be empty".into()));
@@ -92,22 +121,35 @@ fn check_key(key: &str) -> Result<(), Error> {
 impl pb::key_value_server::KeyValue for KvService {
     async fn store(&self, req: Request<pb::StoreRequest>) -> Result<Response<pb::StoreResponse>, Status> {
         let deadline = deadline(&req);
+        let session = session_of(&req)?;
         let pb::StoreRequest { key, value } = req.into_inner();
         check_key(&key)?;
         if value.len() > MAX_VALUE_BYTES {
             let msg = format!("value is {} bytes; the limit is {MAX_VALUE_BYTES}", value.len());
             return Err(Error::InvalidArgument(msg).into());
         }
-        let a = self.node.propose(&Command::Put { key, value }, deadline).await?;
+        let a = self.node.propose(&in_session(session, Command::Put { key, value }), deadline).await?;
         Ok(Response::new(pb::StoreResponse { index: a.index, term: a.term, revision: a.revision }))
     }
 
     async fn delete(&self, req: Request<pb::DeleteRequest>) -> Result<Response<pb::DeleteResponse>, Status> {
         let deadline = deadline(&req);
+        let session = session_of(&req)?;
         let key = req.into_inner().key;
         check_key(&key)?;
-        let a = self.node.propose(&Command::Delete { key }, deadline).await?;
+        let a = self.node.propose(&in_session(session, Command::Delete { key }), deadline).await?;
         Ok(Response::new(pb::DeleteResponse { index: a.index, term: a.term, revision: a.revision }))
+    }
+
+    async fn open_session(
+        &self,
+        req: Request<pb::OpenSessionRequest>,
+    ) -> Result<Response<pb::OpenSessionResponse>, Status> {
+        let deadline = deadline(&req);
+        let ttl = req.into_inner().ttl_seconds;
+        let ttl = (ttl > 0).then(|| Duration::from_secs(ttl));
+        let (session, ttl) = self.node.open_session(ttl, deadline).await?;
+        Ok(Response::new(pb::OpenSessionResponse { session, ttl_seconds: ttl.as_secs() }))
     }
 
     async fn compact(&self, req: Request<pb::CompactRequest>) -> Result<Response<pb::CompactResponse>, Status> {

@@ -7,6 +7,7 @@ use std::time::{Duration, Instant};
 
 use clap::Args;
 use hdrhistogram::Histogram;
+use raftkv::client::{ClientError, Options, Session};
 use raftkv::proto::{self as pb, key_value_client::KeyValueClient};
 use tonic::transport::Channel;
 
@@ -37,6 +38,10 @@ pub struct BenchArgs {
     /// gRPC connections shared by the clients, per endpoint.
     #[arg(long, default_value_t = 4)]
     pub conns: usize,
+    /// Send bare Stores: no client session, no retry of a write whose outcome is
+    /// unknown (by default each client has a session and retries such writes).
+    #[arg(long)]
+    pub no_sessions: bool,
     #[command(flatten)]
     pub conn: Conn,
 }
@@ -47,6 +52,8 @@ struct Shared {
     next_key: AtomicU64,
     ok: AtomicU64,
     failed: AtomicU64,
+    /// Writes whose outcome stayed unknown (counted in `failed` too).
+    unknown: AtomicU64,
     /// Microseconds since start of the last success (0: none yet), and the longest gap
     /// between two successes, counting from the start and to the end.
     last_ok_us: AtomicU64,
@@ -80,6 +87,56 @@ async fn channels(conn: &Conn, n: usize) -> Vec<Channel> {
         }
     }
     out
+}
+
+/// One bench client: a session that retries writes of unknown outcome, or (with
+/// `--no-sessions`) bare Stores that move to the next endpoint when one fails.
+enum Writer {
+    Session(Session),
+    Bare { endpoints: Vec<(String, KeyValueClient<Channel>)>, at: usize, timeout: Duration },
+}
+
+impl Writer {
+    /// None if no session could be opened (within the retry budget, three timeouts).
+    async fn new(
+        endpoints: Vec<(String, KeyValueClient<Channel>)>,
+        sessions: bool,
+        timeout: Duration,
+    ) -> Option<Writer> {
+        if !sessions {
+            return Some(Writer::Bare { endpoints, at: 0, timeout });
+        }
+        let options = Options { timeout, budget: timeout * 3, ttl: None };
+        match Session::open(endpoints, options).await {
+            Ok(s) => Some(Writer::Session(s)),
+            Err(e) => {
+                eprintln!("bench: cannot open a client session: {e}");
+                None
+            }
+        }
+    }
+
+    /// Err(true) when the write's outcome is unknown.
+    async fn store(&mut self, key: &str, value: &str) -> Result<(), bool> {
+        match self {
+            Writer::Session(s) => match s.store(key, value).await {
+                Ok(_) => Ok(()),
+                Err(ClientError::OutcomeUnknown(_)) => Err(true),
+                Err(_) => Err(false),
+            },
+            Writer::Bare { endpoints, at, timeout } => {
+                let mut req = tonic::Request::new(pb::StoreRequest { key: key.to_string(), value: value.to_string() });
+                req.set_timeout(*timeout);
+                match endpoints[*at].1.clone().store(req).await {
+                    Ok(_) => Ok(()),
+                    Err(s) => {
+                        *at = (*at + 1) % endpoints.len();
+                        Err(!raftkv::client::never_applied(&s))
+                    }
+                }
+            }
+        }
+    }
 }
 
 /// A UTC time of day, HH:MM:SS.mmm, to match the nodes' log lines.
@@ -131,6 +188,7 @@ pub async fn run(args: BenchArgs) -> CmdResult {
         next_key: AtomicU64::new(0),
         ok: AtomicU64::new(0),
         failed: AtomicU64::new(0),
+        unknown: AtomicU64::new(0),
         last_ok_us: AtomicU64::new(0),
         max_gap_us: AtomicU64::new(0),
         max_gap_end_us: AtomicU64::new(0),
@@ -144,30 +202,40 @@ pub async fn run(args: BenchArgs) -> CmdResult {
         let value = value.clone();
         let key_space = args.key_space;
         let sequential = args.sequential_keys;
+        let names = args.conn.endpoints.clone();
+        let sessions = !args.no_sessions;
         tasks.push(tokio::spawn(async move {
             let mut hist = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3).expect("histogram bounds");
-            // Start at the leader; move to the next endpoint when one fails.
-            let mut ep = leader;
+            // This client's connection to each endpoint, the leader's first.
+            let n = (chans.len() / per_ep).max(1);
+            let endpoints: Vec<_> = (0..n)
+                .map(|i| (leader + i) % n)
+                .map(|e| {
+                    (names[e].clone(), KeyValueClient::new(chans[(e * per_ep + c % per_ep) % chans.len()].clone()))
+                })
+                .collect();
+            let Some(mut writer) = Writer::new(endpoints, sessions, timeout).await else {
+                return hist;
+            };
             let mut seq = c as u64;
             loop {
                 if shared.issued.fetch_add(1, Ordering::Relaxed) >= total || until.is_some_and(|u| Instant::now() >= u)
                 {
                     break;
                 }
-                let ch = chans[(ep * per_ep + c % per_ep) % chans.len()].clone();
                 seq = seq.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
                 let k = if sequential { shared.next_key.fetch_add(1, Ordering::Relaxed) } else { seq % key_space };
-                let mut req = tonic::Request::new(pb::StoreRequest { key: format!("key{k:08}"), value: value.clone() });
-                req.set_timeout(timeout);
                 let t = Instant::now();
-                match KeyValueClient::new(ch).store(req).await {
-                    Ok(_) => {
+                match writer.store(&format!("key{k:08}"), &value).await {
+                    Ok(()) => {
                         let _ = hist.record(t.elapsed().as_micros() as u64);
                         shared.success();
                     }
-                    Err(_) => {
+                    Err(unknown) => {
                         shared.failed.fetch_add(1, Ordering::Relaxed);
-                        ep = (ep + 1) % (chans.len() / per_ep).max(1);
+                        if unknown {
+                            shared.unknown.fetch_add(1, Ordering::Relaxed);
+                        }
                     }
                 }
             }
@@ -208,7 +276,11 @@ pub async fn run(args: BenchArgs) -> CmdResult {
     let secs = shared.start.elapsed().as_secs_f64();
     let ok = shared.ok.load(Ordering::Relaxed);
     let ms = |q: f64| hist.value_at_quantile(q) as f64 / 1000.0;
-    println!("done: {ok} ok, {} failed in {secs:.2} s", shared.failed.load(Ordering::Relaxed));
+    println!(
+        "done: {ok} ok, {} failed ({} of unknown outcome) in {secs:.2} s",
+        shared.failed.load(Ordering::Relaxed),
+        shared.unknown.load(Ordering::Relaxed)
+    );
     println!("throughput: {:.0} writes/s", ok as f64 / secs);
     println!(
         "latency ms: p50 {:.3}  p90 {:.3}  p99 {:.3}  p99.9 {:.3}  max {:.3}",

@@ -3,6 +3,7 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::Args;
+use raftkv::client::{describe, never_applied, Options, Session};
 use raftkv::proto::{self as pb, key_value_client::KeyValueClient};
 use tonic::transport::{Channel, Endpoint};
 use tonic::{Code, Status};
@@ -93,7 +94,7 @@ impl Conn {
             };
             match call(client).await {
                 Ok(v) => return Ok(v),
-                Err(s) if s.code() == Code::Unavailable && safe_to_retry(&s) => {
+                Err(s) if s.code() == Code::Unavailable && never_applied(&s) => {
                     last = format!("{ep}: {}", describe(&s))
                 }
                 Err(s) => return Err(format!("{ep}: {}", describe(&s))),
@@ -103,41 +104,31 @@ impl Conn {
     }
 }
 
-/// A node's own UNAVAILABLE (it applied nothing), or a connection never made.
-fn safe_to_retry(s: &Status) -> bool {
-    s.metadata().contains_key(raftkv::error::NOT_APPLIED_METADATA) || raftkv::error::is_connect_failure(s)
-}
-
-fn describe(s: &Status) -> String {
-    if s.code() == Code::Unavailable && !safe_to_retry(s) {
-        let text = raftkv::error::with_causes(s);
-        return format!("outcome unknown: the answer was lost ({text}); the request may or may not have been applied");
+/// An exactly-once writer over the endpoints (a client session on the cluster): a
+/// write whose outcome is unknown is retried, and applied at most once.
+async fn session(conn: &Conn) -> Result<Session, String> {
+    let mut endpoints = Vec::new();
+    for ep in &conn.endpoints {
+        let ch = conn.channel_with(ep, Duration::from_millis(1000), Some(conn.timeout()))?;
+        endpoints.push((ep.clone(), KeyValueClient::new(ch)));
     }
-    let code = format!("{:?}", s.code());
-    match s.metadata().get(raftkv::error::LEADER_METADATA).and_then(|v| v.to_str().ok()) {
-        Some(l) => format!("{code}: {} (leader: {l})", s.message()),
-        None => format!("{code}: {}", s.message()),
-    }
+    let options = Options {
+        timeout: conn.timeout(),
+        budget: conn.timeout() * 3,
+        // Long enough for this command's retries; idle sessions should not pile up.
+        ttl: Some(Duration::from_secs(60)),
+    };
+    Session::open(endpoints, options).await.map_err(|e| e.to_string())
 }
 
 pub async fn put(conn: &Conn, key: String, value: String) -> CmdResult {
-    let r = conn
-        .first(|mut c| {
-            let req = pb::StoreRequest { key: key.clone(), value: value.clone() };
-            async move { c.store(req).await.map(|r| r.into_inner()) }
-        })
-        .await?;
+    let r = session(conn).await?.store(&key, &value).await.map_err(|e| e.to_string())?;
     println!("OK revision={} index={} term={}", r.revision, r.index, r.term);
     Ok(ExitCode::SUCCESS)
 }
 
 pub async fn delete(conn: &Conn, key: String) -> CmdResult {
-    let r = conn
-        .first(|mut c| {
-            let req = pb::DeleteRequest { key: key.clone() };
-            async move { c.delete(req).await.map(|r| r.into_inner()) }
-        })
-        .await?;
+    let r = session(conn).await?.delete(&key).await.map_err(|e| e.to_string())?;
     println!("OK revision={} index={} term={}", r.revision, r.index, r.term);
     Ok(ExitCode::SUCCESS)
 }

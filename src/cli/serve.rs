@@ -85,6 +85,14 @@ pub struct ServeArgs {
     /// cannot speak TLS, such as the kubelet's, when the client port does).
     #[arg(long, env = "RAFTKV_LISTEN_HEALTH_ADDR")]
     pub listen_health_addr: Option<String>,
+    /// The longest time to live of a client session, in seconds (also the default, for
+    /// clients that ask for none): it ends after this long without a write.
+    #[arg(long, env = "RAFTKV_CLIENT_SESSION_TTL", default_value_t = raftkv::config::DEFAULT_SESSION_TTL_SECS)]
+    pub client_session_ttl: u64,
+    /// Client sessions open at once, at most; past it, opening one is refused
+    /// (RESOURCE_EXHAUSTED) until idle ones expire.
+    #[arg(long, env = "RAFTKV_MAX_CLIENT_SESSIONS", default_value_t = raftkv::config::DEFAULT_MAX_SESSIONS)]
+    pub max_client_sessions: u64,
     /// Serve clients over TLS with this certificate (PEM; re-read when the file changes).
     #[arg(long, env = "RAFTKV_CERT_FILE", requires = "key_file")]
     pub cert_file: Option<std::path::PathBuf>,
@@ -144,6 +152,9 @@ fn config(args: &ServeArgs) -> Result<NodeConfig, String> {
     if let Some(h) = &args.listen_health_addr {
         check_listen_addr("--listen-health-addr", h)?;
     }
+    if args.client_session_ttl == 0 || args.max_client_sessions == 0 {
+        return Err("--client-session-ttl and --max-client-sessions must be positive".into());
+    }
     if args.shutdown_timeout_ms == 0 {
         return Err("--shutdown-timeout-ms must be positive".into());
     }
@@ -167,6 +178,8 @@ fn config(args: &ServeArgs) -> Result<NodeConfig, String> {
         max_request_bytes: args.max_request_bytes,
         max_concurrent_streams: args.max_concurrent_streams,
         health_addr: args.listen_health_addr.clone(),
+        session_ttl: std::time::Duration::from_secs(args.client_session_ttl),
+        max_sessions: args.max_client_sessions,
         client_tls: tls_files(&args.cert_file, &args.key_file, &args.trusted_ca_file, args.client_cert_auth),
         peer_tls: tls_files(
             &args.peer_cert_file,

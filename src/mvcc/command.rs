@@ -23,17 +23,60 @@ pub enum Command {
     Compact {
         revision: Revision,
     },
+    /// A write under a client session (Raft thesis 6.3): applied once per
+    /// `(client, seq)`; a retry gets the first answer. `time_ms` is the leader's clock
+    /// when it appended the entry (see `stamp`): sessions expire by this log time.
+    Session {
+        client: u64,
+        seq: u64,
+        time_ms: u64,
+        write: Box<Command>,
+    },
+    /// Opens a client session; its id is the index of this entry. It expires after
+    /// `ttl_ms` of log time without a write; past `max_sessions` open ones it is refused.
+    /// Both limits travel in the entry, so that every member decides alike.
+    OpenSession {
+        time_ms: u64,
+        ttl_ms: u64,
+        max_sessions: u64,
+    },
 }
 
 const OP_PUT: u8 = 1;
 const OP_DELETE: u8 = 2;
 const OP_PUT_JSON: u8 = 3;
 const OP_COMPACT: u8 = 4;
+const OP_SESSION: u8 = 5;
+const OP_OPEN_SESSION: u8 = 6;
+
+fn u64_at(b: &[u8], at: usize) -> Option<u64> {
+    Some(u64::from_le_bytes(b.get(at..at + 8)?.try_into().ok()?))
+}
 
 impl Command {
-    /// `[op: u8][key_len: u32 LE][key][value]`; a compaction is `[4][revision: u64 LE]`.
+    /// `[op: u8][key_len: u32 LE][key][value]`; a compaction is `[4][revision: u64 LE]`;
+    /// a session write `[5][time_ms][client][seq][the write]`, a session opening
+    /// `[6][time_ms][ttl_ms][max_sessions]` (u64 LE each).
     pub fn encode(&self) -> Bytes {
         let (op, key, value) = match self {
+            Command::Session { client, seq, time_ms, write } => {
+                let inner = write.encode();
+                let mut b = BytesMut::with_capacity(25 + inner.len());
+                b.put_u8(OP_SESSION);
+                for v in [*time_ms, *client, *seq] {
+                    b.put_u64_le(v);
+                }
+                b.put_slice(&inner);
+                return b.freeze();
+            }
+            Command::OpenSession { time_ms, ttl_ms, max_sessions } => {
+                let mut b = BytesMut::with_capacity(25);
+                b.put_u8(OP_OPEN_SESSION);
+                for v in [*time_ms, *ttl_ms, *max_sessions] {
+                    b.put_u64_le(v);
+                }
+                return b.freeze();
+            }
             Command::Put { key, value } => (OP_PUT, key, value.as_str()),
             Command::PutJson { key, json } => (OP_PUT_JSON, key, json.as_str()),
             Command::Delete { key } => (OP_DELETE, key, ""),
@@ -54,9 +97,24 @@ impl Command {
 
     pub fn decode(data: &[u8]) -> Option<Command> {
         let (&op, rest) = data.split_first()?;
-        if op == OP_COMPACT {
-            let revision = u64::from_le_bytes(rest.try_into().ok()?);
-            return Some(Command::Compact { revision });
+        match op {
+            OP_COMPACT => return Some(Command::Compact { revision: u64::from_le_bytes(rest.try_into().ok()?) }),
+            OP_SESSION => {
+                let (time_ms, client, seq) = (u64_at(rest, 0)?, u64_at(rest, 8)?, u64_at(rest, 16)?);
+                let write = Command::decode(rest.get(24..)?)?;
+                // Only plain writes run under a session (no nesting, no compaction).
+                let plain = matches!(write, Command::Put { .. } | Command::PutJson { .. } | Command::Delete { .. });
+                return (plain && seq > 0).then(|| Command::Session { client, seq, time_ms, write: Box::new(write) });
+            }
+            OP_OPEN_SESSION if rest.len() == 24 => {
+                let (time_ms, ttl_ms, max_sessions) = (u64_at(rest, 0)?, u64_at(rest, 8)?, u64_at(rest, 16)?);
+                return (ttl_ms > 0 && max_sessions > 0).then_some(Command::OpenSession {
+                    time_ms,
+                    ttl_ms,
+                    max_sessions,
+                });
+            }
+            _ => {}
         }
         let len = u32::from_le_bytes(rest.get(..4)?.try_into().ok()?) as usize;
         // Keys the API would refuse are refused here too: the engine cannot store them.
@@ -76,7 +134,21 @@ impl Command {
     /// Whether the quota refuses this command once the store is full: writes that add
     /// data do; deletes and compactions, which are how space is freed, do not.
     pub fn grows_the_store(&self) -> bool {
-        matches!(self, Command::Put { .. } | Command::PutJson { .. })
+        match self {
+            Command::Session { write, .. } => write.grows_the_store(),
+            c => matches!(c, Command::Put { .. } | Command::PutJson { .. }),
+        }
+    }
+
+    /// Sets the log time of an encoded session command to `now_ms` (the appending
+    /// leader's clock); other commands are returned as they are.
+    pub fn stamp(data: Bytes, now_ms: u64) -> Bytes {
+        if data.len() < 9 || !matches!(data[0], OP_SESSION | OP_OPEN_SESSION) {
+            return data;
+        }
+        let mut b = BytesMut::from(&data[..]);
+        b[1..9].copy_from_slice(&now_ms.to_le_bytes());
+        b.freeze()
     }
 }
 
@@ -92,6 +164,8 @@ mod tests {
             Command::PutJson { key: "j".into(), json: "[1]".into() },
             Command::Delete { key: "gone".into() },
             Command::Compact { revision: 77 },
+            Command::Session { client: 9, seq: 3, time_ms: 5, write: Box::new(Command::Delete { key: "k".into() }) },
+            Command::OpenSession { time_ms: 1, ttl_ms: 2, max_sessions: 3 },
         ] {
             assert_eq!(Command::decode(&c.encode()), Some(c));
         }
@@ -103,5 +177,36 @@ mod tests {
         assert_eq!(Command::decode(&[9, 0, 0, 0, 0]), None);
         assert_eq!(Command::decode(&[OP_COMPACT, 1, 2]), None);
         assert_eq!(Command::decode(&[OP_DELETE, 1, 0, 0, 0, b'k', b'v']), None, "a delete carries no value");
+        let compact = Box::new(Command::Compact { revision: 1 });
+        let put = || Box::new(Command::Put { key: "k".into(), value: "v".into() });
+        for bad in [
+            Command::Session { client: 1, seq: 1, time_ms: 0, write: compact },
+            Command::Session { client: 1, seq: 0, time_ms: 0, write: put() },
+            Command::Session {
+                client: 1,
+                seq: 1,
+                time_ms: 0,
+                write: Box::new(Command::Session { client: 1, seq: 1, time_ms: 0, write: put() }),
+            },
+            Command::OpenSession { time_ms: 1, ttl_ms: 0, max_sessions: 3 },
+        ] {
+            assert_eq!(Command::decode(&bad.encode()), None, "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn stamping_sets_the_log_time_of_session_commands_only() {
+        let s = Command::Session { client: 4, seq: 2, time_ms: 0, write: put_k() };
+        let stamped = Command::decode(&Command::stamp(s.encode(), 1234)).unwrap();
+        assert_eq!(stamped, Command::Session { client: 4, seq: 2, time_ms: 1234, write: put_k() });
+        let o = Command::OpenSession { time_ms: 0, ttl_ms: 5, max_sessions: 6 };
+        let stamped = Command::decode(&Command::stamp(o.encode(), 77)).unwrap();
+        assert_eq!(stamped, Command::OpenSession { time_ms: 77, ttl_ms: 5, max_sessions: 6 });
+        let plain = Command::Put { key: "abcdefgh".into(), value: "v".into() }.encode();
+        assert_eq!(Command::stamp(plain.clone(), 99), plain);
+    }
+
+    fn put_k() -> Box<Command> {
+        Box::new(Command::Put { key: "k".into(), value: "v".into() })
     }
 }

@@ -6,13 +6,15 @@
 //! history. The history is kept until compacted, and reads may ask for any revision at
 //! or after the compacted one.
 //!
-//! The engine holds four keyspaces:
+//! The engine holds five keyspaces:
 //! - `meta`: the applied Raft index and term, the current and compacted revision,
-//!   how far compaction has physically removed history, and the bytes stored;
+//!   how far compaction has physically removed history, the bytes stored and the
+//!   sessions' log clock;
 //! - `keys`: each live key's current metadata (create/mod revision, version);
 //! - `revs`: the history, `(revision, sub) -> event` (key, value or tombstone, the
 //!   key's create revision and version, the Raft index and term of its entry);
-//! - `key_revs`: `(key, revision, sub)`, to find a key's value at a past revision.
+//! - `key_revs`: `(key, revision, sub)`, to find a key's value at a past revision;
+//! - `sessions`: the open client sessions (exactly-once writes, `session.rs`).
 //!
 //! Applying writes one atomic batch that includes the applied index, without an
 //! fsync; a *checkpoint* makes everything written durable (one fsync). The Raft log is the
@@ -22,6 +24,7 @@
 pub mod command;
 mod read;
 mod record;
+mod session;
 pub mod snapshot;
 mod store;
 
@@ -40,6 +43,14 @@ pub enum MvccError {
     Compacted { compacted: Revision },
     #[error("required revision {requested} is a future revision (current revision {current})")]
     FutureRevision { requested: Revision, current: Revision },
+    /// A session write names a session that was never opened or has expired.
+    #[error("client session {client} is unknown or has expired; open a new session")]
+    SessionExpired { client: u64 },
+    /// A session write older than the session's last: its answer is no longer kept.
+    #[error("sequence number {seq} is older than the session's last ({last}); its answer is no longer kept")]
+    StaleSequence { seq: u64, last: u64 },
+    #[error("too many client sessions are open ({max}); wait for idle ones to expire")]
+    TooManySessions { max: u64 },
     /// The engine failed or holds data it cannot read: the node must stop.
     #[error("storage engine: {0}")]
     Engine(String),

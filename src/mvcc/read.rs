@@ -42,6 +42,14 @@ impl ReadView {
         })
     }
 
+    /// Every open client session: (id as stored, encoded session).
+    pub(super) fn raw_sessions(&self) -> impl Iterator<Item = Result<(Vec<u8>, Vec<u8>), MvccError>> + '_ {
+        self.snap.iter(&self.engine.sessions).map(|g| {
+            let (k, v) = g.into_inner()?;
+            Ok((k.to_vec(), v.to_vec()))
+        })
+    }
+
     pub fn revision(&self) -> Revision {
         self.meta.revision
     }

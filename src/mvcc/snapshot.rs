@@ -2,14 +2,16 @@
 //! engine file from such a stream on the receiving side.
 //!
 //! Stream: the magic `RKVSNAP2`, then records `[tag u8][len u32 LE][payload]`:
-//! tag 1 the meta record (48 bytes), tag 2 a history event
-//! (`[revision u64][sub u32][event]`), in revision order; the end is tag 255 with the
+//! tag 1 the meta record (56 bytes), tag 2 a history event
+//! (`[revision u64][sub u32][event]`), in revision order, tag 3 an open client session
+//! (`[id u64 BE][session]`); the end is tag 255 with the
 //! crc32 of every byte after the magic and before it. The live keys and the per-key
 //! index are rebuilt from the events, so a snapshot carries each value once.
 use std::io::{BufReader, Read};
 use std::path::{Path, PathBuf};
 
 use super::record::{decode_event, key_rev_key, rev_key, KeyMeta};
+use super::session::Session;
 use super::store::{Engine, Meta};
 use super::{EventKind, MvccError, Store};
 use crate::raft::{Index, Term};
@@ -17,6 +19,7 @@ use crate::raft::{Index, Term};
 const MAGIC: &[u8; 8] = b"RKVSNAP2";
 const TAG_META: u8 = 1;
 const TAG_EVENT: u8 = 2;
+const TAG_SESSION: u8 = 3;
 const TAG_END: u8 = 255;
 /// A record larger than this is damage, not data (values are at most 1 MiB).
 const MAX_RECORD: usize = 16 << 20;
@@ -65,6 +68,10 @@ pub fn stream(store: &Store, chunk: usize, sink: impl FnMut(Vec<u8>) -> bool) ->
     for item in view.raw_history() {
         let (rev, sub, event) = item?;
         w.record(TAG_EVENT, &[&rev.to_le_bytes(), &sub.to_le_bytes(), &event])?;
+    }
+    for item in view.raw_sessions() {
+        let (id, session) = item?;
+        w.record(TAG_SESSION, &[&id, &session])?;
     }
     let crc = w.crc.clone().finalize();
     w.buf.push(TAG_END);
@@ -169,6 +176,10 @@ fn build_into(engine: &Engine, file: &Path) -> Result<(Index, Term), MvccError> 
                 if batch.len() >= BUILD_BATCH {
                     std::mem::replace(&mut batch, engine.db.batch()).commit()?;
                 }
+            }
+            TAG_SESSION if payload.len() == 8 + 48 => {
+                Session::decode(&payload[8..]).map_err(|_| damaged("a session record"))?;
+                batch.insert(&engine.sessions, &payload[..8], &payload[8..]);
             }
             tag => return Err(damaged(format!("unknown record {tag}"))),
         }

@@ -16,6 +16,7 @@ use fjall::{Database, Keyspace, KeyspaceCreateOptions, PersistMode, Readable};
 use tokio::sync::watch;
 
 use super::record::{decode_event, decode_rev_key, encode_event, key_rev_key, rev_key, KeyMeta};
+use super::session::{Session, Sessions, Verdict};
 use super::{Command, Event, EventKind, MvccError, ReadView, Revision};
 use crate::raft::{Entry, EntryKind, Index, Term};
 
@@ -38,27 +39,45 @@ pub(super) struct Meta {
     pub compact_cursor: Revision,
     /// Bytes of keys and values stored (history included), for the quota.
     pub stored_bytes: u64,
+    /// Log time: the latest leader clock (ms) among the session entries applied.
+    pub session_clock: u64,
 }
 
 impl Default for Meta {
     fn default() -> Self {
-        Meta { applied: 0, applied_term: 0, revision: FIRST_REVISION, compacted: 0, compact_cursor: 0, stored_bytes: 0 }
+        Meta {
+            applied: 0,
+            applied_term: 0,
+            revision: FIRST_REVISION,
+            compacted: 0,
+            compact_cursor: 0,
+            stored_bytes: 0,
+            session_clock: 0,
+        }
     }
 }
 
 impl Meta {
-    pub fn encode(&self) -> [u8; 48] {
-        let mut b = [0u8; 48];
-        let v =
-            [self.applied, self.applied_term, self.revision, self.compacted, self.compact_cursor, self.stored_bytes];
+    pub fn encode(&self) -> [u8; 56] {
+        let mut b = [0u8; 56];
+        let v = [
+            self.applied,
+            self.applied_term,
+            self.revision,
+            self.compacted,
+            self.compact_cursor,
+            self.stored_bytes,
+            self.session_clock,
+        ];
         for (chunk, v) in b.chunks_mut(8).zip(v) {
             chunk.copy_from_slice(&v.to_le_bytes());
         }
         b
     }
 
+    /// Also reads the 48-byte record of stores made before sessions (clock 0).
     pub fn decode(b: &[u8]) -> Result<Meta, MvccError> {
-        if b.len() != 48 {
+        if b.len() != 48 && b.len() != 56 {
             return Err(MvccError::Engine("damaged meta record in the store".into()));
         }
         let v: Vec<u64> = b.chunks(8).map(|c| u64::from_le_bytes(c.try_into().expect("8 bytes"))).collect();
@@ -69,6 +88,7 @@ impl Meta {
             compacted: v[3],
             compact_cursor: v[4],
             stored_bytes: v[5],
+            session_clock: v.get(6).copied().unwrap_or(0),
         })
     }
 }
@@ -101,6 +121,7 @@ pub(super) struct Engine {
     pub keys: Keyspace,
     pub revs: Keyspace,
     pub key_revs: Keyspace,
+    pub sessions: Keyspace,
 }
 
 impl Engine {
@@ -118,7 +139,14 @@ impl Engine {
                     .index_block_pinning_policy(PinningPolicy::all(false))
             })
         };
-        Ok(Engine { meta: ks("meta")?, keys: ks("keys")?, revs: ks("revs")?, key_revs: ks("key_revs")?, db })
+        Ok(Engine {
+            meta: ks("meta")?,
+            keys: ks("keys")?,
+            revs: ks("revs")?,
+            key_revs: ks("key_revs")?,
+            sessions: ks("sessions")?,
+            db,
+        })
     }
 
     pub fn load_meta(&self, r: &impl Readable) -> Result<Meta, MvccError> {
@@ -137,6 +165,8 @@ pub struct Store {
     engine: RwLock<Option<Arc<Engine>>>,
     /// The applier's copy of the meta record (it is the only writer).
     meta: Mutex<Meta>,
+    /// The applier's copy of the open client sessions.
+    sessions: Mutex<Sessions>,
     applied: watch::Sender<Index>,
     revision: AtomicU64,
     compacted: AtomicU64,
@@ -197,11 +227,13 @@ impl Store {
         remove_other_generations(dir, &[&current])?;
         let engine = Engine::open(&generation_dir(dir, &current), cache_bytes)?;
         let meta = engine.load_meta(&engine.db.snapshot())?;
+        let sessions = Sessions::load(&engine.db.snapshot(), &engine.sessions)?;
         let store = Store {
             dir: dir.to_path_buf(),
             cache_bytes,
             engine: RwLock::new(Some(Arc::new(engine))),
             meta: Mutex::new(meta),
+            sessions: Mutex::new(sessions),
             applied: watch::channel(meta.applied).0,
             revision: AtomicU64::new(0),
             compacted: AtomicU64::new(0),
@@ -270,6 +302,7 @@ impl Store {
         let engine = self.engine()?;
         let mut meta_guard = self.meta.lock().unwrap();
         let mut meta = *meta_guard;
+        let mut sessions = self.sessions.lock().unwrap();
         let mut batch = engine.db.batch();
         // A batch does not read its own writes: keys written earlier in it are here.
         let mut written: HashMap<String, Option<KeyMeta>> = HashMap::new();
@@ -291,53 +324,41 @@ impl Store {
                 tracing::error!(index = e.index, "undecodable command in the log; skipped");
                 continue;
             };
-            let (kind, key, value) = match command {
-                Command::Put { key, value } => (EventKind::Put, key, value),
-                Command::PutJson { key, json } => (EventKind::PutJson, key, json),
-                Command::Delete { key } => (EventKind::Delete, key, String::new()),
+            let outcome = match command {
                 Command::Compact { revision } => {
-                    let r = if revision <= meta.compacted {
+                    if revision <= meta.compacted {
                         Err(MvccError::Compacted { compacted: meta.compacted })
                     } else if revision > meta.revision {
                         Err(MvccError::FutureRevision { requested: revision, current: meta.revision })
                     } else {
                         meta.compacted = revision;
                         Ok(Applied { index: e.index, term: e.term, revision: meta.revision })
-                    };
-                    out.push((e.index, r));
-                    continue;
+                    }
                 }
+                Command::OpenSession { time_ms, ttl_ms, max_sessions } => {
+                    meta.session_clock = meta.session_clock.max(time_ms);
+                    sessions.expire(meta.session_clock, &mut batch, &engine.sessions);
+                    let answer = Applied { index: e.index, term: e.term, revision: meta.revision };
+                    let session = Session { last_seq: 0, last_active: meta.session_clock, ttl_ms, answer };
+                    // The session's id is this entry's index.
+                    sessions.open(e.index, session, max_sessions, &mut batch, &engine.sessions).map(|()| answer)
+                }
+                Command::Session { client, seq, time_ms, write } => {
+                    meta.session_clock = meta.session_clock.max(time_ms);
+                    sessions.expire(meta.session_clock, &mut batch, &engine.sessions);
+                    match sessions.verdict(client, seq) {
+                        Verdict::Apply => {
+                            let a = write_one(&engine, &mut batch, &mut written, &mut meta, e, *write)?;
+                            sessions.record(client, seq, meta.session_clock, a, &mut batch, &engine.sessions);
+                            Ok(a)
+                        }
+                        Verdict::Duplicate(a) => Ok(a),
+                        Verdict::Refused(why) => Err(why),
+                    }
+                }
+                write => Ok(write_one(&engine, &mut batch, &mut written, &mut meta, e, write)?),
             };
-            let old = match written.get(&key) {
-                Some(m) => *m,
-                None => engine.keys.get(key.as_bytes())?.map(|v| KeyMeta::decode(&v)).transpose()?,
-            };
-            if kind == EventKind::Delete && old.is_none() {
-                // Deleting nothing writes nothing (etcd: no new revision).
-                out.push((e.index, Ok(Applied { index: e.index, term: e.term, revision: meta.revision })));
-                continue;
-            }
-            let revision = meta.revision + 1;
-            let (create_revision, version) = match (kind, old) {
-                (EventKind::Delete, _) => (0, 0),
-                (_, Some(m)) => (m.create_revision, m.version + 1),
-                (_, None) => (revision, 1),
-            };
-            let event = Event { revision, kind, index: e.index, term: e.term, key, value, create_revision, version };
-            let key = event.key.as_bytes();
-            if kind == EventKind::Delete {
-                batch.remove(&engine.keys, key);
-                written.insert(event.key.clone(), None);
-            } else {
-                let m = KeyMeta { create_revision, mod_revision: revision, mod_sub: 0, version };
-                batch.insert(&engine.keys, key, m.encode().as_slice());
-                written.insert(event.key.clone(), Some(m));
-            }
-            batch.insert(&engine.revs, rev_key(revision, 0).as_slice(), encode_event(&event));
-            batch.insert(&engine.key_revs, key_rev_key(key, revision, 0), [].as_slice());
-            meta.stored_bytes += event.stored_bytes();
-            meta.revision = revision;
-            out.push((e.index, Ok(Applied { index: e.index, term: e.term, revision })));
+            out.push((e.index, outcome));
         }
         if meta.applied == before {
             return Ok(out);
@@ -346,6 +367,7 @@ impl Store {
         batch.commit()?;
         *meta_guard = meta;
         drop(meta_guard);
+        drop(sessions);
         self.publish(&meta);
         // Compaction keeps pace with the writes that feed it.
         if self.compaction_pending() {
@@ -447,6 +469,7 @@ impl Store {
             .ok_or_else(|| MvccError::Engine(format!("{} is not an engine of this store", path.display())))?;
         let engine = built.engine.take().ok_or_else(|| MvccError::Engine("snapshot installed twice".into()))?;
         let meta = engine.load_meta(&engine.db.snapshot())?;
+        let sessions = Sessions::load(&engine.db.snapshot(), &engine.sessions)?;
         let old = self.current_name();
         let mut slot = self.engine.write().unwrap();
         let tmp = self.dir.join(format!("{CURRENT}.tmp"));
@@ -459,6 +482,7 @@ impl Store {
         *slot = Some(Arc::new(engine));
         drop(slot);
         *self.meta.lock().unwrap() = meta;
+        *self.sessions.lock().unwrap() = sessions;
         *self.durable.write().unwrap() = meta;
         self.publish(&meta);
         remove_other_generations(&self.dir, &[&name, &old])?;
@@ -469,4 +493,51 @@ impl Store {
     fn current_name(&self) -> String {
         std::fs::read_to_string(self.dir.join(CURRENT)).map_or_else(|_| "kv-0".to_string(), |s| s.trim().to_string())
     }
+}
+
+/// Applies one plain write (a put or a delete) of entry `e` into `batch`: the next
+/// revision, the key's metadata and the history event. Deleting an absent key writes
+/// nothing and makes no revision (as etcd).
+fn write_one(
+    engine: &Engine,
+    batch: &mut fjall::OwnedWriteBatch,
+    written: &mut HashMap<String, Option<KeyMeta>>,
+    meta: &mut Meta,
+    e: &Entry,
+    write: Command,
+) -> Result<Applied, MvccError> {
+    let (kind, key, value) = match write {
+        Command::Put { key, value } => (EventKind::Put, key, value),
+        Command::PutJson { key, json } => (EventKind::PutJson, key, json),
+        Command::Delete { key } => (EventKind::Delete, key, String::new()),
+        other => return Err(MvccError::Engine(format!("not a plain write: {other:?}"))),
+    };
+    let old = match written.get(&key) {
+        Some(m) => *m,
+        None => engine.keys.get(key.as_bytes())?.map(|v| KeyMeta::decode(&v)).transpose()?,
+    };
+    if kind == EventKind::Delete && old.is_none() {
+        return Ok(Applied { index: e.index, term: e.term, revision: meta.revision });
+    }
+    let revision = meta.revision + 1;
+    let (create_revision, version) = match (kind, old) {
+        (EventKind::Delete, _) => (0, 0),
+        (_, Some(m)) => (m.create_revision, m.version + 1),
+        (_, None) => (revision, 1),
+    };
+    let event = Event { revision, kind, index: e.index, term: e.term, key, value, create_revision, version };
+    let key = event.key.as_bytes();
+    if kind == EventKind::Delete {
+        batch.remove(&engine.keys, key);
+        written.insert(event.key.clone(), None);
+    } else {
+        let m = KeyMeta { create_revision, mod_revision: revision, mod_sub: 0, version };
+        batch.insert(&engine.keys, key, m.encode().as_slice());
+        written.insert(event.key.clone(), Some(m));
+    }
+    batch.insert(&engine.revs, rev_key(revision, 0).as_slice(), encode_event(&event));
+    batch.insert(&engine.key_revs, key_rev_key(key, revision, 0), [].as_slice());
+    meta.stored_bytes += event.stored_bytes();
+    meta.revision = revision;
+    Ok(Applied { index: e.index, term: e.term, revision })
 }

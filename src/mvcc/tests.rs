@@ -185,3 +185,87 @@ fn a_checkpoint_is_what_reopening_finds() {
     let (events, partial) = s.read().unwrap().history_tail(1 << 20).unwrap();
     assert_eq!((events.len(), partial), (2, false));
 }
+
+fn open_session(time_ms: u64, ttl_ms: u64, max_sessions: u64) -> Command {
+    Command::OpenSession { time_ms, ttl_ms, max_sessions }
+}
+
+fn in_session(client: u64, seq: u64, time_ms: u64, write: Command) -> Command {
+    Command::Session { client, seq, time_ms, write: Box::new(write) }
+}
+
+#[test]
+fn a_session_write_is_applied_once_and_a_retry_gets_the_first_answer() {
+    let (_d, s) = store();
+    let id = apply(&s, vec![open_session(1000, 60_000, 10)])[0].clone().unwrap().index;
+    let first = apply(&s, vec![in_session(id, 1, 1001, put("k", "v1"))]);
+    let revision = s.status().revision;
+    // The retry (and a concurrent copy of it) change nothing and answer as the first did.
+    let again = apply(&s, vec![put("other", "x"), in_session(id, 1, 1002, put("k", "v1"))]);
+    assert_eq!(again[1], first[0]);
+    assert_eq!(s.status().revision, revision + 1, "only the other write made a revision");
+    let history = s.read().unwrap().history(0, usize::MAX, usize::MAX).unwrap();
+    assert_eq!(history.events.iter().filter(|e| e.key == "k").count(), 1);
+    // The next write applies; the one before it is gone and refused.
+    let second = apply(&s, vec![in_session(id, 2, 1003, del("k"))]);
+    assert_eq!(second[0].as_ref().unwrap().revision, revision + 2);
+    assert_eq!(
+        apply(&s, vec![in_session(id, 1, 1004, put("k", "v1"))])[0],
+        Err(MvccError::StaleSequence { seq: 1, last: 2 })
+    );
+    assert_eq!(s.read().unwrap().get("k", 0).unwrap(), None, "the stale retry did not apply");
+    assert_eq!(
+        apply(&s, vec![in_session(id + 100, 1, 1005, put("k", "x"))])[0],
+        Err(MvccError::SessionExpired { client: id + 100 }),
+        "a session never opened"
+    );
+}
+
+#[test]
+fn sessions_expire_by_log_time_and_are_bounded_in_number() {
+    let (_d, s) = store();
+    let opened = apply(&s, vec![open_session(1000, 500, 2), open_session(1100, 5000, 2), open_session(1200, 500, 2)]);
+    let (a, b) = (opened[0].clone().unwrap().index, opened[1].clone().unwrap().index);
+    assert_eq!(opened[2], Err(MvccError::TooManySessions { max: 2 }));
+    // A write 400 ms of log time later keeps `a` alive; the clock never runs backwards.
+    assert!(apply(&s, vec![in_session(a, 1, 1400, put("k", "1"))])[0].is_ok());
+    assert!(apply(&s, vec![in_session(a, 2, 50, put("k", "2"))])[0].is_ok(), "an older leader clock");
+    // Past 1400 + 500 of log time, `a` is gone; `b` (5 s) stays; there is room again.
+    let later = apply(&s, vec![open_session(1901, 500, 2), in_session(a, 3, 1902, put("k", "3"))]);
+    assert!(later[0].is_ok(), "the expired session made room: {later:?}");
+    assert_eq!(later[1], Err(MvccError::SessionExpired { client: a }));
+    assert!(apply(&s, vec![in_session(b, 1, 1950, put("k", "4"))])[0].is_ok());
+    assert_eq!(s.read().unwrap().get("k", 0).unwrap().unwrap().value, "4");
+}
+
+#[test]
+fn sessions_survive_a_restart_and_travel_in_snapshots() {
+    let d = tempfile::tempdir().unwrap();
+    let id;
+    let answer;
+    {
+        let s = Store::open(d.path(), 8 << 20).unwrap();
+        id = apply(&s, vec![open_session(1000, 60_000, 10)])[0].clone().unwrap().index;
+        answer = apply(&s, vec![in_session(id, 1, 1001, put("k", "v"))]);
+        s.checkpoint().unwrap();
+    }
+    let s = Store::open(d.path(), 8 << 20).unwrap();
+    assert_eq!(apply(&s, vec![in_session(id, 1, 1002, put("k", "v"))]), answer, "a retry after a restart");
+    let mut bytes = Vec::new();
+    snapshot::stream(&s, 1000, |c| {
+        bytes.extend(c);
+        true
+    })
+    .unwrap();
+    let (d2, other) = store();
+    let file = d2.path().join("stream");
+    std::fs::write(&file, &bytes).unwrap();
+    other.install(snapshot::build(&other, &file).unwrap()).unwrap();
+    assert_eq!(apply(&other, vec![in_session(id, 1, 1003, put("k", "v"))]), answer, "a retry after an install");
+    assert_eq!(other.status().revision, s.status().revision);
+    // It expires there as it would have here.
+    assert_eq!(
+        apply(&other, vec![in_session(id, 2, 1002 + 60_001, put("k", "w"))])[0],
+        Err(MvccError::SessionExpired { client: id })
+    );
+}

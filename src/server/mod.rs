@@ -96,6 +96,8 @@ struct Shared {
     /// Why the node stopped itself, if it did (a failed write or fsync).
     fatal: Arc<std::sync::Mutex<Option<String>>>,
     quota_bytes: u64,
+    session_ttl: Duration,
+    max_sessions: u64,
 }
 
 /// A cheap, cloneable handle to a running node.
@@ -192,7 +194,12 @@ impl NodeHandle {
     }
 
     /// Proposes on this node only (no forwarding) and waits until it is applied.
+    /// A session command is stamped with this node's clock: the log time by which
+    /// sessions expire is the appending leader's.
     pub async fn propose_here(&self, data: Bytes, deadline: Duration) -> Result<Applied> {
+        let now_ms =
+            std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64);
+        let data = Command::stamp(data, now_ms);
         let fut = async {
             let (tx, rx) = oneshot::channel();
             // Not handed to the driver: nothing was appended.
@@ -335,6 +342,16 @@ impl NodeHandle {
             },
         )
         .await
+    }
+
+    /// Opens a client session through the log: its id, and its time to live (`ttl`
+    /// if given, at most `--client-session-ttl`, at least one second).
+    pub async fn open_session(&self, ttl: Option<Duration>, deadline: Duration) -> Result<(u64, Duration)> {
+        let ttl = ttl.unwrap_or(self.0.session_ttl).clamp(Duration::from_secs(1), self.0.session_ttl);
+        let cmd =
+            Command::OpenSession { time_ms: 0, ttl_ms: ttl.as_millis() as u64, max_sessions: self.0.max_sessions };
+        let a = self.propose(&cmd, deadline).await?;
+        Ok((a.index, ttl))
     }
 
     /// Waits until this node's state machine reflects every write committed before
@@ -512,6 +529,8 @@ impl Node {
             shutdown: shutdown_tx.clone(),
             fatal: fatal.clone(),
             quota_bytes: cfg.quota_backend_bytes,
+            session_ttl: cfg.session_ttl,
+            max_sessions: cfg.max_sessions,
         }));
         let (applier_tx, applier_rx) = mpsc::unbounded_channel();
         let applier = applier::Applier {

@@ -1,5 +1,6 @@
 //! A tower layer on the peer channels that injects network faults: cut links
-//! (partitions). Tests use it; a production node has none.
+//! (partitions) and lost answers (the request arrives, its answer does not). Tests use
+//! it; a production node has none.
 use std::collections::HashSet;
 use std::future::Future;
 use std::pin::Pin;
@@ -31,6 +32,8 @@ impl PeerError {
 struct State {
     /// Directed links (from, to) that drop every request.
     cut: HashSet<(String, String)>,
+    /// Directed links (from, to) whose requests arrive but whose answers are lost.
+    deaf: HashSet<(String, String)>,
 }
 
 /// Shared fault settings for a whole test cluster.
@@ -54,9 +57,15 @@ impl Faults {
         }
     }
 
+    /// Requests from `from` to `to` arrive, and their answers are lost.
+    pub fn lose_answers(&self, from: &str, to: &str) {
+        self.0.lock().unwrap().deaf.insert((from.into(), to.into()));
+    }
+
     pub fn heal(&self) {
         let mut s = self.0.lock().unwrap();
         s.cut.clear();
+        s.deaf.clear();
     }
 
     fn check(&self, from: &str, to: &str) -> Result<(), PeerError> {
@@ -65,6 +74,10 @@ impl Faults {
             return Err(PeerError(format!("fault injection: link {from} -> {to} is cut")));
         }
         Ok(())
+    }
+
+    fn answer_lost(&self, from: &str, to: &str) -> bool {
+        self.0.lock().unwrap().deaf.contains(&(from.to_string(), to.to_string()))
     }
 
     /// The layer for the channel from `from` to `to`.
@@ -110,12 +123,17 @@ where
 
     fn call(&mut self, req: R) -> Self::Future {
         let verdict = self.layer.faults.check(&self.layer.from, &self.layer.to);
+        let layer = self.layer.clone();
         // Take the service that was driven to readiness; leave a fresh clone behind.
         let clone = self.inner.clone();
         let mut inner = std::mem::replace(&mut self.inner, clone);
         Box::pin(async move {
             verdict?;
-            inner.call(req).await.map_err(|e| PeerError::from_transport(&e))
+            let answer = inner.call(req).await.map_err(|e| PeerError::from_transport(&e))?;
+            if layer.faults.answer_lost(&layer.from, &layer.to) {
+                return Err(PeerError(format!("fault injection: the answer {} -> {} was lost", layer.to, layer.from)));
+            }
+            Ok(answer)
         })
     }
 }

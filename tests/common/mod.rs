@@ -34,6 +34,8 @@ pub struct Opts {
     pub tls_clients_optional: bool,
     /// Give every node a plain-text health port (`health_addrs`).
     pub health: bool,
+    /// `--max-client-sessions`.
+    pub max_sessions: u64,
 }
 
 impl Default for Opts {
@@ -48,6 +50,7 @@ impl Default for Opts {
             tls: false,
             tls_clients_optional: false,
             health: false,
+            max_sessions: raftkv::config::DEFAULT_MAX_SESSIONS,
         }
     }
 }
@@ -120,6 +123,7 @@ impl TestCluster {
                 keep_entries: 10,
                 client_tls,
                 peer_tls: tls,
+                max_sessions: opts.max_sessions,
                 health_addr: opts.health.then(|| {
                     let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
                     format!("127.0.0.1:{port}")
