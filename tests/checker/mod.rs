@@ -8,6 +8,8 @@
 //! left out of the history by the recorder.
 use std::collections::{BTreeMap, HashSet};
 
+pub mod workload;
+
 /// What an operation did, as the client saw it.
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub enum Op {

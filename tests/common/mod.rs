@@ -1,6 +1,8 @@
 //! In-process test clusters over real tonic on 127.0.0.1, with fault injection on
 //! the peer channels and a monitor that records every leader of every term.
 #![allow(dead_code)]
+pub mod procs;
+pub mod proxy;
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;

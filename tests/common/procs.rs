@@ -1,0 +1,151 @@
+//! Real `raftkv serve` processes on loopback, for the process and Jepsen tests.
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+pub const BIN: &str = env!("CARGO_BIN_EXE_raftkv");
+pub const WAIT: Duration = Duration::from_secs(30);
+
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+/// Child processes, killed when dropped (also when a test fails).
+pub struct Procs {
+    /// Flags every `raftkv serve` gets besides the cluster's.
+    pub extra: Vec<String>,
+    pub names: Vec<String>,
+    pub clients: Vec<String>,
+    pub peers: Vec<String>,
+    /// Node i reaches node j at `views[i][j]` (its peer address, or a proxy's).
+    pub views: Vec<Vec<String>>,
+    pub children: Vec<Option<Child>>,
+    pub data: tempfile::TempDir,
+}
+
+impl Drop for Procs {
+    /// Kills the children; after a failed test, keeps the data directory (node logs
+    /// included) and says where it is.
+    fn drop(&mut self) {
+        for c in self.children.iter_mut().flatten() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+        if std::thread::panicking() {
+            let data = std::mem::replace(&mut self.data, tempfile::tempdir().unwrap());
+            eprintln!("node logs and data kept in {}", data.keep().display());
+        }
+    }
+}
+
+impl Procs {
+    pub fn start(n: usize) -> Procs {
+        Self::start_with(n, &[])
+    }
+
+    pub fn start_with(n: usize, extra: &[&str]) -> Procs {
+        let p = Self::new(n, extra);
+        Self::spawn_all(p)
+    }
+
+    /// The cluster's names and addresses, nothing started: `views` may be changed
+    /// (to route peer traffic through proxies) before `spawn_all`.
+    pub fn new(n: usize, extra: &[&str]) -> Procs {
+        let names: Vec<String> = (1..=n).map(|i| format!("p{i}")).collect();
+        let clients: Vec<String> = (0..n).map(|_| format!("127.0.0.1:{}", free_port())).collect();
+        let peers: Vec<String> = (0..n).map(|_| format!("127.0.0.1:{}", free_port())).collect();
+        let views = vec![peers.clone(); n];
+        let data = tempfile::tempdir().unwrap();
+        let extra = extra.iter().map(|s| s.to_string()).collect();
+        Procs { extra, names, clients, peers, views, children: (0..n).map(|_| None).collect(), data }
+    }
+
+    pub fn spawn_all(mut p: Procs) -> Procs {
+        for i in 0..p.names.len() {
+            p.spawn(i);
+        }
+        p
+    }
+
+    /// Starts node `i` (again) from its data directory; its log lines are appended
+    /// to DATA/NAME.log across restarts.
+    pub fn spawn(&mut self, i: usize) {
+        let cluster: Vec<String> = self.names.iter().zip(&self.views[i]).map(|(n, p)| format!("{n}={p}")).collect();
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.data.path().join(format!("{}.log", self.names[i])))
+            .unwrap();
+        let child = Command::new(BIN)
+            .args(["serve", "--name", &self.names[i], "--client-addr", &self.clients[i], "--peer-addr", &self.peers[i]])
+            .args(["--initial-cluster", &cluster.join(",")])
+            .arg("--data-dir")
+            .arg(self.data.path().join(&self.names[i]))
+            // Small, so that kills and restarts go through checkpoints, and the log is
+            // really compacted (segments deleted) after each.
+            .args(["--snapshot-entries", "40", "--wal-segment-bytes", "16384"])
+            .args(&self.extra)
+            .env("RUST_LOG", "info")
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("raftkv serve starts");
+        self.children[i] = Some(child);
+    }
+
+    pub fn kill(&mut self, i: usize) {
+        if let Some(mut c) = self.children[i].take() {
+            c.kill().unwrap();
+            c.wait().unwrap();
+        }
+    }
+
+    /// term -> every node that logged winning an election in it, over all runs.
+    pub fn election_winners(&self) -> std::collections::BTreeMap<u64, Vec<String>> {
+        let mut won: std::collections::BTreeMap<u64, Vec<String>> = Default::default();
+        for name in &self.names {
+            let text = std::fs::read_to_string(self.data.path().join(format!("{name}.log"))).unwrap_or_default();
+            for line in text.lines().filter(|l| l.contains("won the election")) {
+                let term = line.split("term=").nth(1).and_then(|r| r.split_whitespace().next());
+                won.entry(term.unwrap().parse().unwrap()).or_default().push(name.clone());
+            }
+        }
+        won
+    }
+
+    pub fn endpoints(&self) -> String {
+        self.clients.join(",")
+    }
+
+    pub fn cli(&self, args: &[&str]) -> Output {
+        Command::new(BIN).args(args).args(["--endpoints", &self.endpoints()]).output().expect("raftkv runs")
+    }
+
+    /// Polls `raftkv status` until a leader other than `not` is named by a live node.
+    pub fn wait_leader(&self, not: Option<&str>) -> usize {
+        let deadline = Instant::now() + WAIT;
+        loop {
+            let out = self.cli(&["status"]);
+            let table = String::from_utf8_lossy(&out.stdout).to_string();
+            for line in table.lines().skip(1) {
+                let cols: Vec<&str> = line.split_whitespace().collect();
+                if cols.len() >= 3 && cols[2] == "leader" && Some(cols[0]) != not {
+                    return self.names.iter().position(|n| n == cols[0]).unwrap();
+                }
+            }
+            assert!(Instant::now() < deadline, "no leader within {WAIT:?}:\n{table}");
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    pub fn pid(&self, i: usize) -> Option<i32> {
+        self.children[i].as_ref().map(|c| c.id() as i32)
+    }
+
+    /// Sends `signal` (SIGSTOP, SIGCONT) to node `i`'s process, if it runs.
+    pub fn signal(&self, i: usize, signal: i32) {
+        if let Some(pid) = self.pid(i) {
+            // SAFETY: kill(2) on the PID of a child this test started and has not reaped.
+            unsafe { libc::kill(pid, signal) };
+        }
+    }
+}

@@ -1,0 +1,161 @@
+//! The Jepsen-style run on real `raftkv serve` processes (see tests/jepsen.rs for the
+//! workload and the checks). Peer traffic goes through TCP proxies, so the nemesis can
+//! partition the cluster and isolate the leader (the proxies hold traffic, the nodes
+//! notice only by their timeouts) and lose messages (it closes connections with
+//! requests in flight); it also kills nodes with SIGKILL and restarts them, and
+//! pauses them with SIGSTOP/SIGCONT. One fault at a time, healed before the next.
+//!
+//! `RAFTKV_JEPSEN_SECS` (default 6) and `RAFTKV_JEPSEN_SEED` as in tests/jepsen.rs.
+mod checker;
+mod common;
+
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use checker::workload::{client_loop, final_reads, verify, CLIENTS};
+use common::procs::Procs;
+use common::proxy::Proxies;
+use raftkv::proto::{self as pb, key_value_client::KeyValueClient};
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+
+const N: usize = 5;
+
+/// The node that says it leads, asking each live one (a paused one does not answer).
+async fn leader(p: &Procs) -> Option<usize> {
+    for i in (0..N).filter(|&i| p.children[i].is_some()) {
+        let ch = tonic::transport::Endpoint::from_shared(format!("http://{}", p.clients[i])).unwrap().connect_lazy();
+        let mut req = tonic::Request::new(pb::StatusRequest {});
+        req.set_timeout(Duration::from_millis(300));
+        if let Ok(st) = KeyValueClient::new(ch).status(req).await {
+            if st.into_inner().role == pb::Role::Leader as i32 {
+                return Some(i);
+            }
+        }
+    }
+    None
+}
+
+async fn wait_leader(p: &Procs) -> usize {
+    let deadline = Instant::now() + common::procs::WAIT;
+    loop {
+        if let Some(l) = leader(p).await {
+            return l;
+        }
+        assert!(Instant::now() < deadline, "no leader within {:?}", common::procs::WAIT);
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// What the nemesis did last, to undo it.
+enum Fault {
+    None,
+    Killed(usize),
+    Paused(usize),
+    /// Partitions and losses live in the proxies; the loss task is stopped.
+    Network(Option<tokio::task::JoinHandle<()>>),
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn real_processes_under_kills_pauses_losses_and_partitions_stay_linearizable() {
+    let seed: u64 = std::env::var("RAFTKV_JEPSEN_SEED").ok().and_then(|s| s.parse().ok()).unwrap_or_else(rand::random);
+    let secs: u64 = std::env::var("RAFTKV_JEPSEN_SECS").ok().and_then(|s| s.parse().ok()).unwrap_or(6);
+    eprintln!("jepsen (processes): seed {seed}, {secs} s (RAFTKV_JEPSEN_SEED={seed} replays the nemesis schedule)");
+    let mut p = Procs::new(N, &[]);
+    let proxies = Arc::new(Proxies::start(&p.peers).await);
+    p.views = proxies.views.clone();
+    let mut p = Procs::spawn_all(p);
+    wait_leader(&p).await;
+
+    let start = Instant::now();
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let history = Arc::new(Mutex::new(Vec::new()));
+    let addrs = Arc::new(p.clients.clone());
+    let clients: Vec<_> = (0..CLIENTS)
+        .map(|id| tokio::spawn(client_loop(addrs.clone(), id, seed, start, stop.clone(), history.clone())))
+        .collect();
+
+    let mut rng = ChaCha8Rng::seed_from_u64(seed);
+    let mut fault = Fault::None;
+    let undo = |p: &mut Procs, fault: Fault| match fault {
+        Fault::None => {}
+        Fault::Killed(i) => p.spawn(i),
+        Fault::Paused(i) => p.signal(i, libc::SIGCONT),
+        Fault::Network(loss) => {
+            if let Some(t) = loss {
+                t.abort();
+            }
+            proxies.heal();
+        }
+    };
+    while start.elapsed() < Duration::from_secs(secs) {
+        tokio::time::sleep(Duration::from_millis(rng.gen_range(300..800))).await;
+        undo(&mut p, std::mem::replace(&mut fault, Fault::None));
+        tokio::time::sleep(Duration::from_millis(rng.gen_range(100..400))).await;
+        let the_leader = leader(&p).await;
+        // The leader half the time (when there is one), else any node.
+        let victim = match the_leader {
+            Some(l) if rng.gen_bool(0.5) => l,
+            _ => rng.gen_range(0..N),
+        };
+        let name = p.names[victim].clone();
+        let is_leader = Some(victim) == the_leader;
+        fault = match rng.gen_range(0..6) {
+            0 => {
+                eprintln!("jepsen: isolate {name} (the leader: {is_leader})");
+                proxies.partition(&[victim]);
+                Fault::Network(None)
+            }
+            1 => {
+                let other = (victim + rng.gen_range(1..N)) % N;
+                eprintln!("jepsen: partition {{{name}, {}}} from the rest", p.names[other]);
+                proxies.partition(&[victim, other]);
+                Fault::Network(None)
+            }
+            2 => {
+                eprintln!("jepsen: kill -9 {name} (the leader: {is_leader})");
+                p.kill(victim);
+                Fault::Killed(victim)
+            }
+            3 => {
+                eprintln!("jepsen: SIGSTOP {name} (the leader: {is_leader})");
+                p.signal(victim, libc::SIGSTOP);
+                Fault::Paused(victim)
+            }
+            4 => {
+                eprintln!("jepsen: lose messages (close random peer connections every 20-80 ms)");
+                let (proxies, loss_seed) = (proxies.clone(), rng.gen());
+                Fault::Network(Some(tokio::spawn(async move {
+                    let mut rng = ChaCha8Rng::seed_from_u64(loss_seed);
+                    loop {
+                        tokio::time::sleep(Duration::from_millis(rng.gen_range(20..80))).await;
+                        let i = rng.gen_range(0..N);
+                        proxies.reset(i, (i + rng.gen_range(1..N)) % N);
+                    }
+                })))
+            }
+            _ => {
+                eprintln!("jepsen: no fault");
+                Fault::None
+            }
+        };
+    }
+    undo(&mut p, fault);
+    wait_leader(&p).await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    for t in clients {
+        t.await.unwrap();
+    }
+    let l = wait_leader(&p).await;
+    final_reads(&p.clients[l], start, &history).await;
+
+    let winners = p.election_winners();
+    let history = history.lock().unwrap().clone();
+    // Kept after a failure (Procs' drop).
+    let logs = p.data.path().to_path_buf();
+    for (term, names) in &winners {
+        assert_eq!(names.len(), 1, "term {term} had leaders {names:?} (node logs in {})", logs.display());
+    }
+    verify(&history, seed, start, &logs.display().to_string());
+}
