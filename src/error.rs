@@ -71,6 +71,7 @@ impl From<Error> for Status {
             Error::Mvcc(MvccError::SessionExpired { .. } | MvccError::StaleSequence { .. }) => {
                 Status::new(Code::FailedPrecondition, msg)
             }
+            Error::Mvcc(MvccError::KeyNotFound) => Status::new(Code::InvalidArgument, msg),
             Error::Mvcc(MvccError::Engine(_)) => Status::new(Code::Internal, msg),
             Error::TooManyRequests(_)
             | Error::QuotaExceeded { .. }

@@ -1,6 +1,8 @@
 //! What a client entry in the Raft log says: the commands of the state machine.
 use bytes::{BufMut, Bytes, BytesMut};
 
+use super::codec::{Dec, Enc};
+use super::txn::Txn;
 use super::Revision;
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -40,6 +42,8 @@ pub enum Command {
         ttl_ms: u64,
         max_sessions: u64,
     },
+    /// An etcd transaction (Put and DeleteRange of the etcd API are ones too).
+    Txn(Txn),
 }
 
 const OP_PUT: u8 = 1;
@@ -48,6 +52,7 @@ const OP_PUT_JSON: u8 = 3;
 const OP_COMPACT: u8 = 4;
 const OP_SESSION: u8 = 5;
 const OP_OPEN_SESSION: u8 = 6;
+const OP_TXN: u8 = 7;
 
 fn u64_at(b: &[u8], at: usize) -> Option<u64> {
     Some(u64::from_le_bytes(b.get(at..at + 8)?.try_into().ok()?))
@@ -68,6 +73,12 @@ impl Command {
                 }
                 b.put_slice(&inner);
                 return b.freeze();
+            }
+            Command::Txn(txn) => {
+                let mut e = Enc::default();
+                e.u8(OP_TXN);
+                txn.encode_into(&mut e);
+                return Bytes::from(e.into_inner());
             }
             Command::OpenSession { time_ms, ttl_ms, max_sessions } => {
                 let mut b = BytesMut::with_capacity(25);
@@ -106,6 +117,11 @@ impl Command {
                 let plain = matches!(write, Command::Put { .. } | Command::PutJson { .. } | Command::Delete { .. });
                 return (plain && seq > 0).then(|| Command::Session { client, seq, time_ms, write: Box::new(write) });
             }
+            OP_TXN => {
+                let mut d = Dec::new(rest);
+                let txn = Txn::decode_from(&mut d, 0)?;
+                return (d.is_empty() && txn.puts_storable()).then_some(Command::Txn(txn));
+            }
             OP_OPEN_SESSION if rest.len() == 24 => {
                 let (time_ms, ttl_ms, max_sessions) = (u64_at(rest, 0)?, u64_at(rest, 8)?, u64_at(rest, 16)?);
                 return (ttl_ms > 0 && max_sessions > 0).then_some(Command::OpenSession {
@@ -136,6 +152,7 @@ impl Command {
     pub fn grows_the_store(&self) -> bool {
         match self {
             Command::Session { write, .. } => write.grows_the_store(),
+            Command::Txn(txn) => txn.grows_the_store(),
             c => matches!(c, Command::Put { .. } | Command::PutJson { .. }),
         }
     }

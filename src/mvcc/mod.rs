@@ -21,15 +21,17 @@
 //! write-ahead log: it keeps every entry after the last checkpoint, and recovery
 //! replays them. See `store.rs` for the write path, `read.rs` for reads and
 //! `snapshot.rs` for snapshots (consistent read views, streamed).
+mod codec;
 pub mod command;
 mod read;
 mod record;
 mod session;
 pub mod snapshot;
 mod store;
+pub mod txn;
 
 pub use command::Command;
-pub use read::{HistoryPage, ReadView};
+pub use read::{HistoryPage, KeyRange, RangeResult, ReadView};
 pub use record::{Event, EventKind, KeyValue};
 pub use store::{Applied, Store, StoreStatus};
 
@@ -51,6 +53,9 @@ pub enum MvccError {
     StaleSequence { seq: u64, last: u64 },
     #[error("too many client sessions are open ({max}); wait for idle ones to expire")]
     TooManySessions { max: u64 },
+    /// A put that keeps the value (etcd's `ignore_value`) of a key that does not exist.
+    #[error("etcdserver: key not found")]
+    KeyNotFound,
     /// The engine failed or holds data it cannot read: the node must stop.
     #[error("storage engine: {0}")]
     Engine(String),

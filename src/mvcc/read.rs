@@ -16,6 +16,57 @@ pub struct HistoryPage {
     pub next: Revision,
 }
 
+/// Which keys a range read covers (etcd's `key` and `range_end`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum KeyRange {
+    /// One key.
+    Key(Vec<u8>),
+    /// Keys in `[start, end)`; `end` None: every key from `start` on.
+    Span { start: Vec<u8>, end: Option<Vec<u8>> },
+}
+
+impl KeyRange {
+    /// From etcd's encoding: an empty `range_end` is one key, `"\0"` every key from
+    /// `key` on, anything else `[key, range_end)`.
+    pub fn from_etcd(key: &[u8], range_end: &[u8]) -> KeyRange {
+        match range_end {
+            [] => KeyRange::Key(key.to_vec()),
+            [0] => KeyRange::Span { start: key.to_vec(), end: None },
+            end => KeyRange::Span { start: key.to_vec(), end: Some(end.to_vec()) },
+        }
+    }
+
+    pub fn contains(&self, k: &[u8]) -> bool {
+        match self {
+            KeyRange::Key(key) => k == key.as_slice(),
+            KeyRange::Span { start, end } => k >= start.as_slice() && end.as_ref().is_none_or(|e| k < e.as_slice()),
+        }
+    }
+
+    /// Bounds for the engine: (first, one past the last) in `keys`' order.
+    fn bounds(&self) -> (Vec<u8>, Option<Vec<u8>>) {
+        match self {
+            KeyRange::Key(k) => {
+                let mut next = k.clone();
+                next.push(0);
+                (k.clone(), Some(next))
+            }
+            KeyRange::Span { start, end } => (start.clone(), end.clone()),
+        }
+    }
+}
+
+/// What a range read found.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct RangeResult {
+    /// In key order, at most the limit asked.
+    pub kvs: Vec<KeyValue>,
+    /// Every key in the range (the limit does not apply).
+    pub count: u64,
+    /// Whether the limit left keys out.
+    pub more: bool,
+}
+
 pub struct ReadView {
     meta: Meta,
     engine: Arc<Engine>,
@@ -95,6 +146,70 @@ impl ReadView {
         let Some(newest) = self.snap.range(&self.engine.key_revs, versions).next_back() else { return Ok(None) };
         let (_, rev, sub) = decode_key_rev_key(&newest.key()?)?;
         Ok(self.event(rev, sub)?.key_value())
+    }
+
+    /// The live keys of `range` at revision `at` (0: the latest), at most `limit` of
+    /// them (0: all), values included unless `keys_only`; every key is counted.
+    pub fn range(
+        &self,
+        range: &KeyRange,
+        at: Revision,
+        limit: usize,
+        keys_only: bool,
+    ) -> Result<RangeResult, MvccError> {
+        let limit = if limit == 0 { usize::MAX } else { limit };
+        let mut out = RangeResult::default();
+        let take = |out: &mut RangeResult, kv: Option<KeyValue>| {
+            if let Some(mut kv) = kv {
+                out.count += 1;
+                if out.kvs.len() < limit {
+                    if keys_only {
+                        kv.value.clear();
+                    }
+                    out.kvs.push(kv);
+                } else {
+                    out.more = true;
+                }
+            }
+        };
+        let (start, end) = range.bounds();
+        if at == 0 || at == self.meta.revision {
+            let items = match &end {
+                Some(e) if *e <= start => return Ok(out),
+                Some(e) => self.snap.range(&self.engine.keys, start.clone()..e.clone()),
+                None => self.snap.range(&self.engine.keys, start.clone()..),
+            };
+            for item in items {
+                let m = KeyMeta::decode(&item.value()?)?;
+                take(&mut out, self.event(m.mod_revision, m.mod_sub)?.key_value());
+            }
+            return Ok(out);
+        }
+        self.check_revision(at)?;
+        if end.as_ref().is_some_and(|e| *e <= start) {
+            return Ok(out);
+        }
+        // Each key's newest version at or below `at`, in key order.
+        let lo = key_prefix(&start);
+        let items = match &end {
+            Some(e) => self.snap.range(&self.engine.key_revs, lo..key_prefix(e)),
+            None => self.snap.range(&self.engine.key_revs, lo..),
+        };
+        let mut current: Option<(Vec<u8>, Revision, u32)> = None;
+        for item in items {
+            let (key, rev, sub) = decode_key_rev_key(&item.key()?)?;
+            if current.as_ref().is_some_and(|(c, _, _)| *c != key) {
+                let (_, r, s) = current.take().expect("checked");
+                take(&mut out, self.event(r, s)?.key_value());
+            }
+            if rev <= at {
+                current = Some((key, rev, sub));
+            }
+        }
+        if let Some((_, r, s)) = current {
+            take(&mut out, self.event(r, s)?.key_value());
+        }
+        Ok(out)
     }
 
     /// The history from revision `from` on (0: from the oldest kept), at most `limit`

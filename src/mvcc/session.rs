@@ -18,7 +18,7 @@ use super::store::Applied;
 use super::MvccError;
 
 /// One open session.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub(super) struct Session {
     pub last_seq: u64,
     /// Log time of its last write (or of its opening).
@@ -35,7 +35,7 @@ impl Session {
 
     pub fn encode(&self) -> [u8; 48] {
         let mut b = [0u8; 48];
-        let a = self.answer;
+        let a = &self.answer;
         for (chunk, v) in
             b.chunks_mut(8).zip([self.last_seq, self.last_active, self.ttl_ms, a.index, a.term, a.revision])
         {
@@ -49,12 +49,7 @@ impl Session {
             return Err(MvccError::Engine("damaged session record in the store".into()));
         }
         let v: Vec<u64> = b.chunks(8).map(|c| u64::from_le_bytes(c.try_into().expect("8 bytes"))).collect();
-        Ok(Session {
-            last_seq: v[0],
-            last_active: v[1],
-            ttl_ms: v[2],
-            answer: Applied { index: v[3], term: v[4], revision: v[5] },
-        })
+        Ok(Session { last_seq: v[0], last_active: v[1], ttl_ms: v[2], answer: Applied::new(v[3], v[4], v[5]) })
     }
 }
 
@@ -112,7 +107,7 @@ impl Sessions {
     pub fn verdict(&self, client: u64, seq: u64) -> Verdict {
         match self.open.get(&client) {
             None => Verdict::Refused(MvccError::SessionExpired { client }),
-            Some(s) if seq == s.last_seq => Verdict::Duplicate(s.answer),
+            Some(s) if seq == s.last_seq => Verdict::Duplicate(s.answer.clone()),
             Some(s) if seq < s.last_seq => Verdict::Refused(MvccError::StaleSequence { seq, last: s.last_seq }),
             Some(_) => Verdict::Apply,
         }
@@ -144,16 +139,18 @@ impl Sessions {
         batch: &mut WriteBatch,
         ks: &Keyspace,
     ) {
-        if let Some(&s) = self.open.get(&client) {
-            self.set(client, Session { last_seq: seq, last_active: clock, answer, ..s }, batch, ks);
+        if let Some(s) = self.open.get(&client) {
+            let ttl_ms = s.ttl_ms;
+            self.set(client, Session { last_seq: seq, last_active: clock, ttl_ms, answer }, batch, ks);
         }
     }
 
     fn set(&mut self, id: u64, session: Session, batch: &mut WriteBatch, ks: &Keyspace) {
+        let expires = session.expires();
+        batch.insert(ks, session_key(id).as_slice(), session.encode().as_slice());
         if let Some(old) = self.open.insert(id, session) {
             self.by_expiry.remove(&(old.expires(), id));
         }
-        self.by_expiry.insert((session.expires(), id));
-        batch.insert(ks, session_key(id).as_slice(), session.encode().as_slice());
+        self.by_expiry.insert((expires, id));
     }
 }

@@ -17,6 +17,7 @@ use tokio::sync::watch;
 
 use super::record::{decode_event, decode_rev_key, encode_event, key_rev_key, rev_key, KeyMeta};
 use super::session::{Session, Sessions, Verdict};
+use super::txn::{Applying, TxnResult};
 use super::{Command, Event, EventKind, MvccError, ReadView, Revision};
 use crate::raft::{Entry, EntryKind, Index, Term};
 
@@ -94,12 +95,20 @@ impl Meta {
 }
 
 /// What applying a client entry did.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Applied {
     pub index: Index,
     pub term: Term,
     /// The store's revision after the entry (a write's own revision).
     pub revision: Revision,
+    /// A transaction's answer.
+    pub txn: Option<Arc<TxnResult>>,
+}
+
+impl Applied {
+    pub fn new(index: Index, term: Term, revision: Revision) -> Applied {
+        Applied { index, term, revision, txn: None }
+    }
 }
 
 /// Cheap figures for Status and the quota.
@@ -315,6 +324,7 @@ impl Store {
             if e.index != meta.applied + 1 {
                 return Err(MvccError::Engine(format!("entry {} applied after {}", e.index, meta.applied)));
             }
+            let prev_term = meta.applied_term;
             meta.applied = e.index;
             meta.applied_term = e.term;
             if e.kind != EntryKind::Normal {
@@ -332,14 +342,15 @@ impl Store {
                         Err(MvccError::FutureRevision { requested: revision, current: meta.revision })
                     } else {
                         meta.compacted = revision;
-                        Ok(Applied { index: e.index, term: e.term, revision: meta.revision })
+                        Ok(Applied::new(e.index, e.term, meta.revision))
                     }
                 }
                 Command::OpenSession { time_ms, ttl_ms, max_sessions } => {
                     meta.session_clock = meta.session_clock.max(time_ms);
                     sessions.expire(meta.session_clock, &mut batch, &engine.sessions);
-                    let answer = Applied { index: e.index, term: e.term, revision: meta.revision };
-                    let session = Session { last_seq: 0, last_active: meta.session_clock, ttl_ms, answer };
+                    let answer = Applied::new(e.index, e.term, meta.revision);
+                    let session =
+                        Session { last_seq: 0, last_active: meta.session_clock, ttl_ms, answer: answer.clone() };
                     // The session's id is this entry's index.
                     sessions.open(e.index, session, max_sessions, &mut batch, &engine.sessions).map(|()| answer)
                 }
@@ -349,11 +360,39 @@ impl Store {
                     match sessions.verdict(client, seq) {
                         Verdict::Apply => {
                             let a = write_one(&engine, &mut batch, &mut written, &mut meta, e, *write)?;
-                            sessions.record(client, seq, meta.session_clock, a, &mut batch, &engine.sessions);
+                            sessions.record(client, seq, meta.session_clock, a.clone(), &mut batch, &engine.sessions);
                             Ok(a)
                         }
                         Verdict::Duplicate(a) => Ok(a),
                         Verdict::Refused(why) => Err(why),
+                    }
+                }
+                Command::Txn(txn) => {
+                    // The transaction reads the engine: what this batch holds goes in first.
+                    if !batch.is_empty() {
+                        let before = Meta { applied: e.index - 1, applied_term: prev_term, ..meta };
+                        batch.insert(&engine.meta, META_KEY, before.encode().as_slice());
+                        std::mem::replace(&mut batch, engine.db.batch()).commit()?;
+                        written.clear();
+                    }
+                    let mut txn_meta = meta;
+                    let mut applying =
+                        Applying::new(&engine, ReadView::new(engine.clone())?, &mut batch, &mut txn_meta, e);
+                    match applying.run(&txn) {
+                        Ok(result) => {
+                            let revision = applying.finish();
+                            meta = txn_meta;
+                            // Later entries of this batch read the engine for what it wrote.
+                            batch.insert(&engine.meta, META_KEY, meta.encode().as_slice());
+                            std::mem::replace(&mut batch, engine.db.batch()).commit()?;
+                            Ok(Applied { index: e.index, term: e.term, revision, txn: Some(Arc::new(result)) })
+                        }
+                        Err(e @ MvccError::Engine(_)) => return Err(e),
+                        Err(refused) => {
+                            // Nothing of it is kept.
+                            batch = engine.db.batch();
+                            Err(refused)
+                        }
                     }
                 }
                 write => Ok(write_one(&engine, &mut batch, &mut written, &mut meta, e, write)?),
@@ -517,7 +556,7 @@ fn write_one(
         None => engine.keys.get(key.as_bytes())?.map(|v| KeyMeta::decode(&v)).transpose()?,
     };
     if kind == EventKind::Delete && old.is_none() {
-        return Ok(Applied { index: e.index, term: e.term, revision: meta.revision });
+        return Ok(Applied::new(e.index, e.term, meta.revision));
     }
     let revision = meta.revision + 1;
     let (create_revision, version) = match (kind, old) {
@@ -539,5 +578,5 @@ fn write_one(
     batch.insert(&engine.key_revs, key_rev_key(key, revision, 0), [].as_slice());
     meta.stored_bytes += event.stored_bytes();
     meta.revision = revision;
-    Ok(Applied { index: e.index, term: e.term, revision })
+    Ok(Applied::new(e.index, e.term, revision))
 }

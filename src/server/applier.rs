@@ -108,7 +108,7 @@ impl Applier {
                         // Not a client command the store understood (it logged why).
                         Err(_) => {
                             let term = entries.iter().find(|e| e.index == index).map_or(0, |e| e.term);
-                            Ok(Applied { index, term, revision })
+                            Ok(Applied::new(index, term, revision))
                         }
                     };
                     let _ = reply.send(outcome);

@@ -337,7 +337,7 @@ impl NodeHandle {
                 async move {
                     let r = c.propose(pb::ProposeRequest { command }).await.map_err(forward::remote_write_error)?;
                     let r = r.into_inner();
-                    Ok(Applied { index: r.index, term: r.term, revision: r.revision })
+                    Ok(Applied::new(r.index, r.term, r.revision))
                 }
             },
         )

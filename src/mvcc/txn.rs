@@ -1,0 +1,488 @@
+//! Transactions, etcd's Txn: compares evaluated against the current state, then the
+//! operations of one branch (puts, range deletes, ranges, nested transactions), all at
+//! one revision (writes numbered by sub-revision). A transaction that fails part-way
+//! (a put with `ignore_value` on a missing key) changes nothing.
+use std::collections::BTreeMap;
+
+use super::codec::{Dec, Enc};
+use super::read::{KeyRange, RangeResult, ReadView};
+use super::record::{encode_event, key_rev_key, rev_key, KeyMeta};
+use super::store::{Engine, Meta};
+use super::{Event, EventKind, KeyValue, MvccError, Revision};
+use crate::raft::Entry;
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Target {
+    Version(i64),
+    Create(i64),
+    Mod(i64),
+    Value(String),
+    Lease(i64),
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Cmp {
+    Equal,
+    Greater,
+    Less,
+    NotEqual,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Compare {
+    pub range: KeyRange,
+    pub cmp: Cmp,
+    pub target: Target,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum TxnOp {
+    Range {
+        range: KeyRange,
+        revision: Revision,
+        limit: u64,
+        keys_only: bool,
+    },
+    /// `value` None keeps the key's value (etcd's `ignore_value`; the key must exist).
+    Put {
+        key: String,
+        value: Option<String>,
+    },
+    Delete {
+        range: KeyRange,
+    },
+    Txn(Box<Txn>),
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Txn {
+    pub compares: Vec<Compare>,
+    pub success: Vec<TxnOp>,
+    pub failure: Vec<TxnOp>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum OpResult {
+    Range(RangeResult),
+    /// The key before the put.
+    Put {
+        prev: Option<KeyValue>,
+    },
+    /// The keys deleted, as they were.
+    Delete {
+        prevs: Vec<KeyValue>,
+    },
+    Txn(TxnResult),
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct TxnResult {
+    pub succeeded: bool,
+    pub results: Vec<OpResult>,
+}
+
+impl Txn {
+    /// The operations of both branches, nested transactions included.
+    fn ops(&self) -> impl Iterator<Item = &TxnOp> {
+        self.success.iter().chain(&self.failure)
+    }
+
+    /// Whether the transaction only reads (it then needs no revision, nor the log).
+    pub fn read_only(&self) -> bool {
+        self.ops().all(|op| match op {
+            TxnOp::Range { .. } => true,
+            TxnOp::Txn(t) => t.read_only(),
+            _ => false,
+        })
+    }
+
+    /// Whether every key it puts is one the engine can hold (not empty, at most
+    /// `MAX_KEY_BYTES`).
+    pub fn puts_storable(&self) -> bool {
+        self.ops().all(|op| match op {
+            TxnOp::Put { key, .. } => !key.is_empty() && key.len() <= crate::config::MAX_KEY_BYTES,
+            TxnOp::Txn(t) => t.puts_storable(),
+            _ => true,
+        })
+    }
+
+    /// Whether any write may add data (for the quota).
+    pub fn grows_the_store(&self) -> bool {
+        self.ops().any(|op| match op {
+            TxnOp::Put { .. } => true,
+            TxnOp::Txn(t) => t.grows_the_store(),
+            _ => false,
+        })
+    }
+}
+
+fn compare_holds(c: &Compare, kv: Option<&KeyValue>) -> bool {
+    use std::cmp::Ordering;
+    let ord = match (&c.target, kv) {
+        // etcd: a value compare on a missing key always fails.
+        (Target::Value(_), None) => return false,
+        (Target::Value(v), Some(kv)) => kv.value.as_bytes().cmp(v.as_bytes()),
+        (Target::Version(v), kv) => (kv.map_or(0, |k| k.version as i64)).cmp(v),
+        (Target::Create(v), kv) => (kv.map_or(0, |k| k.create_revision as i64)).cmp(v),
+        (Target::Mod(v), kv) => (kv.map_or(0, |k| k.mod_revision as i64)).cmp(v),
+        (Target::Lease(v), _) => 0.cmp(v),
+    };
+    match c.cmp {
+        Cmp::Equal => ord == Ordering::Equal,
+        Cmp::Greater => ord == Ordering::Greater,
+        Cmp::Less => ord == Ordering::Less,
+        Cmp::NotEqual => ord != Ordering::Equal,
+    }
+}
+
+/// A transaction being applied: the engine as of before it, and its own writes.
+pub(super) struct Applying<'a> {
+    pub engine: &'a Engine,
+    pub view: ReadView,
+    pub batch: &'a mut fjall::OwnedWriteBatch,
+    pub meta: &'a mut Meta,
+    pub entry: &'a Entry,
+    /// Keys this transaction wrote: their state now (None: deleted).
+    written: BTreeMap<Vec<u8>, Option<KeyValue>>,
+    /// The revision its writes get, and the next sub-revision.
+    revision: Revision,
+    sub: u32,
+}
+
+impl<'a> Applying<'a> {
+    pub fn new(
+        engine: &'a Engine,
+        view: ReadView,
+        batch: &'a mut fjall::OwnedWriteBatch,
+        meta: &'a mut Meta,
+        entry: &'a Entry,
+    ) -> Self {
+        let revision = meta.revision + 1;
+        Applying { engine, view, batch, meta, entry, written: BTreeMap::new(), revision, sub: 0 }
+    }
+
+    /// Runs `txn`; Err(refusal) leaves the batch to be dropped by the caller.
+    pub fn run(&mut self, txn: &Txn) -> Result<TxnResult, MvccError> {
+        let mut succeeded = true;
+        for c in &txn.compares {
+            let found = self.view.range(&c.range, 0, 0, false)?;
+            let holds = if found.kvs.is_empty() {
+                compare_holds(c, None)
+            } else {
+                found.kvs.iter().all(|kv| compare_holds(c, Some(kv)))
+            };
+            if !holds {
+                succeeded = false;
+                break;
+            }
+        }
+        let ops = if succeeded { &txn.success } else { &txn.failure };
+        let mut results = Vec::with_capacity(ops.len());
+        for op in ops {
+            results.push(match op {
+                TxnOp::Range { range, revision, limit, keys_only } => {
+                    OpResult::Range(self.range(range, *revision, *limit as usize, *keys_only)?)
+                }
+                TxnOp::Put { key, value } => {
+                    let prev = self.current(key)?;
+                    let value = match (value, &prev) {
+                        (Some(v), _) => v.clone(),
+                        (None, Some(p)) => p.value.clone(),
+                        (None, None) => return Err(MvccError::KeyNotFound),
+                    };
+                    self.write(key, Some(value), prev.as_ref());
+                    OpResult::Put { prev }
+                }
+                TxnOp::Delete { range } => {
+                    let prevs = self.range(range, 0, 0, false)?.kvs;
+                    for kv in &prevs {
+                        self.write(&kv.key, None, Some(kv));
+                    }
+                    OpResult::Delete { prevs }
+                }
+                TxnOp::Txn(t) => OpResult::Txn(self.run(t)?),
+            });
+        }
+        Ok(TxnResult { succeeded, results })
+    }
+
+    /// The revision the store is at after this transaction.
+    pub fn finish(self) -> Revision {
+        if self.sub > 0 {
+            self.meta.revision = self.revision;
+        }
+        self.meta.revision
+    }
+
+    fn current(&self, key: &str) -> Result<Option<KeyValue>, MvccError> {
+        match self.written.get(key.as_bytes()) {
+            Some(kv) => Ok(kv.clone()),
+            None => self.view.get(key, 0),
+        }
+    }
+
+    /// A range as this transaction sees it: its own writes over the state before it
+    /// (for the latest revision; a past one is read as it was).
+    fn range(&self, range: &KeyRange, at: Revision, limit: usize, keys_only: bool) -> Result<RangeResult, MvccError> {
+        let latest = at == 0;
+        if !latest || self.written.is_empty() {
+            return self.view.range(range, if latest { 0 } else { at }, limit, keys_only);
+        }
+        let mut all: BTreeMap<Vec<u8>, KeyValue> =
+            self.view.range(range, 0, 0, false)?.kvs.into_iter().map(|kv| (kv.key.clone().into_bytes(), kv)).collect();
+        for (k, kv) in self.written.iter().filter(|(k, _)| range.contains(k)) {
+            match kv {
+                Some(kv) => all.insert(k.clone(), kv.clone()),
+                None => all.remove(k),
+            };
+        }
+        let limit = if limit == 0 { usize::MAX } else { limit };
+        let count = all.len() as u64;
+        let mut kvs: Vec<KeyValue> = all.into_values().take(limit).collect();
+        if keys_only {
+            kvs.iter_mut().for_each(|kv| kv.value.clear());
+        }
+        let more = (kvs.len() as u64) < count;
+        Ok(RangeResult { kvs, count, more })
+    }
+
+    /// Writes `key` (a put of `value`, or a delete) as the next sub-revision.
+    fn write(&mut self, key: &str, value: Option<String>, prev: Option<&KeyValue>) {
+        let (rev, sub) = (self.revision, self.sub);
+        self.sub += 1;
+        let e = self.entry;
+        let (kind, create_revision, version) = match (&value, prev) {
+            (None, _) => (EventKind::Delete, 0, 0),
+            (Some(_), Some(p)) => (EventKind::Put, p.create_revision, p.version + 1),
+            (Some(_), None) => (EventKind::Put, rev, 1),
+        };
+        let event = Event {
+            revision: rev,
+            kind,
+            index: e.index,
+            term: e.term,
+            key: key.to_string(),
+            value: value.clone().unwrap_or_default(),
+            create_revision,
+            version,
+        };
+        let k = key.as_bytes();
+        match &value {
+            None => self.batch.remove(&self.engine.keys, k),
+            Some(_) => {
+                let m = KeyMeta { create_revision, mod_revision: rev, mod_sub: sub, version };
+                self.batch.insert(&self.engine.keys, k, m.encode().as_slice());
+            }
+        }
+        self.batch.insert(&self.engine.revs, rev_key(rev, sub).as_slice(), encode_event(&event));
+        self.batch.insert(&self.engine.key_revs, key_rev_key(k, rev, sub), [].as_slice());
+        self.meta.stored_bytes += event.stored_bytes();
+        self.written.insert(k.to_vec(), event.key_value());
+    }
+}
+
+// The log's encoding of a transaction.
+
+fn enc_range(e: &mut Enc, r: &KeyRange) {
+    match r {
+        KeyRange::Key(k) => {
+            e.u8(0);
+            e.bytes(k);
+        }
+        KeyRange::Span { start, end } => {
+            e.u8(1);
+            e.bytes(start);
+            e.opt_bytes(end.as_deref());
+        }
+    }
+}
+
+fn dec_range(d: &mut Dec) -> Option<KeyRange> {
+    match d.u8()? {
+        0 => Some(KeyRange::Key(d.bytes()?)),
+        1 => Some(KeyRange::Span { start: d.bytes()?, end: d.opt_bytes()? }),
+        _ => None,
+    }
+}
+
+fn enc_ops(e: &mut Enc, ops: &[TxnOp]) {
+    e.u64(ops.len() as u64);
+    for op in ops {
+        match op {
+            TxnOp::Range { range, revision, limit, keys_only } => {
+                e.u8(1);
+                enc_range(e, range);
+                e.u64(*revision);
+                e.u64(*limit);
+                e.u8(*keys_only as u8);
+            }
+            TxnOp::Put { key, value } => {
+                e.u8(2);
+                e.bytes(key.as_bytes());
+                e.opt_bytes(value.as_deref().map(str::as_bytes));
+            }
+            TxnOp::Delete { range } => {
+                e.u8(3);
+                enc_range(e, range);
+            }
+            TxnOp::Txn(t) => {
+                e.u8(4);
+                t.encode_into(e);
+            }
+        }
+    }
+}
+
+fn dec_ops(d: &mut Dec, depth: u32) -> Option<Vec<TxnOp>> {
+    let n = d.len()?;
+    let mut ops = Vec::with_capacity(n.min(1024));
+    for _ in 0..n {
+        ops.push(match d.u8()? {
+            1 => TxnOp::Range { range: dec_range(d)?, revision: d.u64()?, limit: d.u64()?, keys_only: d.u8()? != 0 },
+            2 => TxnOp::Put { key: d.string()?, value: d.opt_string()? },
+            3 => TxnOp::Delete { range: dec_range(d)? },
+            4 if depth < MAX_DEPTH => TxnOp::Txn(Box::new(Txn::decode_from(d, depth + 1)?)),
+            _ => return None,
+        });
+    }
+    Some(ops)
+}
+
+/// Nested transactions deeper than this are refused (etcd bounds them by the op count).
+pub const MAX_DEPTH: u32 = 16;
+
+impl Txn {
+    pub(super) fn encode_into(&self, e: &mut Enc) {
+        e.u64(self.compares.len() as u64);
+        for c in &self.compares {
+            enc_range(e, &c.range);
+            e.u8(c.cmp as u8);
+            match &c.target {
+                Target::Version(v) => e.tagged_i64(0, *v),
+                Target::Create(v) => e.tagged_i64(1, *v),
+                Target::Mod(v) => e.tagged_i64(2, *v),
+                Target::Lease(v) => e.tagged_i64(3, *v),
+                Target::Value(v) => {
+                    e.u8(4);
+                    e.bytes(v.as_bytes());
+                }
+            }
+        }
+        enc_ops(e, &self.success);
+        enc_ops(e, &self.failure);
+    }
+
+    pub(super) fn decode_from(d: &mut Dec, depth: u32) -> Option<Txn> {
+        let n = d.len()?;
+        let mut compares = Vec::with_capacity(n.min(1024));
+        for _ in 0..n {
+            let range = dec_range(d)?;
+            let cmp = match d.u8()? {
+                0 => Cmp::Equal,
+                1 => Cmp::Greater,
+                2 => Cmp::Less,
+                3 => Cmp::NotEqual,
+                _ => return None,
+            };
+            let target = match d.u8()? {
+                0 => Target::Version(d.i64()?),
+                1 => Target::Create(d.i64()?),
+                2 => Target::Mod(d.i64()?),
+                3 => Target::Lease(d.i64()?),
+                4 => Target::Value(d.string()?),
+                _ => return None,
+            };
+            compares.push(Compare { range, cmp, target });
+        }
+        Some(Txn { compares, success: dec_ops(d, depth)?, failure: dec_ops(d, depth)? })
+    }
+}
+
+// A transaction's answer, as a forwarding node receives it from the leader.
+
+fn enc_kv(e: &mut Enc, kv: &KeyValue) {
+    e.bytes(kv.key.as_bytes());
+    e.bytes(kv.value.as_bytes());
+    e.u8(kv.json as u8);
+    for v in [kv.create_revision, kv.mod_revision, kv.version] {
+        e.u64(v);
+    }
+}
+
+fn dec_kv(d: &mut Dec) -> Option<KeyValue> {
+    Some(KeyValue {
+        key: d.string()?,
+        value: d.string()?,
+        json: d.u8()? != 0,
+        create_revision: d.u64()?,
+        mod_revision: d.u64()?,
+        version: d.u64()?,
+    })
+}
+
+fn enc_kvs(e: &mut Enc, kvs: &[KeyValue]) {
+    e.u64(kvs.len() as u64);
+    kvs.iter().for_each(|kv| enc_kv(e, kv));
+}
+
+fn dec_kvs(d: &mut Dec) -> Option<Vec<KeyValue>> {
+    let n = d.len()?;
+    (0..n).map(|_| dec_kv(d)).collect()
+}
+
+impl TxnResult {
+    pub fn encode(&self) -> Vec<u8> {
+        let mut e = Enc::default();
+        self.encode_into(&mut e);
+        e.into_inner()
+    }
+
+    fn encode_into(&self, e: &mut Enc) {
+        e.u8(self.succeeded as u8);
+        e.u64(self.results.len() as u64);
+        for r in &self.results {
+            match r {
+                OpResult::Range(r) => {
+                    e.u8(1);
+                    enc_kvs(e, &r.kvs);
+                    e.u64(r.count);
+                    e.u8(r.more as u8);
+                }
+                OpResult::Put { prev } => {
+                    e.u8(2);
+                    enc_kvs(e, prev.as_slice());
+                }
+                OpResult::Delete { prevs } => {
+                    e.u8(3);
+                    enc_kvs(e, prevs);
+                }
+                OpResult::Txn(t) => {
+                    e.u8(4);
+                    t.encode_into(e);
+                }
+            }
+        }
+    }
+
+    pub fn decode(b: &[u8]) -> Option<TxnResult> {
+        let mut d = Dec::new(b);
+        let r = Self::decode_from(&mut d, 0)?;
+        d.is_empty().then_some(r)
+    }
+
+    fn decode_from(d: &mut Dec, depth: u32) -> Option<TxnResult> {
+        let succeeded = d.u8()? != 0;
+        let n = d.len()?;
+        let mut results = Vec::with_capacity(n.min(1024));
+        for _ in 0..n {
+            results.push(match d.u8()? {
+                1 => OpResult::Range(RangeResult { kvs: dec_kvs(d)?, count: d.u64()?, more: d.u8()? != 0 }),
+                2 => OpResult::Put { prev: dec_kvs(d)?.pop() },
+                3 => OpResult::Delete { prevs: dec_kvs(d)? },
+                4 if depth < MAX_DEPTH => OpResult::Txn(Self::decode_from(d, depth + 1)?),
+                _ => return None,
+            });
+        }
+        Some(TxnResult { succeeded, results })
+    }
+}
