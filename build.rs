@@ -9,8 +9,12 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let out = PathBuf::from(env::var("OUT_DIR")?);
     tonic_build::configure()
         .file_descriptor_set_path(out.join("raftkv_descriptor.bin"))
-        .bytes([".raftkv.v1.Entry.data", ".raftkv.v1.ProposeRequest.command"])
+        .bytes([".raftkv.v1.Entry.data", ".raftkv.v1.ProposeRequest.command", ".raftkv.v1.ProposeResponse.txn"])
         .compile_protos(&["proto/raftkv/v1/kv.proto", "proto/raftkv/v1/raft.proto"], &["proto"])?;
+    // etcd's v3 API (a subset), in its own packages: etcdserverpb and mvccpb.
+    tonic_build::configure()
+        .file_descriptor_set_path(out.join("etcd_descriptor.bin"))
+        .compile_protos(&["proto/etcd/etcdserverpb/rpc.proto"], &["proto/etcd"])?;
     println!("cargo:rerun-if-changed=proto");
     Ok(())
 }

@@ -4,6 +4,7 @@
 //! - [`server`]: the tokio driver that owns a core, and node startup.
 //! - [`transport`]: peer gRPC (`raftkv.v1.Raft`), one channel per peer, fault injection.
 //! - [`api`]: client gRPC (`raftkv.v1.KeyValue`).
+//! - [`etcd`]: etcd's v3 API (KV, Cluster.MemberList, Maintenance.Status) on the same keyspace.
 //! - [`mvcc`]: the state machine: an MVCC keyspace on an embedded engine.
 //! - [`bridge`]: the UDP JSON controller bridge.
 //! - [`client`]: an exactly-once client (sessions, safe retries), for the CLI and bench.
@@ -16,6 +17,7 @@ pub mod bridge;
 pub mod client;
 pub mod config;
 pub mod error;
+pub mod etcd;
 pub mod mvcc;
 pub mod proto;
 pub mod raft;

@@ -23,8 +23,10 @@ use tonic::transport::Server;
 use crate::api::KvService;
 use crate::config::NodeConfig;
 use crate::error::{Error, Result};
+use crate::mvcc::txn::TxnResult;
 use crate::mvcc::{Applied, Command, Store};
 use crate::proto as pb;
+use crate::proto::etcd::etcdserverpb as epb;
 use crate::raft::{self, Index, Message, NodeId, RawNode, Role, Term};
 use crate::storage::Storage;
 use crate::transport::convert::Names;
@@ -337,7 +339,14 @@ impl NodeHandle {
                 async move {
                     let r = c.propose(pb::ProposeRequest { command }).await.map_err(forward::remote_write_error)?;
                     let r = r.into_inner();
-                    Ok(Applied::new(r.index, r.term, r.revision))
+                    let mut a = Applied::new(r.index, r.term, r.revision);
+                    if !r.txn.is_empty() {
+                        let txn = TxnResult::decode(&r.txn).ok_or_else(|| {
+                            Error::OutcomeUnknown("the leader's answer to the transaction could not be read".into())
+                        })?;
+                        a.txn = Some(std::sync::Arc::new(txn));
+                    }
+                    Ok(a)
                 }
             },
         )
@@ -598,11 +607,13 @@ impl Node {
         let reflection = || {
             let v1 = tonic_reflection::server::Builder::configure()
                 .register_encoded_file_descriptor_set(pb::FILE_DESCRIPTOR_SET)
+                .register_encoded_file_descriptor_set(pb::etcd::FILE_DESCRIPTOR_SET)
                 .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
                 .build_v1()
                 .map_err(|e| StartError::Other(e.to_string()))?;
             let v1alpha = tonic_reflection::server::Builder::configure()
                 .register_encoded_file_descriptor_set(pb::FILE_DESCRIPTOR_SET)
+                .register_encoded_file_descriptor_set(pb::etcd::FILE_DESCRIPTOR_SET)
                 .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
                 .build_v1alpha()
                 .map_err(|e| StartError::Other(e.to_string()))?;
@@ -617,18 +628,33 @@ impl Node {
             let _ = rx.wait_for(|s| *s).await;
         };
         let (r1, r1a) = reflection()?;
-        let kv_server = pb::key_value_server::KeyValueServer::new(KvService::new(
+        let admin_needs_cert = cfg.client_tls.as_ref().is_some_and(|f| f.trusted_ca.is_some());
+        let max_decoding = cfg.max_request_bytes.saturating_add(crate::config::GRPC_OVERHEAD_BYTES);
+        let kv_server = pb::key_value_server::KeyValueServer::new(KvService::new(handle.clone(), admin_needs_cert))
+            .max_decoding_message_size(max_decoding)
+            .max_encoding_message_size(transport::MAX_MESSAGE_BYTES);
+        let etcd = crate::etcd::Context::new(
             handle.clone(),
-            cfg.client_tls.as_ref().is_some_and(|f| f.trusted_ca.is_some()),
-        ))
-        .max_decoding_message_size(cfg.max_request_bytes.saturating_add(crate::config::GRPC_OVERHEAD_BYTES))
-        .max_encoding_message_size(transport::MAX_MESSAGE_BYTES);
+            cfg.members.clone(),
+            client_addr,
+            cfg.client_tls.is_some(),
+            cfg.quota_backend_bytes,
+            admin_needs_cert,
+        );
+        let etcd_kv = epb::kv_server::KvServer::new(crate::etcd::EtcdKv(etcd.clone()))
+            .max_decoding_message_size(max_decoding)
+            .max_encoding_message_size(transport::MAX_MESSAGE_BYTES);
+        let etcd_cluster = epb::cluster_server::ClusterServer::new(crate::etcd::EtcdCluster(etcd.clone()));
+        let etcd_maintenance = epb::maintenance_server::MaintenanceServer::new(crate::etcd::EtcdMaintenance(etcd));
         let client_router = Server::builder()
             .max_concurrent_streams(Some(cfg.max_concurrent_streams))
             .add_service(health.clone())
             .add_service(r1)
             .add_service(r1a)
-            .add_service(kv_server);
+            .add_service(kv_server)
+            .add_service(etcd_kv)
+            .add_service(etcd_cluster)
+            .add_service(etcd_maintenance);
         let client_server: futures::future::BoxFuture<'static, Result<(), tonic::transport::Error>> =
             match client_tls {
                 Some(tls) => Box::pin(client_router.serve_with_incoming_shutdown(

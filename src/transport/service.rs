@@ -91,7 +91,8 @@ impl pb::raft_server::Raft for RaftService {
         let deadline = crate::api::deadline(&req);
         let command = req.into_inner().command;
         let a = self.node.forwarded(deadline, || self.node.propose_here(command.clone(), deadline)).await?;
-        Ok(Response::new(pb::ProposeResponse { index: a.index, term: a.term, revision: a.revision }))
+        let txn = a.txn.map(|t| t.encode().into()).unwrap_or_default();
+        Ok(Response::new(pb::ProposeResponse { index: a.index, term: a.term, revision: a.revision, txn }))
     }
 
     async fn install_snapshot(

@@ -1,0 +1,193 @@
+//! etcd's v3 API as a client sees it, through the generated stubs (tests/etcdctl.rs
+//! drives the same with etcdctl): one keyspace with raftkv's own API, ranges,
+//! transactions (compare-and-swap under contention), compaction and etcd's errors.
+mod common;
+
+use std::time::Duration;
+
+use common::TestCluster;
+use raftkv::proto::etcd::etcdserverpb::{
+    self as epb, compare::CompareResult, compare::CompareTarget, compare::TargetUnion, kv_client::KvClient,
+    request_op::Request as Op,
+};
+use raftkv::proto::{self as pb};
+use tonic::transport::Channel;
+use tonic::Code;
+
+async fn kv(c: &TestCluster, i: usize) -> KvClient<Channel> {
+    KvClient::connect(format!("http://{}", c.client_addrs[i])).await.unwrap()
+}
+
+fn put(k: &str, v: &str) -> epb::PutRequest {
+    epb::PutRequest { key: k.into(), value: v.into(), ..Default::default() }
+}
+
+fn prefix(p: &str) -> epb::RangeRequest {
+    let mut end = p.as_bytes().to_vec();
+    *end.last_mut().unwrap() += 1;
+    epb::RangeRequest { key: p.into(), range_end: end, ..Default::default() }
+}
+
+fn keys(r: &epb::RangeResponse) -> Vec<String> {
+    r.kvs.iter().map(|kv| String::from_utf8(kv.key.clone()).unwrap()).collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn etcd_and_raftkv_apis_share_one_keyspace_and_ranges_work_like_etcd() {
+    let c = TestCluster::start(3).await;
+    let leader = c.wait_leader().await;
+    let mut e = kv(&c, (leader + 1) % 3).await;
+    let mut own = c.client((leader + 2) % 3).await;
+    common::store(&mut own, "app/b", "from-raftkv").await.unwrap();
+    let r = e.put(epb::PutRequest { prev_kv: true, ..put("app/a", "1") }).await.unwrap().into_inner();
+    assert!(r.prev_kv.is_none());
+    let r = e.put(epb::PutRequest { prev_kv: true, ..put("app/a", "2") }).await.unwrap().into_inner();
+    assert_eq!(r.prev_kv.unwrap().value, b"1");
+    let rev = r.header.unwrap().revision;
+    e.put(put("other", "x")).await.unwrap();
+    let got = own.get(pb::GetRequest { key: "app/a".into(), ..Default::default() }).await.unwrap().into_inner();
+    assert_eq!((got.value.as_str(), got.version, got.mod_revision as i64), ("2", 2, rev), "raftkv sees etcd's put");
+
+    let r = e.range(prefix("app/")).await.unwrap().into_inner();
+    assert_eq!(keys(&r), ["app/a", "app/b"]);
+    assert_eq!(r.kvs[1].value, b"from-raftkv", "etcd sees raftkv's store");
+    let limited = e.range(epb::RangeRequest { limit: 1, ..prefix("app/") }).await.unwrap().into_inner();
+    assert_eq!((keys(&limited).len(), limited.count, limited.more), (1, 2, true));
+    let desc = epb::RangeRequest { sort_order: 2, sort_target: 3, ..prefix("app/") };
+    let r = e.range(desc).await.unwrap().into_inner();
+    assert_eq!(keys(&r), ["app/a", "app/b"], "by mod revision, newest first");
+    let all = epb::RangeRequest { key: vec![0], range_end: vec![0], count_only: true, ..Default::default() };
+    assert_eq!(e.range(all).await.unwrap().into_inner().count, 3);
+    let past = epb::RangeRequest { revision: rev - 1, ..prefix("app/a") };
+    let r = e.range(epb::RangeRequest { key: b"app/a".to_vec(), range_end: vec![], ..past }).await.unwrap();
+    assert_eq!(r.into_inner().kvs[0].value, b"1", "a past revision");
+
+    let d = epb::DeleteRangeRequest { key: b"app/".to_vec(), range_end: b"app0".to_vec(), prev_kv: true };
+    let r = e.delete_range(d).await.unwrap().into_inner();
+    assert_eq!((r.deleted, r.prev_kvs.len()), (2, 2));
+    assert_eq!(e.range(prefix("app/")).await.unwrap().into_inner().count, 0);
+    c.shutdown().await;
+}
+
+fn cas(key: &str, expect: Option<&str>, new: &str) -> epb::TxnRequest {
+    let compare = match expect {
+        Some(v) => epb::Compare {
+            key: key.into(),
+            result: CompareResult::Equal as i32,
+            target: CompareTarget::Value as i32,
+            target_union: Some(TargetUnion::Value(v.into())),
+            ..Default::default()
+        },
+        // "the key does not exist": its create revision is 0.
+        None => epb::Compare {
+            key: key.into(),
+            result: CompareResult::Equal as i32,
+            target: CompareTarget::Create as i32,
+            target_union: Some(TargetUnion::CreateRevision(0)),
+            ..Default::default()
+        },
+    };
+    let get = epb::RangeRequest { key: key.into(), ..Default::default() };
+    epb::TxnRequest {
+        compare: vec![compare],
+        success: vec![epb::RequestOp { request: Some(Op::RequestPut(put(key, new))) }],
+        failure: vec![epb::RequestOp { request: Some(Op::RequestRange(get)) }],
+    }
+}
+
+/// Contenders take a lock with compare-and-swap (create if absent) through every
+/// node, hold it, and release it with another CAS: never two holders, and every
+/// acquisition shows in the history as one put.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn compare_and_swap_lets_exactly_one_contender_hold_the_lock() {
+    let c = TestCluster::start(3).await;
+    c.wait_leader().await;
+    let holders = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let mut tasks = Vec::new();
+    for w in 0..6 {
+        let mut e = kv(&c, w % 3).await;
+        let holders = holders.clone();
+        tasks.push(tokio::spawn(async move {
+            let me = format!("w{w}");
+            let mut acquired = 0;
+            while acquired < 5 {
+                let r = e.txn(cas("lock", None, &me)).await.unwrap().into_inner();
+                if !r.succeeded {
+                    tokio::time::sleep(Duration::from_millis(2)).await;
+                    continue;
+                }
+                assert_eq!(holders.fetch_add(1, std::sync::atomic::Ordering::SeqCst), 0, "two holders");
+                tokio::time::sleep(Duration::from_millis(3)).await;
+                holders.fetch_sub(1, std::sync::atomic::Ordering::SeqCst);
+                // Release: delete only if still ours.
+                let mine = epb::Compare {
+                    key: b"lock".to_vec(),
+                    target: CompareTarget::Value as i32,
+                    target_union: Some(TargetUnion::Value(me.clone().into())),
+                    ..Default::default()
+                };
+                let del = epb::DeleteRangeRequest { key: b"lock".to_vec(), ..Default::default() };
+                let release = epb::TxnRequest {
+                    compare: vec![mine],
+                    success: vec![epb::RequestOp { request: Some(Op::RequestDeleteRange(del)) }],
+                    failure: vec![],
+                };
+                assert!(e.txn(release).await.unwrap().into_inner().succeeded, "{me} released a lock it held");
+                acquired += 1;
+            }
+        }));
+    }
+    for t in tasks {
+        t.await.unwrap();
+    }
+    let leader = c.wait_leader().await;
+    let history = c.retrieve(leader).await.entries;
+    let puts = history.iter().filter(|e| e.key == "lock" && e.op == pb::Op::Put as i32).count();
+    assert_eq!(puts, 30, "one put per acquisition");
+    c.shutdown().await;
+}
+
+#[track_caller]
+fn refused<T: std::fmt::Debug>(r: Result<tonic::Response<T>, tonic::Status>, code: Code, text: &str) {
+    let s = r.unwrap_err();
+    assert_eq!((s.code(), s.message()), (code, text));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_requests_get_etcds_errors_and_change_nothing() {
+    let c = TestCluster::start(3).await;
+    let leader = c.wait_leader().await;
+    let mut e = kv(&c, leader).await;
+    e.put(put("k", "v")).await.unwrap();
+    let before = e.range(epb::RangeRequest { key: vec![0], range_end: vec![0], ..Default::default() }).await;
+    let before = before.unwrap().into_inner();
+    refused(e.put(put("", "x")).await, Code::InvalidArgument, "etcdserver: key is not provided");
+    let leased = epb::PutRequest { lease: 7, ..put("k", "w") };
+    refused(e.put(leased).await, Code::NotFound, "etcdserver: requested lease not found");
+    let ignore = epb::PutRequest { ignore_value: true, ..put("k", "w") };
+    refused(e.put(ignore).await, Code::InvalidArgument, "etcdserver: value is provided");
+    let missing = epb::PutRequest { ignore_value: true, ..put("nokey", "") };
+    refused(e.put(missing).await, Code::InvalidArgument, "etcdserver: key not found");
+    let big = put("k", &"x".repeat((1 << 20) + 1));
+    refused(e.put(big).await, Code::InvalidArgument, "etcdserver: request is too large");
+    let bin = epb::PutRequest { value: vec![0xff, 0xfe], ..put("k", "") };
+    refused(e.put(bin).await, Code::InvalidArgument, "raftkv: values must be UTF-8 text (a raftkv limit)");
+
+    let op = || epb::RequestOp { request: Some(Op::RequestPut(put("t", "1"))) };
+    let many = epb::TxnRequest { success: (0..129).map(|_| op()).collect(), ..Default::default() };
+    refused(e.txn(many).await, Code::InvalidArgument, "etcdserver: too many operations in txn request");
+    let dup = epb::TxnRequest { success: vec![op(), op()], ..Default::default() };
+    refused(e.txn(dup).await, Code::InvalidArgument, "etcdserver: duplicate key given in txn request");
+
+    let rev = e.put(put("k", "v2")).await.unwrap().into_inner().header.unwrap().revision;
+    e.compact(epb::CompactionRequest { revision: rev, physical: false }).await.unwrap();
+    let old = epb::RangeRequest { key: b"k".to_vec(), revision: rev - 1, ..Default::default() };
+    refused(e.range(old).await, Code::OutOfRange, "etcdserver: mvcc: required revision has been compacted");
+    let future = epb::RangeRequest { key: b"k".to_vec(), revision: rev + 100, ..Default::default() };
+    refused(e.range(future).await, Code::OutOfRange, "etcdserver: mvcc: required revision is a future revision");
+    let after = e.range(epb::RangeRequest { key: vec![0], range_end: vec![0], ..Default::default() }).await;
+    let after = after.unwrap().into_inner();
+    assert_eq!(after.count, before.count, "no refused write created a key");
+    assert_eq!(after.header.unwrap().revision, rev, "only the one good put made a revision");
+    c.shutdown().await;
+}

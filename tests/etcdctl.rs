@@ -1,0 +1,105 @@
+//! etcdctl 3.4 (Debian's etcd-client), a real client of etcd's v3 API, against real
+//! `raftkv serve` processes. Without etcdctl on the PATH the test says so and passes,
+//! unless RAFTKV_REQUIRE_ETCDCTL is set (CI sets it, and installs etcdctl).
+mod common;
+
+use std::io::Write;
+use std::process::{Command, Output, Stdio};
+
+use common::procs::Procs;
+
+fn etcdctl_present() -> bool {
+    let found = Command::new("etcdctl").arg("version").output().is_ok_and(|o| o.status.success());
+    if !found {
+        assert!(std::env::var_os("RAFTKV_REQUIRE_ETCDCTL").is_none(), "etcdctl is required but not installed");
+        eprintln!("etcdctl is not installed: skipped (install Debian's etcd-client to run it)");
+    }
+    found
+}
+
+struct Ctl {
+    endpoints: String,
+}
+
+impl Ctl {
+    fn run(&self, args: &[&str], stdin: Option<&str>) -> Output {
+        let mut child = Command::new("etcdctl")
+            .env("ETCDCTL_API", "3")
+            .arg(format!("--endpoints={}", self.endpoints))
+            .args(["--command-timeout=10s"])
+            .args(args)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("etcdctl runs");
+        child.stdin.take().unwrap().write_all(stdin.unwrap_or("").as_bytes()).unwrap();
+        child.wait_with_output().unwrap()
+    }
+
+    /// Runs etcdctl; its standard output, which it must exit 0 with.
+    fn ok(&self, args: &[&str]) -> String {
+        let out = self.run(args, None);
+        assert!(out.status.success(), "etcdctl {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+        String::from_utf8(out.stdout).unwrap()
+    }
+
+    fn txn(&self, script: &str) -> String {
+        let out = self.run(&["txn"], Some(script));
+        assert!(out.status.success(), "etcdctl txn: {}", String::from_utf8_lossy(&out.stderr));
+        String::from_utf8(out.stdout).unwrap()
+    }
+}
+
+#[test]
+fn etcdctl_works_against_raftkv() {
+    if !etcdctl_present() {
+        return;
+    }
+    let p = Procs::start(3);
+    p.wait_leader(None);
+    // One endpoint: a follower or the leader alike.
+    let ctl = Ctl { endpoints: p.clients[1].clone() };
+    assert_eq!(ctl.ok(&["put", "greeting", "hello"]).trim(), "OK");
+    assert_eq!(ctl.ok(&["get", "greeting"]), "greeting\nhello\n");
+    ctl.ok(&["put", "dir/a", "1"]);
+    ctl.ok(&["put", "dir/b", "2"]);
+    assert_eq!(
+        ctl.ok(&["get", "dir/", "--prefix", "--keys-only"]).split_whitespace().collect::<Vec<_>>(),
+        ["dir/a", "dir/b"]
+    );
+    assert_eq!(ctl.ok(&["del", "dir/a"]).trim(), "1");
+    assert_eq!(ctl.ok(&["get", "dir/", "--prefix"]), "dir/b\n2\n");
+
+    // raftkv's own CLI writes; etcdctl reads it.
+    let own = p.cli(&["put", "shared", "from-raftkv"]);
+    assert!(own.status.success(), "{}", String::from_utf8_lossy(&own.stderr));
+    assert_eq!(ctl.ok(&["get", "shared", "--print-value-only"]).trim(), "from-raftkv");
+
+    // Compare-and-swap: one that succeeds, one that fails and reads instead.
+    let won = ctl.txn("value(\"greeting\") = \"hello\"\n\nput greeting bonjour\n\nget greeting\n\n");
+    assert_eq!(won.lines().next(), Some("SUCCESS"), "{won}");
+    let lost = ctl.txn("value(\"greeting\") = \"hello\"\n\nput greeting hola\n\nget greeting\n\n");
+    assert_eq!(lost.lines().collect::<Vec<_>>(), ["FAILURE", "", "greeting", "bonjour"], "{lost}");
+
+    // Compaction: reading below it is etcd's compacted error.
+    let rev: i64 = {
+        let json = ctl.ok(&["get", "greeting", "-w", "json"]);
+        let at = json.find("\"revision\":").unwrap() + 11;
+        json[at..].split(|c: char| !c.is_ascii_digit()).next().unwrap().parse().unwrap()
+    };
+    assert!(ctl.ok(&["compaction", &rev.to_string()]).contains(&format!("compacted revision {rev}")));
+    let old = ctl.run(&["get", "greeting", &format!("--rev={}", rev - 1)], None);
+    assert!(!old.status.success());
+    assert!(String::from_utf8_lossy(&old.stderr).contains("etcdserver: mvcc: required revision has been compacted"));
+
+    // endpoint status and member list, for every node.
+    let all = Ctl { endpoints: p.clients.join(",") };
+    let status = all.ok(&["endpoint", "status", "-w", "table"]);
+    assert_eq!(status.matches("3.5.0").count(), 3, "{status}");
+    assert_eq!(status.matches(" true ").count(), 1, "one leader:\n{status}");
+    let members = ctl.ok(&["member", "list"]);
+    for (name, peer) in p.names.iter().zip(&p.peers) {
+        assert!(members.contains(&format!("started, {name}, http://{peer}")), "{members}");
+    }
+}
