@@ -191,3 +191,116 @@ async fn bad_requests_get_etcds_errors_and_change_nothing() {
     assert_eq!(after.header.unwrap().revision, rev, "only the one good put made a revision");
     c.shutdown().await;
 }
+
+/// Collects events of keys under `w/` from `node`, starting at `from`, until `want`
+/// events arrived or the stream broke; returns (revision, key, is_put) of each.
+async fn watch_from(c: &TestCluster, node: usize, from: i64, want: usize, got: &mut Vec<(i64, String, bool)>) {
+    use raftkv::proto::etcd::etcdserverpb::{watch_client::WatchClient, watch_request::RequestUnion};
+    let Ok(mut client) = WatchClient::connect(format!("http://{}", c.client_addrs[node])).await else { return };
+    let create = epb::WatchCreateRequest {
+        key: b"w/".to_vec(),
+        range_end: b"w0".to_vec(),
+        start_revision: from,
+        ..Default::default()
+    };
+    let req = epb::WatchRequest { request_union: Some(RequestUnion::CreateRequest(create)) };
+    // The request stream stays open (a closed one ends the watch).
+    let (tx, rx) = tokio::sync::mpsc::channel(1);
+    tx.send(req).await.unwrap();
+    let Ok(stream) = client.watch(tokio_stream::wrappers::ReceiverStream::new(rx)).await else { return };
+    let mut stream = stream.into_inner();
+    let first = stream.message().await;
+    assert!(matches!(&first, Ok(Some(r)) if r.created), "{first:?}");
+    while got.len() < want {
+        match tokio::time::timeout(Duration::from_secs(20), stream.message()).await {
+            Ok(Ok(Some(r))) => {
+                assert!(!r.canceled, "canceled: {r:?}");
+                for e in r.events {
+                    let kv = e.kv.unwrap();
+                    got.push((kv.mod_revision, String::from_utf8(kv.key).unwrap(), e.r#type == 0));
+                }
+            }
+            _ => return,
+        }
+    }
+    drop(tx);
+}
+
+/// A watcher on a node that is restarted while writes go on through the other nodes
+/// (and leadership moves) reconnects from the revision after its last event: it
+/// sees every write of the history once, in order, none missing, none twice.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_watch_sees_every_event_once_across_a_leader_change_and_a_restart() {
+    let mut c = TestCluster::start(3).await;
+    let leader = c.wait_leader().await;
+    let watched = (leader + 1) % 3;
+    let writer_node = (leader + 2) % 3;
+    let start = kv(&c, leader).await.range(prefix("w/")).await.unwrap().into_inner().header.unwrap().revision + 1;
+    let writes = 60;
+    let addrs = c.client_addrs.clone();
+    let writer = tokio::spawn(async move {
+        let mut e = KvClient::connect(format!("http://{}", addrs[writer_node])).await.unwrap();
+        for n in 0..writes {
+            let k = format!("w/{}", n % 7);
+            if n % 5 == 4 {
+                let d = epb::DeleteRangeRequest { key: k.into_bytes(), ..Default::default() };
+                while e.delete_range(d.clone()).await.is_err() {}
+            } else {
+                while e.put(put(&k, &n.to_string())).await.is_err() {}
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    });
+    let mut got = Vec::new();
+    // First stretch: until a third of the writes, then leadership moves.
+    watch_from(&c, watched, start, 20, &mut got).await;
+    let handle = c.handle(leader).clone();
+    let _ = handle.transfer_leader(Some(&c.names[writer_node]), Duration::from_secs(5)).await;
+    // The watched node restarts: the client comes back from its last revision + 1.
+    c.stop(watched).await;
+    c.restart(watched).await;
+    writer.await.unwrap();
+    let total = {
+        let r = kv(&c, writer_node).await.range(prefix("w/")).await.unwrap().into_inner();
+        let history = c.retrieve(writer_node).await.entries;
+        let mine: Vec<_> =
+            history.into_iter().filter(|e| e.key.starts_with("w/") && e.revision as i64 >= start).collect();
+        assert!(r.header.unwrap().revision >= mine.last().unwrap().revision as i64);
+        mine
+    };
+    while got.len() < total.len() {
+        let from = got.last().map_or(start, |(rev, _, _)| rev + 1);
+        let before = got.len();
+        watch_from(&c, watched, from, total.len(), &mut got).await;
+        assert!(got.len() > before || got.len() == total.len(), "no progress from revision {from}");
+    }
+    let expect: Vec<(i64, String, bool)> =
+        total.iter().map(|e| (e.revision as i64, e.key.clone(), e.op == pb::Op::Put as i32)).collect();
+    assert_eq!(got, expect, "every event once, in order");
+    c.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_watch_from_a_compacted_revision_is_canceled_with_the_compact_revision() {
+    use raftkv::proto::etcd::etcdserverpb::{watch_client::WatchClient, watch_request::RequestUnion};
+    let c = TestCluster::start(3).await;
+    let leader = c.wait_leader().await;
+    let mut e = kv(&c, leader).await;
+    for n in 0..5 {
+        e.put(put("w/x", &n.to_string())).await.unwrap();
+    }
+    let rev = e.put(put("w/x", "last")).await.unwrap().into_inner().header.unwrap().revision;
+    e.compact(epb::CompactionRequest { revision: rev - 1, physical: false }).await.unwrap();
+    let mut client = WatchClient::connect(format!("http://{}", c.client_addrs[leader])).await.unwrap();
+    let create = epb::WatchCreateRequest { key: b"w/x".to_vec(), start_revision: 2, ..Default::default() };
+    let (tx, rx) = tokio::sync::mpsc::channel(1);
+    tx.send(epb::WatchRequest { request_union: Some(RequestUnion::CreateRequest(create)) }).await.unwrap();
+    let mut stream = client.watch(tokio_stream::wrappers::ReceiverStream::new(rx)).await.unwrap().into_inner();
+    let created = stream.message().await.unwrap().unwrap();
+    assert!(created.created && !created.canceled);
+    let canceled = tokio::time::timeout(Duration::from_secs(5), stream.message()).await;
+    let canceled = canceled.unwrap().unwrap().unwrap();
+    assert!(canceled.canceled && canceled.events.is_empty(), "{canceled:?}");
+    assert_eq!(canceled.compact_revision, rev - 1);
+    c.shutdown().await;
+}

@@ -76,6 +76,45 @@ fn etcdctl_works_against_raftkv() {
     assert!(own.status.success(), "{}", String::from_utf8_lossy(&own.stderr));
     assert_eq!(ctl.ok(&["get", "shared", "--print-value-only"]).trim(), "from-raftkv");
 
+    // A watch sees a write made through raftkv's own API (and one through etcd's).
+    let mut watch = Command::new("etcdctl")
+        .env("ETCDCTL_API", "3")
+        .arg(format!("--endpoints={}", p.clients[2]))
+        .args(["watch", "watched", "--prefix"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("etcdctl watch runs");
+    let out = watch.stdout.take().unwrap();
+    let (lines_tx, lines) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        use std::io::BufRead;
+        for line in std::io::BufReader::new(out).lines().map_while(Result::ok) {
+            let _ = lines_tx.send(line);
+        }
+    });
+    // Until the watch is set up, writes before it are not seen: write until one is.
+    let deadline = std::time::Instant::now() + common::procs::WAIT;
+    let mut seen = Vec::new();
+    while !seen.contains(&"from-raftkv".to_string()) {
+        assert!(std::time::Instant::now() < deadline, "the watch saw nothing: {seen:?}");
+        assert!(p.cli(&["put", "watched/a", "from-raftkv"]).status.success());
+        while let Ok(l) = lines.recv_timeout(std::time::Duration::from_millis(500)) {
+            seen.push(l);
+        }
+    }
+    ctl.ok(&["del", "watched/a"]);
+    while let Ok(l) = lines.recv_timeout(std::time::Duration::from_secs(3)) {
+        seen.push(l);
+        if saw_delete(&seen) {
+            break;
+        }
+    }
+    let _ = watch.kill();
+    let _ = watch.wait();
+    assert!(seen.windows(3).any(|w| w == ["PUT", "watched/a", "from-raftkv"]), "{seen:?}");
+    assert!(saw_delete(&seen), "{seen:?}");
+
     // Compare-and-swap: one that succeeds, one that fails and reads instead.
     let won = ctl.txn("value(\"greeting\") = \"hello\"\n\nput greeting bonjour\n\nget greeting\n\n");
     assert_eq!(won.lines().next(), Some("SUCCESS"), "{won}");
@@ -102,4 +141,8 @@ fn etcdctl_works_against_raftkv() {
     for (name, peer) in p.names.iter().zip(&p.peers) {
         assert!(members.contains(&format!("started, {name}, http://{peer}")), "{members}");
     }
+}
+
+fn saw_delete(seen: &[String]) -> bool {
+    seen.windows(2).any(|w| w == ["DELETE", "watched/a"])
 }

@@ -179,13 +179,18 @@ pub async fn run(args: DevArgs) -> CmdResult {
         println!("  raftkv controller {b} STORE k v");
         println!("  raftkv controller {b} RETRIEVE");
     }
-    println!("Kill a node for real with kill -9 PID. Ctrl-C stops the cluster.");
+    println!("Kill a node for real with kill -9 PID. Ctrl-C (or SIGTERM) stops the cluster.");
     println!();
 
     let mut alive: Vec<bool> = vec![true; children.len()];
+    // SIGTERM (a supervisor, `kill PID`) stops the cluster as Ctrl-C does: no node is
+    // left running without its parent.
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .map_err(|e| format!("cannot watch for SIGTERM: {e}"))?;
     loop {
         tokio::select! {
             _ = tokio::signal::ctrl_c() => break,
+            _ = term.recv() => break,
             _ = tokio::time::sleep(Duration::from_millis(200)) => {
                 for (i, c) in children.iter_mut().enumerate() {
                     if alive[i] {

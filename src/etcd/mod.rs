@@ -1,5 +1,5 @@
 //! etcd's v3 API on the client port, beside `raftkv.v1.KeyValue` and on the same
-//! keyspace: KV (Range, Put, DeleteRange, Txn, Compact), Cluster.MemberList,
+//! keyspace: KV (Range, Put, DeleteRange, Txn, Compact), Watch, Cluster.MemberList,
 //! Maintenance.Status and HashKV. Requests become the state machine's transactions
 //! (`mvcc::txn`); answers and errors are etcd's, so `etcdctl` and etcd's client
 //! libraries work unchanged.
@@ -9,12 +9,14 @@
 mod convert;
 mod kv;
 mod maintenance;
+mod watch;
 
 use tonic::metadata::MetadataMap;
 use tonic::{Code, Status};
 
 pub use kv::EtcdKv;
 pub use maintenance::{EtcdCluster, EtcdMaintenance};
+pub use watch::EtcdWatch;
 
 use crate::config::Member;
 use crate::error::Error;

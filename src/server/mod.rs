@@ -645,6 +645,8 @@ impl Node {
             .max_decoding_message_size(max_decoding)
             .max_encoding_message_size(transport::MAX_MESSAGE_BYTES);
         let etcd_cluster = epb::cluster_server::ClusterServer::new(crate::etcd::EtcdCluster(etcd.clone()));
+        let etcd_watch = epb::watch_server::WatchServer::new(crate::etcd::EtcdWatch(etcd.clone()))
+            .max_encoding_message_size(transport::MAX_MESSAGE_BYTES);
         let etcd_maintenance = epb::maintenance_server::MaintenanceServer::new(crate::etcd::EtcdMaintenance(etcd));
         let client_router = Server::builder()
             .max_concurrent_streams(Some(cfg.max_concurrent_streams))
@@ -654,6 +656,7 @@ impl Node {
             .add_service(kv_server)
             .add_service(etcd_kv)
             .add_service(etcd_cluster)
+            .add_service(etcd_watch)
             .add_service(etcd_maintenance);
         let client_server: futures::future::BoxFuture<'static, Result<(), tonic::transport::Error>> =
             match client_tls {

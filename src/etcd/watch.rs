@@ -1,0 +1,224 @@
+//! etcd's Watch: a bidirectional stream of watch creations and cancellations, and of
+//! the events of the keys watched, in revision order.
+//!
+//! Each watcher reads the store's history from its next revision whenever the
+//! applied state moves on: every event comes from the persisted history, so none is
+//! dropped or sent twice, and a client that reconnects (to any node, or to this one
+//! after a restart) from the revision after its last one misses nothing. A start
+//! revision that compaction removed gets etcd's answer: `compact_revision` and the
+//! watch canceled (after its `created` answer), never a partial stream.
+use std::collections::HashMap;
+use std::pin::Pin;
+
+use futures::Stream;
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::{Request, Response, Status, Streaming};
+
+use super::convert::kv;
+use super::{etcd_status, Context};
+use crate::mvcc::{Event, EventKind, KeyRange, MvccError};
+use crate::proto::etcd::etcdserverpb::{self as epb, watch_request::RequestUnion, watch_server::Watch};
+use crate::proto::etcd::mvccpb;
+
+/// Events read from the history per step (one answer), and their bytes at most.
+const EVENTS_PER_STEP: usize = 1000;
+const BYTES_PER_STEP: usize = 2 << 20;
+/// Answers queued for a slow client before the watchers wait for it.
+const QUEUE: usize = 64;
+
+pub struct EtcdWatch(pub Context);
+
+type Answers = mpsc::Sender<Result<epb::WatchResponse, Status>>;
+
+/// One watcher: what it watches and from which revision.
+struct Watcher {
+    id: i64,
+    range: KeyRange,
+    next: u64,
+    no_put: bool,
+    no_delete: bool,
+    prev_kv: bool,
+}
+
+impl Watcher {
+    fn wants(&self, e: &Event) -> bool {
+        let kind_ok = match e.kind {
+            EventKind::Delete => !self.no_delete,
+            EventKind::Put | EventKind::PutJson => !self.no_put,
+        };
+        kind_ok && self.range.contains(e.key.as_bytes())
+    }
+}
+
+fn event(view: &crate::mvcc::ReadView, e: Event, prev_kv: bool) -> mvccpb::Event {
+    let prev = if prev_kv && e.revision > 1 { view.get(&e.key, e.revision - 1).ok().flatten().map(kv) } else { None };
+    let (kind, kv) = match e.key_value() {
+        Some(now) => (mvccpb::event::EventType::Put, kv(now)),
+        // A delete carries the key and the revision that deleted it.
+        None => (
+            mvccpb::event::EventType::Delete,
+            mvccpb::KeyValue { key: e.key.into_bytes(), mod_revision: e.revision as i64, ..Default::default() },
+        ),
+    };
+    mvccpb::Event { r#type: kind as i32, kv: Some(kv), prev_kv: prev }
+}
+
+impl Context {
+    /// Sends `w`'s events as the history grows, until the client goes or the watch
+    /// is canceled (the task is aborted) or compacted away.
+    async fn run_watcher(self, mut w: Watcher, answers: Answers) {
+        let store = self.node.store().clone();
+        let mut applied = store.applied_watch();
+        loop {
+            let view = match store.read() {
+                Ok(v) => v,
+                Err(_) => return,
+            };
+            if view.revision() >= w.next {
+                match view.history(w.next, EVENTS_PER_STEP, BYTES_PER_STEP) {
+                    Err(MvccError::Compacted { compacted }) => {
+                        let _ = answers
+                            .send(Ok(epb::WatchResponse {
+                                header: self.header(view.revision()),
+                                watch_id: w.id,
+                                canceled: true,
+                                compact_revision: compacted as i64,
+                                cancel_reason: "etcdserver: mvcc: required revision has been compacted".into(),
+                                ..Default::default()
+                            }))
+                            .await;
+                        return;
+                    }
+                    Err(e) => {
+                        let _ = answers.send(Err(etcd_status(e.into()))).await;
+                        return;
+                    }
+                    Ok(page) => {
+                        let events: Vec<mvccpb::Event> = page
+                            .events
+                            .into_iter()
+                            .filter(|e| w.wants(e))
+                            .map(|e| event(&view, e, w.prev_kv))
+                            .collect();
+                        w.next = if page.next != 0 { page.next } else { view.revision() + 1 };
+                        if !events.is_empty() {
+                            let header = self.header(if page.next != 0 { page.next - 1 } else { view.revision() });
+                            let answer = epb::WatchResponse { header, watch_id: w.id, events, ..Default::default() };
+                            if answers.send(Ok(answer)).await.is_err() {
+                                return;
+                            }
+                        }
+                        if page.next != 0 {
+                            continue;
+                        }
+                    }
+                }
+            }
+            if applied.changed().await.is_err() {
+                return;
+            }
+        }
+    }
+}
+
+#[tonic::async_trait]
+impl Watch for EtcdWatch {
+    type WatchStream = Pin<Box<dyn Stream<Item = Result<epb::WatchResponse, Status>> + Send + 'static>>;
+
+    async fn watch(&self, req: Request<Streaming<epb::WatchRequest>>) -> Result<Response<Self::WatchStream>, Status> {
+        // etcd's clients ask for a leader ("hasleader"): a node cut off from one says so.
+        let require_leader = req.metadata().get("hasleader").is_some_and(|v| v.as_bytes() == b"true");
+        if require_leader && self.0.node.leader_name().is_none() {
+            return Err(Status::unavailable("etcdserver: no leader"));
+        }
+        let mut incoming = req.into_inner();
+        let (tx, rx) = mpsc::channel(QUEUE);
+        let ctx = self.0.clone();
+        tokio::spawn(async move {
+            let mut watchers: HashMap<i64, tokio::task::JoinHandle<()>> = HashMap::new();
+            let mut next_id: i64 = 0;
+            loop {
+                // The stream ends when the node stops, so that its server can.
+                let msg = tokio::select! {
+                    m = incoming.message() => m,
+                    _ = ctx.node.stopped() => break,
+                };
+                let Ok(Some(msg)) = msg else { break };
+                let answer = match msg.request_union {
+                    Some(RequestUnion::CreateRequest(c)) => {
+                        let mut id = c.watch_id;
+                        if id == 0 {
+                            while watchers.contains_key(&next_id) {
+                                next_id += 1;
+                            }
+                            id = next_id;
+                            next_id += 1;
+                        }
+                        let current = ctx.node.store().status().revision;
+                        let key = if c.key.is_empty() { vec![0] } else { c.key.clone() };
+                        let inverted = !c.range_end.is_empty() && c.range_end != [0] && c.range_end <= key;
+                        let bad = watchers.contains_key(&id) || inverted;
+                        if bad {
+                            epb::WatchResponse {
+                                header: ctx.header(current),
+                                watch_id: -1,
+                                created: true,
+                                canceled: true,
+                                cancel_reason: "etcdserver: invalid watch request".into(),
+                                ..Default::default()
+                            }
+                        } else {
+                            use epb::watch_create_request::FilterType;
+                            let w = Watcher {
+                                id,
+                                range: KeyRange::from_etcd(&key, &c.range_end),
+                                next: if c.start_revision > 0 { c.start_revision as u64 } else { current + 1 },
+                                no_put: c.filters.contains(&(FilterType::Noput as i32)),
+                                no_delete: c.filters.contains(&(FilterType::Nodelete as i32)),
+                                prev_kv: c.prev_kv,
+                            };
+                            // `created` goes out before any of the watch's events.
+                            let created = epb::WatchResponse {
+                                header: ctx.header(current),
+                                watch_id: id,
+                                created: true,
+                                ..Default::default()
+                            };
+                            if tx.send(Ok(created)).await.is_err() {
+                                break;
+                            }
+                            watchers.insert(id, tokio::spawn(ctx.clone().run_watcher(w, tx.clone())));
+                            continue;
+                        }
+                    }
+                    Some(RequestUnion::CancelRequest(c)) => match watchers.remove(&c.watch_id) {
+                        Some(task) => {
+                            task.abort();
+                            let revision = ctx.node.store().status().revision;
+                            epb::WatchResponse {
+                                header: ctx.header(revision),
+                                watch_id: c.watch_id,
+                                canceled: true,
+                                ..Default::default()
+                            }
+                        }
+                        None => continue,
+                    },
+                    Some(RequestUnion::ProgressRequest(_)) => {
+                        let revision = ctx.node.store().status().revision;
+                        epb::WatchResponse { header: ctx.header(revision), watch_id: -1, ..Default::default() }
+                    }
+                    None => continue,
+                };
+                if tx.send(Ok(answer)).await.is_err() {
+                    break;
+                }
+            }
+            for (_, task) in watchers {
+                task.abort();
+            }
+        });
+        Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
+    }
+}
