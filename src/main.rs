@@ -35,6 +35,21 @@ enum Cmd {
         /// Read KEY as it was at this revision (0: the latest).
         #[arg(long, default_value_t = 0)]
         rev: u64,
+        /// Every key starting with KEY, with its value (through etcd's Range).
+        #[arg(long)]
+        prefix: bool,
+        #[command(flatten)]
+        conn: cli::client::Conn,
+    },
+    /// Print every change of KEY (or, with --prefix, of every key under it) as it
+    /// happens, until interrupted; resumes on another node if one goes away.
+    Watch {
+        key: String,
+        #[arg(long)]
+        prefix: bool,
+        /// Start at this revision (0: from now on); past changes are replayed.
+        #[arg(long, default_value_t = 0)]
+        rev: u64,
         #[command(flatten)]
         conn: cli::client::Conn,
     },
@@ -91,7 +106,13 @@ fn main() -> ExitCode {
             Cmd::Serve(args) => cli::serve::run(*args).await,
             Cmd::Dev(args) => cli::dev::run(args).await,
             Cmd::Put { key, value, conn } => cli::client::put(&conn, key, value).await,
-            Cmd::Get { key, serializable, rev, conn } => cli::client::get(&conn, key, serializable, rev).await,
+            Cmd::Get { key, serializable, rev, prefix: true, conn } => {
+                cli::etcd::get_prefix(&conn, key, serializable, rev).await
+            }
+            Cmd::Get { key, serializable, rev, prefix: false, conn } => {
+                cli::client::get(&conn, key, serializable, rev).await
+            }
+            Cmd::Watch { key, prefix, rev, conn } => cli::etcd::watch(&conn, key, prefix, rev).await,
             Cmd::Delete { key, conn } => cli::client::delete(&conn, key).await,
             Cmd::Retrieve { node, from_revision, conn } => cli::client::retrieve(&conn, node, from_revision).await,
             Cmd::Compact { revision, conn } => cli::client::compact(&conn, revision).await,

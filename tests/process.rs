@@ -389,3 +389,52 @@ async fn sigkill_during_snapshot_install_converges_to_the_leaders_state() {
         .collect();
     assert_eq!(left.len(), 1, "one engine in {}: {left:?}", dir.display());
 }
+
+/// `raftkv get --prefix` and `raftkv watch` (etcd's Range and Watch underneath): the
+/// watch replays from a revision, follows new writes, and resumes on another node
+/// when the one it watches through is killed, printing each change once.
+#[test]
+fn cli_get_prefix_and_watch_follow_the_keyspace_across_a_kill() {
+    use std::io::BufRead;
+    let mut p = Procs::start(3);
+    p.wait_leader(None);
+    for (k, v) in [("app/a", "1"), ("app/b", "2"), ("other", "x")] {
+        assert!(p.cli(&["put", k, v]).status.success());
+    }
+    let got = p.cli(&["get", "app/", "--prefix"]);
+    assert_eq!(stdout(&got), "app/a = 1\napp/b = 2", "{}", stderr(&got));
+    let none = p.cli(&["get", "nothing/", "--prefix"]);
+    assert_eq!(none.status.code(), Some(1));
+
+    // The watch goes through the first endpoint; the others are there to resume on.
+    let watched = 0;
+    let order: Vec<String> = (0..3).map(|i| p.clients[(watched + i) % 3].clone()).collect();
+    let mut watch = Command::new(BIN)
+        .args(["watch", "app/", "--prefix", "--rev", "1", "--endpoints", &order.join(",")])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let out = watch.stdout.take().unwrap();
+    let (tx, lines) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for l in std::io::BufReader::new(out).lines().map_while(Result::ok) {
+            let _ = tx.send(l);
+        }
+    });
+    let next = |what: &str| {
+        let l = lines.recv_timeout(WAIT).unwrap_or_else(|_| panic!("no line for {what}"));
+        assert!(l.starts_with(what), "{l:?} is not {what}");
+    };
+    next("PUT    app/a = 1");
+    next("PUT    app/b = 2");
+    assert!(p.cli(&["delete", "app/a"]).status.success());
+    next("DELETE app/a");
+    p.kill(watched);
+    let _ = p.wait_leader(Some(&p.names[watched].clone()));
+    assert!(p.cli(&["put", "app/c", "3"]).status.success());
+    next("PUT    app/c = 3");
+    let _ = watch.kill();
+    let _ = watch.wait();
+    assert!(lines.recv_timeout(Duration::from_millis(200)).is_err(), "no change printed twice");
+}

@@ -3,6 +3,7 @@ pub mod bench;
 pub mod client;
 pub mod controller;
 pub mod dev;
+pub mod etcd;
 pub mod serve;
 
 use std::process::ExitCode;
