@@ -304,3 +304,34 @@ async fn a_watch_from_a_compacted_revision_is_canceled_with_the_compact_revision
     assert_eq!(canceled.compact_revision, rev - 1);
     c.shutdown().await;
 }
+
+/// A transaction that only reads is answered without the log (no entry, no revision)
+/// and still sees the latest write made through another node.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_read_only_txn_reads_the_latest_state_without_the_log() {
+    let c = TestCluster::start(3).await;
+    let leader = c.wait_leader().await;
+    let mut writer = kv(&c, leader).await;
+    let mut reader = kv(&c, (leader + 1) % 3).await;
+    for n in 0..20 {
+        let v = n.to_string();
+        writer.put(put("ro", &v)).await.unwrap();
+        // Every entry, the txn's if it made one, is appended at the leader first.
+        let before = c.handle(leader).status().last_index;
+        let get = epb::RangeRequest { key: b"ro".to_vec(), ..Default::default() };
+        let t = epb::TxnRequest {
+            compare: vec![epb::Compare {
+                key: b"ro".to_vec(),
+                target: CompareTarget::Value as i32,
+                target_union: Some(TargetUnion::Value(v.clone().into())),
+                ..Default::default()
+            }],
+            success: vec![epb::RequestOp { request: Some(Op::RequestRange(get)) }],
+            failure: vec![],
+        };
+        let r = reader.txn(t).await.unwrap().into_inner();
+        assert!(r.succeeded, "round {n}: the compare saw an older value");
+        assert_eq!(c.handle(leader).status().last_index, before, "no log entry");
+    }
+    c.shutdown().await;
+}

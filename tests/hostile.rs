@@ -115,3 +115,63 @@ async fn an_oversized_client_request_is_refused_unread_and_writes_go_on() {
     assert_eq!(c.retrieve(leader).await.entries.len(), 1);
     c.shutdown().await;
 }
+
+/// A leader that cannot commit (its followers are cut off) takes at most 10,000
+/// entries it cannot commit; past that, writes are refused at once with "too many
+/// requests" rather than pile up in its memory. Once healed, the cluster serves again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_leader_that_cannot_commit_refuses_writes_past_the_uncommitted_bound() {
+    // A long election timeout: the cut-off leader keeps leading while the load arrives.
+    let opts = common::Opts { election_timeout_ms: 4000, heartbeat_ms: 100, ..Default::default() };
+    let c = TestCluster::start_with(3, opts).await;
+    let leader = c.wait_leader().await;
+    let start = c.handle(leader).status().last_index;
+    c.partition(&[leader]);
+    let mut clients = Vec::new();
+    for _ in 0..16 {
+        let ch = tonic::transport::Endpoint::from_shared(format!("http://{}", c.client_addrs[leader]))
+            .unwrap()
+            .connect_lazy();
+        clients.push(pb::key_value_client::KeyValueClient::new(ch));
+    }
+    let refused = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let mut tasks = Vec::new();
+    for n in 0..12_000usize {
+        let mut kv = clients[n % clients.len()].clone();
+        let refused = refused.clone();
+        tasks.push(tokio::spawn(async move {
+            let req = common::with_timeout(
+                pb::StoreRequest { key: format!("k{n}"), value: "v".into() },
+                std::time::Duration::from_secs(3),
+            );
+            if let Err(e) = kv.store(req).await {
+                if e.code() == Code::ResourceExhausted {
+                    assert!(e.message().contains("entries are appended but not committed"), "{}", e.message());
+                    refused.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                }
+            }
+        }));
+    }
+    for t in tasks {
+        t.await.unwrap();
+    }
+    let appended = c.handle(leader).status().last_index - start;
+    let refused = refused.load(std::sync::atomic::Ordering::Relaxed);
+    eprintln!("appended {appended} entries it could not commit, refused {refused} writes");
+    assert!(refused > 0, "nothing was refused ({appended} entries appended)");
+    assert!(appended <= 10_001 + 1, "{appended} uncommitted entries");
+    // Healed, the leader commits what it holds; until then it still pushes back.
+    c.faults.heal();
+    let deadline = tokio::time::Instant::now() + common::WAIT;
+    loop {
+        let l = c.wait_leader().await;
+        match store(&mut c.client(l).await, "after", "1").await {
+            Ok(_) => break,
+            Err(e) if e.code() == Code::ResourceExhausted && tokio::time::Instant::now() < deadline => {
+                tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+            }
+            Err(e) => panic!("after healing: {e:?}"),
+        }
+    }
+    c.shutdown().await;
+}

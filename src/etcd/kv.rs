@@ -13,6 +13,17 @@ use crate::proto::etcd::etcdserverpb::{self as epb, kv_server::Kv};
 
 pub struct EtcdKv(pub Context);
 
+/// Whether every range of a transaction, nested ones included, asks for a
+/// serializable read.
+fn all_serializable(t: &epb::TxnRequest) -> bool {
+    use epb::request_op::Request;
+    t.success.iter().chain(&t.failure).all(|op| match &op.request {
+        Some(Request::RequestRange(r)) => r.serializable,
+        Some(Request::RequestTxn(t)) => all_serializable(t),
+        _ => true,
+    })
+}
+
 impl EtcdKv {
     /// Commits `txn` through the leader; its revision and its answer.
     async fn commit(&self, txn: Txn, deadline: std::time::Duration) -> Result<(u64, Arc<TxnResult>), Status> {
@@ -77,6 +88,17 @@ impl Kv for EtcdKv {
         let deadline = deadline(&req);
         let t = req.into_inner();
         let txn = convert::txn(t.clone())?;
+        if txn.read_only() {
+            // As etcd: no log entry, a linearizable read barrier unless every range
+            // in it is serializable, then the node's own state.
+            let serializable = all_serializable(&t);
+            if !serializable {
+                self.0.node.linearizable_barrier(deadline).await.map_err(etcd_status)?;
+            }
+            let view = self.0.node.store().read().map_err(|e| etcd_status(e.into()))?;
+            let result = crate::mvcc::txn::read_only(&view, &txn).map_err(|e| etcd_status(e.into()))?;
+            return Ok(Response::new(convert::txn_response(&t, &result, self.0.header(view.revision()))?));
+        }
         let (revision, result) = self.commit(txn, deadline).await?;
         Ok(Response::new(convert::txn_response(&t, &result, self.0.header(revision))?))
     }

@@ -135,6 +135,42 @@ fn compare_holds(c: &Compare, kv: Option<&KeyValue>) -> bool {
     }
 }
 
+/// Whether every compare holds in `view` (a compare over a range: for every key).
+fn compares_hold(view: &ReadView, compares: &[Compare]) -> Result<bool, MvccError> {
+    for c in compares {
+        let found = view.range(&c.range, 0, 0, false)?;
+        let holds = if found.kvs.is_empty() {
+            compare_holds(c, None)
+        } else {
+            found.kvs.iter().all(|kv| compare_holds(c, Some(kv)))
+        };
+        if !holds {
+            return Ok(false);
+        }
+    }
+    Ok(true)
+}
+
+/// Answers a transaction that only reads (`Txn::read_only`) from `view`, without the
+/// log (as etcd does, after a linearizable read barrier).
+pub fn read_only(view: &ReadView, txn: &Txn) -> Result<TxnResult, MvccError> {
+    let succeeded = compares_hold(view, &txn.compares)?;
+    let ops = if succeeded { &txn.success } else { &txn.failure };
+    let mut results = Vec::with_capacity(ops.len());
+    for op in ops {
+        results.push(match op {
+            TxnOp::Range { range, revision, limit, keys_only } => {
+                OpResult::Range(view.range(range, *revision, *limit as usize, *keys_only)?)
+            }
+            TxnOp::Txn(t) => OpResult::Txn(read_only(view, t)?),
+            TxnOp::Put { .. } | TxnOp::Delete { .. } => {
+                return Err(MvccError::Engine("a write in a read-only transaction".into()))
+            }
+        });
+    }
+    Ok(TxnResult { succeeded, results })
+}
+
 /// A transaction being applied: the engine as of before it, and its own writes.
 pub(super) struct Applying<'a> {
     pub engine: &'a Engine,
@@ -163,19 +199,7 @@ impl<'a> Applying<'a> {
 
     /// Runs `txn`; Err(refusal) leaves the batch to be dropped by the caller.
     pub fn run(&mut self, txn: &Txn) -> Result<TxnResult, MvccError> {
-        let mut succeeded = true;
-        for c in &txn.compares {
-            let found = self.view.range(&c.range, 0, 0, false)?;
-            let holds = if found.kvs.is_empty() {
-                compare_holds(c, None)
-            } else {
-                found.kvs.iter().all(|kv| compare_holds(c, Some(kv)))
-            };
-            if !holds {
-                succeeded = false;
-                break;
-            }
-        }
+        let succeeded = compares_hold(&self.view, &txn.compares)?;
         let ops = if succeeded { &txn.success } else { &txn.failure };
         let mut results = Vec::with_capacity(ops.len());
         for op in ops {
