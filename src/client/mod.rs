@@ -193,9 +193,10 @@ impl Session {
                     }
                     tokio::time::sleep(BACKOFF).await;
                 }
-                // A write that may have been applied, then refused for its session
-                // (expired in between): nobody can tell any more.
-                Err(s) if unknown.is_some() && s.code() == Code::FailedPrecondition => {
+                // A write that may have been applied, then refused (its session expired
+                // in between, the quota or back-pressure stopped the retry before it
+                // reached the session table): nobody can tell any more.
+                Err(s) if unknown.is_some() => {
                     return Err(ClientError::OutcomeUnknown(format!("{name}: {}", describe(&s))));
                 }
                 Err(s) => return Err(ClientError::Refused(s)),

@@ -62,7 +62,9 @@ pub struct RangeRead {
 pub fn range_read(r: &epb::RangeRequest) -> Result<RangeRead, Status> {
     let range = key_range(&r.key, &r.range_end)?;
     let limit = if needs_post(r) { 0 } else { r.limit.max(0) as u64 };
-    Ok(RangeRead { range, revision: r.revision.max(0) as u64, limit, keys_only: r.keys_only })
+    // Sorting by value needs the values; keys_only is then applied here.
+    let keys_only = r.keys_only && !needs_post(r);
+    Ok(RangeRead { range, revision: r.revision.max(0) as u64, limit, keys_only })
 }
 
 fn range_op(r: &epb::RangeRequest) -> Result<TxnOp, Status> {
@@ -108,6 +110,9 @@ pub fn range_response(
     }
     if r.count_only {
         kvs.clear();
+    }
+    if r.keys_only {
+        kvs.iter_mut().for_each(|kv| kv.value.clear());
     }
     epb::RangeResponse { header, kvs: kvs.into_iter().map(kv).collect(), more, count: count as i64 }
 }
@@ -163,13 +168,13 @@ fn compare(c: epb::Compare) -> Result<Compare, Status> {
     Ok(Compare { range, cmp, target })
 }
 
-fn request_op(op: epb::RequestOp) -> Result<TxnOp, Status> {
+fn request_op(op: epb::RequestOp, depth: u32) -> Result<TxnOp, Status> {
     use epb::request_op::Request;
     match op.request {
         Some(Request::RequestRange(r)) => range_op(&r),
         Some(Request::RequestPut(p)) => put_op(p),
         Some(Request::RequestDeleteRange(d)) => delete_op(&d),
-        Some(Request::RequestTxn(t)) => Ok(TxnOp::Txn(Box::new(txn(t)?))),
+        Some(Request::RequestTxn(t)) => Ok(TxnOp::Txn(Box::new(txn_at(t, depth + 1)?))),
         None => Err(invalid("raftkv: an empty operation in a txn request")),
     }
 }
@@ -190,12 +195,22 @@ fn check_duplicates(ops: &[TxnOp]) -> Result<(), Status> {
 }
 
 pub fn txn(t: epb::TxnRequest) -> Result<Txn, Status> {
+    txn_at(t, 0)
+}
+
+fn txn_at(t: epb::TxnRequest, depth: u32) -> Result<Txn, Status> {
+    if depth >= crate::mvcc::txn::MAX_DEPTH {
+        return Err(invalid(&format!(
+            "raftkv: transactions nested more than {} deep (a raftkv limit)",
+            crate::mvcc::txn::MAX_DEPTH
+        )));
+    }
     if t.compare.len() > MAX_TXN_OPS || t.success.len() > MAX_TXN_OPS || t.failure.len() > MAX_TXN_OPS {
         return Err(invalid("etcdserver: too many operations in txn request"));
     }
     let compares = t.compare.into_iter().map(compare).collect::<Result<Vec<_>, _>>()?;
-    let success = t.success.into_iter().map(request_op).collect::<Result<Vec<_>, _>>()?;
-    let failure = t.failure.into_iter().map(request_op).collect::<Result<Vec<_>, _>>()?;
+    let success = t.success.into_iter().map(|op| request_op(op, depth)).collect::<Result<Vec<_>, _>>()?;
+    let failure = t.failure.into_iter().map(|op| request_op(op, depth)).collect::<Result<Vec<_>, _>>()?;
     check_duplicates(&success)?;
     check_duplicates(&failure)?;
     Ok(Txn { compares, success, failure })

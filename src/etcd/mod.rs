@@ -102,6 +102,21 @@ fn with_metadata(code: Code, msg: &str, md: &MetadataMap) -> Status {
 /// A node error as etcd's clients expect it: etcd's code and text (they match on
 /// them), with raftkv's metadata (leader hint, not-applied marker) kept.
 pub fn etcd_status(e: Error) -> Status {
+    // An error the leader answered a forwarded request with: known by its text.
+    if let Error::Remote(s) = &e {
+        let known = [
+            ("required revision has been compacted", "etcdserver: mvcc: required revision has been compacted"),
+            ("is a future revision", "etcdserver: mvcc: required revision is a future revision"),
+            ("database space exceeded", "etcdserver: mvcc: database space exceeded"),
+            ("too many requests", "etcdserver: too many requests"),
+            ("etcdserver: ", ""),
+        ];
+        for (pattern, etcd) in known {
+            if s.message().contains(pattern) {
+                return if etcd.is_empty() { s.clone() } else { with_metadata(s.code(), etcd, s.metadata()) };
+            }
+        }
+    }
     let text = match &e {
         Error::Mvcc(MvccError::Compacted { .. }) => Some("etcdserver: mvcc: required revision has been compacted"),
         Error::Mvcc(MvccError::FutureRevision { .. }) => {

@@ -83,7 +83,9 @@ impl Context {
                                 header: self.header(view.revision()),
                                 watch_id: w.id,
                                 canceled: true,
-                                compact_revision: compacted as i64,
+                                // The oldest revision whose history is whole here (the
+                                // compaction keeps no tombstone at `compacted`).
+                                compact_revision: compacted as i64 + 1,
                                 cancel_reason: "etcdserver: mvcc: required revision has been compacted".into(),
                                 ..Default::default()
                             }))
@@ -110,6 +112,8 @@ impl Context {
                             }
                         }
                         if page.next != 0 {
+                            // Catching up: let the node's other tasks run between pages.
+                            tokio::task::yield_now().await;
                             continue;
                         }
                     }
@@ -185,7 +189,11 @@ impl Watch for EtcdWatch {
                                 created: true,
                                 ..Default::default()
                             };
-                            if tx.send(Ok(created)).await.is_err() {
+                            let sent = tokio::select! {
+                                r = tx.send(Ok(created)) => r.is_ok(),
+                                _ = ctx.node.stopped() => false,
+                            };
+                            if !sent {
                                 break;
                             }
                             watchers.insert(id, tokio::spawn(ctx.clone().run_watcher(w, tx.clone())));
@@ -211,9 +219,14 @@ impl Watch for EtcdWatch {
                     }
                     None => continue,
                 };
-                if tx.send(Ok(answer)).await.is_err() {
+                let sent = tokio::select! {
+                    r = tx.send(Ok(answer)) => r.is_ok(),
+                    _ = ctx.node.stopped() => false,
+                };
+                if !sent {
                     break;
                 }
+                watchers.retain(|_, task| !task.is_finished());
             }
             for (_, task) in watchers {
                 task.abort();

@@ -112,6 +112,11 @@ impl Command {
             OP_COMPACT => return Some(Command::Compact { revision: u64::from_le_bytes(rest.try_into().ok()?) }),
             OP_SESSION => {
                 let (time_ms, client, seq) = (u64_at(rest, 0)?, u64_at(rest, 8)?, u64_at(rest, 16)?);
+                // Checked before decoding it: a session inside a session is refused
+                // here, not after a recursion as deep as the entry is long.
+                if !matches!(rest.get(24)?, &OP_PUT | &OP_PUT_JSON | &OP_DELETE) {
+                    return None;
+                }
                 let write = Command::decode(rest.get(24..)?)?;
                 // Only plain writes run under a session (no nesting, no compaction).
                 let plain = matches!(write, Command::Put { .. } | Command::PutJson { .. } | Command::Delete { .. });
@@ -221,6 +226,17 @@ mod tests {
         assert_eq!(stamped, Command::OpenSession { time_ms: 77, ttl_ms: 5, max_sessions: 6 });
         let plain = Command::Put { key: "abcdefgh".into(), value: "v".into() }.encode();
         assert_eq!(Command::stamp(plain.clone(), 99), plain);
+    }
+
+    #[test]
+    fn sessions_nested_as_deep_as_an_entry_allows_are_refused_without_recursing() {
+        let mut bomb = Vec::new();
+        for _ in 0..200_000 {
+            bomb.push(OP_SESSION);
+            bomb.extend_from_slice(&[1u8; 24]);
+        }
+        bomb.extend_from_slice(&put_k().encode());
+        assert_eq!(Command::decode(&bomb), None);
     }
 
     fn put_k() -> Box<Command> {

@@ -213,7 +213,9 @@ impl ReadView {
     }
 
     /// The history from revision `from` on (0: from the oldest kept), at most `limit`
-    /// events and about `max_bytes`. Refused when compaction removed part of it.
+    /// events and about `max_bytes`, except that a page always holds whole revisions
+    /// (more events when one revision has more). Refused when compaction removed part
+    /// of it.
     pub fn history(&self, from: Revision, limit: usize, max_bytes: usize) -> Result<HistoryPage, MvccError> {
         if from <= self.meta.compacted && self.meta.compacted > 0 {
             return Err(MvccError::Compacted { compacted: self.meta.compacted });
@@ -223,7 +225,10 @@ impl ReadView {
         for item in self.snap.range(&self.engine.revs, rev_key(from, 0)..) {
             let (k, v) = item.into_inner()?;
             let (rev, _) = decode_rev_key(&k)?;
-            if page.events.len() >= limit || (bytes + v.len() > max_bytes && !page.events.is_empty()) {
+            let full = page.events.len() >= limit || (bytes + v.len() > max_bytes && !page.events.is_empty());
+            // A page never ends inside a revision (a transaction's events share one):
+            // the next page starts at a revision of its own, and every page advances.
+            if full && page.events.last().is_none_or(|last| last.revision != rev) {
                 page.next = rev;
                 break;
             }

@@ -317,6 +317,8 @@ impl Store {
         let mut written: HashMap<String, Option<KeyMeta>> = HashMap::new();
         let mut out = Vec::new();
         let before = meta.applied;
+        // The applied index the engine holds (what a transaction's read view sees).
+        let mut committed = meta.applied;
         for e in entries {
             if e.index <= meta.applied {
                 continue;
@@ -368,12 +370,16 @@ impl Store {
                     }
                 }
                 Command::Txn(txn) => {
-                    // The transaction reads the engine: what this batch holds goes in first.
-                    if !batch.is_empty() {
+                    // The transaction reads the engine: everything applied before it goes
+                    // in first, its meta included (a compaction writes nothing else, yet
+                    // changes what the transaction may read). Else members that batch
+                    // entries differently would decide differently.
+                    if e.index - 1 > committed {
                         let before = Meta { applied: e.index - 1, applied_term: prev_term, ..meta };
                         batch.insert(&engine.meta, META_KEY, before.encode().as_slice());
                         std::mem::replace(&mut batch, engine.db.batch()).commit()?;
                         written.clear();
+                        committed = e.index - 1;
                     }
                     let mut txn_meta = meta;
                     let mut applying =
@@ -385,6 +391,7 @@ impl Store {
                             // Later entries of this batch read the engine for what it wrote.
                             batch.insert(&engine.meta, META_KEY, meta.encode().as_slice());
                             std::mem::replace(&mut batch, engine.db.batch()).commit()?;
+                            committed = e.index;
                             Ok(Applied { index: e.index, term: e.term, revision, txn: Some(Arc::new(result)) })
                         }
                         Err(e @ MvccError::Engine(_)) => return Err(e),

@@ -387,6 +387,48 @@ mod txns {
         assert_eq!(v.hash(rev).unwrap(), hash);
     }
 
+    /// Members group committed entries into apply batches differently; a transaction
+    /// after a compaction in the same batch must decide as it would alone.
+    #[test]
+    fn a_transaction_after_a_compaction_in_the_same_batch_decides_as_alone() {
+        let read_at = |rev| Txn {
+            compares: vec![],
+            success: vec![
+                TxnOp::Range { range: key("k"), revision: rev, limit: 0, keys_only: false },
+                put_op("k", "after"),
+            ],
+            failure: vec![],
+        };
+        let mut outcomes = Vec::new();
+        for together in [true, false] {
+            let (_d, s) = store();
+            apply(&s, (0..10).map(|i| put("k", &i.to_string())).collect());
+            let cmds = vec![Command::Compact { revision: 8 }, Command::Txn(read_at(5))];
+            let out =
+                if together { apply(&s, cmds) } else { cmds.into_iter().flat_map(|c| apply(&s, vec![c])).collect() };
+            outcomes.push((out[1].clone().map(|a| a.revision), s.read().unwrap().hash(0).unwrap()));
+        }
+        assert_eq!(outcomes[0], outcomes[1]);
+        assert_eq!(outcomes[0].0, Err(MvccError::Compacted { compacted: 8 }));
+    }
+
+    #[test]
+    fn history_pages_hold_whole_revisions_and_always_advance() {
+        let (_d, s) = store();
+        apply(&s, (0..1500).map(|i| put(&format!("d/{i:04}"), "v")).collect());
+        let first = s.status().revision;
+        let all = KeyRange::Span { start: b"d/".to_vec(), end: Some(b"d0".to_vec()) };
+        let t = Txn { compares: vec![], success: vec![TxnOp::Delete { range: all }], failure: vec![] };
+        txn(&s, t).unwrap();
+        apply(&s, vec![put("after", "1")]);
+        let v = s.read().unwrap();
+        let page = v.history(first + 1, 1000, usize::MAX).unwrap();
+        assert_eq!(page.events.len(), 1500, "the whole revision, past the limit");
+        assert_eq!(page.next, first + 2, "the next page starts at the next revision");
+        let before = v.history(first - 1, 1, usize::MAX).unwrap();
+        assert_eq!((before.events.len(), before.next), (1, first));
+    }
+
     #[test]
     fn ranges_count_limit_and_read_the_past() {
         let (_d, s) = store();

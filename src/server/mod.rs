@@ -356,9 +356,10 @@ impl NodeHandle {
     /// Opens a client session through the log: its id, and its time to live (`ttl`
     /// if given, at most `--client-session-ttl`, at least one second).
     pub async fn open_session(&self, ttl: Option<Duration>, deadline: Duration) -> Result<(u64, Duration)> {
-        let ttl = ttl.unwrap_or(self.0.session_ttl).clamp(Duration::from_secs(1), self.0.session_ttl);
-        let cmd =
-            Command::OpenSession { time_ms: 0, ttl_ms: ttl.as_millis() as u64, max_sessions: self.0.max_sessions };
+        let longest = self.0.session_ttl.max(Duration::from_secs(1));
+        let ttl = ttl.unwrap_or(longest).clamp(Duration::from_secs(1), longest);
+        let max_sessions = self.0.max_sessions.max(1);
+        let cmd = Command::OpenSession { time_ms: 0, ttl_ms: ttl.as_millis() as u64, max_sessions };
         let a = self.propose(&cmd, deadline).await?;
         Ok((a.index, ttl))
     }

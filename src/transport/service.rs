@@ -90,6 +90,10 @@ impl pb::raft_server::Raft for RaftService {
         self.check_member(&req)?;
         let deadline = crate::api::deadline(&req);
         let command = req.into_inner().command;
+        // Validated before the log sees it: an entry no member can decode helps nobody.
+        if crate::mvcc::Command::decode(&command).is_none() {
+            return Err(Status::invalid_argument("a forwarded command that does not decode"));
+        }
         let a = self.node.forwarded(deadline, || self.node.propose_here(command.clone(), deadline)).await?;
         let txn = a.txn.map(|t| t.encode().into()).unwrap_or_default();
         Ok(Response::new(pb::ProposeResponse { index: a.index, term: a.term, revision: a.revision, txn }))
