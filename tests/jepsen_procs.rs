@@ -62,7 +62,8 @@ async fn real_processes_under_kills_pauses_losses_and_partitions_stay_linearizab
     let secs: u64 = std::env::var("RAFTKV_JEPSEN_SECS").ok().and_then(|s| s.parse().ok()).unwrap_or(6);
     eprintln!("jepsen (processes): seed {seed}, {secs} s (RAFTKV_JEPSEN_SEED={seed} replays the nemesis schedule)");
     let mut p = Procs::new(N, &[]);
-    let proxies = Arc::new(Proxies::start(&p.peers).await);
+    let taken: Vec<String> = p.clients.iter().chain(&p.peers).cloned().collect();
+    let proxies = Arc::new(Proxies::start(&p.peers, &taken).await);
     p.views = proxies.views.clone();
     let mut p = Procs::spawn_all(p);
     wait_leader(&p).await;

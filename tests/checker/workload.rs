@@ -20,6 +20,35 @@ fn not_applied(s: &tonic::Status) -> bool {
     raftkv::client::never_applied(s) || matches!(s.code(), Code::InvalidArgument | Code::ResourceExhausted)
 }
 
+/// Odd-numbered clients write through a client session (`raftkv::client::Session`),
+/// which retries writes of unknown outcome on any node: a write applied twice would
+/// show in the history as a duplicated write, which the checker rejects.
+async fn session_of(c: &[String], id: usize) -> Option<raftkv::client::Session> {
+    if id.is_multiple_of(2) {
+        return None;
+    }
+    let endpoints: Vec<_> = c
+        .iter()
+        .map(|addr| {
+            let ch = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
+                .unwrap()
+                .connect_timeout(Duration::from_millis(200))
+                .connect_lazy();
+            (addr.clone(), pb::key_value_client::KeyValueClient::new(ch))
+        })
+        .collect();
+    let options =
+        raftkv::client::Options { timeout: Duration::from_millis(1500), budget: Duration::from_secs(6), ttl: None };
+    // Opening may meet an election: a few tries, then this client writes without one.
+    for _ in 0..10 {
+        if let Ok(s) = raftkv::client::Session::open(endpoints.clone(), options.clone()).await {
+            return Some(s);
+        }
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+    None
+}
+
 pub async fn client_loop(
     c: Arc<Vec<String>>,
     id: usize,
@@ -31,6 +60,7 @@ pub async fn client_loop(
     let mut rng = ChaCha8Rng::seed_from_u64(seed ^ ((id as u64 + 1) * 0x9e37_79b9));
     let now = |s: Instant| s.elapsed().as_nanos() as u64;
     let mut n = 0;
+    let mut session = session_of(&c, id).await;
     while !stop.load(std::sync::atomic::Ordering::Relaxed) {
         n += 1;
         let addr = &c[rng.gen_range(0..c.len())];
@@ -46,16 +76,31 @@ pub async fn client_loop(
         let event = if roll < 6 {
             // One write in twelve is a delete.
             let value = (roll < 5 || rng.gen_ratio(1, 2)).then(|| format!("c{id}-{n}"));
-            let r = match &value {
-                Some(v) => {
-                    kv.store(with_timeout(pb::StoreRequest { key: key.clone(), value: v.clone() }, t)).await.map(|_| ())
+            let completed = if let Some(s) = session.as_mut() {
+                use raftkv::client::ClientError;
+                let r = match &value {
+                    Some(v) => s.store(&key, v).await.map(|_| ()),
+                    None => s.delete(&key).await.map(|_| ()),
+                };
+                match r {
+                    Ok(()) => Some(now(start)),
+                    Err(ClientError::OutcomeUnknown(_)) => None,
+                    // Refused or unavailable before anything could be applied.
+                    Err(_) => continue,
                 }
-                None => kv.delete(with_timeout(pb::DeleteRequest { key: key.clone() }, t)).await.map(|_| ()),
-            };
-            let completed = match r {
-                Ok(()) => Some(now(start)),
-                Err(s) if not_applied(&s) => continue,
-                Err(_) => None,
+            } else {
+                let r = match &value {
+                    Some(v) => kv
+                        .store(with_timeout(pb::StoreRequest { key: key.clone(), value: v.clone() }, t))
+                        .await
+                        .map(|_| ()),
+                    None => kv.delete(with_timeout(pb::DeleteRequest { key: key.clone() }, t)).await.map(|_| ()),
+                };
+                match r {
+                    Ok(()) => Some(now(start)),
+                    Err(s) if not_applied(&s) => continue,
+                    Err(_) => None,
+                }
             };
             Event { client: id, key, op: Op::Write(value), invoked, completed }
         } else {

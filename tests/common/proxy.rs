@@ -79,8 +79,9 @@ async fn serve(listener: TcpListener, upstream: String, link: Arc<Link>) {
 }
 
 impl Proxies {
-    /// Proxies for every directed link between the members at `peers`.
-    pub async fn start(peers: &[String]) -> Proxies {
+    /// Proxies for every directed link between the members at `peers`, on ports other
+    /// than those in `taken` (addresses set aside for the nodes, not yet bound).
+    pub async fn start(peers: &[String], taken: &[String]) -> Proxies {
         let n = peers.len();
         let mut links = Vec::new();
         let mut views = Vec::new();
@@ -93,7 +94,12 @@ impl Proxies {
                     view.push(peer.clone());
                     continue;
                 }
-                let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+                let listener = loop {
+                    let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+                    if !taken.contains(&l.local_addr().unwrap().to_string()) {
+                        break l;
+                    }
+                };
                 view.push(listener.local_addr().unwrap().to_string());
                 let link = Arc::new(Link { open: watch::channel(true).0, conns: Mutex::new(Vec::new()) });
                 tasks.push(tokio::spawn(serve(listener, peer.clone(), link.clone())).abort_handle());
