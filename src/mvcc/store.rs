@@ -15,7 +15,9 @@ use fjall::config::PinningPolicy;
 use fjall::{Database, Keyspace, KeyspaceCreateOptions, PersistMode, Readable};
 use tokio::sync::watch;
 
-use super::record::{decode_event, decode_rev_key, encode_event, key_rev_key, rev_key, KeyMeta};
+use super::record::{
+    decode_event, decode_key_rev_key, decode_rev_key, encode_event, key_prefix, key_rev_key, rev_key, KeyMeta,
+};
 use super::session::{Session, Sessions, Verdict};
 use super::txn::{Applying, TxnResult};
 use super::{Command, Event, EventKind, MvccError, ReadView, Revision};
@@ -453,11 +455,26 @@ impl Store {
             examined.push((rev, sub, decode_event(rev, &v)?));
         }
         let mut batch = engine.db.batch();
+        let mut removed = std::collections::HashSet::new();
         for (rev, sub, event) in &examined {
             let key = event.key.as_bytes();
+            // Every older version of the key is superseded by this one, which is at or
+            // below the compacted revision. (An earlier pass, under a lower compacted
+            // revision, may have kept one: removing this event while it stayed would
+            // bring a deleted key back in reads of the past.)
+            for older in snap.range(&engine.key_revs, key_prefix(key)..key_rev_key(key, *rev, *sub)) {
+                let (_, r, s) = decode_key_rev_key(&older.key()?)?;
+                if removed.insert((r, s)) {
+                    if let Some(v) = snap.get(&engine.revs, rev_key(r, s))? {
+                        meta.stored_bytes = meta.stored_bytes.saturating_sub(decode_event(r, &v)?.stored_bytes());
+                    }
+                    batch.remove(&engine.revs, rev_key(r, s).as_slice());
+                    batch.remove(&engine.key_revs, key_rev_key(key, r, s));
+                }
+            }
             let later = key_rev_key(key, *rev, sub + 1)..=key_rev_key(key, meta.compacted, u32::MAX);
             let superseded = snap.range(&engine.key_revs, later).next().is_some();
-            if superseded || event.kind == EventKind::Delete {
+            if (superseded || event.kind == EventKind::Delete) && removed.insert((*rev, *sub)) {
                 batch.remove(&engine.revs, rev_key(*rev, *sub).as_slice());
                 batch.remove(&engine.key_revs, key_rev_key(key, *rev, *sub));
                 meta.stored_bytes = meta.stored_bytes.saturating_sub(event.stored_bytes());
