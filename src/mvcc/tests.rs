@@ -466,8 +466,9 @@ fn any_grouping_of_the_same_entries_gives_the_same_state() {
             _ => KeyRange::Span { start: b"k2".to_vec(), end: Some(b"k4".to_vec()) },
         };
         let mut commands = Vec::new();
-        let mut revision_guess = 1u64;
         for i in 0..300u64 {
+            // At most this many revisions exist before entry i.
+            let revision_guess = i + 1;
             let c = match rng.gen_range(0..10) {
                 0..=3 => put(&key(&mut rng), &format!("v{i}")),
                 4 => del(&key(&mut rng)),
@@ -498,7 +499,6 @@ fn any_grouping_of_the_same_entries_gives_the_same_state() {
                     })
                 }
             };
-            revision_guess += 1;
             commands.push(entry(i + 1, c));
         }
         let mut results = Vec::new();
