@@ -18,16 +18,14 @@ mod common;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use checker::workload::{client_loop, final_reads, verify, CLIENTS};
+use checker::workload::{client_loop, final_reads, seed_and_secs, verify, CLIENTS};
 use common::TestCluster;
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn histories_under_partitions_and_restarts_are_linearizable() {
-    let seed: u64 = std::env::var("RAFTKV_JEPSEN_SEED").ok().and_then(|s| s.parse().ok()).unwrap_or_else(rand::random);
-    let secs: u64 = std::env::var("RAFTKV_JEPSEN_SECS").ok().and_then(|s| s.parse().ok()).unwrap_or(6);
-    eprintln!("jepsen: seed {seed}, {secs} s (RAFTKV_JEPSEN_SEED={seed} replays the nemesis schedule)");
+    let (seed, secs) = seed_and_secs("");
     let mut c = TestCluster::start(5).await;
     c.wait_leader().await;
     let start = Instant::now();

@@ -12,7 +12,7 @@ mod common;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use checker::workload::{client_loop, final_reads, verify, CLIENTS};
+use checker::workload::{client_loop, final_reads, seed_and_secs, verify, CLIENTS};
 use common::procs::Procs;
 use common::proxy::Proxies;
 use raftkv::proto::{self as pb, key_value_client::KeyValueClient};
@@ -58,9 +58,7 @@ enum Fault {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn real_processes_under_kills_pauses_losses_and_partitions_stay_linearizable() {
-    let seed: u64 = std::env::var("RAFTKV_JEPSEN_SEED").ok().and_then(|s| s.parse().ok()).unwrap_or_else(rand::random);
-    let secs: u64 = std::env::var("RAFTKV_JEPSEN_SECS").ok().and_then(|s| s.parse().ok()).unwrap_or(6);
-    eprintln!("jepsen (processes): seed {seed}, {secs} s (RAFTKV_JEPSEN_SEED={seed} replays the nemesis schedule)");
+    let (seed, secs) = seed_and_secs(" (processes)");
     let mut p = Procs::new(N, &[]);
     let taken: Vec<String> = p.clients.iter().chain(&p.peers).cloned().collect();
     let proxies = Arc::new(Proxies::start(&p.peers, &taken).await);

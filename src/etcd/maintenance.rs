@@ -16,14 +16,13 @@ impl Cluster for EtcdCluster {
         _req: Request<epb::MemberListRequest>,
     ) -> Result<Response<epb::MemberListResponse>, Status> {
         let c = &self.0;
-        let scheme = if c.client_url.starts_with("https") { "https" } else { "http" };
         let members = c
             .members
             .iter()
             .map(|m| epb::Member {
                 id: member_id(&m.name),
                 name: m.name.clone(),
-                peer_ur_ls: vec![format!("{scheme}://{}", m.peer_addr)],
+                peer_ur_ls: vec![format!("{}://{}", c.peer_scheme, m.peer_addr)],
                 client_ur_ls: if m.name == c.node.name() { vec![c.client_url.clone()] } else { Vec::new() },
                 is_learner: false,
             })

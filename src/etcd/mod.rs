@@ -38,6 +38,8 @@ pub struct Context {
     member_id: u64,
     /// This node's client URL (others' are not known to it).
     client_url: String,
+    /// `https` when members talk TLS, else `http`.
+    peer_scheme: &'static str,
     quota_bytes: u64,
     /// Compact needs a client certificate of the trusted CA (as raftkv's own Compact).
     admin_needs_cert: bool,
@@ -65,18 +67,20 @@ impl Context {
         node: NodeHandle,
         members: Vec<Member>,
         client_addr: std::net::SocketAddr,
-        tls: bool,
+        client_tls: bool,
+        peer_tls: bool,
         quota_bytes: u64,
         admin_needs_cert: bool,
     ) -> Context {
         let mut parts: Vec<String> = members.iter().map(|m| format!("{}={}", m.name, m.peer_addr)).collect();
         parts.sort();
         let parts: Vec<&str> = std::iter::once("raftkv-cluster").chain(parts.iter().map(String::as_str)).collect();
-        let scheme = if tls { "https" } else { "http" };
+        let scheme = if client_tls { "https" } else { "http" };
         Context {
             member_id: member_id(node.name()),
             cluster_id: fnv(&parts),
             client_url: format!("{scheme}://{client_addr}"),
+            peer_scheme: if peer_tls { "https" } else { "http" },
             node,
             members,
             quota_bytes,

@@ -378,8 +378,7 @@ impl Store {
                     // entries differently would decide differently.
                     if e.index - 1 > committed {
                         let before = Meta { applied: e.index - 1, applied_term: prev_term, ..meta };
-                        batch.insert(&engine.meta, META_KEY, before.encode().as_slice());
-                        std::mem::replace(&mut batch, engine.db.batch()).commit()?;
+                        commit_with(&engine, &mut batch, &before)?;
                         written.clear();
                         committed = e.index - 1;
                     }
@@ -391,8 +390,7 @@ impl Store {
                             let revision = applying.finish();
                             meta = txn_meta;
                             // Later entries of this batch read the engine for what it wrote.
-                            batch.insert(&engine.meta, META_KEY, meta.encode().as_slice());
-                            std::mem::replace(&mut batch, engine.db.batch()).commit()?;
+                            commit_with(&engine, &mut batch, &meta)?;
                             committed = e.index;
                             Ok(Applied { index: e.index, term: e.term, revision, txn: Some(Arc::new(result)) })
                         }
@@ -411,8 +409,7 @@ impl Store {
         if meta.applied == before {
             return Ok(out);
         }
-        batch.insert(&engine.meta, META_KEY, meta.encode().as_slice());
-        batch.commit()?;
+        commit_with(&engine, &mut batch, &meta)?;
         *meta_guard = meta;
         drop(meta_guard);
         drop(sessions);
@@ -485,8 +482,7 @@ impl Store {
             (true, _) | (_, None) => meta.compacted,
             (false, Some((rev, _, _))) => (*rev - 1).max(meta.compact_cursor + 1),
         };
-        batch.insert(&engine.meta, META_KEY, meta.encode().as_slice());
-        batch.commit()?;
+        commit_with(&engine, &mut batch, &meta)?;
         *meta_guard = meta;
         drop(meta_guard);
         self.publish(&meta);
@@ -556,6 +552,14 @@ impl Store {
     fn current_name(&self) -> String {
         std::fs::read_to_string(self.dir.join(CURRENT)).map_or_else(|_| "kv-0".to_string(), |s| s.trim().to_string())
     }
+}
+
+/// Commits `batch` with `meta` as the meta record, in one atomic engine batch, and
+/// leaves a fresh batch in its place.
+fn commit_with(engine: &Engine, batch: &mut fjall::OwnedWriteBatch, meta: &Meta) -> Result<(), MvccError> {
+    batch.insert(&engine.meta, META_KEY, meta.encode().as_slice());
+    std::mem::replace(batch, engine.db.batch()).commit()?;
+    Ok(())
 }
 
 /// Applies one plain write (a put or a delete) of entry `e` into `batch`: the next

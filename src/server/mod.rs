@@ -639,6 +639,7 @@ impl Node {
             cfg.members.clone(),
             client_addr,
             cfg.client_tls.is_some(),
+            cfg.peer_tls.is_some(),
             cfg.quota_backend_bytes,
             admin_needs_cert,
         );

@@ -11,6 +11,15 @@ use tonic::Code;
 use super::{Event, Op};
 use crate::common::with_timeout;
 
+/// The run's seed (`RAFTKV_JEPSEN_SEED`, else random) and length in seconds
+/// (`RAFTKV_JEPSEN_SECS`, default 6), printed so that a run can be replayed.
+pub fn seed_and_secs(what: &str) -> (u64, u64) {
+    let seed: u64 = std::env::var("RAFTKV_JEPSEN_SEED").ok().and_then(|s| s.parse().ok()).unwrap_or_else(rand::random);
+    let secs: u64 = std::env::var("RAFTKV_JEPSEN_SECS").ok().and_then(|s| s.parse().ok()).unwrap_or(6);
+    eprintln!("jepsen{what}: seed {seed}, {secs} s (RAFTKV_JEPSEN_SEED={seed} replays the nemesis schedule)");
+    (seed, secs)
+}
+
 pub const KEYS: usize = 4;
 pub const CLIENTS: usize = 6;
 
