@@ -29,6 +29,8 @@ pub enum Error {
     FailedPrecondition(String),
     #[error("{0}")]
     Aborted(String),
+    #[error("{0}")]
+    OutOfRange(String),
     #[error("the node is shutting down")]
     Shutdown,
     #[error("the leader is unreachable from this node: {0}")]
@@ -65,6 +67,7 @@ impl From<Error> for Status {
             Error::InvalidArgument(_) => Status::new(Code::InvalidArgument, msg),
             Error::FailedPrecondition(_) => Status::new(Code::FailedPrecondition, msg),
             Error::Aborted(_) => Status::new(Code::Aborted, msg),
+            Error::OutOfRange(_) => Status::new(Code::OutOfRange, msg),
             Error::Mvcc(MvccError::Compacted { .. } | MvccError::FutureRevision { .. }) => {
                 Status::new(Code::OutOfRange, msg)
             }
@@ -72,6 +75,8 @@ impl From<Error> for Status {
                 Status::new(Code::FailedPrecondition, msg)
             }
             Error::Mvcc(MvccError::KeyNotFound) => Status::new(Code::InvalidArgument, msg),
+            Error::Mvcc(MvccError::LeaseNotFound) => Status::new(Code::NotFound, msg),
+            Error::Mvcc(MvccError::LeaseExists) => Status::new(Code::FailedPrecondition, msg),
             Error::Mvcc(MvccError::Engine(_)) => Status::new(Code::Internal, msg),
             Error::TooManyRequests(_)
             | Error::QuotaExceeded { .. }

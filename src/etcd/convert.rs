@@ -38,8 +38,8 @@ pub fn kv(kv: KeyValue) -> mvccpb::KeyValue {
         create_revision: kv.create_revision as i64,
         mod_revision: kv.mod_revision as i64,
         version: kv.version as i64,
+        lease: kv.lease,
         value: kv.value.into_bytes(),
-        lease: 0,
     }
 }
 
@@ -121,9 +121,6 @@ pub fn put_op(p: epb::PutRequest) -> Result<TxnOp, Status> {
     if p.lease != 0 && p.ignore_lease {
         return Err(invalid("etcdserver: lease is provided"));
     }
-    if p.lease != 0 {
-        return Err(Status::not_found("etcdserver: requested lease not found"));
-    }
     if p.ignore_value && !p.value.is_empty() {
         return Err(invalid("etcdserver: value is provided"));
     }
@@ -132,7 +129,8 @@ pub fn put_op(p: epb::PutRequest) -> Result<TxnOp, Status> {
     }
     let key = write_key(p.key)?;
     let value = if p.ignore_value { None } else { Some(text(p.value, "values")?) };
-    Ok(TxnOp::Put { key, value })
+    let lease = if p.ignore_lease { None } else { Some(p.lease) };
+    Ok(TxnOp::Put { key, value, lease })
 }
 
 pub fn delete_op(d: &epb::DeleteRangeRequest) -> Result<TxnOp, Status> {

@@ -1,13 +1,14 @@
 //! etcd's v3 API on the client port, beside `raftkv.v1.KeyValue` and on the same
-//! keyspace: KV (Range, Put, DeleteRange, Txn, Compact), Watch, Cluster.MemberList,
-//! Maintenance.Status and HashKV. Requests become the state machine's transactions
+//! keyspace: KV (Range, Put, DeleteRange, Txn, Compact), Watch, Lease,
+//! Cluster.MemberList, Maintenance.Status and HashKV. Requests become the state machine's transactions
 //! (`mvcc::txn`); answers and errors are etcd's, so `etcdctl` and etcd's client
 //! libraries work unchanged.
 //!
 //! Where raftkv differs from etcd, it says so with a clear error: keys and values are
-//! UTF-8 text, keys at most 4096 bytes, and there are no leases yet.
+//! UTF-8 text, and keys at most 4096 bytes.
 mod convert;
 mod kv;
+mod lease;
 mod maintenance;
 mod watch;
 
@@ -15,6 +16,7 @@ use tonic::metadata::MetadataMap;
 use tonic::{Code, Status};
 
 pub use kv::EtcdKv;
+pub use lease::EtcdLease;
 pub use maintenance::{EtcdCluster, EtcdMaintenance};
 pub use watch::EtcdWatch;
 

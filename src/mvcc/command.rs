@@ -44,6 +44,16 @@ pub enum Command {
     },
     /// An etcd transaction (Put and DeleteRange of the etcd API are ones too).
     Txn(Txn),
+    /// Grants lease `id` (not 0; chosen by the node that proposes it) for `ttl` seconds.
+    LeaseGrant {
+        id: i64,
+        ttl: i64,
+    },
+    /// Revokes lease `id` and deletes its keys, at one revision: asked by a client, or
+    /// decided by the leader when the lease expired.
+    LeaseRevoke {
+        id: i64,
+    },
 }
 
 const OP_PUT: u8 = 1;
@@ -53,6 +63,8 @@ const OP_COMPACT: u8 = 4;
 const OP_SESSION: u8 = 5;
 const OP_OPEN_SESSION: u8 = 6;
 const OP_TXN: u8 = 7;
+const OP_LEASE_GRANT: u8 = 8;
+const OP_LEASE_REVOKE: u8 = 9;
 
 fn u64_at(b: &[u8], at: usize) -> Option<u64> {
     Some(u64::from_le_bytes(b.get(at..at + 8)?.try_into().ok()?))
@@ -86,6 +98,19 @@ impl Command {
                 for v in [*time_ms, *ttl_ms, *max_sessions] {
                     b.put_u64_le(v);
                 }
+                return b.freeze();
+            }
+            Command::LeaseGrant { id, ttl } => {
+                let mut b = BytesMut::with_capacity(17);
+                b.put_u8(OP_LEASE_GRANT);
+                b.put_i64_le(*id);
+                b.put_i64_le(*ttl);
+                return b.freeze();
+            }
+            Command::LeaseRevoke { id } => {
+                let mut b = BytesMut::with_capacity(9);
+                b.put_u8(OP_LEASE_REVOKE);
+                b.put_i64_le(*id);
                 return b.freeze();
             }
             Command::Put { key, value } => (OP_PUT, key, value.as_str()),
@@ -127,6 +152,15 @@ impl Command {
                 let txn = Txn::decode_from(&mut d, 0)?;
                 return (d.is_empty() && txn.puts_storable()).then_some(Command::Txn(txn));
             }
+            OP_LEASE_GRANT if rest.len() == 16 => {
+                let (id, ttl) = (u64_at(rest, 0)? as i64, u64_at(rest, 8)? as i64);
+                let valid = id != 0 && (1..=super::lease::MAX_LEASE_TTL).contains(&ttl);
+                return valid.then_some(Command::LeaseGrant { id, ttl });
+            }
+            OP_LEASE_REVOKE if rest.len() == 8 => {
+                let id = u64_at(rest, 0)? as i64;
+                return (id != 0).then_some(Command::LeaseRevoke { id });
+            }
             OP_OPEN_SESSION if rest.len() == 24 => {
                 let (time_ms, ttl_ms, max_sessions) = (u64_at(rest, 0)?, u64_at(rest, 8)?, u64_at(rest, 16)?);
                 return (ttl_ms > 0 && max_sessions > 0).then_some(Command::OpenSession {
@@ -158,7 +192,7 @@ impl Command {
         match self {
             Command::Session { write, .. } => write.grows_the_store(),
             Command::Txn(txn) => txn.grows_the_store(),
-            c => matches!(c, Command::Put { .. } | Command::PutJson { .. }),
+            c => matches!(c, Command::Put { .. } | Command::PutJson { .. } | Command::LeaseGrant { .. }),
         }
     }
 
@@ -188,6 +222,8 @@ mod tests {
             Command::Compact { revision: 77 },
             Command::Session { client: 9, seq: 3, time_ms: 5, write: Box::new(Command::Delete { key: "k".into() }) },
             Command::OpenSession { time_ms: 1, ttl_ms: 2, max_sessions: 3 },
+            Command::LeaseGrant { id: -3, ttl: 9 },
+            Command::LeaseRevoke { id: i64::MAX },
         ] {
             assert_eq!(Command::decode(&c.encode()), Some(c));
         }
@@ -211,6 +247,10 @@ mod tests {
                 write: Box::new(Command::Session { client: 1, seq: 1, time_ms: 0, write: put() }),
             },
             Command::OpenSession { time_ms: 1, ttl_ms: 0, max_sessions: 3 },
+            Command::LeaseGrant { id: 0, ttl: 9 },
+            Command::LeaseGrant { id: 1, ttl: 0 },
+            Command::LeaseGrant { id: 1, ttl: super::super::lease::MAX_LEASE_TTL + 1 },
+            Command::LeaseRevoke { id: 0 },
         ] {
             assert_eq!(Command::decode(&bad.encode()), None, "{bad:?}");
         }

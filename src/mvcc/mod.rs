@@ -6,7 +6,7 @@
 //! history. The history is kept until compacted, and reads may ask for any revision at
 //! or after the compacted one.
 //!
-//! The engine holds five keyspaces:
+//! The engine holds seven keyspaces:
 //! - `meta`: the applied Raft index and term, the current and compacted revision,
 //!   how far compaction has physically removed history, the bytes stored and the
 //!   sessions' log clock;
@@ -14,7 +14,9 @@
 //! - `revs`: the history, `(revision, sub) -> event` (key, value or tombstone, the
 //!   key's create revision and version, the Raft index and term of its entry);
 //! - `key_revs`: `(key, revision, sub)`, to find a key's value at a past revision;
-//! - `sessions`: the open client sessions (exactly-once writes, `session.rs`).
+//! - `sessions`: the open client sessions (exactly-once writes, `session.rs`);
+//! - `leases` and `lease_keys`: the granted leases and the keys attached to each
+//!   (`lease.rs`).
 //!
 //! Applying writes one atomic batch that includes the applied index, without an
 //! fsync; a *checkpoint* makes everything written durable (one fsync). The Raft log is the
@@ -23,6 +25,7 @@
 //! `snapshot.rs` for snapshots (consistent read views, streamed).
 mod codec;
 pub mod command;
+pub mod lease;
 mod read;
 mod record;
 mod session;
@@ -56,6 +59,11 @@ pub enum MvccError {
     /// A put that keeps the value (etcd's `ignore_value`) of a key that does not exist.
     #[error("etcdserver: key not found")]
     KeyNotFound,
+    /// A put with, a revoke of, or a time-to-live asked of a lease that does not exist.
+    #[error("etcdserver: requested lease not found")]
+    LeaseNotFound,
+    #[error("etcdserver: lease already exists")]
+    LeaseExists,
     /// The engine failed or holds data it cannot read: the node must stop.
     #[error("storage engine: {0}")]
     Engine(String),

@@ -3,6 +3,7 @@ use std::sync::Arc;
 
 use fjall::{Readable, Snapshot};
 
+use super::lease::lease_key;
 use super::record::{decode_event, decode_key_rev_key, decode_rev_key, key_prefix, key_rev_key, rev_key, KeyMeta};
 use super::store::{Engine, Meta};
 use super::{Event, KeyValue, MvccError, Revision};
@@ -93,12 +94,43 @@ impl ReadView {
         })
     }
 
-    /// Every open client session: (id as stored, encoded session).
-    pub(super) fn raw_sessions(&self) -> impl Iterator<Item = Result<(Vec<u8>, Vec<u8>), MvccError>> + '_ {
-        self.snap.iter(&self.engine.sessions).map(|g| {
+    /// Every record of keyspace `ks` as stored: (key, value).
+    pub(super) fn raw<'a>(
+        &'a self,
+        ks: &'a fjall::Keyspace,
+    ) -> impl Iterator<Item = Result<(Vec<u8>, Vec<u8>), MvccError>> + 'a {
+        self.snap.iter(ks).map(|g| {
             let (k, v) = g.into_inner()?;
             Ok((k.to_vec(), v.to_vec()))
         })
+    }
+
+    pub(super) fn engine(&self) -> &Engine {
+        &self.engine
+    }
+
+    /// The keys of keyspace `ks` that start with `prefix`, as stored.
+    pub(super) fn raw_prefix<'a>(
+        &'a self,
+        ks: &'a fjall::Keyspace,
+        prefix: &[u8],
+    ) -> impl Iterator<Item = Result<Vec<u8>, MvccError>> + 'a {
+        self.snap.prefix(ks, prefix).map(|g| Ok(g.key()?.to_vec()))
+    }
+
+    /// The keys attached to lease `id`, in key order.
+    pub fn lease_keys(&self, id: i64) -> Result<Vec<String>, MvccError> {
+        let mut keys = Vec::new();
+        for item in self.snap.prefix(&self.engine.lease_keys, lease_key(id)) {
+            let k = item.key()?;
+            let key = std::str::from_utf8(&k[8..])
+                .map_err(|_| MvccError::Engine("damaged lease key record in the store".into()))?;
+            // The index follows every write; checked against the key all the same.
+            if self.get(key, 0)?.is_some_and(|kv| kv.lease == id) {
+                keys.push(key.to_string());
+            }
+        }
+        Ok(keys)
     }
 
     pub fn revision(&self) -> Revision {
@@ -274,6 +306,9 @@ impl ReadView {
                         h.update(&v.to_le_bytes());
                     }
                     h.update(kv.value.as_bytes());
+                    if kv.lease != 0 {
+                        h.update(&kv.lease.to_le_bytes());
+                    }
                 }
             }
             Ok(())

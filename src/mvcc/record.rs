@@ -13,6 +13,8 @@ pub struct KeyValue {
     pub mod_revision: Revision,
     /// Puts since the key was (re)created: 1 for the first.
     pub version: u64,
+    /// The lease the key is attached to; 0 for none.
+    pub lease: i64,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -37,6 +39,8 @@ pub struct Event {
     pub create_revision: Revision,
     /// 0 for a delete.
     pub version: u64,
+    /// The lease the key is attached to by this put; 0 for none (and for a delete).
+    pub lease: i64,
 }
 
 impl Event {
@@ -59,12 +63,16 @@ impl Event {
             create_revision: self.create_revision,
             mod_revision: self.revision,
             version: self.version,
+            lease: self.lease,
         })
     }
 }
 
-/// `[kind u8][index u64][term u64][create u64][version u64][key_len u32][key][value]`
+/// `[kind u8][index u64][term u64][create u64][version u64][key_len u32]`, then
+/// `[lease i64]` if the kind has `WITH_LEASE` set, then `[key][value]`.
 const EVENT_HEADER: usize = 1 + 8 * 4 + 4;
+/// The kind flag of an event that attaches its key to a lease.
+const WITH_LEASE: u8 = 0x80;
 
 pub(super) fn encode_event(e: &Event) -> Vec<u8> {
     let kind = match e.kind {
@@ -72,12 +80,15 @@ pub(super) fn encode_event(e: &Event) -> Vec<u8> {
         EventKind::Delete => 2,
         EventKind::PutJson => 3,
     };
-    let mut b = Vec::with_capacity(EVENT_HEADER + e.key.len() + e.value.len());
-    b.push(kind);
+    let mut b = Vec::with_capacity(EVENT_HEADER + 8 + e.key.len() + e.value.len());
+    b.push(if e.lease != 0 { kind | WITH_LEASE } else { kind });
     for v in [e.index, e.term, e.create_revision, e.version] {
         b.extend_from_slice(&v.to_le_bytes());
     }
     b.extend_from_slice(&(e.key.len() as u32).to_le_bytes());
+    if e.lease != 0 {
+        b.extend_from_slice(&e.lease.to_le_bytes());
+    }
     b.extend_from_slice(e.key.as_bytes());
     b.extend_from_slice(e.value.as_bytes());
     b
@@ -95,14 +106,19 @@ pub(super) fn decode_event(revision: Revision, b: &[u8]) -> Result<Event, MvccEr
     if b.len() < EVENT_HEADER {
         return Err(damaged("history"));
     }
-    let kind = match b[0] {
+    let kind = match b[0] & !WITH_LEASE {
         1 => EventKind::Put,
         2 => EventKind::Delete,
         3 => EventKind::PutJson,
         _ => return Err(damaged("history")),
     };
     let key_len = u32::from_le_bytes(b[33..37].try_into().expect("4 bytes")) as usize;
-    let rest = &b[EVENT_HEADER..];
+    let (lease, rest) = if b[0] & WITH_LEASE != 0 {
+        let l = b.get(EVENT_HEADER..EVENT_HEADER + 8).ok_or_else(|| damaged("history"))?;
+        (i64::from_le_bytes(l.try_into().expect("8 bytes")), &b[EVENT_HEADER + 8..])
+    } else {
+        (0, &b[EVENT_HEADER..])
+    };
     let (key, value) = (rest.get(..key_len), rest.get(key_len..));
     let text = |s: Option<&[u8]>| s.and_then(|s| std::str::from_utf8(s).ok()).map(str::to_string);
     let (Some(key), Some(value)) = (text(key), text(value)) else { return Err(damaged("history")) };
@@ -115,6 +131,7 @@ pub(super) fn decode_event(revision: Revision, b: &[u8]) -> Result<Event, MvccEr
         version: u64_at(b, 25),
         key,
         value,
+        lease,
     })
 }
 
@@ -125,20 +142,26 @@ pub(super) struct KeyMeta {
     pub mod_revision: Revision,
     pub mod_sub: u32,
     pub version: u64,
+    /// 0 for none.
+    pub lease: i64,
 }
 
 impl KeyMeta {
-    pub fn encode(&self) -> [u8; 28] {
-        let mut b = [0u8; 28];
-        b[0..8].copy_from_slice(&self.create_revision.to_le_bytes());
-        b[8..16].copy_from_slice(&self.mod_revision.to_le_bytes());
-        b[16..20].copy_from_slice(&self.mod_sub.to_le_bytes());
-        b[20..28].copy_from_slice(&self.version.to_le_bytes());
+    /// 28 bytes, and 8 more for a lease.
+    pub fn encode(&self) -> Vec<u8> {
+        let mut b = Vec::with_capacity(36);
+        b.extend_from_slice(&self.create_revision.to_le_bytes());
+        b.extend_from_slice(&self.mod_revision.to_le_bytes());
+        b.extend_from_slice(&self.mod_sub.to_le_bytes());
+        b.extend_from_slice(&self.version.to_le_bytes());
+        if self.lease != 0 {
+            b.extend_from_slice(&self.lease.to_le_bytes());
+        }
         b
     }
 
     pub fn decode(b: &[u8]) -> Result<KeyMeta, MvccError> {
-        if b.len() != 28 {
+        if b.len() != 28 && b.len() != 36 {
             return Err(damaged("key"));
         }
         Ok(KeyMeta {
@@ -146,6 +169,7 @@ impl KeyMeta {
             mod_revision: u64_at(b, 8),
             mod_sub: u32::from_le_bytes(b[16..20].try_into().expect("4 bytes")),
             version: u64_at(b, 20),
+            lease: if b.len() == 36 { u64_at(b, 28) as i64 } else { 0 },
         })
     }
 }
@@ -165,9 +189,13 @@ mod tests {
             value: "{\"a\":1}".into(),
             create_revision: 4,
             version: 2,
+            lease: 0,
         };
         let b = encode_event(&e);
         assert_eq!(decode_event(9, &b).unwrap(), e);
+        let leased = Event { lease: -77, ..e.clone() };
+        assert_eq!(decode_event(9, &encode_event(&leased)).unwrap(), leased);
+        assert!(decode_event(9, &encode_event(&leased)[..EVENT_HEADER + 4]).is_err());
         assert!(decode_event(9, &b[..10]).is_err());
         let mut bad = b.clone();
         bad[0] = 7;
@@ -175,8 +203,10 @@ mod tests {
         let mut long_key = b;
         long_key[33] = 200;
         assert!(decode_event(9, &long_key).is_err());
-        let m = KeyMeta { create_revision: 1, mod_revision: 5, mod_sub: 2, version: 3 };
+        let m = KeyMeta { create_revision: 1, mod_revision: 5, mod_sub: 2, version: 3, lease: 0 };
         assert_eq!(KeyMeta::decode(&m.encode()).unwrap(), m);
+        let leased = KeyMeta { lease: 12, ..m };
+        assert_eq!(KeyMeta::decode(&leased.encode()).unwrap(), leased);
         assert!(KeyMeta::decode(&[0; 27]).is_err());
     }
 }

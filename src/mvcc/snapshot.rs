@@ -4,12 +4,14 @@
 //! Stream: the magic `RKVSNAP2`, then records `[tag u8][len u32 LE][payload]`:
 //! tag 1 the meta record (56 bytes), tag 2 a history event
 //! (`[revision u64][sub u32][event]`), in revision order, tag 3 an open client session
-//! (`[id u64 BE][session]`); the end is tag 255 with the
+//! (`[id u64 BE][session]`), tag 4 a lease (`[id i64 BE][granted ttl i64 LE]`), tag 5 a
+//! key attached to a lease (`[id i64 BE][key]`); the end is tag 255 with the
 //! crc32 of every byte after the magic and before it. The live keys and the per-key
 //! index are rebuilt from the events, so a snapshot carries each value once.
 use std::io::{BufReader, Read};
 use std::path::{Path, PathBuf};
 
+use super::lease::decode_lease;
 use super::record::{decode_event, key_rev_key, rev_key, KeyMeta};
 use super::session::Session;
 use super::store::{Engine, Meta};
@@ -20,6 +22,8 @@ const MAGIC: &[u8; 8] = b"RKVSNAP2";
 const TAG_META: u8 = 1;
 const TAG_EVENT: u8 = 2;
 const TAG_SESSION: u8 = 3;
+const TAG_LEASE: u8 = 4;
+const TAG_LEASE_KEY: u8 = 5;
 const TAG_END: u8 = 255;
 /// A record larger than this is damage, not data (values are at most 1 MiB).
 const MAX_RECORD: usize = 16 << 20;
@@ -69,9 +73,18 @@ pub fn stream(store: &Store, chunk: usize, sink: impl FnMut(Vec<u8>) -> bool) ->
         let (rev, sub, event) = item?;
         w.record(TAG_EVENT, &[&rev.to_le_bytes(), &sub.to_le_bytes(), &event])?;
     }
-    for item in view.raw_sessions() {
+    let engine = view.engine();
+    for item in view.raw(&engine.sessions) {
         let (id, session) = item?;
         w.record(TAG_SESSION, &[&id, &session])?;
+    }
+    for item in view.raw(&engine.leases) {
+        let (id, ttl) = item?;
+        w.record(TAG_LEASE, &[&id, &ttl])?;
+    }
+    for item in view.raw(&engine.lease_keys) {
+        let (k, _) = item?;
+        w.record(TAG_LEASE_KEY, &[&k])?;
     }
     let crc = w.crc.clone().finalize();
     w.buf.push(TAG_END);
@@ -170,6 +183,7 @@ fn build_into(engine: &Engine, file: &Path) -> Result<(Index, Term), MvccError> 
                         mod_revision: rev,
                         mod_sub: sub,
                         version: event.version,
+                        lease: event.lease,
                     };
                     batch.insert(&engine.keys, key, m.encode().as_slice());
                 }
@@ -180,6 +194,13 @@ fn build_into(engine: &Engine, file: &Path) -> Result<(Index, Term), MvccError> 
             TAG_SESSION if payload.len() == 8 + 48 => {
                 Session::decode(&payload[8..]).map_err(|_| damaged("a session record"))?;
                 batch.insert(&engine.sessions, &payload[..8], &payload[8..]);
+            }
+            TAG_LEASE if payload.len() == 16 => {
+                decode_lease(&payload[..8], &payload[8..]).map_err(|_| damaged("a lease record"))?;
+                batch.insert(&engine.leases, &payload[..8], &payload[8..]);
+            }
+            TAG_LEASE_KEY if payload.len() > 8 && payload.len() <= 8 + crate::config::MAX_KEY_BYTES => {
+                batch.insert(&engine.lease_keys, &payload[..], [].as_slice());
             }
             tag => return Err(damaged(format!("unknown record {tag}"))),
         }

@@ -15,11 +15,13 @@ use fjall::config::PinningPolicy;
 use fjall::{Database, Keyspace, KeyspaceCreateOptions, PersistMode, Readable};
 use tokio::sync::watch;
 
+use super::lease::{Leases, LEASE_BYTES};
+use super::read::KeyRange;
 use super::record::{
     decode_event, decode_key_rev_key, decode_rev_key, encode_event, key_prefix, key_rev_key, rev_key, KeyMeta,
 };
 use super::session::{Session, Sessions, Verdict};
-use super::txn::{Applying, TxnResult};
+use super::txn::{attach, Applying, Txn, TxnOp, TxnResult};
 use super::{Command, Event, EventKind, MvccError, ReadView, Revision};
 use crate::raft::{Entry, EntryKind, Index, Term};
 
@@ -133,6 +135,8 @@ pub(super) struct Engine {
     pub revs: Keyspace,
     pub key_revs: Keyspace,
     pub sessions: Keyspace,
+    pub leases: Keyspace,
+    pub lease_keys: Keyspace,
 }
 
 impl Engine {
@@ -156,6 +160,8 @@ impl Engine {
             revs: ks("revs")?,
             key_revs: ks("key_revs")?,
             sessions: ks("sessions")?,
+            leases: ks("leases")?,
+            lease_keys: ks("lease_keys")?,
             db,
         })
     }
@@ -178,6 +184,8 @@ pub struct Store {
     meta: Mutex<Meta>,
     /// The applier's copy of the open client sessions.
     sessions: Mutex<Sessions>,
+    /// The applier's copy of the granted leases (the lessor reads it).
+    leases: Mutex<Leases>,
     applied: watch::Sender<Index>,
     revision: AtomicU64,
     compacted: AtomicU64,
@@ -239,12 +247,14 @@ impl Store {
         let engine = Engine::open(&generation_dir(dir, &current), cache_bytes)?;
         let meta = engine.load_meta(&engine.db.snapshot())?;
         let sessions = Sessions::load(&engine.db.snapshot(), &engine.sessions)?;
+        let leases = Leases::load(&engine.db.snapshot(), &engine.leases)?;
         let store = Store {
             dir: dir.to_path_buf(),
             cache_bytes,
             engine: RwLock::new(Some(Arc::new(engine))),
             meta: Mutex::new(meta),
             sessions: Mutex::new(sessions),
+            leases: Mutex::new(leases),
             applied: watch::channel(meta.applied).0,
             revision: AtomicU64::new(0),
             compacted: AtomicU64::new(0),
@@ -288,6 +298,16 @@ impl Store {
         self.applied.subscribe()
     }
 
+    /// Every granted lease: (id, granted TTL in seconds).
+    pub fn leases(&self) -> Vec<(i64, i64)> {
+        self.leases.lock().unwrap().all()
+    }
+
+    /// Lease `id`'s granted TTL in seconds, if it exists.
+    pub fn lease_ttl(&self, id: i64) -> Option<i64> {
+        self.leases.lock().unwrap().ttl(id)
+    }
+
     pub fn status(&self) -> StoreStatus {
         StoreStatus {
             applied: self.applied(),
@@ -314,6 +334,7 @@ impl Store {
         let mut meta_guard = self.meta.lock().unwrap();
         let mut meta = *meta_guard;
         let mut sessions = self.sessions.lock().unwrap();
+        let mut leases = self.leases.lock().unwrap();
         let mut batch = engine.db.batch();
         // A batch does not read its own writes: keys written earlier in it are here.
         let mut written: HashMap<String, Option<KeyMeta>> = HashMap::new();
@@ -383,8 +404,8 @@ impl Store {
                         committed = e.index - 1;
                     }
                     let mut txn_meta = meta;
-                    let mut applying =
-                        Applying::new(&engine, ReadView::new(engine.clone())?, &mut batch, &mut txn_meta, e);
+                    let view = ReadView::new(engine.clone())?;
+                    let mut applying = Applying::new(&engine, view, &mut batch, &mut txn_meta, e, &leases);
                     match applying.run(&txn) {
                         Ok(result) => {
                             let revision = applying.finish();
@@ -402,6 +423,47 @@ impl Store {
                         }
                     }
                 }
+                Command::LeaseGrant { id, ttl } => match leases.grant(id, ttl, &mut batch, &engine.leases) {
+                    Ok(()) => {
+                        meta.stored_bytes += LEASE_BYTES;
+                        Ok(Applied::new(e.index, e.term, meta.revision))
+                    }
+                    Err(refused) => Err(refused),
+                },
+                Command::LeaseRevoke { id } if leases.ttl(id).is_none() => Err(MvccError::LeaseNotFound),
+                Command::LeaseRevoke { id } => {
+                    // Its keys are found in the engine: what this batch wrote goes in first.
+                    if e.index - 1 > committed {
+                        let before = Meta { applied: e.index - 1, applied_term: prev_term, ..meta };
+                        commit_with(&engine, &mut batch, &before)?;
+                        written.clear();
+                    }
+                    let view = ReadView::new(engine.clone())?;
+                    let keys = view.lease_keys(id)?;
+                    let stale: Vec<Vec<u8>> =
+                        view.raw_prefix(&engine.lease_keys, &super::lease::lease_key(id)).collect::<Result<_, _>>()?;
+                    // Every key is deleted at one revision, as one transaction.
+                    let txn = Txn {
+                        success: keys
+                            .into_iter()
+                            .map(|k| TxnOp::Delete { range: KeyRange::Key(k.into_bytes()) })
+                            .collect(),
+                        ..Txn::default()
+                    };
+                    let mut txn_meta = meta;
+                    let mut applying = Applying::new(&engine, view, &mut batch, &mut txn_meta, e, &leases);
+                    applying.run(&txn)?;
+                    let revision = applying.finish();
+                    meta = txn_meta;
+                    for k in stale {
+                        batch.remove(&engine.lease_keys, k);
+                    }
+                    leases.remove(id, &mut batch, &engine.leases);
+                    meta.stored_bytes = meta.stored_bytes.saturating_sub(LEASE_BYTES);
+                    commit_with(&engine, &mut batch, &meta)?;
+                    committed = e.index;
+                    Ok(Applied::new(e.index, e.term, revision))
+                }
                 write => Ok(write_one(&engine, &mut batch, &mut written, &mut meta, e, write)?),
             };
             out.push((e.index, outcome));
@@ -413,6 +475,7 @@ impl Store {
         *meta_guard = meta;
         drop(meta_guard);
         drop(sessions);
+        drop(leases);
         self.publish(&meta);
         // Compaction keeps pace with the writes that feed it.
         if self.compaction_pending() {
@@ -529,6 +592,7 @@ impl Store {
         let engine = built.engine.take().ok_or_else(|| MvccError::Engine("snapshot installed twice".into()))?;
         let meta = engine.load_meta(&engine.db.snapshot())?;
         let sessions = Sessions::load(&engine.db.snapshot(), &engine.sessions)?;
+        let leases = Leases::load(&engine.db.snapshot(), &engine.leases)?;
         let old = self.current_name();
         let mut slot = self.engine.write().unwrap();
         let tmp = self.dir.join(format!("{CURRENT}.tmp"));
@@ -542,6 +606,7 @@ impl Store {
         drop(slot);
         *self.meta.lock().unwrap() = meta;
         *self.sessions.lock().unwrap() = sessions;
+        *self.leases.lock().unwrap() = leases;
         *self.durable.write().unwrap() = meta;
         self.publish(&meta);
         remove_other_generations(&self.dir, &[&name, &old])?;
@@ -586,19 +651,21 @@ fn write_one(
     if kind == EventKind::Delete && old.is_none() {
         return Ok(Applied::new(e.index, e.term, meta.revision));
     }
+    // A plain write leaves the key with no lease.
+    attach(engine, batch, key.as_bytes(), old.map_or(0, |m| m.lease), 0);
     let revision = meta.revision + 1;
     let (create_revision, version) = match (kind, old) {
         (EventKind::Delete, _) => (0, 0),
         (_, Some(m)) => (m.create_revision, m.version + 1),
         (_, None) => (revision, 1),
     };
-    let event = Event { revision, kind, index: e.index, term: e.term, key, value, create_revision, version };
+    let event = Event { revision, kind, index: e.index, term: e.term, key, value, create_revision, version, lease: 0 };
     let key = event.key.as_bytes();
     if kind == EventKind::Delete {
         batch.remove(&engine.keys, key);
         written.insert(event.key.clone(), None);
     } else {
-        let m = KeyMeta { create_revision, mod_revision: revision, mod_sub: 0, version };
+        let m = KeyMeta { create_revision, mod_revision: revision, mod_sub: 0, version, lease: 0 };
         batch.insert(&engine.keys, key, m.encode().as_slice());
         written.insert(event.key.clone(), Some(m));
     }

@@ -29,6 +29,21 @@ fn apply(s: &Store, commands: Vec<Command>) -> Vec<Result<Applied, MvccError>> {
     s.apply(&entries).unwrap().into_iter().map(|(_, r)| r).collect()
 }
 
+/// A new store with `s`'s state, installed from a snapshot stream of it.
+fn installed_copy(s: &Store) -> (tempfile::TempDir, Store) {
+    let mut bytes = Vec::new();
+    snapshot::stream(s, 1000, |c| {
+        bytes.extend(c);
+        true
+    })
+    .unwrap();
+    let (d, other) = store();
+    let file = d.path().join("stream");
+    std::fs::write(&file, &bytes).unwrap();
+    other.install(snapshot::build(&other, &file).unwrap()).unwrap();
+    (d, other)
+}
+
 fn revisions(r: &[Result<Applied, MvccError>]) -> Vec<Revision> {
     r.iter().map(|a| a.as_ref().unwrap().revision).collect()
 }
@@ -251,16 +266,7 @@ fn sessions_survive_a_restart_and_travel_in_snapshots() {
     }
     let s = Store::open(d.path(), 8 << 20).unwrap();
     assert_eq!(apply(&s, vec![in_session(id, 1, 1002, put("k", "v"))]), answer, "a retry after a restart");
-    let mut bytes = Vec::new();
-    snapshot::stream(&s, 1000, |c| {
-        bytes.extend(c);
-        true
-    })
-    .unwrap();
-    let (d2, other) = store();
-    let file = d2.path().join("stream");
-    std::fs::write(&file, &bytes).unwrap();
-    other.install(snapshot::build(&other, &file).unwrap()).unwrap();
+    let (_d2, other) = installed_copy(&s);
     assert_eq!(apply(&other, vec![in_session(id, 1, 1003, put("k", "v"))]), answer, "a retry after an install");
     assert_eq!(other.status().revision, s.status().revision);
     // It expires there as it would have here.
@@ -279,7 +285,7 @@ mod txns {
     }
 
     fn put_op(k: &str, v: &str) -> TxnOp {
-        TxnOp::Put { key: k.into(), value: Some(v.into()) }
+        TxnOp::Put { key: k.into(), value: Some(v.into()), lease: Some(0) }
     }
 
     fn txn(s: &Store, t: Txn) -> Result<Applied, MvccError> {
@@ -369,7 +375,7 @@ mod txns {
         let (rev, hash) = (s.status().revision, s.read().unwrap().hash(0).unwrap());
         let t = Txn {
             compares: vec![],
-            success: vec![put_op("a", "2"), TxnOp::Put { key: "nope".into(), value: None }],
+            success: vec![put_op("a", "2"), TxnOp::Put { key: "nope".into(), value: None, lease: Some(0) }],
             failure: vec![],
         };
         // Batched with writes before and after it, which do apply.
@@ -469,7 +475,7 @@ fn any_grouping_of_the_same_entries_gives_the_same_state() {
         for i in 0..300u64 {
             // At most this many revisions exist before entry i.
             let revision_guess = i + 1;
-            let c = match rng.gen_range(0..10) {
+            let c = match rng.gen_range(0..12) {
                 0..=3 => put(&key(&mut rng), &format!("v{i}")),
                 4 => del(&key(&mut rng)),
                 5 => Command::Compact { revision: rng.gen_range(1..=revision_guess.max(1)) },
@@ -480,11 +486,17 @@ fn any_grouping_of_the_same_entries_gives_the_same_state() {
                     time_ms: i * 10,
                     write: Box::new(put(&key(&mut rng), &format!("s{i}"))),
                 },
+                8 => Command::LeaseGrant { id: rng.gen_range(1..4), ttl: 10 },
+                9 => Command::LeaseRevoke { id: rng.gen_range(1..4) },
                 _ => {
                     let compare = Compare {
                         range: range(&mut rng),
                         cmp: [Cmp::Equal, Cmp::Greater, Cmp::Less, Cmp::NotEqual][rng.gen_range(0..4)],
-                        target: Target::Version(rng.gen_range(0..3)),
+                        target: if rng.gen_bool(0.5) {
+                            Target::Version(rng.gen_range(0..3))
+                        } else {
+                            Target::Lease(rng.gen_range(0..4))
+                        },
                     };
                     let read = TxnOp::Range {
                         range: range(&mut rng),
@@ -494,7 +506,14 @@ fn any_grouping_of_the_same_entries_gives_the_same_state() {
                     };
                     Command::Txn(Txn {
                         compares: vec![compare],
-                        success: vec![read, TxnOp::Put { key: key(&mut rng), value: Some(format!("t{i}")) }],
+                        success: vec![
+                            read,
+                            TxnOp::Put {
+                                key: key(&mut rng),
+                                value: Some(format!("t{i}")),
+                                lease: [None, Some(0), Some(1), Some(2), Some(3)][rng.gen_range(0..5)],
+                            },
+                        ],
                         failure: vec![TxnOp::Delete { range: range(&mut rng) }],
                     })
                 }
@@ -518,7 +537,8 @@ fn any_grouping_of_the_same_entries_gives_the_same_state() {
             }
             let v = s.read().unwrap();
             let hashes: Vec<_> = (v.compacted().max(1)..=v.revision()).map(|r| v.hash(r).ok()).collect();
-            results.push((outcomes, v.revision(), v.compacted(), hashes));
+            let leases: Vec<_> = s.leases().into_iter().map(|(id, _)| (id, v.lease_keys(id).unwrap())).collect();
+            results.push((outcomes, v.revision(), v.compacted(), hashes, leases));
         }
         assert_eq!(results[0], results[1], "seed {seed}: one batch against one entry per batch");
         assert_eq!(results[0], results[2], "seed {seed}: one batch against random batches");
@@ -539,4 +559,103 @@ fn a_key_deleted_between_two_compactions_stays_deleted_in_the_past() {
     assert_eq!(v.get("k", 5).unwrap(), None, "k was deleted at 4");
     assert_eq!(v.get("k", 0).unwrap(), None);
     assert_eq!(v.range(&KeyRange::Key(b"k".to_vec()), 5, 0, false).unwrap().count, 0);
+}
+
+mod leases {
+    use super::*;
+    use crate::mvcc::txn::{Cmp, Compare, Target, Txn, TxnOp};
+
+    fn put_with(k: &str, v: Option<&str>, lease: Option<i64>) -> Command {
+        let op = TxnOp::Put { key: k.into(), value: v.map(str::to_string), lease };
+        Command::Txn(Txn { success: vec![op], ..Txn::default() })
+    }
+
+    fn lease_of(s: &Store, k: &str) -> Option<i64> {
+        s.read().unwrap().get(k, 0).unwrap().map(|kv| kv.lease)
+    }
+
+    #[test]
+    fn a_revoked_lease_deletes_its_keys_at_one_revision_and_only_those_still_attached() {
+        let (_d, s) = store();
+        let r = apply(
+            &s,
+            vec![
+                Command::LeaseGrant { id: 7, ttl: 30 },
+                put_with("a", Some("1"), Some(7)),
+                put_with("b", Some("2"), Some(7)),
+                put_with("c", Some("3"), Some(7)),
+                put("b", "plain"),              // a plain write leaves the key with no lease
+                put_with("c", Some("4"), None), // ignore_lease keeps it
+                put_with("d", Some("5"), Some(0)),
+            ],
+        );
+        assert!(r.iter().all(|r| r.is_ok()), "{r:?}");
+        assert_eq!((lease_of(&s, "a"), lease_of(&s, "b"), lease_of(&s, "c")), (Some(7), Some(0), Some(7)));
+        let v = s.read().unwrap();
+        assert_eq!(v.lease_keys(7).unwrap(), ["a", "c"]);
+        let index = v.raw_prefix(&v.engine().lease_keys, &crate::mvcc::lease::lease_key(7)).count();
+        assert_eq!(index, 2, "the lease's index no longer names b");
+        let before = s.status().revision;
+        let r = apply(&s, vec![Command::LeaseRevoke { id: 7 }]);
+        assert_eq!(r[0].as_ref().unwrap().revision, before + 1, "both deletes at one revision");
+        let v = s.read().unwrap();
+        assert_eq!((v.get("a", 0).unwrap(), v.get("c", 0).unwrap()), (None, None));
+        assert_eq!(v.get("b", 0).unwrap().unwrap().value, "plain");
+        assert_eq!(v.get("a", before).unwrap().unwrap().lease, 7, "the past still shows the lease");
+        assert!(s.leases().is_empty() && v.lease_keys(7).unwrap().is_empty());
+        // Gone: puts with it, a second revoke, are refused and change nothing.
+        let r = apply(&s, vec![put_with("e", Some("1"), Some(7)), Command::LeaseRevoke { id: 7 }]);
+        assert_eq!(r, vec![Err(MvccError::LeaseNotFound), Err(MvccError::LeaseNotFound)]);
+        assert_eq!(s.status().revision, before + 1);
+        let r = apply(&s, vec![Command::LeaseGrant { id: 7, ttl: 5 }, Command::LeaseGrant { id: 7, ttl: 5 }]);
+        assert_eq!(r[1], Err(MvccError::LeaseExists));
+        // A revoke with no keys makes no revision.
+        assert_eq!(apply(&s, vec![Command::LeaseRevoke { id: 7 }])[0].as_ref().unwrap().revision, before + 1);
+    }
+
+    #[test]
+    fn a_transaction_compares_leases_and_a_missing_lease_fails_it_whole() {
+        let (_d, s) = store();
+        apply(&s, vec![Command::LeaseGrant { id: 3, ttl: 30 }, put_with("k", Some("v"), Some(3))]);
+        let on_lease = |id| Compare { range: KeyRange::Key(b"k".to_vec()), cmp: Cmp::Equal, target: Target::Lease(id) };
+        let t = |id| {
+            Command::Txn(Txn {
+                compares: vec![on_lease(id)],
+                success: vec![TxnOp::Put { key: "hit".into(), value: Some(id.to_string()), lease: Some(0) }],
+                failure: vec![],
+            })
+        };
+        let r = apply(&s, vec![t(0), t(3)]);
+        assert!(!r[0].as_ref().unwrap().txn.as_ref().unwrap().succeeded);
+        assert!(r[1].as_ref().unwrap().txn.as_ref().unwrap().succeeded);
+        let before = s.status().revision;
+        let half = Command::Txn(Txn {
+            success: vec![
+                TxnOp::Put { key: "x".into(), value: Some("1".into()), lease: Some(0) },
+                TxnOp::Put { key: "y".into(), value: Some("1".into()), lease: Some(99) },
+            ],
+            ..Txn::default()
+        });
+        assert_eq!(apply(&s, vec![half])[0], Err(MvccError::LeaseNotFound));
+        assert_eq!((s.status().revision, s.read().unwrap().get("x", 0).unwrap()), (before, None));
+        assert_eq!(apply(&s, vec![put_with("nokey", Some("v"), None)])[0], Err(MvccError::KeyNotFound));
+    }
+
+    #[test]
+    fn leases_survive_a_restart_and_travel_in_snapshots() {
+        let d = tempfile::tempdir().unwrap();
+        {
+            let s = Store::open(d.path(), 8 << 20).unwrap();
+            apply(&s, vec![Command::LeaseGrant { id: -4, ttl: 9 }, put_with("k", Some("v"), Some(-4))]);
+            s.checkpoint().unwrap();
+        }
+        let s = Store::open(d.path(), 8 << 20).unwrap();
+        assert_eq!((s.leases(), s.read().unwrap().lease_keys(-4).unwrap()), (vec![(-4, 9)], vec!["k".to_string()]));
+        let (_d2, other) = installed_copy(&s);
+        assert_eq!(other.leases(), vec![(-4, 9)]);
+        assert_eq!(other.read().unwrap().hash(0).unwrap(), s.read().unwrap().hash(0).unwrap());
+        // Revoked there, it deletes the key it had here.
+        apply(&other, vec![Command::LeaseRevoke { id: -4 }]);
+        assert_eq!(other.read().unwrap().get("k", 0).unwrap(), None);
+    }
 }

@@ -5,6 +5,7 @@
 use std::collections::BTreeMap;
 
 use super::codec::{Dec, Enc};
+use super::lease::{lease_key_key, Leases};
 use super::read::{KeyRange, RangeResult, ReadView};
 use super::record::{encode_event, key_rev_key, rev_key, KeyMeta};
 use super::store::{Engine, Meta};
@@ -43,10 +44,12 @@ pub enum TxnOp {
         limit: u64,
         keys_only: bool,
     },
-    /// `value` None keeps the key's value (etcd's `ignore_value`; the key must exist).
+    /// `value` None keeps the key's value (etcd's `ignore_value`), `lease` None its
+    /// lease (`ignore_lease`); either needs the key to exist. Lease 0 is none.
     Put {
         key: String,
         value: Option<String>,
+        lease: Option<i64>,
     },
     Delete {
         range: KeyRange,
@@ -125,7 +128,7 @@ fn compare_holds(c: &Compare, kv: Option<&KeyValue>) -> bool {
         (Target::Version(v), kv) => (kv.map_or(0, |k| k.version as i64)).cmp(v),
         (Target::Create(v), kv) => (kv.map_or(0, |k| k.create_revision as i64)).cmp(v),
         (Target::Mod(v), kv) => (kv.map_or(0, |k| k.mod_revision as i64)).cmp(v),
-        (Target::Lease(v), _) => 0.cmp(v),
+        (Target::Lease(v), kv) => kv.map_or(0, |k| k.lease).cmp(v),
     };
     match c.cmp {
         Cmp::Equal => ord == Ordering::Equal,
@@ -178,6 +181,7 @@ pub(super) struct Applying<'a> {
     pub batch: &'a mut fjall::OwnedWriteBatch,
     pub meta: &'a mut Meta,
     pub entry: &'a Entry,
+    pub leases: &'a Leases,
     /// Keys this transaction wrote: their state now (None: deleted).
     written: BTreeMap<Vec<u8>, Option<KeyValue>>,
     /// The revision its writes get, and the next sub-revision.
@@ -192,9 +196,10 @@ impl<'a> Applying<'a> {
         batch: &'a mut fjall::OwnedWriteBatch,
         meta: &'a mut Meta,
         entry: &'a Entry,
+        leases: &'a Leases,
     ) -> Self {
         let revision = meta.revision + 1;
-        Applying { engine, view, batch, meta, entry, written: BTreeMap::new(), revision, sub: 0 }
+        Applying { engine, view, batch, meta, entry, leases, written: BTreeMap::new(), revision, sub: 0 }
     }
 
     /// Runs `txn`; Err(refusal) leaves the batch to be dropped by the caller.
@@ -207,14 +212,22 @@ impl<'a> Applying<'a> {
                 TxnOp::Range { range, revision, limit, keys_only } => {
                     OpResult::Range(self.range(range, *revision, *limit as usize, *keys_only)?)
                 }
-                TxnOp::Put { key, value } => {
+                TxnOp::Put { key, value, lease } => {
                     let prev = self.current(key)?;
                     let value = match (value, &prev) {
                         (Some(v), _) => v.clone(),
                         (None, Some(p)) => p.value.clone(),
                         (None, None) => return Err(MvccError::KeyNotFound),
                     };
-                    self.write(key, Some(value), prev.as_ref());
+                    let lease = match (lease, &prev) {
+                        (Some(l), _) => *l,
+                        (None, Some(p)) => p.lease,
+                        (None, None) => return Err(MvccError::KeyNotFound),
+                    };
+                    if lease != 0 && self.leases.ttl(lease).is_none() {
+                        return Err(MvccError::LeaseNotFound);
+                    }
+                    self.write(key, Some((value, lease)), prev.as_ref());
                     OpResult::Put { prev }
                 }
                 TxnOp::Delete { range } => {
@@ -270,11 +283,15 @@ impl<'a> Applying<'a> {
         Ok(RangeResult { kvs, count, more })
     }
 
-    /// Writes `key` (a put of `value`, or a delete) as the next sub-revision.
-    fn write(&mut self, key: &str, value: Option<String>, prev: Option<&KeyValue>) {
+    /// Writes `key` (a put of `(value, lease)`, or a delete) as the next sub-revision.
+    fn write(&mut self, key: &str, put: Option<(String, i64)>, prev: Option<&KeyValue>) {
         let (rev, sub) = (self.revision, self.sub);
         self.sub += 1;
         let e = self.entry;
+        let (value, lease) = match put {
+            Some((v, l)) => (Some(v), l),
+            None => (None, 0),
+        };
         let (kind, create_revision, version) = match (&value, prev) {
             (None, _) => (EventKind::Delete, 0, 0),
             (Some(_), Some(p)) => (EventKind::Put, p.create_revision, p.version + 1),
@@ -289,19 +306,34 @@ impl<'a> Applying<'a> {
             value: value.clone().unwrap_or_default(),
             create_revision,
             version,
+            lease,
         };
         let k = key.as_bytes();
         match &value {
             None => self.batch.remove(&self.engine.keys, k),
             Some(_) => {
-                let m = KeyMeta { create_revision, mod_revision: rev, mod_sub: sub, version };
+                let m = KeyMeta { create_revision, mod_revision: rev, mod_sub: sub, version, lease };
                 self.batch.insert(&self.engine.keys, k, m.encode().as_slice());
             }
         }
+        attach(self.engine, self.batch, k, prev.map_or(0, |p| p.lease), lease);
         self.batch.insert(&self.engine.revs, rev_key(rev, sub).as_slice(), encode_event(&event));
         self.batch.insert(&self.engine.key_revs, key_rev_key(k, rev, sub), [].as_slice());
         self.meta.stored_bytes += event.stored_bytes();
         self.written.insert(k.to_vec(), event.key_value());
+    }
+}
+
+/// Moves `key`'s entry in `lease_keys` from lease `old` to lease `new` (0: none).
+pub(super) fn attach(engine: &Engine, batch: &mut fjall::OwnedWriteBatch, key: &[u8], old: i64, new: i64) {
+    if old == new {
+        return;
+    }
+    if old != 0 {
+        batch.remove(&engine.lease_keys, lease_key_key(old, key));
+    }
+    if new != 0 {
+        batch.insert(&engine.lease_keys, lease_key_key(new, key), [].as_slice());
     }
 }
 
@@ -340,10 +372,19 @@ fn enc_ops(e: &mut Enc, ops: &[TxnOp]) {
                 e.u64(*limit);
                 e.u8(*keys_only as u8);
             }
-            TxnOp::Put { key, value } => {
+            TxnOp::Put { key, value, lease: Some(0) } => {
                 e.u8(2);
                 e.bytes(key.as_bytes());
                 e.opt_bytes(value.as_deref().map(str::as_bytes));
+            }
+            TxnOp::Put { key, value, lease } => {
+                e.u8(5);
+                e.bytes(key.as_bytes());
+                e.opt_bytes(value.as_deref().map(str::as_bytes));
+                match lease {
+                    Some(l) => e.tagged_i64(1, *l),
+                    None => e.u8(0),
+                }
             }
             TxnOp::Delete { range } => {
                 e.u8(3);
@@ -363,7 +404,16 @@ fn dec_ops(d: &mut Dec, depth: u32) -> Option<Vec<TxnOp>> {
     for _ in 0..n {
         ops.push(match d.u8()? {
             1 => TxnOp::Range { range: dec_range(d)?, revision: d.u64()?, limit: d.u64()?, keys_only: d.u8()? != 0 },
-            2 => TxnOp::Put { key: d.string()?, value: d.opt_string()? },
+            2 => TxnOp::Put { key: d.string()?, value: d.opt_string()?, lease: Some(0) },
+            5 => TxnOp::Put {
+                key: d.string()?,
+                value: d.opt_string()?,
+                lease: match d.u8()? {
+                    0 => None,
+                    1 => Some(d.i64()?),
+                    _ => return None,
+                },
+            },
             3 => TxnOp::Delete { range: dec_range(d)? },
             4 if depth < MAX_DEPTH => TxnOp::Txn(Box::new(Txn::decode_from(d, depth + 1)?)),
             _ => return None,
@@ -431,6 +481,7 @@ fn enc_kv(e: &mut Enc, kv: &KeyValue) {
     for v in [kv.create_revision, kv.mod_revision, kv.version] {
         e.u64(v);
     }
+    e.u64(kv.lease as u64);
 }
 
 fn dec_kv(d: &mut Dec) -> Option<KeyValue> {
@@ -441,6 +492,7 @@ fn dec_kv(d: &mut Dec) -> Option<KeyValue> {
         create_revision: d.u64()?,
         mod_revision: d.u64()?,
         version: d.u64()?,
+        lease: d.i64()?,
     })
 }
 

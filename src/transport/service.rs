@@ -187,6 +187,17 @@ impl pb::raft_server::Raft for RaftService {
         crate::api::transfer_leader(&self.node, req).await
     }
 
+    async fn lease_query(
+        &self,
+        req: Request<pb::LeaseQueryRequest>,
+    ) -> Result<Response<pb::LeaseQueryResponse>, Status> {
+        self.check_member(&req)?;
+        let deadline = crate::api::deadline(&req);
+        let pb::LeaseQueryRequest { id, renew, keys } = req.into_inner();
+        let info = self.node.forwarded(deadline, || self.node.lease_query_here(id, renew, keys, deadline)).await?;
+        Ok(Response::new(pb::LeaseQueryResponse { ttl: info.ttl, granted_ttl: info.granted_ttl, keys: info.keys }))
+    }
+
     async fn read_index(&self, req: Request<pb::ReadIndexRequest>) -> Result<Response<pb::ReadIndexResponse>, Status> {
         self.check_member(&req)?;
         let deadline = crate::api::deadline(&req);

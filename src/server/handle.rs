@@ -1,0 +1,295 @@
+//! The handle through which the services reach a node: status, proposals (forwarded
+//! to the leader when this node does not lead), reads and leadership transfer.
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use tokio::sync::{oneshot, watch};
+
+use super::{forward, Input, Metrics, NodeStatus, Shared};
+use crate::error::{Error, Result};
+use crate::mvcc::txn::TxnResult;
+use crate::mvcc::{Applied, Command, Store};
+use crate::proto as pb;
+use crate::raft::{Index, Message, NodeId, Term};
+use crate::transport::convert::Names;
+use crate::transport::PeerClient;
+
+/// A cheap, cloneable handle to a running node.
+#[derive(Clone)]
+pub struct NodeHandle(pub(super) Arc<Shared>);
+
+impl NodeHandle {
+    pub fn id(&self) -> NodeId {
+        self.0.id
+    }
+
+    pub fn name(&self) -> &str {
+        &self.0.name
+    }
+
+    pub fn names(&self) -> &Names {
+        &self.0.names
+    }
+
+    pub fn metrics(&self) -> &Metrics {
+        &self.0.metrics
+    }
+
+    /// The node's status; `applied` is what the state machine has applied.
+    pub fn status(&self) -> NodeStatus {
+        let mut st = self.0.status.borrow().clone();
+        st.applied = self.0.store.applied();
+        st
+    }
+
+    pub fn status_watch(&self) -> watch::Receiver<NodeStatus> {
+        self.0.status.clone()
+    }
+
+    pub fn leader_name(&self) -> Option<String> {
+        self.status().leader.map(|l| self.0.names.name(l).to_string())
+    }
+
+    /// The state machine, for serializable reads.
+    pub fn store(&self) -> &Arc<Store> {
+        &self.0.store
+    }
+
+    async fn ask<T>(&self, make: impl FnOnce(oneshot::Sender<T>) -> Input) -> Result<T> {
+        let (tx, rx) = oneshot::channel();
+        self.0.input.send(make(tx)).await.map_err(|_| Error::Shutdown)?;
+        rx.await.map_err(|_| Error::Shutdown)
+    }
+
+    /// Offers a received snapshot (built into the engine file at `path`) to the core;
+    /// answered once it is installed durably, or refused.
+    pub async fn install_snapshot(&self, msg: Message, built: crate::mvcc::snapshot::Built) -> Result<Message> {
+        self.ask(|reply| Input::InstallSnapshot { msg, built, reply }).await
+    }
+
+    pub async fn step_request(&self, msg: Message) -> Result<Message> {
+        self.ask(|reply| Input::Raft { msg, reply: Some(reply) }).await
+    }
+
+    /// Feeds a peer message that has no answer.
+    pub async fn step_oneway(&self, msg: Message) -> Result<()> {
+        self.0.input.send(Input::Raft { msg, reply: None }).await.map_err(|_| Error::Shutdown)
+    }
+
+    pub async fn campaign(&self) -> Result<()> {
+        self.0.input.send(Input::Campaign).await.map_err(|_| Error::Shutdown)
+    }
+
+    pub async fn become_follower(&self) -> Result<()> {
+        self.0.input.send(Input::BecomeFollower).await.map_err(|_| Error::Shutdown)
+    }
+
+    /// Appends on this node only, if it leads, without waking replication: the
+    /// controller bridge's STORE. Returns the entry's index.
+    pub async fn propose_lazy(&self, cmd: &Command) -> Result<Index> {
+        let data = cmd.encode();
+        self.ask(|reply| Input::ProposeLazy { data, reply }).await?
+    }
+
+    /// Stops every task of this node (the controller bridge's SHUTDOWN).
+    pub fn shutdown(&self) {
+        let _ = self.0.shutdown.send(true);
+    }
+
+    /// The error that made the node stop itself, if any.
+    pub fn fatal_error(&self) -> Option<String> {
+        self.0.fatal.lock().unwrap().clone()
+    }
+
+    /// Resolves once the node has been told to stop.
+    pub async fn stopped(&self) {
+        let mut rx = self.0.shutdown.subscribe();
+        let _ = rx.wait_for(|s| *s).await;
+    }
+
+    /// Proposes on this node only (no forwarding) and waits until it is applied.
+    /// A session command is stamped with this node's clock: the log time by which
+    /// sessions expire is the appending leader's.
+    pub async fn propose_here(&self, data: Bytes, deadline: Duration) -> Result<Applied> {
+        let now_ms =
+            std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64);
+        let data = Command::stamp(data, now_ms);
+        let fut = async {
+            let (tx, rx) = oneshot::channel();
+            // Not handed to the driver: nothing was appended.
+            self.0.input.send(Input::Propose { data, reply: tx }).await.map_err(|_| Error::Shutdown)?;
+            // Handed over, then dropped unanswered: it may have been appended.
+            rx.await.map_err(|_| Error::OutcomeUnknown("the node stopped before the entry committed".into()))?
+        };
+        tokio::time::timeout(deadline, fut).await.map_err(|_| Error::Timeout)?
+    }
+
+    pub async fn read_index_here(&self, deadline: Duration) -> Result<Index> {
+        let fut = self.ask(|reply| Input::ReadIndex { reply });
+        tokio::time::timeout(deadline, fut).await.map_err(|_| Error::Timeout)??
+    }
+
+    pub(super) async fn wait_applied(&self, index: Index) -> Result<()> {
+        let mut applied = self.0.store.applied_watch();
+        applied.wait_for(|a| *a >= index).await.map(|_| ()).map_err(|_| Error::Shutdown)
+    }
+
+    /// Waits up to two maximal election timeouts for a leader to be known. Asks the
+    /// driver, not the published status: that may lag one batch behind the answer
+    /// ("no leader") that made the caller wait.
+    async fn wait_for_leader(&self, deadline: Duration) {
+        let wait = (self.0.election_timeout * 4).min(deadline);
+        let _ = tokio::time::timeout(wait, self.ask(|reply| Input::WaitLeader { reply })).await;
+    }
+
+    /// Runs a request forwarded here by another node. If no leader is known (an
+    /// election or a handover is under way), waits for one and runs it once more, so
+    /// that the forwarding node is pointed at the new leader instead of failing.
+    pub async fn forwarded<T, F, Fut>(&self, deadline: Duration, f: F) -> Result<T>
+    where
+        F: Fn() -> Fut,
+        Fut: std::future::Future<Output = Result<T>>,
+    {
+        match f().await {
+            Err(Error::NoLeader | Error::NotLeader { leader: None }) => {
+                self.wait_for_leader(deadline).await;
+                f().await
+            }
+            other => other,
+        }
+    }
+
+    fn client_of(&self, leader: &str) -> Result<PeerClient> {
+        let id = self.0.names.id(leader).map_err(|_| Error::NoLeader)?;
+        self.0.clients.get(&id).cloned().ok_or(Error::NoLeader)
+    }
+
+    /// Runs `here` on this node if it leads, else `remote` against the leader;
+    /// with no leader known, waits a little for an election first.
+    pub(super) async fn via_leader<T, H, HF, R, RF>(&self, deadline: Duration, here: H, remote: R) -> Result<T>
+    where
+        H: Fn() -> HF,
+        HF: std::future::Future<Output = Result<T>>,
+        R: Fn(PeerClient) -> RF,
+        RF: std::future::Future<Output = Result<T>>,
+    {
+        let work = async {
+            let mut waited = false;
+            // Where to run next (None: here), and redirects left: a leader that has just
+            // handed over names its successor.
+            let mut target: Option<String> = None;
+            let mut hops = 3;
+            loop {
+                let result = match &target {
+                    None => here().await,
+                    Some(l) => remote(self.client_of(l)?).await,
+                };
+                match result {
+                    Err(Error::NotLeader { leader: Some(l) }) if hops > 0 => {
+                        hops -= 1;
+                        target = (l != self.0.name).then_some(l);
+                    }
+                    Err(Error::NoLeader | Error::NotLeader { .. }) if !waited => {
+                        waited = true;
+                        target = None;
+                        self.wait_for_leader(deadline).await;
+                    }
+                    other => return other,
+                }
+            }
+        };
+        tokio::time::timeout(deadline, work).await.map_err(|_| Error::Timeout)?
+    }
+
+    /// Hands leadership to the member named `to` (or the most up-to-date follower),
+    /// through the leader wherever it is. Answers with the leader's name and term once
+    /// this node knows a leader other than the one asked to step down.
+    pub async fn transfer_leader(&self, to: Option<&str>, deadline: Duration) -> Result<(String, Term)> {
+        let target = match to {
+            Some(name) => {
+                Some(self.0.names.id(name).map_err(|_| Error::InvalidArgument(format!("unknown member {name:?}")))?)
+            }
+            None => None,
+        };
+        let target_name = to.unwrap_or_default().to_string();
+        let here = || async move {
+            let old = self.0.id;
+            self.ask(|reply| Input::TransferLeader { to: target, reply }).await??;
+            if target == Some(old) {
+                let st = self.status();
+                return Ok((self.0.name.clone(), st.term));
+            }
+            let mut w = self.0.status.clone();
+            let st = w.wait_for(|s| s.leader.is_some_and(|l| l != old)).await.map_err(|_| Error::Shutdown)?.clone();
+            Ok((self.0.names.name(st.leader.expect("waited for")).to_string(), st.term))
+        };
+        let remote = |mut c: PeerClient| {
+            let target = target_name.clone();
+            async move {
+                let r = c.transfer_leader(pb::TransferLeaderRequest { target }).await.map_err(forward::remote_error)?;
+                let r = r.into_inner();
+                Ok((r.leader, r.term))
+            }
+        };
+        self.via_leader(deadline, here, remote).await
+    }
+
+    /// Commits `cmd` through the leader, wherever it is, and waits until applied there.
+    /// Past the quota, writes that add data are refused here, before anything is
+    /// appended (deletes and compactions, which free space, go through).
+    pub async fn propose(&self, cmd: &Command, deadline: Duration) -> Result<Applied> {
+        let stored = self.0.store.status().stored_bytes;
+        if cmd.grows_the_store() && stored >= self.0.quota_bytes {
+            return Err(Error::QuotaExceeded { stored, quota: self.0.quota_bytes });
+        }
+        let data = cmd.encode();
+        self.via_leader(
+            deadline,
+            || self.propose_here(data.clone(), deadline),
+            |mut c| {
+                let command = data.clone();
+                async move {
+                    let r = c.propose(pb::ProposeRequest { command }).await.map_err(forward::remote_write_error)?;
+                    let r = r.into_inner();
+                    let mut a = Applied::new(r.index, r.term, r.revision);
+                    if !r.txn.is_empty() {
+                        let txn = TxnResult::decode(&r.txn).ok_or_else(|| {
+                            Error::OutcomeUnknown("the leader's answer to the transaction could not be read".into())
+                        })?;
+                        a.txn = Some(std::sync::Arc::new(txn));
+                    }
+                    Ok(a)
+                }
+            },
+        )
+        .await
+    }
+
+    /// Opens a client session through the log: its id, and its time to live (`ttl`
+    /// if given, at most `--client-session-ttl`, at least one second).
+    pub async fn open_session(&self, ttl: Option<Duration>, deadline: Duration) -> Result<(u64, Duration)> {
+        let longest = self.0.session_ttl.max(Duration::from_secs(1));
+        let ttl = ttl.unwrap_or(longest).clamp(Duration::from_secs(1), longest);
+        let max_sessions = self.0.max_sessions.max(1);
+        let cmd = Command::OpenSession { time_ms: 0, ttl_ms: ttl.as_millis() as u64, max_sessions };
+        let a = self.propose(&cmd, deadline).await?;
+        Ok((a.index, ttl))
+    }
+
+    /// Waits until this node's state machine reflects every write committed before
+    /// the call (ReadIndex through the leader), so that a local read is linearizable.
+    pub async fn linearizable_barrier(&self, deadline: Duration) -> Result<()> {
+        let index = self
+            .via_leader(
+                deadline,
+                || self.read_index_here(deadline),
+                |mut c| async move {
+                    let r = c.read_index(pb::ReadIndexRequest {}).await.map_err(forward::remote_error)?;
+                    Ok(r.into_inner().index)
+                },
+            )
+            .await?;
+        tokio::time::timeout(deadline, self.wait_applied(index)).await.map_err(|_| Error::Timeout)?
+    }
+}
