@@ -59,9 +59,12 @@ impl Lease for EtcdLease {
                 let Ok(Some(msg)) = msg else { break };
                 // A lease that does not exist (or has expired) is answered with TTL 0, as
                 // etcd does; any other failure ends the stream (the client reconnects).
+                // The header's revision is read before the renewal (as etcd): a lease
+                // revoked at revision r is never reported kept alive at a later one.
+                let revision = ctx.node.store().status().revision;
                 let answer = match ctx.node.lease_query(msg.id, true, false, deadline).await {
                     Ok(info) => Ok(epb::LeaseKeepAliveResponse {
-                        header: ctx.header(ctx.node.store().status().revision),
+                        header: ctx.header(revision),
                         id: msg.id,
                         ttl: info.ttl.max(0),
                     }),
@@ -99,7 +102,7 @@ impl Lease for EtcdLease {
         let leases = self.0.node.lease_list(deadline(&req)).await.map_err(etcd_status)?;
         Ok(Response::new(epb::LeaseLeasesResponse {
             header: self.0.header(self.0.node.store().status().revision),
-            leases: leases.into_iter().map(|(id, _)| epb::LeaseStatus { id }).collect(),
+            leases: leases.keys().map(|&id| epb::LeaseStatus { id }).collect(),
         }))
     }
 }

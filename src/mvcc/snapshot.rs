@@ -4,7 +4,7 @@
 //! Stream: the magic `RKVSNAP2`, then records `[tag u8][len u32 LE][payload]`:
 //! tag 1 the meta record (56 bytes), tag 2 a history event
 //! (`[revision u64][sub u32][event]`), in revision order, tag 3 an open client session
-//! (`[id u64 BE][session]`), tag 4 a lease (`[id i64 BE][granted ttl i64 LE]`), tag 5 a
+//! (`[id u64 BE][session]`), tag 4 a lease (`[id i64 BE][granted ttl i64 LE][index u64 LE]`), tag 5 a
 //! key attached to a lease (`[id i64 BE][key]`); the end is tag 255 with the
 //! crc32 of every byte after the magic and before it. The live keys and the per-key
 //! index are rebuilt from the events, so a snapshot carries each value once.
@@ -187,22 +187,26 @@ fn build_into(engine: &Engine, file: &Path) -> Result<(Index, Term), MvccError> 
                     };
                     batch.insert(&engine.keys, key, m.encode().as_slice());
                 }
-                if batch.len() >= BUILD_BATCH {
-                    std::mem::replace(&mut batch, engine.db.batch()).commit()?;
-                }
             }
             TAG_SESSION if payload.len() == 8 + 48 => {
                 Session::decode(&payload[8..]).map_err(|_| damaged("a session record"))?;
                 batch.insert(&engine.sessions, &payload[..8], &payload[8..]);
             }
-            TAG_LEASE if payload.len() == 16 => {
+            TAG_LEASE if payload.len() == 24 => {
                 decode_lease(&payload[..8], &payload[8..]).map_err(|_| damaged("a lease record"))?;
                 batch.insert(&engine.leases, &payload[..8], &payload[8..]);
             }
-            TAG_LEASE_KEY if payload.len() > 8 && payload.len() <= 8 + crate::config::MAX_KEY_BYTES => {
+            TAG_LEASE_KEY
+                if payload.len() > 8
+                    && payload.len() <= 8 + crate::config::MAX_KEY_BYTES
+                    && std::str::from_utf8(&payload[8..]).is_ok() =>
+            {
                 batch.insert(&engine.lease_keys, &payload[..], [].as_slice());
             }
             tag => return Err(damaged(format!("unknown record {tag}"))),
+        }
+        if batch.len() >= BUILD_BATCH {
+            std::mem::replace(&mut batch, engine.db.batch()).commit()?;
         }
     }
     let meta = meta.ok_or_else(|| damaged("no meta record"))?;

@@ -15,7 +15,7 @@ use fjall::config::PinningPolicy;
 use fjall::{Database, Keyspace, KeyspaceCreateOptions, PersistMode, Readable};
 use tokio::sync::watch;
 
-use super::lease::{Leases, LEASE_BYTES};
+use super::lease::{Granted, LeaseMap, Leases, LEASE_BYTES};
 use super::read::KeyRange;
 use super::record::{
     decode_event, decode_key_rev_key, decode_rev_key, encode_event, key_prefix, key_rev_key, rev_key, KeyMeta,
@@ -184,8 +184,11 @@ pub struct Store {
     meta: Mutex<Meta>,
     /// The applier's copy of the open client sessions.
     sessions: Mutex<Sessions>,
-    /// The applier's copy of the granted leases (the lessor reads it).
+    /// The applier's copy of the granted leases.
     leases: Mutex<Leases>,
+    /// A copy of them for readers (the lessor), replaced after each batch that changed
+    /// them: readers never wait for the applier.
+    leases_published: RwLock<Arc<LeaseMap>>,
     applied: watch::Sender<Index>,
     revision: AtomicU64,
     compacted: AtomicU64,
@@ -254,6 +257,7 @@ impl Store {
             engine: RwLock::new(Some(Arc::new(engine))),
             meta: Mutex::new(meta),
             sessions: Mutex::new(sessions),
+            leases_published: RwLock::new(Arc::new(leases.all().clone())),
             leases: Mutex::new(leases),
             applied: watch::channel(meta.applied).0,
             revision: AtomicU64::new(0),
@@ -298,14 +302,14 @@ impl Store {
         self.applied.subscribe()
     }
 
-    /// Every granted lease: (id, granted TTL in seconds).
-    pub fn leases(&self) -> Vec<(i64, i64)> {
-        self.leases.lock().unwrap().all()
+    /// Every lease that exists, as of the last applied batch.
+    pub fn leases(&self) -> Arc<LeaseMap> {
+        self.leases_published.read().unwrap().clone()
     }
 
-    /// Lease `id`'s granted TTL in seconds, if it exists.
-    pub fn lease_ttl(&self, id: i64) -> Option<i64> {
-        self.leases.lock().unwrap().ttl(id)
+    /// Lease `id`, if it exists.
+    pub fn lease(&self, id: i64) -> Option<Granted> {
+        self.leases_published.read().unwrap().get(&id).copied()
     }
 
     pub fn status(&self) -> StoreStatus {
@@ -335,6 +339,7 @@ impl Store {
         let mut meta = *meta_guard;
         let mut sessions = self.sessions.lock().unwrap();
         let mut leases = self.leases.lock().unwrap();
+        let mut leases_changed = false;
         let mut batch = engine.db.batch();
         // A batch does not read its own writes: keys written earlier in it are here.
         let mut written: HashMap<String, Option<KeyMeta>> = HashMap::new();
@@ -423,14 +428,17 @@ impl Store {
                         }
                     }
                 }
-                Command::LeaseGrant { id, ttl } => match leases.grant(id, ttl, &mut batch, &engine.leases) {
-                    Ok(()) => {
-                        meta.stored_bytes += LEASE_BYTES;
-                        Ok(Applied::new(e.index, e.term, meta.revision))
+                Command::LeaseGrant { id, ttl } => {
+                    match leases.grant(id, Granted { ttl, since: e.index }, &mut batch, &engine.leases) {
+                        Ok(()) => {
+                            leases_changed = true;
+                            meta.stored_bytes += LEASE_BYTES;
+                            Ok(Applied::new(e.index, e.term, meta.revision))
+                        }
+                        Err(refused) => Err(refused),
                     }
-                    Err(refused) => Err(refused),
-                },
-                Command::LeaseRevoke { id } if leases.ttl(id).is_none() => Err(MvccError::LeaseNotFound),
+                }
+                Command::LeaseRevoke { id } if !leases.exists(id) => Err(MvccError::LeaseNotFound),
                 Command::LeaseRevoke { id } => {
                     // Its keys are found in the engine: what this batch wrote goes in first.
                     if e.index - 1 > committed {
@@ -459,6 +467,7 @@ impl Store {
                         batch.remove(&engine.lease_keys, k);
                     }
                     leases.remove(id, &mut batch, &engine.leases);
+                    leases_changed = true;
                     meta.stored_bytes = meta.stored_bytes.saturating_sub(LEASE_BYTES);
                     commit_with(&engine, &mut batch, &meta)?;
                     committed = e.index;
@@ -475,6 +484,9 @@ impl Store {
         *meta_guard = meta;
         drop(meta_guard);
         drop(sessions);
+        if leases_changed {
+            *self.leases_published.write().unwrap() = Arc::new(leases.all().clone());
+        }
         drop(leases);
         self.publish(&meta);
         // Compaction keeps pace with the writes that feed it.
@@ -606,6 +618,7 @@ impl Store {
         drop(slot);
         *self.meta.lock().unwrap() = meta;
         *self.sessions.lock().unwrap() = sessions;
+        *self.leases_published.write().unwrap() = Arc::new(leases.all().clone());
         *self.leases.lock().unwrap() = leases;
         *self.durable.write().unwrap() = meta;
         self.publish(&meta);

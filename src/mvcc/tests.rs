@@ -537,8 +537,25 @@ fn any_grouping_of_the_same_entries_gives_the_same_state() {
             }
             let v = s.read().unwrap();
             let hashes: Vec<_> = (v.compacted().max(1)..=v.revision()).map(|r| v.hash(r).ok()).collect();
-            let leases: Vec<_> = s.leases().into_iter().map(|(id, _)| (id, v.lease_keys(id).unwrap())).collect();
-            results.push((outcomes, v.revision(), v.compacted(), hashes, leases));
+            // Leases as granted, the keys attached (and the index of them, raw), and the
+            // bytes counted, the same too; and after a restart.
+            let leases: Vec<_> = s
+                .leases()
+                .iter()
+                .map(|(&id, &g)| {
+                    let raw = v.raw_prefix(&v.engine().lease_keys, &lease::lease_key(id)).count();
+                    (id, g, v.lease_keys(id).unwrap(), raw)
+                })
+                .collect();
+            let granted = s.leases();
+            let state = (outcomes, v.revision(), v.compacted(), hashes, leases, s.status().stored_bytes);
+            s.checkpoint().unwrap();
+            drop(v);
+            s.close();
+            drop(s);
+            let reopened = Store::open(_d.path(), 8 << 20).unwrap().leases();
+            assert_eq!(*reopened, *granted, "seed {seed}: the leases a restart finds");
+            results.push(state);
         }
         assert_eq!(results[0], results[1], "seed {seed}: one batch against one entry per batch");
         assert_eq!(results[0], results[2], "seed {seed}: one batch against random batches");
@@ -609,8 +626,11 @@ mod leases {
         assert_eq!(s.status().revision, before + 1);
         let r = apply(&s, vec![Command::LeaseGrant { id: 7, ttl: 5 }, Command::LeaseGrant { id: 7, ttl: 5 }]);
         assert_eq!(r[1], Err(MvccError::LeaseExists));
-        // A revoke with no keys makes no revision.
+        // A revoke with no keys makes no revision, and the lease's bytes are no longer
+        // counted.
+        let bytes = s.status().stored_bytes;
         assert_eq!(apply(&s, vec![Command::LeaseRevoke { id: 7 }])[0].as_ref().unwrap().revision, before + 1);
+        assert_eq!(s.status().stored_bytes + lease::LEASE_BYTES, bytes);
     }
 
     #[test]
@@ -650,9 +670,11 @@ mod leases {
             s.checkpoint().unwrap();
         }
         let s = Store::open(d.path(), 8 << 20).unwrap();
-        assert_eq!((s.leases(), s.read().unwrap().lease_keys(-4).unwrap()), (vec![(-4, 9)], vec!["k".to_string()]));
+        let granted = lease::Granted { ttl: 9, since: 1 };
+        assert_eq!(*s.leases(), [(-4, granted)].into_iter().collect::<lease::LeaseMap>());
+        assert_eq!(s.read().unwrap().lease_keys(-4).unwrap(), ["k"]);
         let (_d2, other) = installed_copy(&s);
-        assert_eq!(other.leases(), vec![(-4, 9)]);
+        assert_eq!(other.leases(), s.leases());
         assert_eq!(other.read().unwrap().hash(0).unwrap(), s.read().unwrap().hash(0).unwrap());
         // Revoked there, it deletes the key it had here.
         apply(&other, vec![Command::LeaseRevoke { id: -4 }]);

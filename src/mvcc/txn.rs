@@ -224,7 +224,7 @@ impl<'a> Applying<'a> {
                         (None, Some(p)) => p.lease,
                         (None, None) => return Err(MvccError::KeyNotFound),
                     };
-                    if lease != 0 && self.leases.ttl(lease).is_none() {
+                    if lease != 0 && !self.leases.exists(lease) {
                         return Err(MvccError::LeaseNotFound);
                     }
                     self.write(key, Some((value, lease)), prev.as_ref());
