@@ -23,6 +23,10 @@ enum Cmd {
     Put {
         key: String,
         value: String,
+        /// Attach the key to this lease (its id in hexadecimal): it is deleted when the
+        /// lease expires or is revoked.
+        #[arg(long)]
+        lease: Option<String>,
         #[command(flatten)]
         conn: cli::client::Conn,
     },
@@ -89,6 +93,15 @@ enum Cmd {
         #[command(flatten)]
         conn: cli::client::Conn,
     },
+    /// Grant, revoke, keep alive and inspect leases (etcd's Lease service).
+    #[command(subcommand)]
+    Lease(cli::lease::LeaseCmd),
+    /// Run a transaction read from stdin, in etcdctl's syntax: compares, a blank line,
+    /// the operations on success, a blank line, the operations on failure.
+    Txn {
+        #[command(flatten)]
+        conn: cli::client::Conn,
+    },
     /// Load the cluster with concurrent Stores; report throughput, latency, longest gap.
     Bench(cli::bench::BenchArgs),
     /// Send one controller-bridge request (UDP JSON) and print the reply.
@@ -105,7 +118,10 @@ fn main() -> ExitCode {
         match cli.cmd {
             Cmd::Serve(args) => cli::serve::run(*args).await,
             Cmd::Dev(args) => cli::dev::run(args).await,
-            Cmd::Put { key, value, conn } => cli::client::put(&conn, key, value).await,
+            Cmd::Put { key, value, lease: Some(lease), conn } => cli::lease::put(&conn, key, value, &lease).await,
+            Cmd::Put { key, value, lease: None, conn } => cli::client::put(&conn, key, value).await,
+            Cmd::Lease(cmd) => cli::lease::run(cmd).await,
+            Cmd::Txn { conn } => cli::txn::run(&conn).await,
             Cmd::Get { key, serializable, rev, prefix: true, conn } => {
                 cli::etcd::get_prefix(&conn, key, serializable, rev).await
             }

@@ -146,3 +146,73 @@ fn etcdctl_works_against_raftkv() {
 fn saw_delete(seen: &[String]) -> bool {
     seen.windows(2).any(|w| w == ["DELETE", "watched/a"])
 }
+
+#[test]
+fn etcdctl_leases_and_locks_work_against_raftkv() {
+    if !etcdctl_present() {
+        return;
+    }
+    let p = Procs::start(3);
+    p.wait_leader(None);
+    let ctl = Ctl { endpoints: p.clients.join(",") };
+    // etcdctl: "lease 694d77aa9e38260f granted with TTL(60s)".
+    let granted = ctl.ok(&["lease", "grant", "60"]);
+    let id = granted.split_whitespace().nth(1).unwrap().to_string();
+    assert!(granted.contains("granted with TTL(60s)"), "{granted}");
+    ctl.ok(&["put", "leased/a", "1", &format!("--lease={id}")]);
+    // raftkv's own CLI attaches a key to the same lease.
+    let own = p.cli(&["put", "leased/b", "2", "--lease", &id]);
+    assert!(own.status.success(), "{}", String::from_utf8_lossy(&own.stderr));
+    let ttl = ctl.ok(&["lease", "timetolive", &id, "--keys"]);
+    assert!(ttl.contains("granted with TTL(60s)") && ttl.contains("attached keys([leased/a leased/b])"), "{ttl}");
+    assert!(ctl.ok(&["lease", "keep-alive", "--once", &id]).contains("keepalived with TTL(60)"));
+    assert!(ctl.ok(&["lease", "list"]).contains(&id));
+    let own = p.cli(&["lease", "ttl", &id]);
+    assert!(String::from_utf8_lossy(&own.stdout).contains("granted with TTL(60s)"), "{own:?}");
+    ctl.ok(&["lease", "revoke", &id]);
+    assert_eq!(ctl.ok(&["get", "leased/", "--prefix"]), "", "revoking deletes the lease's keys");
+    let gone = ctl.run(&["lease", "revoke", &id], None);
+    assert!(String::from_utf8_lossy(&gone.stderr).contains("etcdserver: requested lease not found"));
+
+    // etcdctl lock (a lease, a transaction and a watch on etcd's API): three holders
+    // of one lock, never two at once.
+    let dir = tempfile::tempdir().unwrap();
+    let log = dir.path().join("log");
+    let script = dir.path().join("critical.sh");
+    std::fs::write(&script, format!("#!/bin/sh\necho start $1 >> {0}\nsleep 1\necho end $1 >> {0}\n", log.display()))
+        .unwrap();
+    std::fs::set_permissions(&script, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    let holders: Vec<_> = (0..3)
+        .map(|i| {
+            Command::new("etcdctl")
+                .env("ETCDCTL_API", "3")
+                .arg(format!("--endpoints={}", p.clients[i]))
+                .args(["lock", "the-lock", script.to_str().unwrap(), &i.to_string()])
+                .stdout(Stdio::null())
+                .stderr(Stdio::piped())
+                .spawn()
+                .expect("etcdctl lock runs")
+        })
+        .collect();
+    // Each holds the lock 1 s: generous for three, and a broken lock fails, not hangs.
+    let deadline = std::time::Instant::now() + common::procs::WAIT;
+    let mut holders = holders;
+    while holders.iter_mut().any(|h| h.try_wait().unwrap().is_none()) {
+        if std::time::Instant::now() > deadline {
+            holders.iter_mut().for_each(|h| drop(h.kill()));
+            let got = std::fs::read_to_string(&log).unwrap_or_default();
+            panic!("the lock holders did not all finish within {:?}; log: {got:?}", common::procs::WAIT);
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    for h in holders {
+        let out = h.wait_with_output().unwrap();
+        assert!(out.status.success(), "etcdctl lock: {}", String::from_utf8_lossy(&out.stderr));
+    }
+    let lines: Vec<String> = std::fs::read_to_string(&log).unwrap().lines().map(str::to_string).collect();
+    assert_eq!(lines.len(), 6, "{lines:?}");
+    for pair in lines.chunks(2) {
+        let who = pair[0].strip_prefix("start ").expect("a start, then its end");
+        assert_eq!(pair[1], format!("end {who}"), "two holders at once: {lines:?}");
+    }
+}

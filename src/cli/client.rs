@@ -66,26 +66,38 @@ impl Conn {
     }
 
     async fn client(&self, endpoint: &str) -> Result<KeyValueClient<Channel>, String> {
+        Ok(KeyValueClient::new(self.connected(endpoint).await?))
+    }
+
+    async fn connected(&self, endpoint: &str) -> Result<Channel, String> {
         let mut ch = self.channel_with(endpoint, Duration::from_millis(1000), Some(self.timeout()))?;
         // Connect now, so that an unreachable endpoint is told apart from a refusal.
         futures::future::poll_fn(|cx| tower::Service::poll_ready(&mut ch, cx))
             .await
             .map_err(|e| format!("{endpoint}: cannot connect: {}", raftkv::error::with_causes(&e)))?;
-        Ok(KeyValueClient::new(ch))
+        Ok(ch)
+    }
+
+    async fn first<T, F, Fut>(&self, call: F) -> Result<T, String>
+    where
+        F: Fn(KeyValueClient<Channel>) -> Fut,
+        Fut: std::future::Future<Output = Result<T, Status>>,
+    {
+        self.first_channel(|ch| call(KeyValueClient::new(ch))).await
     }
 
     /// Runs `call` against each endpoint in turn until one answers with anything other
     /// than "unreachable" or a node's own "unavailable" (which says it applied nothing).
     /// A request whose answer was lost on the way is not retried: it may have been
     /// applied, and a retry could apply it twice.
-    async fn first<T, F, Fut>(&self, call: F) -> Result<T, String>
+    pub async fn first_channel<T, F, Fut>(&self, call: F) -> Result<T, String>
     where
-        F: Fn(KeyValueClient<Channel>) -> Fut,
+        F: Fn(Channel) -> Fut,
         Fut: std::future::Future<Output = Result<T, Status>>,
     {
         let mut last = String::from("no endpoints given");
         for ep in &self.endpoints {
-            let client = match self.client(ep).await {
+            let client = match self.connected(ep).await {
                 Ok(c) => c,
                 Err(e) => {
                     last = e;

@@ -12,7 +12,7 @@ use super::CmdResult;
 
 /// etcd's prefix convention: the range end is the prefix with its last byte below
 /// 0xff incremented (and what follows cut); all 0xff (or empty): every key from it on.
-fn prefix_end(prefix: &[u8]) -> Vec<u8> {
+pub fn prefix_end(prefix: &[u8]) -> Vec<u8> {
     let mut end = prefix.to_vec();
     while let Some(last) = end.pop() {
         if last < 0xff {

@@ -4,7 +4,9 @@ pub mod client;
 pub mod controller;
 pub mod dev;
 pub mod etcd;
+pub mod lease;
 pub mod serve;
+pub mod txn;
 
 use std::process::ExitCode;
 

@@ -1,0 +1,202 @@
+//! `raftkv txn`: a transaction read from stdin in etcdctl's syntax, sent as etcd's Txn.
+//!
+//! ```text
+//! mod("key1") > "0"          compares, one per line: val|value, ver|version,
+//! val("key2") = "x"          c|create, m|mod, lease; =, !=, <, >
+//!
+//! put key1 "new value"       operations if every compare holds
+//! del key2                   (put KEY VALUE [--lease=ID], get KEY [--prefix],
+//!                            del KEY [--prefix])
+//! get key1
+//!                            operations otherwise
+//! ```
+//! The answer is printed as etcdctl prints it: SUCCESS or FAILURE, then each
+//! operation's result after a blank line.
+use std::io::Read;
+use std::process::ExitCode;
+
+use raftkv::proto::etcd::etcdserverpb::{
+    self as epb, compare::CompareResult, compare::CompareTarget, compare::TargetUnion, kv_client::KvClient,
+    request_op::Request as Op, response_op::Response as Answer,
+};
+
+use super::client::Conn;
+use super::etcd::prefix_end;
+use super::CmdResult;
+
+/// Splits a line into words; double quotes group (with `\"` and `\\` inside them).
+fn words(line: &str) -> Result<Vec<String>, String> {
+    let mut out = Vec::new();
+    let mut cur = String::new();
+    let (mut quoted, mut started) = (false, false);
+    let mut chars = line.chars();
+    while let Some(c) = chars.next() {
+        match c {
+            '"' => {
+                quoted = !quoted;
+                started = true;
+            }
+            '\\' if quoted => cur.push(chars.next().ok_or("a line ends in a backslash")?),
+            c if c.is_whitespace() && !quoted => {
+                if started {
+                    out.push(std::mem::take(&mut cur));
+                    started = false;
+                }
+            }
+            c => {
+                cur.push(c);
+                started = true;
+            }
+        }
+    }
+    if quoted {
+        return Err(format!("unclosed quote in {line:?}"));
+    }
+    if started {
+        out.push(cur);
+    }
+    Ok(out)
+}
+
+fn compare(line: &str) -> Result<epb::Compare, String> {
+    let bad = || format!("malformed comparison: {line:?} (like: mod(\"key\") > \"0\")");
+    let (target, rest) = line.split_once('(').ok_or_else(bad)?;
+    let (key, rest) = rest.rsplit_once(')').ok_or_else(bad)?;
+    let key = words(key)?.pop().ok_or_else(bad)?;
+    let [op, value]: [String; 2] = words(rest)?.try_into().map_err(|_| bad())?;
+    let result = match op.as_str() {
+        "=" | "==" => CompareResult::Equal,
+        "!=" => CompareResult::NotEqual,
+        "<" => CompareResult::Less,
+        ">" => CompareResult::Greater,
+        _ => return Err(format!("unknown operator {op:?} in {line:?} (=, !=, <, >)")),
+    };
+    let number =
+        |v: &str, radix| i64::from_str_radix(v, radix).map_err(|_| format!("{v:?} is not a number in {line:?}"));
+    let (t, union) = match target.trim() {
+        "val" | "value" => (CompareTarget::Value, TargetUnion::Value(value.into_bytes())),
+        "ver" | "version" => (CompareTarget::Version, TargetUnion::Version(number(&value, 10)?)),
+        "c" | "create" => (CompareTarget::Create, TargetUnion::CreateRevision(number(&value, 10)?)),
+        "m" | "mod" => (CompareTarget::Mod, TargetUnion::ModRevision(number(&value, 10)?)),
+        "lease" => (CompareTarget::Lease, TargetUnion::Lease(number(&value, 16)?)),
+        other => return Err(format!("unknown compare target {other:?} in {line:?}")),
+    };
+    Ok(epb::Compare {
+        key: key.into_bytes(),
+        result: result as i32,
+        target: t as i32,
+        target_union: Some(union),
+        ..Default::default()
+    })
+}
+
+fn operation(line: &str) -> Result<epb::RequestOp, String> {
+    let w = words(line)?;
+    let flag = |name: &str| w.iter().any(|a| a == name);
+    let plain: Vec<&String> = w.iter().filter(|a| !a.starts_with("--")).collect();
+    let request = match (plain.first().map(|s| s.as_str()), plain.len()) {
+        (Some("put"), 3) => {
+            let lease = match w.iter().find_map(|a| a.strip_prefix("--lease=")) {
+                Some(id) => super::lease::parse_id(id)?,
+                None => 0,
+            };
+            Op::RequestPut(epb::PutRequest {
+                key: plain[1].clone().into_bytes(),
+                value: plain[2].clone().into_bytes(),
+                lease,
+                ..Default::default()
+            })
+        }
+        (Some("get"), 2) => Op::RequestRange(epb::RangeRequest {
+            key: plain[1].clone().into_bytes(),
+            range_end: if flag("--prefix") { prefix_end(plain[1].as_bytes()) } else { Vec::new() },
+            ..Default::default()
+        }),
+        (Some("del" | "delete"), 2) => Op::RequestDeleteRange(epb::DeleteRangeRequest {
+            key: plain[1].clone().into_bytes(),
+            range_end: if flag("--prefix") { prefix_end(plain[1].as_bytes()) } else { Vec::new() },
+            ..Default::default()
+        }),
+        _ => return Err(format!("malformed operation: {line:?} (put KEY VALUE, get KEY, del KEY)")),
+    };
+    Ok(epb::RequestOp { request: Some(request) })
+}
+
+/// Parses the whole input: compares, success operations, failure operations, in
+/// blocks separated by a blank line.
+pub fn parse(input: &str) -> Result<epb::TxnRequest, String> {
+    let mut blocks: Vec<Vec<&str>> = vec![Vec::new()];
+    for line in input.lines().map(str::trim) {
+        if line.is_empty() {
+            blocks.push(Vec::new());
+        } else {
+            blocks.last_mut().expect("one block").push(line);
+        }
+    }
+    if blocks.len() > 3 {
+        // Trailing blank lines are fine; a fourth block is not.
+        if blocks[3..].iter().any(|b| !b.is_empty()) {
+            return Err("more than three blocks (compares, success, failure)".into());
+        }
+        blocks.truncate(3);
+    }
+    blocks.resize(3, Vec::new());
+    Ok(epb::TxnRequest {
+        compare: blocks[0].iter().map(|l| compare(l)).collect::<Result<_, _>>()?,
+        success: blocks[1].iter().map(|l| operation(l)).collect::<Result<_, _>>()?,
+        failure: blocks[2].iter().map(|l| operation(l)).collect::<Result<_, _>>()?,
+    })
+}
+
+pub async fn run(conn: &Conn) -> CmdResult {
+    let mut input = String::new();
+    std::io::stdin().read_to_string(&mut input).map_err(|e| format!("reading stdin: {e}"))?;
+    let req = parse(&input)?;
+    let r = conn
+        .first_channel(|ch| {
+            let req = req.clone();
+            async move { KvClient::new(ch).txn(req).await }
+        })
+        .await?
+        .into_inner();
+    println!("{}", if r.succeeded { "SUCCESS" } else { "FAILURE" });
+    for answer in r.responses {
+        println!();
+        match answer.response {
+            Some(Answer::ResponsePut(_)) => println!("OK"),
+            Some(Answer::ResponseDeleteRange(d)) => println!("{}", d.deleted),
+            Some(Answer::ResponseRange(g)) => {
+                for kv in g.kvs {
+                    println!("{}\n{}", String::from_utf8_lossy(&kv.key), String::from_utf8_lossy(&kv.value));
+                }
+            }
+            Some(Answer::ResponseTxn(_)) | None => {}
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn etcdctls_txn_syntax_parses_and_bad_lines_are_named() {
+        let t = parse(
+            "mod(\"k 1\") > \"0\"\nval(\"k2\") = \"a \\\"b\\\"\"\n\nput k1 \"new v\"\ndel p --prefix\n\nget k1\n\n",
+        )
+        .unwrap();
+        assert_eq!(t.compare.len(), 2);
+        assert_eq!(t.compare[0].key, b"k 1");
+        assert_eq!(t.compare[0].target_union, Some(TargetUnion::ModRevision(0)));
+        assert_eq!(t.compare[1].target_union, Some(TargetUnion::Value(b"a \"b\"".to_vec())));
+        let Some(Op::RequestPut(p)) = &t.success[0].request else { panic!("{t:?}") };
+        assert_eq!((p.key.as_slice(), p.value.as_slice()), (b"k1".as_slice(), b"new v".as_slice()));
+        let Some(Op::RequestDeleteRange(d)) = &t.success[1].request else { panic!("{t:?}") };
+        assert_eq!(d.range_end, b"q");
+        assert_eq!(t.failure.len(), 1);
+        for bad in ["mod(\"k\") >> \"1\"", "ver(\"k\") = \"x\"", "nope(\"k\") = \"1\"", "mod k > 1", "\n\nput k"] {
+            assert!(parse(bad).is_err(), "{bad:?}");
+        }
+    }
+}
