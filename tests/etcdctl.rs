@@ -131,6 +131,11 @@ fn etcdctl_works_against_raftkv() {
     let old = ctl.run(&["get", "greeting", &format!("--rev={}", rev - 1)], None);
     assert!(!old.status.success());
     assert!(String::from_utf8_lossy(&old.stderr).contains("etcdserver: mvcc: required revision has been compacted"));
+    // A watch from before the compaction is canceled with etcd's error, not a partial stream.
+    let watch = ctl.run(&["watch", "greeting", &format!("--rev={}", rev - 1)], None);
+    assert!(!watch.status.success());
+    let said = String::from_utf8_lossy(&watch.stdout).to_string() + &String::from_utf8_lossy(&watch.stderr);
+    assert!(said.contains("watch was canceled (etcdserver: mvcc: required revision has been compacted)"), "{said}");
 
     // endpoint status and member list, for every node.
     let all = Ctl { endpoints: p.clients.join(",") };
@@ -173,6 +178,36 @@ fn etcdctl_leases_and_locks_work_against_raftkv() {
     assert_eq!(ctl.ok(&["get", "leased/", "--prefix"]), "", "revoking deletes the lease's keys");
     let gone = ctl.run(&["lease", "revoke", &id], None);
     assert!(String::from_utf8_lossy(&gone.stderr).contains("etcdserver: requested lease not found"));
+
+    // A key vanishes when its lease expires; `lease keep-alive` keeps another. The
+    // marker's lease is granted after the kept one with a longer TTL: once its key has
+    // gone, the kept lease would have expired too without its keep-alives.
+    let id_of = |out: String| out.split_whitespace().nth(1).unwrap().to_string();
+    let kept = id_of(ctl.ok(&["lease", "grant", "2"]));
+    let marker = id_of(ctl.ok(&["lease", "grant", "3"]));
+    ctl.ok(&["put", "kept", "1", &format!("--lease={kept}")]);
+    ctl.ok(&["put", "marker", "1", &format!("--lease={marker}")]);
+    let mut keeper = Command::new("etcdctl")
+        .env("ETCDCTL_API", "3")
+        .arg(format!("--endpoints={}", p.clients[1]))
+        .args(["lease", "keep-alive", &kept])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("etcdctl lease keep-alive runs");
+    let gone = |key: &str| {
+        let deadline = std::time::Instant::now() + common::procs::WAIT;
+        while !ctl.ok(&["get", key]).is_empty() {
+            assert!(std::time::Instant::now() < deadline, "{key} is still there after {:?}", common::procs::WAIT);
+            std::thread::sleep(std::time::Duration::from_millis(200));
+        }
+    };
+    gone("marker");
+    let still = ctl.ok(&["get", "kept"]);
+    let _ = keeper.kill();
+    let _ = keeper.wait();
+    assert_eq!(still, "kept\n1\n", "lease keep-alive keeps the lease");
+    gone("kept");
 
     // etcdctl lock (a lease, a transaction and a watch on etcd's API): three holders
     // of one lock, never two at once.
