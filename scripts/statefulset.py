@@ -10,6 +10,7 @@ rehearsal start the binary exactly as Kubernetes would.
   statefulset.py RENDERED.yaml env ORDINAL     KEY=VALUE lines for pod ORDINAL
   statefulset.py RENDERED.yaml mount           the data volume's mount path
 """
+import re
 import sys
 
 import yaml
@@ -54,15 +55,18 @@ def main(argv):
         if len(argv) != 4:
             fail("env needs an ORDINAL")
         pod_name = f"{sts['metadata']['name']}-{int(argv[3])}"
+        seen = {}
         for e in c.get("env", []):
             if "value" in e:
-                value = str(e["value"])
+                # As Kubernetes: $(NAME) of a variable defined above is its value.
+                value = re.sub(r"\$\(([A-Za-z_][A-Za-z0-9_]*)\)", lambda m: seen.get(m[1], m[0]), str(e["value"]))
             elif e.get("valueFrom", {}).get("fieldRef", {}).get("fieldPath") == "metadata.name":
                 value = pod_name
             else:
                 fail(f"env {e['name']}: only values and fieldRef metadata.name are supported")
             if "\n" in value:
                 fail(f"env {e['name']}: multi-line values are not supported")
+            seen[e["name"]] = value
             print(f"{e['name']}={value}")
     else:
         fail(f"unknown request {what!r}\n{__doc__}")

@@ -57,6 +57,9 @@ pub struct NodeConfig {
     /// A plain-text port serving only `grpc.health.v1.Health`, for probes that cannot
     /// speak TLS (the kubelet's) when the client port does.
     pub health_addr: Option<String>,
+    /// The client URLs this node tells others about (etcd's `--advertise-client-urls`);
+    /// empty: the client address it listens on.
+    pub advertise_client_urls: Vec<String>,
     /// The longest (and default) time to live of a client session: it expires after
     /// this much log time without a write (`--client-session-ttl`).
     pub session_ttl: Duration,
@@ -145,6 +148,7 @@ impl NodeConfig {
             max_request_bytes: DEFAULT_MAX_REQUEST_BYTES,
             max_concurrent_streams: DEFAULT_MAX_CONCURRENT_STREAMS,
             health_addr: None,
+            advertise_client_urls: Vec::new(),
             session_ttl: Duration::from_secs(DEFAULT_SESSION_TTL_SECS),
             max_sessions: DEFAULT_MAX_SESSIONS,
         }

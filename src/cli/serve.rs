@@ -81,6 +81,11 @@ pub struct ServeArgs {
     /// Concurrent gRPC streams per client connection.
     #[arg(long, env = "RAFTKV_MAX_CONCURRENT_STREAMS", default_value_t = raftkv::config::DEFAULT_MAX_CONCURRENT_STREAMS)]
     pub max_concurrent_streams: u32,
+    /// The client URLs to tell other members and clients about, comma-separated
+    /// (etcd's flag; etcd's MemberList shows them): needed when --client-addr is a
+    /// wildcard such as 0.0.0.0:2379. Default: http(s)://<--client-addr>.
+    #[arg(long, env = "RAFTKV_ADVERTISE_CLIENT_URLS", value_delimiter = ',')]
+    pub advertise_client_urls: Vec<String>,
     /// Also serve grpc.health.v1.Health alone, in plain text, here (for probes that
     /// cannot speak TLS, such as the kubelet's, when the client port does).
     #[arg(long, env = "RAFTKV_LISTEN_HEALTH_ADDR")]
@@ -137,6 +142,13 @@ fn check_listen_addr(flag: &str, addr: &str) -> Result<(), String> {
 fn config(args: &ServeArgs) -> Result<NodeConfig, String> {
     check_listen_addr("--client-addr", &args.client_addr)?;
     check_listen_addr("--peer-addr", &args.peer_addr)?;
+    for url in &args.advertise_client_urls {
+        let rest = url.strip_prefix("http://").or_else(|| url.strip_prefix("https://"));
+        let port = rest.and_then(|r| r.rsplit_once(':')).and_then(|(host, p)| (!host.is_empty()).then_some(p));
+        if port.and_then(|p| p.trim_end_matches('/').parse::<u16>().ok()).is_none() {
+            return Err(format!("--advertise-client-urls: {url:?} is not a URL like http://host:2379"));
+        }
+    }
     let members = match (&args.initial_cluster, args.initial_cluster_size) {
         (Some(list), _) => parse_initial_cluster(list),
         (None, Some(size)) => {
@@ -178,6 +190,7 @@ fn config(args: &ServeArgs) -> Result<NodeConfig, String> {
         max_request_bytes: args.max_request_bytes,
         max_concurrent_streams: args.max_concurrent_streams,
         health_addr: args.listen_health_addr.clone(),
+        advertise_client_urls: args.advertise_client_urls.clone(),
         session_ttl: std::time::Duration::from_secs(args.client_session_ttl),
         max_sessions: args.max_client_sessions,
         client_tls: tls_files(&args.cert_file, &args.key_file, &args.trusted_ca_file, args.client_cert_auth),

@@ -10,12 +10,15 @@ pub struct EtcdMaintenance(pub Context);
 
 #[tonic::async_trait]
 impl Cluster for EtcdCluster {
-    /// Every member with its peer URL; a node knows only its own client URL.
+    /// Every member with its peer URL and its client URLs (as it answers; a member
+    /// that is down has none listed).
     async fn member_list(
         &self,
-        _req: Request<epb::MemberListRequest>,
+        req: Request<epb::MemberListRequest>,
     ) -> Result<Response<epb::MemberListResponse>, Status> {
         let c = &self.0;
+        let wait = crate::api::deadline(&req).min(std::time::Duration::from_secs(1));
+        let mut client_urls = c.node.member_client_urls(wait).await;
         let members = c
             .members
             .iter()
@@ -23,7 +26,7 @@ impl Cluster for EtcdCluster {
                 id: member_id(&m.name),
                 name: m.name.clone(),
                 peer_ur_ls: vec![format!("{}://{}", c.peer_scheme, m.peer_addr)],
-                client_ur_ls: if m.name == c.node.name() { vec![c.client_url.clone()] } else { Vec::new() },
+                client_ur_ls: client_urls.remove(&m.name).unwrap_or_default(),
                 is_learner: false,
             })
             .collect();

@@ -38,8 +38,6 @@ pub struct Context {
     members: Vec<Member>,
     cluster_id: u64,
     member_id: u64,
-    /// This node's client URL (others' are not known to it).
-    client_url: String,
     /// `https` when members talk TLS, else `http`.
     peer_scheme: &'static str,
     quota_bytes: u64,
@@ -68,8 +66,6 @@ impl Context {
     pub fn new(
         node: NodeHandle,
         members: Vec<Member>,
-        client_addr: std::net::SocketAddr,
-        client_tls: bool,
         peer_tls: bool,
         quota_bytes: u64,
         admin_needs_cert: bool,
@@ -77,11 +73,9 @@ impl Context {
         let mut parts: Vec<String> = members.iter().map(|m| format!("{}={}", m.name, m.peer_addr)).collect();
         parts.sort();
         let parts: Vec<&str> = std::iter::once("raftkv-cluster").chain(parts.iter().map(String::as_str)).collect();
-        let scheme = if client_tls { "https" } else { "http" };
         Context {
             member_id: member_id(node.name()),
             cluster_id: fnv(&parts),
-            client_url: format!("{scheme}://{client_addr}"),
             peer_scheme: if peer_tls { "https" } else { "http" },
             node,
             members,

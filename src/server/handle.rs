@@ -28,6 +28,29 @@ impl NodeHandle {
         &self.0.name
     }
 
+    /// Where clients reach this node.
+    pub fn client_urls(&self) -> &[String] {
+        &self.0.client_urls
+    }
+
+    /// Every member's client URLs, by name: this node's own, the others' as they
+    /// answer within `wait` (a member that does not has none listed).
+    pub async fn member_client_urls(&self, wait: Duration) -> std::collections::BTreeMap<String, Vec<String>> {
+        let asks = self.0.clients.iter().map(|(&id, c)| {
+            let mut c = c.clone();
+            async move {
+                let mut req = tonic::Request::new(pb::ClientUrlsRequest {});
+                req.set_timeout(wait);
+                let urls = tokio::time::timeout(wait, c.client_urls(req)).await;
+                let urls = urls.ok().and_then(|r| r.ok()).map(|r| r.into_inner().urls).unwrap_or_default();
+                (self.0.names.name(id).to_string(), urls)
+            }
+        });
+        let mut all: std::collections::BTreeMap<_, _> = futures::future::join_all(asks).await.into_iter().collect();
+        all.insert(self.0.name.clone(), self.0.client_urls.clone());
+        all
+    }
+
     pub fn names(&self) -> &Names {
         &self.0.names
     }

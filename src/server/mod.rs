@@ -104,6 +104,9 @@ struct Shared {
     session_ttl: Duration,
     max_sessions: u64,
     lessor: Arc<lessor::Lessor>,
+    /// Where clients reach this node (`--advertise-client-urls`, else the client
+    /// address): etcd's MemberList shows every member's.
+    client_urls: Vec<String>,
 }
 
 /// The longest snapshot stream a node accepts: twice what its quota lets it hold, at
@@ -251,6 +254,13 @@ impl Node {
             clients.insert(pid, client);
         }
 
+        let client_addr = client_listener.local_addr().map_err(|e| StartError::Other(e.to_string()))?;
+        let client_scheme = if cfg.client_tls.is_some() { "https" } else { "http" };
+        let client_urls = if cfg.advertise_client_urls.is_empty() {
+            vec![format!("{client_scheme}://{client_addr}")]
+        } else {
+            cfg.advertise_client_urls.clone()
+        };
         let handle = NodeHandle(Arc::new(Shared {
             id,
             name: cfg.name.clone(),
@@ -267,6 +277,7 @@ impl Node {
             session_ttl: cfg.session_ttl,
             max_sessions: cfg.max_sessions,
             lessor: lessor::new(),
+            client_urls,
         }));
         let (applier_tx, applier_rx) = mpsc::unbounded_channel();
         let applier = applier::Applier {
@@ -325,7 +336,6 @@ impl Node {
             transfers: Vec::new(),
         };
 
-        let client_addr = client_listener.local_addr().map_err(|e| StartError::Other(e.to_string()))?;
         let peer_addr = peer_listener.local_addr().map_err(|e| StartError::Other(e.to_string()))?;
         let (mut health_reporter, health) = tonic_health::server::health_reporter();
         let health_only = health.clone();
@@ -363,8 +373,6 @@ impl Node {
         let etcd = crate::etcd::Context::new(
             handle.clone(),
             cfg.members.clone(),
-            client_addr,
-            cfg.client_tls.is_some(),
             cfg.peer_tls.is_some(),
             cfg.quota_backend_bytes,
             admin_needs_cert,

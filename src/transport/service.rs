@@ -187,6 +187,14 @@ impl pb::raft_server::Raft for RaftService {
         crate::api::transfer_leader(&self.node, req).await
     }
 
+    async fn client_urls(
+        &self,
+        req: Request<pb::ClientUrlsRequest>,
+    ) -> Result<Response<pb::ClientUrlsResponse>, Status> {
+        self.check_member(&req)?;
+        Ok(Response::new(pb::ClientUrlsResponse { urls: self.node.client_urls().to_vec() }))
+    }
+
     async fn lease_query(
         &self,
         req: Request<pb::LeaseQueryRequest>,
