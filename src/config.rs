@@ -60,6 +60,10 @@ pub struct NodeConfig {
     /// The client URLs this node tells others about (etcd's `--advertise-client-urls`);
     /// empty: the client address it listens on.
     pub advertise_client_urls: Vec<String>,
+    /// How long a watcher that asked for progress notifications (`progress_notify`)
+    /// waits without events before it is sent one (etcd's
+    /// `--experimental-watch-progress-notify-interval`).
+    pub watch_progress_interval: Duration,
     /// The longest (and default) time to live of a client session: it expires after
     /// this much log time without a write (`--client-session-ttl`).
     pub session_ttl: Duration,
@@ -95,6 +99,23 @@ pub const DEFAULT_SESSION_TTL_SECS: u64 = 3600;
 /// Client sessions open at once, at most (about 100 bytes of memory each).
 pub const DEFAULT_MAX_SESSIONS: u64 = 100_000;
 
+/// A duration as etcd's flags take them: `1h`, `30m`, `10s`, `500ms`.
+pub fn parse_duration(text: &str) -> Option<Duration> {
+    let split = text.find(|c: char| !c.is_ascii_digit())?;
+    let (n, unit) = text.split_at(split);
+    let n: u64 = n.parse().ok()?;
+    match unit {
+        "h" => n.checked_mul(3600).map(Duration::from_secs),
+        "m" => n.checked_mul(60).map(Duration::from_secs),
+        "s" => Some(Duration::from_secs(n)),
+        "ms" => Some(Duration::from_millis(n)),
+        _ => None,
+    }
+}
+
+/// etcd's interval between progress notifications to idle watchers that asked for them.
+pub const DEFAULT_WATCH_PROGRESS_NOTIFY_INTERVAL: Duration = Duration::from_secs(600);
+
 /// Parses `--auto-compaction-retention` for `--auto-compaction-mode` (etcd's syntax):
 /// periodic takes a duration (`1h`, `30m`, `10s`) or a number of hours; revision takes a
 /// number of revisions; `0` turns compaction off.
@@ -106,16 +127,7 @@ pub fn parse_auto_compaction(mode: &str, retention: &str) -> Result<Option<AutoC
             let d = if let Ok(hours) = retention.parse::<u64>() {
                 Duration::from_secs(hours.checked_mul(3600).ok_or_else(bad)?)
             } else {
-                let split = retention.find(|c: char| !c.is_ascii_digit()).ok_or_else(bad)?;
-                let (n, unit) = retention.split_at(split);
-                let n: u64 = n.parse().map_err(|_| bad())?;
-                match unit {
-                    "h" => Duration::from_secs(n * 3600),
-                    "m" => Duration::from_secs(n * 60),
-                    "s" => Duration::from_secs(n),
-                    "ms" => Duration::from_millis(n),
-                    _ => return Err(bad()),
-                }
+                parse_duration(retention).ok_or_else(bad)?
             };
             Ok((!d.is_zero()).then_some(AutoCompaction::Periodic(d)))
         }
@@ -149,6 +161,7 @@ impl NodeConfig {
             max_concurrent_streams: DEFAULT_MAX_CONCURRENT_STREAMS,
             health_addr: None,
             advertise_client_urls: Vec::new(),
+            watch_progress_interval: DEFAULT_WATCH_PROGRESS_NOTIFY_INTERVAL,
             session_ttl: Duration::from_secs(DEFAULT_SESSION_TTL_SECS),
             max_sessions: DEFAULT_MAX_SESSIONS,
         }

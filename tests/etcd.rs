@@ -340,3 +340,46 @@ async fn a_read_only_txn_reads_the_latest_state_without_the_log() {
     }
     c.shutdown().await;
 }
+
+/// A watch that asks for progress notifications gets, while no event comes, an empty
+/// answer whose revision says how far it has seen (etcd's `progress_notify`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_idle_watch_that_asks_gets_progress_notifications() {
+    use raftkv::proto::etcd::etcdserverpb::{watch_client::WatchClient, watch_request::RequestUnion};
+    let opts = common::Opts { watch_progress_interval: Duration::from_millis(300), ..Default::default() };
+    let c = TestCluster::start_with(3, opts).await;
+    let leader = c.wait_leader().await;
+    let mut e = kv(&c, leader).await;
+    let mut client = WatchClient::connect(format!("http://{}", c.client_addrs[(leader + 1) % 3])).await.unwrap();
+    let create = epb::WatchCreateRequest { key: b"quiet".to_vec(), progress_notify: true, ..Default::default() };
+    let (tx, rx) = tokio::sync::mpsc::channel(1);
+    tx.send(epb::WatchRequest { request_union: Some(RequestUnion::CreateRequest(create)) }).await.unwrap();
+    let mut stream = client.watch(tokio_stream::wrappers::ReceiverStream::new(rx)).await.unwrap().into_inner();
+    assert!(next(&mut stream).await.created);
+    // Writes to other keys move the revision on; the watch sees none of them.
+    let mut last = 0;
+    for n in 0..3 {
+        last = e.put(put("elsewhere", &n.to_string())).await.unwrap().into_inner().header.unwrap().revision;
+    }
+    loop {
+        let progress = next(&mut stream).await;
+        assert!(progress.events.is_empty() && !progress.canceled, "{progress:?}");
+        let at = progress.header.unwrap().revision;
+        assert!(at <= last, "a progress revision no write has reached: {at} > {last}");
+        if at == last {
+            break;
+        }
+    }
+    // An event resets it; the next notification comes after it.
+    let put_at = e.put(put("quiet", "x")).await.unwrap().into_inner().header.unwrap().revision;
+    let event = next(&mut stream).await;
+    assert_eq!(event.events.len(), 1);
+    let progress = next(&mut stream).await;
+    assert!(progress.events.is_empty());
+    assert!(progress.header.unwrap().revision >= put_at);
+    c.shutdown().await;
+}
+
+async fn next(stream: &mut tonic::Streaming<epb::WatchResponse>) -> epb::WatchResponse {
+    tokio::time::timeout(common::WAIT, stream.message()).await.unwrap().unwrap().unwrap()
+}

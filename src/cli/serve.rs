@@ -86,6 +86,10 @@ pub struct ServeArgs {
     /// wildcard such as 0.0.0.0:2379. Default: http(s)://<--client-addr>.
     #[arg(long, env = "RAFTKV_ADVERTISE_CLIENT_URLS", value_delimiter = ',')]
     pub advertise_client_urls: Vec<String>,
+    /// How long a watch that asked for progress notifications may go without events
+    /// before it is sent one (etcd's flag): a duration such as 10m, 30s, 500ms.
+    #[arg(long, env = "RAFTKV_WATCH_PROGRESS_NOTIFY_INTERVAL", default_value = "10m")]
+    pub experimental_watch_progress_notify_interval: String,
     /// Also serve grpc.health.v1.Health alone, in plain text, here (for probes that
     /// cannot speak TLS, such as the kubelet's, when the client port does).
     #[arg(long, env = "RAFTKV_LISTEN_HEALTH_ADDR")]
@@ -191,6 +195,14 @@ fn config(args: &ServeArgs) -> Result<NodeConfig, String> {
         max_concurrent_streams: args.max_concurrent_streams,
         health_addr: args.listen_health_addr.clone(),
         advertise_client_urls: args.advertise_client_urls.clone(),
+        watch_progress_interval: raftkv::config::parse_duration(&args.experimental_watch_progress_notify_interval)
+            .filter(|d| !d.is_zero())
+            .ok_or_else(|| {
+                format!(
+                    "--experimental-watch-progress-notify-interval: {:?} is not a duration like 10m, 30s or 500ms",
+                    args.experimental_watch_progress_notify_interval
+                )
+            })?,
         session_ttl: std::time::Duration::from_secs(args.client_session_ttl),
         max_sessions: args.max_client_sessions,
         client_tls: tls_files(&args.cert_file, &args.key_file, &args.trusted_ca_file, args.client_cert_auth),

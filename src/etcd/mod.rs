@@ -41,6 +41,8 @@ pub struct Context {
     /// `https` when members talk TLS, else `http`.
     peer_scheme: &'static str,
     quota_bytes: u64,
+    /// How long an idle watcher that asked for progress notifications waits for one.
+    progress_interval: std::time::Duration,
     /// Compact needs a client certificate of the trusted CA (as raftkv's own Compact).
     admin_needs_cert: bool,
 }
@@ -69,6 +71,7 @@ impl Context {
         peer_tls: bool,
         quota_bytes: u64,
         admin_needs_cert: bool,
+        progress_interval: std::time::Duration,
     ) -> Context {
         let mut parts: Vec<String> = members.iter().map(|m| format!("{}={}", m.name, m.peer_addr)).collect();
         parts.sort();
@@ -81,6 +84,7 @@ impl Context {
             members,
             quota_bytes,
             admin_needs_cert,
+            progress_interval,
         }
     }
 

@@ -39,6 +39,8 @@ struct Watcher {
     no_put: bool,
     no_delete: bool,
     prev_kv: bool,
+    /// Send a progress notification after `progress_interval` without events.
+    progress_notify: bool,
 }
 
 impl Watcher {
@@ -70,6 +72,7 @@ impl Context {
     async fn run_watcher(self, mut w: Watcher, answers: Answers) {
         let store = self.node.store().clone();
         let mut applied = store.applied_watch();
+        let mut quiet_since = tokio::time::Instant::now();
         loop {
             let view = match store.read() {
                 Ok(v) => v,
@@ -110,6 +113,7 @@ impl Context {
                             if answers.send(Ok(answer)).await.is_err() {
                                 return;
                             }
+                            quiet_since = tokio::time::Instant::now();
                         }
                         if page.next != 0 {
                             // Catching up: let the node's other tasks run between pages.
@@ -119,8 +123,22 @@ impl Context {
                     }
                 }
             }
-            if applied.changed().await.is_err() {
-                return;
+            // Waits for more history, or (if asked) until a progress notification is due:
+            // an empty answer whose header says the watch has seen every revision up to it.
+            let due = quiet_since + self.progress_interval;
+            tokio::select! {
+                changed = applied.changed() => if changed.is_err() {
+                    return;
+                },
+                _ = tokio::time::sleep_until(due), if w.progress_notify => {
+                    // Every revision up to here has been sent (a start in the future: none yet).
+                    let seen = w.next.saturating_sub(1).min(store.status().revision);
+                    let header = self.header(seen);
+                    if answers.send(Ok(epb::WatchResponse { header, watch_id: w.id, ..Default::default() })).await.is_err() {
+                        return;
+                    }
+                    quiet_since = tokio::time::Instant::now();
+                }
             }
         }
     }
@@ -181,6 +199,7 @@ impl Watch for EtcdWatch {
                                 no_put: c.filters.contains(&(FilterType::Noput as i32)),
                                 no_delete: c.filters.contains(&(FilterType::Nodelete as i32)),
                                 prev_kv: c.prev_kv,
+                                progress_notify: c.progress_notify,
                             };
                             // `created` goes out before any of the watch's events.
                             let created = epb::WatchResponse {

@@ -376,6 +376,7 @@ impl Node {
             cfg.peer_tls.is_some(),
             cfg.quota_backend_bytes,
             admin_needs_cert,
+            cfg.watch_progress_interval,
         );
         let etcd_kv = epb::kv_server::KvServer::new(crate::etcd::EtcdKv(etcd.clone()))
             .max_decoding_message_size(max_decoding)

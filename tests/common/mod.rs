@@ -38,6 +38,8 @@ pub struct Opts {
     pub health: bool,
     /// `--max-client-sessions`.
     pub max_sessions: u64,
+    /// `--experimental-watch-progress-notify-interval`.
+    pub watch_progress_interval: Duration,
 }
 
 impl Default for Opts {
@@ -53,6 +55,7 @@ impl Default for Opts {
             tls_clients_optional: false,
             health: false,
             max_sessions: raftkv::config::DEFAULT_MAX_SESSIONS,
+            watch_progress_interval: raftkv::config::DEFAULT_WATCH_PROGRESS_NOTIFY_INTERVAL,
         }
     }
 }
@@ -126,6 +129,7 @@ impl TestCluster {
                 client_tls,
                 peer_tls: tls,
                 max_sessions: opts.max_sessions,
+                watch_progress_interval: opts.watch_progress_interval,
                 health_addr: opts.health.then(|| {
                     let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
                     format!("127.0.0.1:{port}")
