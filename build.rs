@@ -3,7 +3,11 @@
 use std::{env, path::PathBuf};
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
-    if env::var_os("PROTOC").is_none() {
+    // The vendored protoc, unless PROTOC names another one. (.cargo/config.toml points
+    // PROTOC at tools/protoc for dependencies' build scripts: the same binary, found
+    // through cargo's registry; ours need not depend on that lookup.)
+    let other = env::var_os("PROTOC").filter(|p| !std::path::Path::new(p).ends_with("tools/protoc"));
+    if other.is_none() {
         env::set_var("PROTOC", protoc_bin_vendored::protoc_bin_path()?);
     }
     let out = PathBuf::from(env::var("OUT_DIR")?);
