@@ -372,8 +372,15 @@ async fn an_idle_watch_that_asks_gets_progress_notifications() {
     }
     // An event resets it; the next notification comes after it.
     let put_at = e.put(put("quiet", "x")).await.unwrap().into_inner().header.unwrap().revision;
-    let event = next(&mut stream).await;
-    assert_eq!(event.events.len(), 1);
+    loop {
+        let m = next(&mut stream).await;
+        let at = m.header.unwrap().revision;
+        if let Some(e) = m.events.first() {
+            assert_eq!((m.events.len(), e.kv.as_ref().unwrap().mod_revision), (1, put_at));
+            break;
+        }
+        assert!(at < put_at, "progress at {at} before the event of revision {put_at} was sent");
+    }
     let progress = next(&mut stream).await;
     assert!(progress.events.is_empty());
     assert!(progress.header.unwrap().revision >= put_at);

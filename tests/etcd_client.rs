@@ -57,18 +57,25 @@ async fn etcd_clients_lock_recipe_never_has_two_holders() {
         tasks.push(tokio::spawn(async move {
             let mut client = Client::connect([endpoint], None).await.unwrap();
             for round in 0..3 {
-                let lease = client.lease_grant(2, None).await.unwrap().id();
-                // Keep-alives while waiting and holding (every 500 ms of a 2 s TTL).
-                let (mut keeper, mut answers) = client.lease_keep_alive(lease).await.unwrap();
+                // A TTL long enough not to lapse on a loaded machine; the one that dies
+                // holding the lock makes the others wait it out.
+                let lease = client.lease_grant(8, None).await.unwrap().id();
+                // Keep-alives while waiting and holding, every second; a broken stream is
+                // opened again.
+                let mut pinger = client.clone();
                 let alive = tokio::spawn(async move {
                     loop {
-                        if keeper.keep_alive().await.is_err() || answers.message().await.is_err() {
-                            break;
+                        if let Ok((mut keeper, mut answers)) = pinger.lease_keep_alive(lease).await {
+                            while keeper.keep_alive().await.is_ok() && answers.message().await.is_ok() {
+                                tokio::time::sleep(Duration::from_secs(1)).await;
+                            }
                         }
-                        tokio::time::sleep(Duration::from_millis(500)).await;
+                        tokio::time::sleep(Duration::from_millis(200)).await;
                     }
                 });
                 lock(&mut client, lease).await;
+                let mine = format!("{PREFIX}{lease:x}");
+                assert_eq!(client.get(mine, None).await.unwrap().kvs().len(), 1, "its lease lapsed while it waited");
                 assert_eq!(holding.fetch_add(1, Ordering::SeqCst), 0, "two holders of the lock");
                 tokio::time::sleep(Duration::from_millis(100)).await;
                 holding.fetch_sub(1, Ordering::SeqCst);
@@ -87,7 +94,7 @@ async fn etcd_clients_lock_recipe_never_has_two_holders() {
             t.await.unwrap();
         }
     };
-    tokio::time::timeout(Duration::from_secs(60), all).await.expect("every contender got the lock within 60 s");
+    tokio::time::timeout(Duration::from_secs(120), all).await.expect("every contender got the lock within 120 s");
     assert_eq!(served.load(Ordering::SeqCst), 12);
     c.assert_one_leader_per_term();
     c.shutdown().await;

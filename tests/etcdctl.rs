@@ -142,9 +142,19 @@ fn etcdctl_works_against_raftkv() {
     let status = all.ok(&["endpoint", "status", "-w", "table"]);
     assert_eq!(status.matches("3.5.0").count(), 3, "{status}");
     assert_eq!(status.matches(" true ").count(), 1, "one leader:\n{status}");
-    let members = ctl.ok(&["member", "list"]);
-    for ((name, peer), client) in p.names.iter().zip(&p.peers).zip(&p.clients) {
-        assert!(members.contains(&format!("started, {name}, http://{peer}, http://{client}")), "{members}");
+    // (A member that does not answer within a second is listed without client URLs:
+    // asked again until every one is.)
+    let deadline = std::time::Instant::now() + common::procs::WAIT;
+    loop {
+        let members = ctl.ok(&["member", "list"]);
+        let listed = p.names.iter().zip(&p.peers).zip(&p.clients).all(|((name, peer), client)| {
+            members.contains(&format!("started, {name}, http://{peer}, http://{client}"))
+        });
+        if listed {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "{members}");
+        std::thread::sleep(std::time::Duration::from_millis(200));
     }
     // Every member's hash, through the members' own endpoints (etcdctl 3.4's --cluster
     // sends a URL as the HTTP/2 authority, which raftkv's HTTP/2 server refuses).
@@ -196,18 +206,22 @@ fn etcdctl_leases_and_locks_work_against_raftkv() {
     // marker's lease is granted after the kept one with a longer TTL: once its key has
     // gone, the kept lease would have expired too without its keep-alives.
     let id_of = |out: String| out.split_whitespace().nth(1).unwrap().to_string();
-    let kept = id_of(ctl.ok(&["lease", "grant", "2"]));
-    let marker = id_of(ctl.ok(&["lease", "grant", "3"]));
+    let kept = id_of(ctl.ok(&["lease", "grant", "5"]));
     ctl.ok(&["put", "kept", "1", &format!("--lease={kept}")]);
-    ctl.ok(&["put", "marker", "1", &format!("--lease={marker}")]);
     let mut keeper = Command::new("etcdctl")
         .env("ETCDCTL_API", "3")
         .arg(format!("--endpoints={}", p.clients[1]))
         .args(["lease", "keep-alive", &kept])
-        .stdout(Stdio::null())
+        .stdout(Stdio::piped())
         .stderr(Stdio::null())
         .spawn()
         .expect("etcdctl lease keep-alive runs");
+    // Its first renewal is in before the marker's lease is granted.
+    let mut first = String::new();
+    std::io::BufRead::read_line(&mut std::io::BufReader::new(keeper.stdout.as_mut().unwrap()), &mut first).unwrap();
+    assert!(first.contains("keepalived with TTL(5)"), "{first:?}");
+    let marker = id_of(ctl.ok(&["lease", "grant", "8"]));
+    ctl.ok(&["put", "marker", "1", &format!("--lease={marker}")]);
     let gone = |key: &str| {
         let deadline = std::time::Instant::now() + common::procs::WAIT;
         while !ctl.ok(&["get", key]).is_empty() {

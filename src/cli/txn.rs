@@ -24,7 +24,27 @@ use super::client::Conn;
 use super::etcd::prefix_end;
 use super::CmdResult;
 
-/// Splits a line into words; double quotes group (with `\"` and `\\` inside them).
+/// One escape inside double quotes, as Go's `%q` reads it (etcdctl's parser):
+/// `\n \t \r \\ \" \xNN \uNNNN`.
+fn unescape(chars: &mut std::str::Chars, line: &str) -> Result<char, String> {
+    let bad = || format!("a bad escape in {line:?}");
+    let hex = |chars: &mut std::str::Chars, n: usize| -> Result<char, String> {
+        let digits: String = chars.take(n).collect();
+        let v = u32::from_str_radix(&digits, 16).map_err(|_| bad())?;
+        char::from_u32(v).filter(|_| digits.len() == n).ok_or_else(bad)
+    };
+    match chars.next().ok_or_else(bad)? {
+        'n' => Ok('\n'),
+        't' => Ok('\t'),
+        'r' => Ok('\r'),
+        c @ ('\\' | '"') => Ok(c),
+        'x' => hex(chars, 2),
+        'u' => hex(chars, 4),
+        _ => Err(bad()),
+    }
+}
+
+/// Splits a line into words; double quotes group (with Go's escapes inside them).
 fn words(line: &str) -> Result<Vec<String>, String> {
     let mut out = Vec::new();
     let mut cur = String::new();
@@ -36,7 +56,7 @@ fn words(line: &str) -> Result<Vec<String>, String> {
                 quoted = !quoted;
                 started = true;
             }
-            '\\' if quoted => cur.push(chars.next().ok_or("a line ends in a backslash")?),
+            '\\' if quoted => cur.push(unescape(&mut chars, line)?),
             c if c.is_whitespace() && !quoted => {
                 if started {
                     out.push(std::mem::take(&mut cur));
@@ -61,8 +81,18 @@ fn words(line: &str) -> Result<Vec<String>, String> {
 fn compare(line: &str) -> Result<epb::Compare, String> {
     let bad = || format!("malformed comparison: {line:?} (like: mod(\"key\") > \"0\")");
     let (target, rest) = line.split_once('(').ok_or_else(bad)?;
-    let (key, rest) = rest.rsplit_once(')').ok_or_else(bad)?;
-    let key = words(key)?.pop().ok_or_else(bad)?;
+    // The key is a quoted string; the ')' is the first one after it.
+    let rest = rest.trim_start().strip_prefix('"').ok_or_else(bad)?;
+    let mut chars = rest.chars();
+    let mut key = String::new();
+    loop {
+        match chars.next().ok_or_else(bad)? {
+            '"' => break,
+            '\\' => key.push(unescape(&mut chars, line)?),
+            c => key.push(c),
+        }
+    }
+    let rest = chars.as_str().trim_start().strip_prefix(')').ok_or_else(bad)?;
     let [op, value]: [String; 2] = words(rest)?.try_into().map_err(|_| bad())?;
     let result = match op.as_str() {
         "=" | "==" => CompareResult::Equal,
@@ -92,7 +122,13 @@ fn compare(line: &str) -> Result<epb::Compare, String> {
 
 fn operation(line: &str) -> Result<epb::RequestOp, String> {
     let w = words(line)?;
-    let flag = |name: &str| w.iter().any(|a| a == name);
+    // Flags this parser knows; any other is refused rather than ignored.
+    if let Some(f) = w.iter().find(|a| {
+        a.starts_with("--") && !matches!(a.as_str(), "--prefix" | "--prefix=true") && !a.starts_with("--lease=")
+    }) {
+        return Err(format!("{f} is not supported in raftkv txn (--prefix, --lease=ID are): {line:?}"));
+    }
+    let flag = |name: &str| w.iter().any(|a| a == name || *a == format!("{name}=true"));
     let plain: Vec<&String> = w.iter().filter(|a| !a.starts_with("--")).collect();
     let request = match (plain.first().map(|s| s.as_str()), plain.len()) {
         (Some("put"), 3) => {
@@ -195,7 +231,20 @@ mod tests {
         let Some(Op::RequestDeleteRange(d)) = &t.success[1].request else { panic!("{t:?}") };
         assert_eq!(d.range_end, b"q");
         assert_eq!(t.failure.len(), 1);
-        for bad in ["mod(\"k\") >> \"1\"", "ver(\"k\") = \"x\"", "nope(\"k\") = \"1\"", "mod k > 1", "\n\nput k"] {
+        let t = parse("val(\"k)\") = \")\"\nval(\"k\") = \"a\\nb\\x41\"\n").unwrap();
+        assert_eq!(t.compare[0].key, b"k)");
+        assert_eq!(t.compare[0].target_union, Some(TargetUnion::Value(b")".to_vec())));
+        assert_eq!(t.compare[1].target_union, Some(TargetUnion::Value(b"a\nbA".to_vec())));
+        for bad in [
+            "mod(\"k\") >> \"1\"",
+            "ver(\"k\") = \"x\"",
+            "nope(\"k\") = \"1\"",
+            "mod k > 1",
+            "\n\nput k",
+            "\n\ndel k --from-key",
+            "\n\nget k --rev=5",
+            "val(\"k\") = \"\\q\"",
+        ] {
             assert!(parse(bad).is_err(), "{bad:?}");
         }
     }

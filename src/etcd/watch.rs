@@ -9,6 +9,8 @@
 //! watch canceled (after its `created` answer), never a partial stream.
 use std::collections::HashMap;
 use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 
 use futures::Stream;
 use tokio::sync::mpsc;
@@ -41,6 +43,8 @@ struct Watcher {
     prev_kv: bool,
     /// Send a progress notification after `progress_interval` without events.
     progress_notify: bool,
+    /// Every event of it up to this revision has been sent (for progress requests).
+    seen: Arc<AtomicU64>,
 }
 
 impl Watcher {
@@ -106,7 +110,7 @@ impl Context {
                             .filter(|e| w.wants(e))
                             .map(|e| event(&view, e, w.prev_kv))
                             .collect();
-                        w.next = if page.next != 0 { page.next } else { view.revision() + 1 };
+                        let next = if page.next != 0 { page.next } else { view.revision() + 1 };
                         if !events.is_empty() {
                             let header = self.header(if page.next != 0 { page.next - 1 } else { view.revision() });
                             let answer = epb::WatchResponse { header, watch_id: w.id, events, ..Default::default() };
@@ -115,6 +119,9 @@ impl Context {
                             }
                             quiet_since = tokio::time::Instant::now();
                         }
+                        // Published once what it covers is sent.
+                        w.next = next;
+                        w.seen.store(next - 1, Ordering::Relaxed);
                         if page.next != 0 {
                             // Catching up: let the node's other tasks run between pages.
                             tokio::task::yield_now().await;
@@ -158,7 +165,8 @@ impl Watch for EtcdWatch {
         let (tx, rx) = mpsc::channel(QUEUE);
         let ctx = self.0.clone();
         tokio::spawn(async move {
-            let mut watchers: HashMap<i64, tokio::task::JoinHandle<()>> = HashMap::new();
+            // Each watcher's task and how far it has sent.
+            let mut watchers: HashMap<i64, (tokio::task::JoinHandle<()>, Arc<AtomicU64>)> = HashMap::new();
             let mut next_id: i64 = 0;
             loop {
                 // The stream ends when the node stops, so that its server can.
@@ -192,14 +200,16 @@ impl Watch for EtcdWatch {
                             }
                         } else {
                             use epb::watch_create_request::FilterType;
+                            let next = if c.start_revision > 0 { c.start_revision as u64 } else { current + 1 };
                             let w = Watcher {
                                 id,
                                 range: KeyRange::from_etcd(&key, &c.range_end),
-                                next: if c.start_revision > 0 { c.start_revision as u64 } else { current + 1 },
+                                next,
                                 no_put: c.filters.contains(&(FilterType::Noput as i32)),
                                 no_delete: c.filters.contains(&(FilterType::Nodelete as i32)),
                                 prev_kv: c.prev_kv,
                                 progress_notify: c.progress_notify,
+                                seen: Arc::new(AtomicU64::new(next - 1)),
                             };
                             // `created` goes out before any of the watch's events.
                             let created = epb::WatchResponse {
@@ -215,12 +225,13 @@ impl Watch for EtcdWatch {
                             if !sent {
                                 break;
                             }
-                            watchers.insert(id, tokio::spawn(ctx.clone().run_watcher(w, tx.clone())));
+                            let seen = w.seen.clone();
+                            watchers.insert(id, (tokio::spawn(ctx.clone().run_watcher(w, tx.clone())), seen));
                             continue;
                         }
                     }
                     Some(RequestUnion::CancelRequest(c)) => match watchers.remove(&c.watch_id) {
-                        Some(task) => {
+                        Some((task, _)) => {
                             task.abort();
                             let revision = ctx.node.store().status().revision;
                             epb::WatchResponse {
@@ -233,7 +244,11 @@ impl Watch for EtcdWatch {
                         None => continue,
                     },
                     Some(RequestUnion::ProgressRequest(_)) => {
-                        let revision = ctx.node.store().status().revision;
+                        // A revision every watcher of the stream has sent all its events up
+                        // to: never one whose events are still on their way.
+                        let current = ctx.node.store().status().revision;
+                        let revision =
+                            watchers.values().map(|(_, seen)| seen.load(Ordering::Relaxed)).fold(current, u64::min);
                         epb::WatchResponse { header: ctx.header(revision), watch_id: -1, ..Default::default() }
                     }
                     None => continue,
@@ -245,9 +260,9 @@ impl Watch for EtcdWatch {
                 if !sent {
                     break;
                 }
-                watchers.retain(|_, task| !task.is_finished());
+                watchers.retain(|_, (task, _)| !task.is_finished());
             }
-            for (_, task) in watchers {
+            for (_, (task, _)) in watchers {
                 task.abort();
             }
         });

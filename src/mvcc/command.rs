@@ -49,10 +49,13 @@ pub enum Command {
         id: i64,
         ttl: i64,
     },
-    /// Revokes lease `id` and deletes its keys, at one revision: asked by a client, or
-    /// decided by the leader when the lease expired.
+    /// Revokes lease `id` and deletes its keys, at one revision: asked by a client
+    /// (`since` 0), or decided by the leader when the lease expired (`since`: the index
+    /// that granted the lease it judged, so that a lease granted again under the same
+    /// id is not revoked by a decision about the old one).
     LeaseRevoke {
         id: i64,
+        since: u64,
     },
 }
 
@@ -107,10 +110,13 @@ impl Command {
                 b.put_i64_le(*ttl);
                 return b.freeze();
             }
-            Command::LeaseRevoke { id } => {
-                let mut b = BytesMut::with_capacity(9);
+            Command::LeaseRevoke { id, since } => {
+                let mut b = BytesMut::with_capacity(17);
                 b.put_u8(OP_LEASE_REVOKE);
                 b.put_i64_le(*id);
+                if *since != 0 {
+                    b.put_u64_le(*since);
+                }
                 return b.freeze();
             }
             Command::Put { key, value } => (OP_PUT, key, value.as_str()),
@@ -157,9 +163,10 @@ impl Command {
                 let valid = id != 0 && (1..=super::lease::MAX_LEASE_TTL).contains(&ttl);
                 return valid.then_some(Command::LeaseGrant { id, ttl });
             }
-            OP_LEASE_REVOKE if rest.len() == 8 => {
+            OP_LEASE_REVOKE if rest.len() == 8 || rest.len() == 16 => {
                 let id = u64_at(rest, 0)? as i64;
-                return (id != 0).then_some(Command::LeaseRevoke { id });
+                let since = if rest.len() == 16 { u64_at(rest, 8)? } else { 0 };
+                return (id != 0 && (rest.len() == 8 || since != 0)).then_some(Command::LeaseRevoke { id, since });
             }
             OP_OPEN_SESSION if rest.len() == 24 => {
                 let (time_ms, ttl_ms, max_sessions) = (u64_at(rest, 0)?, u64_at(rest, 8)?, u64_at(rest, 16)?);
@@ -223,7 +230,8 @@ mod tests {
             Command::Session { client: 9, seq: 3, time_ms: 5, write: Box::new(Command::Delete { key: "k".into() }) },
             Command::OpenSession { time_ms: 1, ttl_ms: 2, max_sessions: 3 },
             Command::LeaseGrant { id: -3, ttl: 9 },
-            Command::LeaseRevoke { id: i64::MAX },
+            Command::LeaseRevoke { id: i64::MAX, since: 0 },
+            Command::LeaseRevoke { id: 5, since: 9 },
         ] {
             assert_eq!(Command::decode(&c.encode()), Some(c));
         }
@@ -250,7 +258,7 @@ mod tests {
             Command::LeaseGrant { id: 0, ttl: 9 },
             Command::LeaseGrant { id: 1, ttl: 0 },
             Command::LeaseGrant { id: 1, ttl: super::super::lease::MAX_LEASE_TTL + 1 },
-            Command::LeaseRevoke { id: 0 },
+            Command::LeaseRevoke { id: 0, since: 0 },
         ] {
             assert_eq!(Command::decode(&bad.encode()), None, "{bad:?}");
         }

@@ -92,6 +92,12 @@ impl Leases {
         self.granted.contains_key(&id)
     }
 
+    /// Whether lease `id` exists and (unless `since` is 0) is the one granted at index
+    /// `since`.
+    pub fn current(&self, id: i64, since: Index) -> bool {
+        self.granted.get(&id).is_some_and(|g| since == 0 || g.since == since)
+    }
+
     pub fn all(&self) -> &LeaseMap {
         &self.granted
     }

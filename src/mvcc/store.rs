@@ -438,8 +438,8 @@ impl Store {
                         Err(refused) => Err(refused),
                     }
                 }
-                Command::LeaseRevoke { id } if !leases.exists(id) => Err(MvccError::LeaseNotFound),
-                Command::LeaseRevoke { id } => {
+                Command::LeaseRevoke { id, since } if !leases.current(id, since) => Err(MvccError::LeaseNotFound),
+                Command::LeaseRevoke { id, .. } => {
                     // Its keys are found in the engine: what this batch wrote goes in first.
                     if e.index - 1 > committed {
                         let before = Meta { applied: e.index - 1, applied_term: prev_term, ..meta };

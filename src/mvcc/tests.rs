@@ -487,7 +487,7 @@ fn any_grouping_of_the_same_entries_gives_the_same_state() {
                     write: Box::new(put(&key(&mut rng), &format!("s{i}"))),
                 },
                 8 => Command::LeaseGrant { id: rng.gen_range(1..4), ttl: 10 },
-                9 => Command::LeaseRevoke { id: rng.gen_range(1..4) },
+                9 => Command::LeaseRevoke { id: rng.gen_range(1..4), since: 0 },
                 _ => {
                     let compare = Compare {
                         range: range(&mut rng),
@@ -613,7 +613,7 @@ mod leases {
         let index = v.raw_prefix(&v.engine().lease_keys, &crate::mvcc::lease::lease_key(7)).count();
         assert_eq!(index, 2, "the lease's index no longer names b");
         let before = s.status().revision;
-        let r = apply(&s, vec![Command::LeaseRevoke { id: 7 }]);
+        let r = apply(&s, vec![Command::LeaseRevoke { id: 7, since: 0 }]);
         assert_eq!(r[0].as_ref().unwrap().revision, before + 1, "both deletes at one revision");
         let v = s.read().unwrap();
         assert_eq!((v.get("a", 0).unwrap(), v.get("c", 0).unwrap()), (None, None));
@@ -621,15 +621,19 @@ mod leases {
         assert_eq!(v.get("a", before).unwrap().unwrap().lease, 7, "the past still shows the lease");
         assert!(s.leases().is_empty() && v.lease_keys(7).unwrap().is_empty());
         // Gone: puts with it, a second revoke, are refused and change nothing.
-        let r = apply(&s, vec![put_with("e", Some("1"), Some(7)), Command::LeaseRevoke { id: 7 }]);
+        let r = apply(&s, vec![put_with("e", Some("1"), Some(7)), Command::LeaseRevoke { id: 7, since: 0 }]);
         assert_eq!(r, vec![Err(MvccError::LeaseNotFound), Err(MvccError::LeaseNotFound)]);
         assert_eq!(s.status().revision, before + 1);
         let r = apply(&s, vec![Command::LeaseGrant { id: 7, ttl: 5 }, Command::LeaseGrant { id: 7, ttl: 5 }]);
         assert_eq!(r[1], Err(MvccError::LeaseExists));
+        // A revocation decided about an earlier grant of the id leaves this one alone.
+        let granted_at = s.lease(7).unwrap().since;
+        let r = apply(&s, vec![Command::LeaseRevoke { id: 7, since: granted_at - 5 }]);
+        assert_eq!((r[0].clone(), s.lease(7).is_some()), (Err(MvccError::LeaseNotFound), true));
         // A revoke with no keys makes no revision, and the lease's bytes are no longer
         // counted.
         let bytes = s.status().stored_bytes;
-        assert_eq!(apply(&s, vec![Command::LeaseRevoke { id: 7 }])[0].as_ref().unwrap().revision, before + 1);
+        assert_eq!(apply(&s, vec![Command::LeaseRevoke { id: 7, since: 0 }])[0].as_ref().unwrap().revision, before + 1);
         assert_eq!(s.status().stored_bytes + lease::LEASE_BYTES, bytes);
     }
 
@@ -677,7 +681,7 @@ mod leases {
         assert_eq!(other.leases(), s.leases());
         assert_eq!(other.read().unwrap().hash(0).unwrap(), s.read().unwrap().hash(0).unwrap());
         // Revoked there, it deletes the key it had here.
-        apply(&other, vec![Command::LeaseRevoke { id: -4 }]);
+        apply(&other, vec![Command::LeaseRevoke { id: -4, since: 0 }]);
         assert_eq!(other.read().unwrap().get("k", 0).unwrap(), None);
     }
 }

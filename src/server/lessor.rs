@@ -155,7 +155,7 @@ pub(super) async fn run(node: NodeHandle) {
         for (id, since) in expired {
             let node = node.clone();
             tokio::spawn(async move {
-                match node.propose_here(Command::LeaseRevoke { id }.encode(), deadline).await {
+                match node.propose_here(Command::LeaseRevoke { id, since }.encode(), deadline).await {
                     Ok(_) => tracing::info!(lease = format!("{id:x}"), "lease expired; revoked"),
                     Err(Error::Mvcc(crate::mvcc::MvccError::LeaseNotFound)) => {}
                     Err(e) => tracing::warn!(lease = format!("{id:x}"), "revoking an expired lease: {e}"),
@@ -191,7 +191,7 @@ impl NodeHandle {
         if id == 0 {
             return Err(Error::Mvcc(crate::mvcc::MvccError::LeaseNotFound));
         }
-        self.propose(&Command::LeaseRevoke { id }, deadline).await
+        self.propose(&Command::LeaseRevoke { id, since: 0 }, deadline).await
     }
 
     /// A keep-alive (`renew`) or a time-to-live question, answered by the leader.
@@ -219,6 +219,12 @@ impl NodeHandle {
             self.wait_applied(index).await?;
             let term = self.status().term;
             loop {
+                // Still the leader of the term the ReadIndex confirmed; else the next
+                // leader answers.
+                let st = self.status();
+                if st.role != Role::Leader || st.term != term {
+                    return Err(Error::NotLeader { leader: self.leader_name() });
+                }
                 let Some(g) = self.store().lease(id) else {
                     return Ok(LeaseInfo { ttl: -1, granted_ttl: 0, keys: Vec::new() });
                 };
@@ -226,12 +232,7 @@ impl NodeHandle {
                     let keys = if keys { self.store().read()?.lease_keys(id)? } else { Vec::new() };
                     return Ok(LeaseInfo { ttl, granted_ttl: g.ttl, keys });
                 }
-                // Expired: answered once its revocation is applied (as etcd), or by the
-                // next leader if this one loses its place first.
-                let st = self.status();
-                if st.role != Role::Leader || st.term != term {
-                    return Err(Error::NotLeader { leader: self.leader_name() });
-                }
+                // Expired: answered once its revocation is applied (as etcd).
                 tokio::time::sleep(CHECK_EVERY / 4).await;
             }
         };
