@@ -41,13 +41,25 @@ pub enum LeaseCmd {
     },
 }
 
+/// A lease id that does not parse.
+#[derive(Debug, PartialEq, Eq, thiserror::Error)]
+#[error("{0:?} is not a lease id (hexadecimal, as `raftkv lease grant` prints it)")]
+pub struct BadLeaseId(String);
+
+/// The CLI's commands answer with a message (`CmdResult`).
+impl From<BadLeaseId> for String {
+    fn from(e: BadLeaseId) -> String {
+        e.to_string()
+    }
+}
+
 /// A lease id as etcdctl prints it: hexadecimal.
-pub fn parse_id(id: &str) -> Result<i64, String> {
+pub fn parse_id(id: &str) -> Result<i64, BadLeaseId> {
     u64::from_str_radix(id.trim_start_matches("0x"), 16)
         .ok()
         .map(|v| v as i64)
         .filter(|v| *v != 0)
-        .ok_or_else(|| format!("{id:?} is not a lease id (hexadecimal, as `raftkv lease grant` prints it)"))
+        .ok_or_else(|| BadLeaseId(id.to_string()))
 }
 
 pub async fn run(cmd: LeaseCmd) -> CmdResult {

@@ -24,11 +24,38 @@ use super::client::Conn;
 use super::etcd::prefix_end;
 use super::CmdResult;
 
+/// Why a line of `raftkv txn`'s input was refused.
+#[derive(Debug, PartialEq, Eq, thiserror::Error)]
+pub enum TxnSyntaxError {
+    #[error("malformed comparison: {0:?} (like: mod(\"key\") > \"0\")")]
+    Compare(String),
+    #[error("unknown operator {op:?} in {line:?} (=, !=, <, >)")]
+    Operator { op: String, line: String },
+    #[error("unknown compare target {target:?} in {line:?}")]
+    Target { target: String, line: String },
+    #[error("{value:?} is not a number in {line:?}")]
+    Number { value: String, line: String },
+    #[error("a bad escape in {0:?}")]
+    Escape(String),
+    #[error("unclosed quote in {0:?}")]
+    Quote(String),
+    #[error("{flag} is not supported in raftkv txn (--prefix, --lease=ID are): {line:?}")]
+    Flag { flag: String, line: String },
+    #[error("malformed operation: {0:?} (put KEY VALUE, get KEY, del KEY)")]
+    Operation(String),
+    #[error(transparent)]
+    LeaseId(#[from] super::lease::BadLeaseId),
+    #[error("more than three blocks (compares, success, failure)")]
+    Blocks,
+}
+
+type Parsed<T> = Result<T, TxnSyntaxError>;
+
 /// One escape inside double quotes, as Go's `%q` reads it (etcdctl's parser):
 /// `\n \t \r \\ \" \xNN \uNNNN`.
-fn unescape(chars: &mut std::str::Chars, line: &str) -> Result<char, String> {
-    let bad = || format!("a bad escape in {line:?}");
-    let hex = |chars: &mut std::str::Chars, n: usize| -> Result<char, String> {
+fn unescape(chars: &mut std::str::Chars, line: &str) -> Parsed<char> {
+    let bad = || TxnSyntaxError::Escape(line.to_string());
+    let hex = |chars: &mut std::str::Chars, n: usize| -> Parsed<char> {
         let digits: String = chars.take(n).collect();
         let v = u32::from_str_radix(&digits, 16).map_err(|_| bad())?;
         char::from_u32(v).filter(|_| digits.len() == n).ok_or_else(bad)
@@ -45,7 +72,7 @@ fn unescape(chars: &mut std::str::Chars, line: &str) -> Result<char, String> {
 }
 
 /// Splits a line into words; double quotes group (with Go's escapes inside them).
-fn words(line: &str) -> Result<Vec<String>, String> {
+fn words(line: &str) -> Parsed<Vec<String>> {
     let mut out = Vec::new();
     let mut cur = String::new();
     let (mut quoted, mut started) = (false, false);
@@ -70,7 +97,7 @@ fn words(line: &str) -> Result<Vec<String>, String> {
         }
     }
     if quoted {
-        return Err(format!("unclosed quote in {line:?}"));
+        return Err(TxnSyntaxError::Quote(line.to_string()));
     }
     if started {
         out.push(cur);
@@ -78,8 +105,8 @@ fn words(line: &str) -> Result<Vec<String>, String> {
     Ok(out)
 }
 
-fn compare(line: &str) -> Result<epb::Compare, String> {
-    let bad = || format!("malformed comparison: {line:?} (like: mod(\"key\") > \"0\")");
+fn compare(line: &str) -> Parsed<epb::Compare> {
+    let bad = || TxnSyntaxError::Compare(line.to_string());
     let (target, rest) = line.split_once('(').ok_or_else(bad)?;
     // The key is a quoted string; the ')' is the first one after it.
     let rest = rest.trim_start().strip_prefix('"').ok_or_else(bad)?;
@@ -99,17 +126,19 @@ fn compare(line: &str) -> Result<epb::Compare, String> {
         "!=" => CompareResult::NotEqual,
         "<" => CompareResult::Less,
         ">" => CompareResult::Greater,
-        _ => return Err(format!("unknown operator {op:?} in {line:?} (=, !=, <, >)")),
+        _ => return Err(TxnSyntaxError::Operator { op, line: line.to_string() }),
     };
-    let number =
-        |v: &str, radix| i64::from_str_radix(v, radix).map_err(|_| format!("{v:?} is not a number in {line:?}"));
+    let number = |v: &str, radix| {
+        i64::from_str_radix(v, radix)
+            .map_err(|_| TxnSyntaxError::Number { value: v.to_string(), line: line.to_string() })
+    };
     let (t, union) = match target.trim() {
         "val" | "value" => (CompareTarget::Value, TargetUnion::Value(value.into_bytes())),
         "ver" | "version" => (CompareTarget::Version, TargetUnion::Version(number(&value, 10)?)),
         "c" | "create" => (CompareTarget::Create, TargetUnion::CreateRevision(number(&value, 10)?)),
         "m" | "mod" => (CompareTarget::Mod, TargetUnion::ModRevision(number(&value, 10)?)),
         "lease" => (CompareTarget::Lease, TargetUnion::Lease(number(&value, 16)?)),
-        other => return Err(format!("unknown compare target {other:?} in {line:?}")),
+        other => return Err(TxnSyntaxError::Target { target: other.to_string(), line: line.to_string() }),
     };
     Ok(epb::Compare {
         key: key.into_bytes(),
@@ -120,13 +149,13 @@ fn compare(line: &str) -> Result<epb::Compare, String> {
     })
 }
 
-fn operation(line: &str) -> Result<epb::RequestOp, String> {
+fn operation(line: &str) -> Parsed<epb::RequestOp> {
     let w = words(line)?;
     // Flags this parser knows; any other is refused rather than ignored.
     if let Some(f) = w.iter().find(|a| {
         a.starts_with("--") && !matches!(a.as_str(), "--prefix" | "--prefix=true") && !a.starts_with("--lease=")
     }) {
-        return Err(format!("{f} is not supported in raftkv txn (--prefix, --lease=ID are): {line:?}"));
+        return Err(TxnSyntaxError::Flag { flag: f.clone(), line: line.to_string() });
     }
     let flag = |name: &str| w.iter().any(|a| a == name || *a == format!("{name}=true"));
     let plain: Vec<&String> = w.iter().filter(|a| !a.starts_with("--")).collect();
@@ -153,14 +182,14 @@ fn operation(line: &str) -> Result<epb::RequestOp, String> {
             range_end: if flag("--prefix") { prefix_end(plain[1].as_bytes()) } else { Vec::new() },
             ..Default::default()
         }),
-        _ => return Err(format!("malformed operation: {line:?} (put KEY VALUE, get KEY, del KEY)")),
+        _ => return Err(TxnSyntaxError::Operation(line.to_string())),
     };
     Ok(epb::RequestOp { request: Some(request) })
 }
 
 /// Parses the whole input: compares, success operations, failure operations, in
 /// blocks separated by a blank line.
-pub fn parse(input: &str) -> Result<epb::TxnRequest, String> {
+pub fn parse(input: &str) -> Parsed<epb::TxnRequest> {
     let mut blocks: Vec<Vec<&str>> = vec![Vec::new()];
     for line in input.lines().map(str::trim) {
         if line.is_empty() {
@@ -172,7 +201,7 @@ pub fn parse(input: &str) -> Result<epb::TxnRequest, String> {
     if blocks.len() > 3 {
         // Trailing blank lines are fine; a fourth block is not.
         if blocks[3..].iter().any(|b| !b.is_empty()) {
-            return Err("more than three blocks (compares, success, failure)".into());
+            return Err(TxnSyntaxError::Blocks);
         }
         blocks.truncate(3);
     }
@@ -187,7 +216,7 @@ pub fn parse(input: &str) -> Result<epb::TxnRequest, String> {
 pub async fn run(conn: &Conn) -> CmdResult {
     let mut input = String::new();
     std::io::stdin().read_to_string(&mut input).map_err(|e| format!("reading stdin: {e}"))?;
-    let req = parse(&input)?;
+    let req = parse(&input).map_err(|e| e.to_string())?;
     let r = conn
         .first_channel(|ch| {
             let req = req.clone();

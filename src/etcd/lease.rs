@@ -87,7 +87,7 @@ impl Lease for EtcdLease {
         let r = req.into_inner();
         let info = self.0.node.lease_query(r.id, false, r.keys, deadline).await.map_err(etcd_status)?;
         Ok(Response::new(epb::LeaseTimeToLiveResponse {
-            header: self.0.header(self.0.node.store().status().revision),
+            header: self.0.header_now(),
             id: r.id,
             ttl: info.ttl,
             granted_ttl: info.granted_ttl,
@@ -101,7 +101,7 @@ impl Lease for EtcdLease {
     ) -> Result<Response<epb::LeaseLeasesResponse>, Status> {
         let leases = self.0.node.lease_list(deadline(&req)).await.map_err(etcd_status)?;
         Ok(Response::new(epb::LeaseLeasesResponse {
-            header: self.0.header(self.0.node.store().status().revision),
+            header: self.0.header_now(),
             leases: leases.keys().map(|&id| epb::LeaseStatus { id }).collect(),
         }))
     }

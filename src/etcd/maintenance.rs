@@ -30,7 +30,7 @@ impl Cluster for EtcdCluster {
                 is_learner: false,
             })
             .collect();
-        Ok(Response::new(epb::MemberListResponse { header: c.header(c.node.store().status().revision), members }))
+        Ok(Response::new(epb::MemberListResponse { header: c.header_now(), members }))
     }
 }
 

@@ -88,6 +88,11 @@ impl Context {
         }
     }
 
+    /// etcd's response header at the store's current revision.
+    fn header_now(&self) -> Option<epb::ResponseHeader> {
+        self.header(self.node.store().status().revision)
+    }
+
     /// etcd's response header, at `revision`.
     fn header(&self, revision: u64) -> Option<epb::ResponseHeader> {
         Some(epb::ResponseHeader {

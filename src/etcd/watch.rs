@@ -233,9 +233,8 @@ impl Watch for EtcdWatch {
                     Some(RequestUnion::CancelRequest(c)) => match watchers.remove(&c.watch_id) {
                         Some((task, _)) => {
                             task.abort();
-                            let revision = ctx.node.store().status().revision;
                             epb::WatchResponse {
-                                header: ctx.header(revision),
+                                header: ctx.header_now(),
                                 watch_id: c.watch_id,
                                 canceled: true,
                                 ..Default::default()

@@ -135,6 +135,18 @@ pub(super) fn decode_event(revision: Revision, b: &[u8]) -> Result<Event, MvccEr
     })
 }
 
+/// An encoded `KeyMeta`.
+pub(super) struct KeyMetaBytes {
+    buf: [u8; 36],
+    len: usize,
+}
+
+impl KeyMetaBytes {
+    pub fn as_slice(&self) -> &[u8] {
+        &self.buf[..self.len]
+    }
+}
+
 /// A live key's metadata: where its current value is in the history.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(super) struct KeyMeta {
@@ -147,17 +159,15 @@ pub(super) struct KeyMeta {
 }
 
 impl KeyMeta {
-    /// 28 bytes, and 8 more for a lease.
-    pub fn encode(&self) -> Vec<u8> {
-        let mut b = Vec::with_capacity(36);
-        b.extend_from_slice(&self.create_revision.to_le_bytes());
-        b.extend_from_slice(&self.mod_revision.to_le_bytes());
-        b.extend_from_slice(&self.mod_sub.to_le_bytes());
-        b.extend_from_slice(&self.version.to_le_bytes());
-        if self.lease != 0 {
-            b.extend_from_slice(&self.lease.to_le_bytes());
-        }
-        b
+    /// 28 bytes, and 8 more for a lease (on the stack: this is on every write's path).
+    pub fn encode(&self) -> KeyMetaBytes {
+        let mut buf = [0u8; 36];
+        buf[0..8].copy_from_slice(&self.create_revision.to_le_bytes());
+        buf[8..16].copy_from_slice(&self.mod_revision.to_le_bytes());
+        buf[16..20].copy_from_slice(&self.mod_sub.to_le_bytes());
+        buf[20..28].copy_from_slice(&self.version.to_le_bytes());
+        buf[28..36].copy_from_slice(&self.lease.to_le_bytes());
+        KeyMetaBytes { buf, len: if self.lease != 0 { 36 } else { 28 } }
     }
 
     pub fn decode(b: &[u8]) -> Result<KeyMeta, MvccError> {
@@ -204,9 +214,9 @@ mod tests {
         long_key[33] = 200;
         assert!(decode_event(9, &long_key).is_err());
         let m = KeyMeta { create_revision: 1, mod_revision: 5, mod_sub: 2, version: 3, lease: 0 };
-        assert_eq!(KeyMeta::decode(&m.encode()).unwrap(), m);
+        assert_eq!(KeyMeta::decode(m.encode().as_slice()).unwrap(), m);
         let leased = KeyMeta { lease: 12, ..m };
-        assert_eq!(KeyMeta::decode(&leased.encode()).unwrap(), leased);
+        assert_eq!(KeyMeta::decode(leased.encode().as_slice()).unwrap(), leased);
         assert!(KeyMeta::decode(&[0; 27]).is_err());
     }
 }

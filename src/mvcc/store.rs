@@ -402,12 +402,7 @@ impl Store {
                     // in first, its meta included (a compaction writes nothing else, yet
                     // changes what the transaction may read). Else members that batch
                     // entries differently would decide differently.
-                    if e.index - 1 > committed {
-                        let before = Meta { applied: e.index - 1, applied_term: prev_term, ..meta };
-                        commit_with(&engine, &mut batch, &before)?;
-                        written.clear();
-                        committed = e.index - 1;
-                    }
+                    flush_before(&engine, &mut batch, &meta, (e.index, prev_term), &mut committed, &mut written)?;
                     let mut txn_meta = meta;
                     let view = ReadView::new(engine.clone())?;
                     let mut applying = Applying::new(&engine, view, &mut batch, &mut txn_meta, e, &leases);
@@ -441,11 +436,7 @@ impl Store {
                 Command::LeaseRevoke { id, since } if !leases.current(id, since) => Err(MvccError::LeaseNotFound),
                 Command::LeaseRevoke { id, .. } => {
                     // Its keys are found in the engine: what this batch wrote goes in first.
-                    if e.index - 1 > committed {
-                        let before = Meta { applied: e.index - 1, applied_term: prev_term, ..meta };
-                        commit_with(&engine, &mut batch, &before)?;
-                        written.clear();
-                    }
+                    flush_before(&engine, &mut batch, &meta, (e.index, prev_term), &mut committed, &mut written)?;
                     let view = ReadView::new(engine.clone())?;
                     let keys = view.lease_keys(id)?;
                     let stale: Vec<Vec<u8>> =
@@ -630,6 +621,26 @@ impl Store {
     fn current_name(&self) -> String {
         std::fs::read_to_string(self.dir.join(CURRENT)).map_or_else(|_| "kv-0".to_string(), |s| s.trim().to_string())
     }
+}
+
+/// Commits what `batch` holds of the entries before entry `index` (whose predecessor
+/// has term `prev_term`), with the meta record as of that predecessor, unless the engine
+/// already holds them: a command that reads the engine (a transaction, a revoke) then
+/// decides as it would alone, however the entries were batched.
+fn flush_before(
+    engine: &Engine,
+    batch: &mut fjall::OwnedWriteBatch,
+    meta: &Meta,
+    (index, prev_term): (Index, Term),
+    committed: &mut Index,
+    written: &mut HashMap<String, Option<KeyMeta>>,
+) -> Result<(), MvccError> {
+    if index - 1 > *committed {
+        commit_with(engine, batch, &Meta { applied: index - 1, applied_term: prev_term, ..*meta })?;
+        written.clear();
+        *committed = index - 1;
+    }
+    Ok(())
 }
 
 /// Commits `batch` with `meta` as the meta record, in one atomic engine batch, and
