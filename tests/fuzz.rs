@@ -205,8 +205,9 @@ fn fuzz_peer_messages() {
             core.step(msg);
             while core.has_ready() {
                 let rd = core.ready();
-                let last = rd.entries.last().map(|e| (e.index, e.term));
-                core.advance(last);
+                if rd.must_persist() {
+                    core.on_persisted(rd.number);
+                }
             }
             assert!(core.status().term <= MAX_TERM);
         },

@@ -44,6 +44,17 @@ struct SimNode {
     durable: Durable,
     up: bool,
     was_leader_term: Option<Term>,
+    /// Writes handed to the persister and not yet made durable and reported (it lags
+    /// behind), in order.
+    unreported: Vec<Write>,
+}
+
+/// One ready's write, and the messages waiting for it to be durable.
+struct Write {
+    number: u64,
+    hard_state: Option<HardState>,
+    entries: Vec<Entry>,
+    waiting: Vec<Message>,
 }
 
 struct Sim {
@@ -59,6 +70,9 @@ struct Sim {
     drop_rate: f64,
     /// Chance that a batch's write is torn by a crash.
     torn_rate: f64,
+    /// Chance that a write is made durable (and reported) only later: the persister
+    /// lags, and a crash meanwhile loses it.
+    defer_rate: f64,
     leaders: BTreeMap<Term, NodeId>,
     /// Committed entries: (term, data, a term in which the entry was already committed).
     /// The last is the lowest current term of a node seen holding it committed: never
@@ -87,6 +101,18 @@ fn config(id: NodeId, n: u64, seed: u64) -> Config {
     c
 }
 
+/// Messages that may go once write `wait_for` is durable: held with it, or sent at
+/// once when nothing is being written.
+fn wait_for_write(node: &mut SimNode, wait_for: Option<u64>, msgs: Vec<Message>, out: &mut Vec<Message>) {
+    match wait_for {
+        None => out.extend(msgs),
+        Some(n) => match node.unreported.iter_mut().find(|w| w.number == n) {
+            Some(w) => w.waiting.extend(msgs),
+            None => panic!("write {n} to wait for is not pending"),
+        },
+    }
+}
+
 impl Sim {
     fn new(seed: u64) -> Self {
         let mut rng = ChaCha8Rng::seed_from_u64(seed);
@@ -94,7 +120,16 @@ impl Sim {
         let nodes = (1..=n)
             .map(|id| {
                 let core = RawNode::new(config(id, n, seed), HardState::default(), Vec::new()).unwrap();
-                (id, SimNode { core, durable: Durable::default(), up: true, was_leader_term: None })
+                (
+                    id,
+                    SimNode {
+                        core,
+                        durable: Durable::default(),
+                        up: true,
+                        was_leader_term: None,
+                        unreported: Vec::new(),
+                    },
+                )
             })
             .collect();
         Sim {
@@ -107,6 +142,7 @@ impl Sim {
             group: (1..=n).map(|id| (id, 0)).collect(),
             drop_rate: 0.05,
             torn_rate: 0.003,
+            defer_rate: 0.3,
             leaders: BTreeMap::new(),
             committed: BTreeMap::new(),
             applied: BTreeMap::new(),
@@ -126,42 +162,60 @@ impl Sim {
         );
     }
 
-    /// Carries out every pending ready of `id`: persist, then send, then apply.
-    /// Returns whether the node crashed (a torn write) and restarted.
+    /// Carries out every pending ready of `id`: send what may go before the write, hand
+    /// the write to a persister that may lag (what waits for it waits with it), apply
+    /// what the core says is committed and durable. Returns whether the node crashed
+    /// (a torn write) and restarted.
     fn process(&mut self, id: NodeId, held: Vec<Message>) -> bool {
-        let mut out = held;
+        let mut out = Vec::new();
         let mut applied = Vec::new();
         let mut crashed = false;
-        let mut overwrites = Vec::new();
         let mut installs = 0;
+        let queued = self.nodes[&id].unreported.len();
+        let upto = self.rng.gen_range(0..=queued);
+        self.land(id, upto, true);
         loop {
             let torn = self.rng.gen_bool(self.torn_rate);
             let cut: f64 = self.rng.gen();
-            let node = self.nodes.get_mut(&id).unwrap();
-            if !node.core.has_ready() {
+            let landed: f64 = self.rng.gen();
+            let defer = self.rng.gen_bool(self.defer_rate);
+            if !self.nodes[&id].core.has_ready() {
                 break;
             }
-            let rd = node.core.ready();
+            let rd = self.nodes.get_mut(&id).unwrap().core.ready();
+            if rd.snapshot.is_some() {
+                // The persister works through its queue before the log is compacted to
+                // the installed snapshot.
+                let all = self.nodes[&id].unreported.len();
+                self.land(id, all, true);
+            }
+            let node = self.nodes.get_mut(&id).unwrap();
             if let (true, Some((index, term))) = (torn && cut < 0.5, rd.snapshot) {
                 // The snapshot file was renamed into place before the WAL write tore.
                 node.durable.snap = Some((index, term));
                 node.durable.base = (index, term);
                 node.durable.log = node.durable.log.split_off(&(index + 1));
             }
+            let must_persist = rd.must_persist();
+            // A leader's appends leave before its write (Raft §10.2.1).
+            out.extend(rd.messages);
             if torn {
-                // A crash in the middle of this batch's write: the WAL keeps a prefix of
-                // [entries..., hard state]; nothing of this batch was sent or applied.
-                let records = rd.entries.len() + rd.hard_state.is_some() as usize;
-                let keep = (cut * (records + 1) as f64) as usize;
-                node.durable.append(&rd.entries[..keep.min(rd.entries.len())]);
-                if let (Some(hs), true) = (rd.hard_state, keep > rd.entries.len()) {
-                    node.durable.hs = hs;
+                // A crash: the persister had written some of the writes queued before
+                // this one; if all, it tore this one's, keeping a prefix of [entries...,
+                // hard state]. Nothing that waited for a write goes out.
+                let queued = node.unreported.len();
+                let k = (landed * (queued + 1) as f64) as usize;
+                self.land(id, k.min(queued), false);
+                let node = self.nodes.get_mut(&id).unwrap();
+                if k >= queued {
+                    let records = rd.entries.len() + rd.hard_state.is_some() as usize;
+                    let keep = (cut * (records + 1) as f64) as usize;
+                    let hs = rd.hard_state.filter(|_| keep > rd.entries.len());
+                    let entries = rd.entries[..keep.min(rd.entries.len())].to_vec();
+                    node.unreported = vec![Write { number: rd.number, hard_state: hs, entries, waiting: Vec::new() }];
+                    self.land(id, 1, false);
                 }
-                // Requests of earlier batches of this call may still go out; answers
-                // are dropped, as their promise may be in this batch. A leader's
-                // appends of this batch left before its write (Raft §10.2.1).
-                out.retain(|m| m.body.is_request());
-                out.extend(rd.messages.into_iter().filter(|m| matches!(m.body, MessageBody::AppendEntries { .. })));
+                self.nodes.get_mut(&id).unwrap().unreported.clear();
                 crashed = true;
                 break;
             }
@@ -173,20 +227,22 @@ impl Sim {
                 node.durable.base = (index, term);
                 node.durable.log = node.durable.log.split_off(&(index + 1));
             }
-            if let Some(hs) = rd.hard_state {
-                node.durable.hs = hs;
+            if must_persist {
+                let write =
+                    Write { number: rd.number, hard_state: rd.hard_state, entries: rd.entries, waiting: Vec::new() };
+                node.unreported.push(write);
             }
-            if let Some(f) = rd.entries.first() {
-                let f = f.index;
-                let overwritten: Vec<(Index, Term)> = node.durable.log.range(f..).map(|(i, e)| (*i, e.term)).collect();
-                let batch: Vec<(Index, Term)> = rd.entries.iter().map(|e| (e.index, e.term)).collect();
-                overwrites.push((f, overwritten, batch));
-            }
-            node.durable.append(&rd.entries);
-            let persisted = rd.entries.last().map(|e| (e.index, e.term));
-            out.extend(rd.messages);
+            wait_for_write(node, rd.wait_for, rd.persisted_messages, &mut out);
             applied.extend(rd.committed);
-            node.core.advance(persisted);
+            if !defer {
+                let all = self.nodes[&id].unreported.len();
+                self.land(id, all, true);
+            }
+        }
+        if !crashed {
+            let node = self.nodes.get_mut(&id).unwrap();
+            let pending = node.core.pending_write();
+            wait_for_write(node, pending, held, &mut out);
         }
         for e in applied {
             match self.applied.get(&e.index) {
@@ -196,20 +252,6 @@ impl Sim {
                 Some(_) => {}
                 None => {
                     self.applied.insert(e.index, (e.term, e.data.clone()));
-                }
-            }
-        }
-        for (f, old, new) in overwrites {
-            for (i, t) in old {
-                if new.iter().any(|&(j, u)| j == i && u == t) {
-                    continue;
-                }
-                for (k, n) in &self.nodes {
-                    if n.core.status().commit >= i && n.core.log().term(i) == Some(t) && *k != id {
-                        self.fail(format!(
-                            "node {id} replaced entry {i}@{t}, which node {k} committed (batch from {f})"
-                        ));
-                    }
                 }
             }
         }
@@ -266,6 +308,9 @@ impl Sim {
             let from = m.from;
             let resp = self.nodes.get_mut(&to).unwrap().core.step(m);
             let crashed = self.process(to, Vec::new());
+            // Within the RPC, the answer waits for what it promises to be durable.
+            let queued = self.nodes[&to].unreported.len();
+            self.land(to, queued, true);
             let answer = match resp {
                 Some(r) if !crashed => r,
                 _ => Message { from: to, to: from, term: 0, body: MessageBody::SnapshotFailed },
@@ -330,9 +375,48 @@ impl Sim {
     }
 
     /// Restarts `id` from exactly its durable state.
+    /// Makes the first `upto` of `id`'s queued writes durable, in order, checking that
+    /// none replaces an entry another node committed; with `report`, the core learns it
+    /// and what waited for them is sent (else the node is crashing).
+    fn land(&mut self, id: NodeId, upto: usize, report: bool) {
+        if upto == 0 {
+            return;
+        }
+        let node = self.nodes.get_mut(&id).unwrap();
+        let writes: Vec<Write> = node.unreported.drain(..upto).collect();
+        let mut overwrites = Vec::new();
+        for w in &writes {
+            if let Some(hs) = w.hard_state {
+                node.durable.hs = hs;
+            }
+            if let Some(f) = w.entries.first() {
+                let old: Vec<(Index, Term)> = node.durable.log.range(f.index..).map(|(i, e)| (*i, e.term)).collect();
+                overwrites
+                    .extend(old.into_iter().filter(|&(i, t)| !w.entries.iter().any(|e| e.index == i && e.term == t)));
+            }
+            node.durable.append(&w.entries);
+        }
+        if report {
+            node.core.on_persisted(writes.last().unwrap().number);
+            self.net.extend(writes.into_iter().flat_map(|w| w.waiting));
+        }
+        for (i, t) in overwrites {
+            for (k, n) in &self.nodes {
+                if n.core.status().commit >= i && n.core.log().term(i) == Some(t) && *k != id {
+                    self.fail(format!("node {id} replaced entry {i}@{t}, which node {k} committed"));
+                }
+            }
+        }
+    }
+
     fn restart(&mut self, id: NodeId) {
+        // The persister had made some of its queue durable when the node stopped.
+        let queued = self.nodes[&id].unreported.len();
+        let landed = self.rng.gen_range(0..=queued);
+        self.land(id, landed, false);
         let seed = self.rng.gen();
         let node = self.nodes.get_mut(&id).unwrap();
+        node.unreported.clear();
         let d = node.durable.clone();
         let mut cfg = config(id, self.n, self.seed);
         cfg.seed = seed;

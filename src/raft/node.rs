@@ -2,7 +2,7 @@
 //!
 //! Deterministic: time is counted in ticks, randomness comes from a seeded RNG,
 //! and nothing here performs I/O. The driver feeds it and carries out `Ready`.
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, VecDeque};
 
 use bytes::Bytes;
 use rand::{Rng, SeedableRng};
@@ -146,6 +146,12 @@ pub struct RawNode {
     transfer_elapsed: u32,
     msgs: Vec<Message>,
     last_hard_state: HardState,
+    /// The number of the last ready that had something to persist, and of the last
+    /// write reported durable.
+    last_write: u64,
+    persisted_write: u64,
+    /// Writes not yet reported durable that carry entries: their number and last entry.
+    unstable_writes: VecDeque<(u64, (Index, Term))>,
 }
 
 impl RawNode {
@@ -203,6 +209,9 @@ impl RawNode {
             ready_reads: Vec::new(),
             msgs: Vec::new(),
             last_hard_state: hs,
+            last_write: 0,
+            persisted_write: 0,
+            unstable_writes: VecDeque::new(),
             cfg,
         };
         node.reset_election_timer();
@@ -482,8 +491,9 @@ impl RawNode {
 
     // ---- messages ---------------------------------------------------------
 
-    /// Feeds one message. A request returns its response, which must be sent only
-    /// after the next `ready()` has been persisted.
+    /// Feeds one message. A request returns its response, which may promise what the
+    /// next ready persists: it goes once the write `pending_write()` names after that
+    /// ready (if any) is durable.
     pub fn step(&mut self, m: Message) -> Option<Message> {
         // A lost append makes a pipelined follower fall back to probing. A follower
         // being sent a snapshot stays paused until the snapshot's own outcome: a lost
@@ -646,25 +656,64 @@ impl RawNode {
             || (self.role == Role::Leader && (self.heartbeat_due || self.broadcast_pending || self.replicate_pending))
     }
 
-    /// Collects what the driver must do now. Call `advance` once it is done.
+    /// Collects what the driver must do now; see `Ready` for the order.
     pub fn ready(&mut self) -> Ready {
         self.flush_appends();
         let hs = self.hard_state();
         let hard_state = (hs != self.last_hard_state).then_some(hs);
         self.last_hard_state = hs;
-        Ready {
+        let (messages, persisted_messages) = std::mem::take(&mut self.msgs)
+            .into_iter()
+            .partition(|m| matches!(m.body, MessageBody::AppendEntries { .. }));
+        let mut rd = Ready {
             hard_state,
             entries: self.log.take_unstable(),
-            messages: std::mem::take(&mut self.msgs),
+            messages,
+            persisted_messages,
             committed: self.log.take_committed(usize::MAX),
             reads: std::mem::take(&mut self.ready_reads),
             snapshot: self.pending_snapshot.take(),
+            ..Ready::default()
+        };
+        if rd.must_persist() {
+            self.last_write += 1;
+            rd.number = self.last_write;
+            if let Some(last) = rd.entries.last() {
+                self.unstable_writes.push_back((rd.number, (last.index, last.term)));
+            }
         }
+        rd.wait_for = self.pending_write();
+        rd
     }
 
-    /// Tells the core that `persisted` (the last entry of a ready's `entries`) is durable.
-    pub fn advance(&mut self, persisted: Option<(Index, Term)>) {
-        if let Some((index, term)) = persisted {
+    /// The latest write handed out by `ready` and not yet reported durable.
+    pub fn pending_write(&self) -> Option<u64> {
+        (self.last_write > self.persisted_write).then_some(self.last_write)
+    }
+
+    /// Reports that ready `number`'s write, and so every earlier one, is durable.
+    pub fn on_persisted(&mut self, number: u64) {
+        if number <= self.persisted_write || number > self.last_write {
+            tracing::warn!(
+                number,
+                persisted = self.persisted_write,
+                last = self.last_write,
+                "ignored a report of a write not pending"
+            );
+            return;
+        }
+        self.persisted_write = number;
+        let mut stable = None;
+        while let Some(&(n, last)) = self.unstable_writes.front() {
+            if n > number {
+                break;
+            }
+            stable = Some(last);
+            self.unstable_writes.pop_front();
+        }
+        // A later write may have replaced these entries (a follower's log truncated by
+        // a new leader); `stable_to` ignores a mark whose term no longer matches.
+        if let Some((index, term)) = stable {
             self.log.stable_to(index, term);
             if self.role == Role::Leader && self.maybe_commit() {
                 self.replicate_pending = true;

@@ -20,10 +20,12 @@ fn drain(n: &mut RawNode) -> (Vec<Message>, Vec<Entry>) {
     let mut applied = Vec::new();
     while n.has_ready() {
         let rd = n.ready();
-        let persisted = rd.entries.last().map(|e| (e.index, e.term));
+        if rd.must_persist() {
+            n.on_persisted(rd.number);
+        }
         msgs.extend(rd.messages);
+        msgs.extend(rd.persisted_messages);
         applied.extend(rd.committed);
-        n.advance(persisted);
     }
     (msgs, applied)
 }
@@ -432,9 +434,12 @@ fn read_index_waits_for_quorum_ack() {
         let n = c.nodes.get_mut(&to).unwrap();
         while n.has_ready() {
             let rd = n.ready();
+            if rd.must_persist() {
+                n.on_persisted(rd.number);
+            }
             reads.extend(rd.reads);
             queue.extend(rd.messages);
-            n.advance(rd.entries.last().map(|e| (e.index, e.term)));
+            queue.extend(rd.persisted_messages);
         }
     }
     assert!(reads.contains(&ReadState { ctx: 43, index: commit }), "{reads:?}");

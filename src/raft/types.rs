@@ -162,20 +162,40 @@ pub struct ReadState {
     pub index: Index,
 }
 
-/// What the driver must do, in this order: persist `hard_state` and `entries`
-/// (truncating the stored log from `entries[0].index` first), send `messages`
-/// (and any responses `step` returned since the last ready), apply
-/// `committed`, serve `reads`, then call `advance`.
+/// What the driver must do, in this order: install `snapshot`; send `messages` (they
+/// may go before the write); persist `hard_state` and `entries` (truncating the stored
+/// log from `entries[0].index` first) as write number `number`; once every write up to
+/// `wait_for` is durable, send `persisted_messages` and report `on_persisted(number)`;
+/// apply `committed`; serve `reads`. Writes are reported in order, and a write's
+/// durability implies every earlier one's.
 #[derive(Debug, Default)]
 pub struct Ready {
+    /// This ready's write, when it has something to persist (`must_persist`).
+    pub number: u64,
     pub hard_state: Option<HardState>,
     pub entries: Vec<Entry>,
+    /// Messages that may go at once, before the write: a leader's AppendEntries (Raft
+    /// §10.2.1: the leader counts itself in a majority only once its own write is
+    /// reported, so followers may hold the entries first).
     pub messages: Vec<Message>,
+    /// Messages that promise what this ready (or an earlier one) persists: requests
+    /// for votes, TimeoutNow. They go once every write up to `wait_for` is durable.
+    pub persisted_messages: Vec<Message>,
+    /// The write `persisted_messages` wait for: this ready's own, or the latest one
+    /// not yet reported durable; `None` when nothing is being written.
+    pub wait_for: Option<u64>,
     pub committed: Vec<Entry>,
     pub reads: Vec<ReadState>,
     /// Install the leader's snapshot at (index, term) before anything else: the state
     /// machine is replaced by it and the log now starts after it.
     pub snapshot: Option<(Index, Term)>,
+}
+
+impl Ready {
+    /// Whether `hard_state` or `entries` must be written (as write `number`).
+    pub fn must_persist(&self) -> bool {
+        self.hard_state.is_some() || !self.entries.is_empty()
+    }
 }
 
 /// A snapshot of the node's volatile and persistent state, for status and tests.

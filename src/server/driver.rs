@@ -33,7 +33,7 @@ pub(super) enum Fatal {
     PersisterStopped,
     #[error("the applier stopped")]
     ApplierStopped,
-    #[error("batch {0} reported durable, but it was not in flight")]
+    #[error("write {0} reported durable, but it was not in flight")]
     NotInFlight(u64),
     #[error("snapshot {0} accepted without its state machine")]
     SnapshotMissing(Index),
@@ -43,9 +43,9 @@ pub(super) enum Fatal {
     SnapshotMismatch { installed: (Index, Term), accepted: (Index, Term) },
 }
 
-/// A batch handed to the persister, and what waits for it to be durable.
+/// A ready's write handed to the persister, and what waits for it to be durable.
 pub(super) struct InFlight {
-    seq: u64,
+    number: u64,
     /// Answers to peer requests, and requests to peers, that promise what it persists.
     held: Vec<(oneshot::Sender<Message>, Message)>,
     messages: Vec<Message>,
@@ -64,8 +64,7 @@ pub(super) struct Driver {
     pub persister: mpsc::UnboundedSender<Job>,
     /// The persister's reports of batches made durable.
     pub durable: mpsc::UnboundedReceiver<Durable>,
-    pub next_persist: u64,
-    /// Batches being persisted, oldest first.
+    /// Writes being persisted, oldest first.
     pub in_flight: VecDeque<InFlight>,
     /// Set, and the node stopped, when storage fails: a node must not go on from a
     /// state it cannot trust.
@@ -318,20 +317,47 @@ impl Driver {
         self.persister.send(Job::Compact { base }).map_err(|_| Fatal::PersisterStopped)
     }
 
-    /// The persister made every batch up to `done.seq` durable: what waited for them
-    /// goes out, in order, and the core learns its entries are stable.
-    fn persisted(&mut self, done: Durable) {
-        if self.in_flight.front().is_none_or(|b| b.seq > done.seq) {
-            self.fatal_error = Some(Fatal::NotInFlight(done.seq));
+    /// The persister made every write up to `done` durable: what waited for them goes
+    /// out, in order, and the core learns it.
+    fn persisted(&mut self, Durable(number): Durable) {
+        if self.in_flight.front().is_none_or(|w| w.number > number) {
+            self.fatal_error = Some(Fatal::NotInFlight(number));
             return;
         }
-        while let Some(batch) = self.in_flight.pop_front_if(|b| b.seq <= done.seq) {
-            for (tx, answer) in batch.held {
+        while let Some(write) = self.in_flight.pop_front_if(|w| w.number <= number) {
+            for (tx, answer) in write.held {
                 let _ = tx.send(answer);
             }
-            self.send(batch.messages);
+            self.send(write.messages);
         }
-        self.core.advance(done.last);
+        self.core.on_persisted(number);
+    }
+
+    /// Messages and answers to peers that may go once write `wait_for` is durable: at
+    /// once when nothing is being written, else held with that write (the latest in
+    /// flight, since writes are made durable in order).
+    fn after_write(
+        &mut self,
+        wait_for: Option<u64>,
+        messages: Vec<Message>,
+        held: Vec<(oneshot::Sender<Message>, Message)>,
+    ) {
+        match (wait_for, self.in_flight.back_mut()) {
+            (Some(n), Some(last)) if last.number == n => {
+                last.held.extend(held);
+                last.messages.extend(messages);
+            }
+            (Some(n), _) => {
+                // The core and the driver disagree on what is in flight.
+                self.fatal_error.get_or_insert(Fatal::NotInFlight(n));
+            }
+            (None, _) => {
+                for (tx, answer) in held {
+                    let _ = tx.send(answer);
+                }
+                self.send(messages);
+            }
+        }
     }
 
     /// Installs a snapshot the core accepted at (index, term): the applier swaps the
@@ -368,35 +394,20 @@ impl Driver {
             if let Some((index, term)) = rd.snapshot {
                 self.install_snapshot(incoming, index, term)?;
             }
-            // 0. A leader's AppendEntries go out before its own write (Raft §10.2.1):
-            //    the leader counts itself in a majority only once `advance` reports its
-            //    entries durable, so followers may hold them first.
-            let (appends, rest): (Vec<Message>, Vec<Message>) = std::mem::take(&mut rd.messages)
-                .into_iter()
-                .partition(|m| matches!(m.body, MessageBody::AppendEntries { .. }));
-            self.send(appends);
+            // 0. What may go before the write (a leader's appends, Raft §10.2.1) goes.
+            self.send(std::mem::take(&mut rd.messages));
             // 1. Persist hard state and entries (one write, one fdatasync, on the
             //    persister's thread) before anything that depends on them (votes,
             //    answers, requests, applying, the leader counting itself) happens:
-            // 2. held answers and requests to peers go once that batch is durable (at
-            //    once if nothing is being persisted); the core learns it in `persisted`.
-            let held = std::mem::take(&mut self.held);
-            if rd.hard_state.is_some() || !rd.entries.is_empty() {
-                let seq = self.next_persist;
-                self.next_persist += 1;
-                let job = Job::Persist { seq, hard_state: rd.hard_state, entries: rd.entries };
+            // 2. what the core says waits for a write (and answers to peers since the
+            //    last ready) goes once it is durable; the core learns it in `persisted`.
+            if rd.must_persist() {
+                let job = Job::Persist { number: rd.number, hard_state: rd.hard_state, entries: rd.entries };
                 self.persister.send(job).map_err(|_| Fatal::PersisterStopped)?;
-                self.in_flight.push_back(InFlight { seq, held, messages: rest });
-            } else if let Some(last) = self.in_flight.back_mut() {
-                // They may promise what a batch still in flight holds.
-                last.held.extend(held);
-                last.messages.extend(rest);
-            } else {
-                for (tx, answer) in held {
-                    let _ = tx.send(answer);
-                }
-                self.send(rest);
+                self.in_flight.push_back(InFlight { number: rd.number, held: Vec::new(), messages: Vec::new() });
             }
+            let held = std::mem::take(&mut self.held);
+            self.after_write(rd.wait_for, rd.persisted_messages, held);
             // 3. Apply: the applier applies in order and answers the proposals.
             if !rd.committed.is_empty() {
                 let mut replies = Vec::new();
@@ -420,13 +431,9 @@ impl Driver {
         }
         // Answers to requests that changed nothing to persist.
         let held = std::mem::take(&mut self.held);
-        match self.in_flight.back_mut() {
-            Some(last) => last.held.extend(held),
-            None => {
-                for (tx, answer) in held {
-                    let _ = tx.send(answer);
-                }
-            }
+        self.after_write(self.core.pending_write(), Vec::new(), held);
+        if let Some(e) = self.fatal_error.take() {
+            return Err(e);
         }
         let st = self.core.status();
         // Reads the core no longer holds (it stopped leading, perhaps only for a moment

@@ -316,7 +316,6 @@ impl Node {
             core,
             persister: persister_tx,
             durable: durable_rx,
-            next_persist: 0,
             in_flight: Default::default(),
             fatal: fatal.clone(),
             names,

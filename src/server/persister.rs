@@ -9,7 +9,7 @@ use std::sync::Arc;
 use tokio::sync::{mpsc, watch};
 
 use super::Metrics;
-use crate::raft::{Entry, HardState, Index, Term};
+use crate::raft::{Entry, HardState, Index};
 use crate::storage::{Storage, StorageError};
 
 /// Batches written before one fdatasync at most, so that a driver that keeps producing
@@ -17,18 +17,15 @@ use crate::storage::{Storage, StorageError};
 const MAX_GROUP: usize = 256;
 
 pub enum Job {
-    /// Make these durable, then report them with a `Durable`.
-    Persist { seq: u64, hard_state: Option<HardState>, entries: Vec<Entry> },
+    /// Make ready `number`'s write durable, then report it with a `Durable`.
+    Persist { number: u64, hard_state: Option<HardState>, entries: Vec<Entry> },
     /// Drop the log up to `base` (the state machine holds it durably).
     Compact { base: Index },
 }
 
-/// Every batch up to `seq` is durable; `last` is the last entry they wrote, if any.
+/// Every ready's write up to this number is durable.
 #[derive(Debug, Clone, Copy)]
-pub struct Durable {
-    pub seq: u64,
-    pub last: Option<(Index, Term)>,
-}
+pub struct Durable(pub u64);
 
 pub struct Persister {
     pub storage: Storage,
@@ -43,8 +40,7 @@ pub struct Persister {
 /// Batches written since the last fdatasync.
 #[derive(Default)]
 struct Group {
-    seq: Option<u64>,
-    last: Option<(Index, Term)>,
+    number: Option<u64>,
     entries: u64,
 }
 
@@ -65,12 +61,9 @@ impl Persister {
             let mut written = 0;
             while let Some(job) = next {
                 match job {
-                    Job::Persist { seq, hard_state, entries } => {
+                    Job::Persist { number, hard_state, entries } => {
                         self.storage.write(hard_state, &entries)?;
-                        group.seq = Some(seq);
-                        if let Some(e) = entries.last() {
-                            group.last = Some((e.index, e.term));
-                        }
+                        group.number = Some(number);
                         group.entries += entries.len() as u64;
                         written += 1;
                     }
@@ -89,12 +82,12 @@ impl Persister {
 
     /// Makes the group durable and reports it.
     fn flush(&mut self, group: Group) -> Result<(), StorageError> {
-        let Some(seq) = group.seq else { return Ok(()) };
+        let Some(number) = group.number else { return Ok(()) };
         self.storage.sync()?;
         self.metrics.fsyncs.store(self.storage.syncs(), Ordering::Relaxed);
         self.metrics.entries_persisted.fetch_add(group.entries, Ordering::Relaxed);
         // A driver that stopped no longer needs to hear it.
-        let _ = self.driver.send(Durable { seq, last: group.last });
+        let _ = self.driver.send(Durable(number));
         Ok(())
     }
 }
