@@ -68,10 +68,11 @@ stop_all; rm -rf "$ROOT/data/node$F"
 for i in 1 2 3; do start "$i"; done
 L=$(wait_leader); t0=$(now); before=$(rss "${PID[$L]}"); rm -f "$ROOT/done"
 peak_rss "${PID[$L]}" "$ROOT/done" >"$ROOT/peak" & PK=$!
+peak_rss "${PID[$F]}" "$ROOT/done" >"$ROOT/peak-follower" & PKF=$!
 commit=$(commit_of "$L")
 until [ "$(applied_of "$F")" -ge "$commit" ] 2>/dev/null; do sleep 0.2; done
-touch "$ROOT/done"; wait $PK
-echo "the wiped node$F applied the leader's commit $commit $(since "$t0") s after node$L led; leader RSS $before MiB then, peak $(cat "$ROOT/peak") MiB during; node$F RSS $(rss "${PID[$F]}") MiB"
+touch "$ROOT/done"; wait $PK $PKF
+echo "the wiped node$F applied the leader's commit $commit $(since "$t0") s after node$L led; leader RSS $before MiB then, peak $(cat "$ROOT/peak") MiB during; node$F RSS peak $(cat "$ROOT/peak-follower") MiB during, $(rss "${PID[$F]}") MiB after"
 
 echo "== Retrieve of the whole history through node$L"
 rm -f "$ROOT/done"; before=$(rss "${PID[$L]}")

@@ -6,6 +6,12 @@ use clap::{Parser, Subcommand};
 
 mod cli;
 
+/// mimalloc rather than glibc's malloc: a node that built a 2 GB snapshot held 329 MB of
+/// heap with 54 MB in use (glibc keeps freed memory in its arenas), and allocation is
+/// on every request's path.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[derive(Parser)]
 #[command(name = "raftkv", version, about = "A Raft-replicated, strongly consistent key-value service")]
 struct Cli {

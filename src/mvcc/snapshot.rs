@@ -27,8 +27,9 @@ const TAG_LEASE_KEY: u8 = 5;
 const TAG_END: u8 = 255;
 /// A record larger than this is damage, not data (values are at most 1 MiB).
 const MAX_RECORD: usize = 16 << 20;
-/// Records written per batch while building.
-const BUILD_BATCH: usize = 150_000;
+/// Bytes of records written per batch while building: a batch is held in memory, and
+/// then in the engine's memtables until they are flushed.
+const BUILD_BATCH_BYTES: usize = 8 << 20;
 
 struct Writer<F: FnMut(Vec<u8>) -> bool> {
     buf: Vec<u8>,
@@ -158,8 +159,10 @@ fn build_into(engine: &Engine, file: &Path) -> Result<(Index, Term), MvccError> 
     let mut crc = crc32fast::Hasher::new();
     let mut meta = None;
     let mut batch = engine.db.batch();
+    let mut batched = 0;
     loop {
         let (tag, payload) = next_record(&mut r, &mut crc)?;
+        batched += payload.len();
         match tag {
             TAG_END => break,
             TAG_META => meta = Some(Meta::decode(&payload).map_err(|_| damaged("meta record"))?),
@@ -205,8 +208,15 @@ fn build_into(engine: &Engine, file: &Path) -> Result<(Index, Term), MvccError> 
             }
             tag => return Err(damaged(format!("unknown record {tag}"))),
         }
-        if batch.len() >= BUILD_BATCH {
+        if batched >= BUILD_BATCH_BYTES {
+            batched = 0;
             std::mem::replace(&mut batch, engine.db.batch()).commit()?;
+            // The engine lets up to 4 full memtables per keyspace wait for their flush;
+            // a build outruns the flushes, so it waits for them itself: what a build
+            // holds in memory stays near one memtable per keyspace.
+            while [&engine.revs, &engine.key_revs, &engine.keys].iter().any(|k| k.sealed_memtable_count() > 1) {
+                std::thread::sleep(std::time::Duration::from_millis(5));
+            }
         }
     }
     let meta = meta.ok_or_else(|| damaged("no meta record"))?;
