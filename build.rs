@@ -13,7 +13,13 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let out = PathBuf::from(env::var("OUT_DIR")?);
     tonic_build::configure()
         .file_descriptor_set_path(out.join("raftkv_descriptor.bin"))
-        .bytes([".raftkv.v1.Entry.data", ".raftkv.v1.ProposeRequest.command", ".raftkv.v1.ProposeResponse.txn"])
+        .bytes([
+            ".raftkv.v1.Entry.data",
+            ".raftkv.v1.ProposeRequest.command",
+            ".raftkv.v1.ProposeResponse.txn",
+            ".raftkv.v1.ProposeBatchRequest.commands",
+            ".raftkv.v1.ProposeOutcome.txn",
+        ])
         .compile_protos(&["proto/raftkv/v1/kv.proto", "proto/raftkv/v1/raft.proto"], &["proto"])?;
     // etcd's v3 API (a subset), in its own packages: etcdserverpb and mvccpb.
     tonic_build::configure()

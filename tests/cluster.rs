@@ -57,6 +57,36 @@ async fn five_nodes_store_through_a_follower_and_read_linearizably_from_another(
     c.shutdown().await;
 }
 
+/// Writes forwarded together travel in batches (`ProposeBatch`); each caller must get
+/// its own write's answer: the revision it is told is the one its key was written at.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_writes_through_a_follower_each_get_their_own_answer() {
+    let c = TestCluster::start(3).await;
+    let leader = c.wait_leader().await;
+    let follower = (0..3).find(|&i| i != leader).unwrap();
+    let client = c.client(follower).await;
+    let writes = (0..300).map(|i| {
+        let mut client = client.clone();
+        async move {
+            let key = format!("batch{i:03}");
+            let r = store(&mut client, &key, &format!("v{i}")).await.expect("a forwarded write is applied");
+            (key, r)
+        }
+    });
+    let answers = futures::future::join_all(writes).await;
+    let mut reader = c.client(leader).await;
+    let mut revisions = std::collections::BTreeSet::new();
+    for (key, r) in answers {
+        let got =
+            reader.get(pb::GetRequest { key: key.clone(), consistency: 0, revision: 0 }).await.unwrap().into_inner();
+        assert!(got.found, "{key} was acknowledged");
+        assert_eq!(got.mod_revision, r.revision, "{key}: the answer names another write's revision");
+        assert!(revisions.insert(r.revision), "two writes were told revision {}", r.revision);
+    }
+    c.assert_one_leader_per_term();
+    c.shutdown().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn leader_stopped_new_leader_has_every_committed_entry() {
     let mut c = TestCluster::start(5).await;

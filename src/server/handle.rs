@@ -6,9 +6,9 @@ use std::time::Duration;
 use bytes::Bytes;
 use tokio::sync::{oneshot, watch};
 
+use super::forwarder::Forward;
 use super::{forward, Input, Metrics, NodeStatus, Shared};
 use crate::error::{Error, Result};
-use crate::mvcc::txn::TxnResult;
 use crate::mvcc::{Applied, Command, Store};
 use crate::proto as pb;
 use crate::raft::{Index, Message, NodeId, Term};
@@ -183,9 +183,9 @@ impl NodeHandle {
         }
     }
 
-    fn client_of(&self, leader: &str) -> Result<PeerClient> {
+    fn client_of(&self, leader: &str) -> Result<(NodeId, PeerClient)> {
         let id = self.0.names.id(leader).map_err(|_| Error::NoLeader)?;
-        self.0.clients.get(&id).cloned().ok_or(Error::NoLeader)
+        Ok((id, self.0.clients.get(&id).cloned().ok_or(Error::NoLeader)?))
     }
 
     /// Runs `here` on this node if it leads, else `remote` against the leader;
@@ -194,7 +194,7 @@ impl NodeHandle {
     where
         H: Fn() -> HF,
         HF: std::future::Future<Output = Result<T>>,
-        R: Fn(PeerClient) -> RF,
+        R: Fn(NodeId, PeerClient) -> RF,
         RF: std::future::Future<Output = Result<T>>,
     {
         let work = async {
@@ -206,7 +206,10 @@ impl NodeHandle {
             loop {
                 let result = match &target {
                     None => here().await,
-                    Some(l) => remote(self.client_of(l)?).await,
+                    Some(l) => {
+                        let (id, client) = self.client_of(l)?;
+                        remote(id, client).await
+                    }
                 };
                 match result {
                     Err(Error::NotLeader { leader: Some(l) }) if hops > 0 => {
@@ -247,7 +250,7 @@ impl NodeHandle {
             let st = w.wait_for(|s| s.leader.is_some_and(|l| l != old)).await.map_err(|_| Error::Shutdown)?.clone();
             Ok((self.0.names.name(st.leader.expect("waited for")).to_string(), st.term))
         };
-        let remote = |mut c: PeerClient| {
+        let remote = |_, mut c: PeerClient| {
             let target = target_name.clone();
             async move {
                 let r = c.transfer_leader(pb::TransferLeaderRequest { target }).await.map_err(forward::remote_error)?;
@@ -270,19 +273,16 @@ impl NodeHandle {
         self.via_leader(
             deadline,
             || self.propose_here(data.clone(), deadline),
-            |mut c| {
+            |leader, _| {
                 let command = data.clone();
                 async move {
-                    let r = c.propose(pb::ProposeRequest { command }).await.map_err(forward::remote_write_error)?;
-                    let r = r.into_inner();
-                    let mut a = Applied::new(r.index, r.term, r.revision);
-                    if !r.txn.is_empty() {
-                        let txn = TxnResult::decode(&r.txn).ok_or_else(|| {
-                            Error::OutcomeUnknown("the leader's answer to the transaction could not be read".into())
-                        })?;
-                        a.txn = Some(std::sync::Arc::new(txn));
-                    }
-                    Ok(a)
+                    // Joins the batch going to the leader (`forwarder`).
+                    let queue = self.0.forwarders.get(&leader).ok_or(Error::NoLeader)?;
+                    let (reply, rx) = oneshot::channel();
+                    let never_sent = || Error::LeaderUnreachable("this node is stopping".into());
+                    queue.send(Forward { command, deadline, reply }).await.map_err(|_| never_sent())?;
+                    rx.await
+                        .map_err(|_| Error::OutcomeUnknown("the node stopped while the leader had the write".into()))?
                 }
             },
         )
@@ -307,7 +307,7 @@ impl NodeHandle {
             .via_leader(
                 deadline,
                 || self.read_index_here(deadline),
-                |mut c| async move {
+                |_, mut c| async move {
                     let r = c.read_index(pb::ReadIndexRequest {}).await.map_err(forward::remote_error)?;
                     Ok(r.into_inner().index)
                 },

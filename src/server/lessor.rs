@@ -199,7 +199,7 @@ impl NodeHandle {
         self.via_leader(
             deadline,
             || self.lease_query_here(id, renew, keys, deadline),
-            |mut c| async move {
+            |_, mut c| async move {
                 let r = c
                     .lease_query(pb::LeaseQueryRequest { id, renew, keys })
                     .await

@@ -4,11 +4,13 @@ mod applier;
 mod compactor;
 mod driver;
 mod forward;
+mod forwarder;
 mod handle;
 mod health;
 pub mod lessor;
 mod persister;
 
+pub use forwarder::to_outcome as batch_outcome;
 pub use handle::NodeHandle;
 
 use std::collections::BTreeMap;
@@ -95,6 +97,8 @@ struct Shared {
     status: watch::Receiver<NodeStatus>,
     store: Arc<Store>,
     clients: BTreeMap<NodeId, PeerClient>,
+    /// Per peer, the queue of writes forwarded to it while it leads, sent in batches.
+    forwarders: BTreeMap<NodeId, mpsc::Sender<forwarder::Forward>>,
     metrics: Arc<Metrics>,
     election_timeout: Duration,
     shutdown: watch::Sender<bool>,
@@ -231,6 +235,7 @@ impl Node {
         let rpc_timeout = (election_timeout * 2).max(Duration::from_millis(500));
 
         let mut clients = BTreeMap::new();
+        let mut forwarders = BTreeMap::new();
         let mut peers = BTreeMap::new();
         for (i, m) in members.iter().enumerate() {
             let pid = i as NodeId + 1;
@@ -251,6 +256,7 @@ impl Node {
                     store.clone(),
                 ),
             );
+            forwarders.insert(pid, forwarder::spawn(client.clone(), shutdown_tx.subscribe()));
             clients.insert(pid, client);
         }
 
@@ -269,6 +275,7 @@ impl Node {
             status: status_rx,
             store: store.clone(),
             clients,
+            forwarders,
             metrics: metrics.clone(),
             election_timeout,
             shutdown: shutdown_tx.clone(),

@@ -8,6 +8,9 @@ use super::convert::{self, Names};
 use crate::proto as pb;
 use crate::server::NodeHandle;
 
+/// Writes one ProposeBatch may carry (a forwarding node sends at most 256).
+const MAX_FORWARDED_BATCH: usize = 1024;
+
 pub struct RaftService {
     node: NodeHandle,
     /// A snapshot stream longer than this is refused before it is built.
@@ -97,6 +100,32 @@ impl pb::raft_server::Raft for RaftService {
         let a = self.node.forwarded(deadline, || self.node.propose_here(command.clone(), deadline)).await?;
         let txn = a.txn.map(|t| t.encode().into()).unwrap_or_default();
         Ok(Response::new(pb::ProposeResponse { index: a.index, term: a.term, revision: a.revision, txn }))
+    }
+
+    async fn propose_batch(
+        &self,
+        req: Request<pb::ProposeBatchRequest>,
+    ) -> Result<Response<pb::ProposeBatchResponse>, Status> {
+        self.check_member(&req)?;
+        let deadline = crate::api::deadline(&req);
+        let commands = req.into_inner().commands;
+        if commands.len() > MAX_FORWARDED_BATCH {
+            return Err(Status::invalid_argument(format!(
+                "a batch of {} forwarded writes (at most {MAX_FORWARDED_BATCH})",
+                commands.len()
+            )));
+        }
+        // Validated before the log sees any: an entry no member can decode helps nobody.
+        if commands.iter().any(|c| crate::mvcc::Command::decode(c).is_none()) {
+            return Err(Status::invalid_argument("a forwarded command that does not decode"));
+        }
+        // Proposed together (the driver takes them in one batch), answered in order.
+        let outcomes = futures::future::join_all(commands.into_iter().map(|command| async move {
+            let r = self.node.forwarded(deadline, || self.node.propose_here(command.clone(), deadline)).await;
+            crate::server::batch_outcome(r)
+        }))
+        .await;
+        Ok(Response::new(pb::ProposeBatchResponse { outcomes }))
     }
 
     async fn install_snapshot(
