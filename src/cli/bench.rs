@@ -1,5 +1,6 @@
-//! `raftkv bench`: concurrent Store load with latency percentiles, progress every
-//! second, and the longest gap between successful writes (for failover measurements).
+//! `raftkv bench`: concurrent Store load (with `--reads`, Gets too) with latency
+//! percentiles, progress every second, and the longest gap between successful writes
+//! (for failover measurements); closed loop, or open loop at `--rate`.
 use std::process::ExitCode;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -42,6 +43,17 @@ pub struct BenchArgs {
     /// unknown (by default each client has a session and retries such writes).
     #[arg(long)]
     pub no_sessions: bool,
+    /// Percent of requests that are Gets of a key from the key space (0: writes only;
+    /// 100: reads only). Reads are linearizable unless --serializable.
+    #[arg(long, default_value_t = 0, value_parser = clap::value_parser!(u8).range(0..=100))]
+    pub reads: u8,
+    /// Serve the reads from the node asked, without confirming it is up to date.
+    #[arg(long)]
+    pub serializable: bool,
+    /// Open loop: issue this many requests per second in all (spread over the
+    /// clients), latency counted from when each was due; 0: as fast as answered.
+    #[arg(long, default_value_t = 0)]
+    pub rate: u64,
     #[command(flatten)]
     pub conn: Conn,
 }
@@ -51,6 +63,8 @@ struct Shared {
     issued: AtomicU64,
     next_key: AtomicU64,
     ok: AtomicU64,
+    /// Successful reads (counted in `ok` too).
+    reads_ok: AtomicU64,
     failed: AtomicU64,
     /// Writes whose outcome stayed unknown (counted in `failed` too).
     unknown: AtomicU64,
@@ -139,6 +153,31 @@ impl Writer {
     }
 }
 
+/// One bench client's reads: Gets on its endpoints, the leader's first, moving to the
+/// next endpoint when one fails.
+struct Reader {
+    endpoints: Vec<KeyValueClient<Channel>>,
+    at: usize,
+    consistency: pb::Consistency,
+    timeout: Duration,
+}
+
+impl Reader {
+    async fn get(&mut self, key: &str) -> Result<(), tonic::Status> {
+        let mut req = tonic::Request::new(pb::GetRequest {
+            key: key.to_string(),
+            consistency: self.consistency as i32,
+            revision: 0,
+        });
+        req.set_timeout(self.timeout);
+        let r = self.endpoints[self.at].get(req).await.map(|_| ());
+        if r.is_err() {
+            self.at = (self.at + 1) % self.endpoints.len();
+        }
+        r
+    }
+}
+
 /// A UTC time of day, HH:MM:SS.mmm, to match the nodes' log lines.
 fn wall_clock(t: std::time::SystemTime) -> String {
     let ms = t.duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64) % 86_400_000;
@@ -172,9 +211,22 @@ pub async fn run(args: BenchArgs) -> CmdResult {
     let per_ep = args.conns.max(1);
     let leader = leader_endpoint(&args.conn).await;
     let total = if args.duration_s.is_some() { u64::MAX } else { args.requests };
+    // Open loop: each client's requests fall due at its share of --rate.
+    let interval = (args.rate > 0).then(|| Duration::from_secs_f64(args.clients as f64 / args.rate as f64));
+    let consistency = if args.serializable { pb::Consistency::Serializable } else { pb::Consistency::Linearizable };
     let until = args.duration_s.map(|s| Instant::now() + Duration::from_secs(s));
+    let mix = match args.reads {
+        0 => "writes".to_string(),
+        100 => format!("{} reads", if args.serializable { "serializable" } else { "linearizable" }),
+        r => format!(
+            "{}% writes, {r}% {} reads",
+            100 - r,
+            if args.serializable { "serializable" } else { "linearizable" }
+        ),
+    };
+    let pace = if args.rate > 0 { format!(", open loop at {}/s", args.rate) } else { String::new() };
     println!(
-        "raftkv bench: {} clients, {} B values, {} against {} (leader endpoint {})",
+        "raftkv bench: {} clients, {mix}{pace}, {} B values, {} against {} (leader endpoint {})",
         args.clients,
         args.value_size,
         args.duration_s.map_or(format!("{} requests", args.requests), |s| format!("{s} s")),
@@ -187,6 +239,7 @@ pub async fn run(args: BenchArgs) -> CmdResult {
         issued: AtomicU64::new(0),
         next_key: AtomicU64::new(0),
         ok: AtomicU64::new(0),
+        reads_ok: AtomicU64::new(0),
         failed: AtomicU64::new(0),
         unknown: AtomicU64::new(0),
         last_ok_us: AtomicU64::new(0),
@@ -203,7 +256,9 @@ pub async fn run(args: BenchArgs) -> CmdResult {
         let key_space = args.key_space;
         let sequential = args.sequential_keys;
         let names = args.conn.endpoints.clone();
-        let sessions = !args.no_sessions;
+        let clients = args.clients;
+        let sessions = !args.no_sessions && args.reads < 100;
+        let reads = args.reads as u64;
         tasks.push(tokio::spawn(async move {
             let mut hist = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3).expect("histogram bounds");
             // This client's connection to each endpoint, the leader's first.
@@ -214,22 +269,43 @@ pub async fn run(args: BenchArgs) -> CmdResult {
                     (names[e].clone(), KeyValueClient::new(chans[(e * per_ep + c % per_ep) % chans.len()].clone()))
                 })
                 .collect();
+            let mut reader =
+                Reader { endpoints: endpoints.iter().map(|(_, c)| c.clone()).collect(), at: 0, consistency, timeout };
             let Some(mut writer) = Writer::new(endpoints, sessions, timeout).await else {
                 return hist;
             };
             let mut seq = c as u64;
+            // Open loop: clients start spread over one interval.
+            let mut due = interval.map(|i| Instant::now() + i.mul_f64(c as f64 / clients as f64));
             loop {
                 if shared.issued.fetch_add(1, Ordering::Relaxed) >= total || until.is_some_and(|u| Instant::now() >= u)
                 {
                     break;
                 }
+                if let (Some(at), Some(i)) = (due.as_mut(), interval) {
+                    tokio::time::sleep_until((*at).into()).await;
+                    *at += i;
+                }
                 seq = seq.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
-                let k = if sequential { shared.next_key.fetch_add(1, Ordering::Relaxed) } else { seq % key_space };
-                let t = Instant::now();
-                match writer.store(&format!("key{k:08}"), &value).await {
+                let read = reads > 0 && (seq >> 33) % 100 < reads;
+                let k =
+                    if sequential && !read { shared.next_key.fetch_add(1, Ordering::Relaxed) } else { seq % key_space };
+                // Latency counts from when the request was due, not from when it went.
+                let t = due.map_or_else(Instant::now, |at| at - interval.unwrap_or_default());
+                let outcome = if read {
+                    reader.get(&format!("key{k:08}")).await.map_err(|_| false)
+                } else {
+                    writer.store(&format!("key{k:08}"), &value).await
+                };
+                match outcome {
                     Ok(()) => {
                         let _ = hist.record(t.elapsed().as_micros() as u64);
-                        shared.success();
+                        if read {
+                            shared.ok.fetch_add(1, Ordering::Relaxed);
+                            shared.reads_ok.fetch_add(1, Ordering::Relaxed);
+                        } else {
+                            shared.success();
+                        }
                     }
                     Err(unknown) => {
                         shared.failed.fetch_add(1, Ordering::Relaxed);
@@ -281,7 +357,17 @@ pub async fn run(args: BenchArgs) -> CmdResult {
         shared.failed.load(Ordering::Relaxed),
         shared.unknown.load(Ordering::Relaxed)
     );
-    println!("throughput: {:.0} writes/s", ok as f64 / secs);
+    let reads_ok = shared.reads_ok.load(Ordering::Relaxed);
+    if reads_ok == 0 {
+        println!("throughput: {:.0} writes/s", ok as f64 / secs);
+    } else {
+        println!(
+            "throughput: {:.0} requests/s ({:.0} writes/s, {:.0} reads/s)",
+            ok as f64 / secs,
+            (ok - reads_ok) as f64 / secs,
+            reads_ok as f64 / secs
+        );
+    }
     println!(
         "latency ms: p50 {:.3}  p90 {:.3}  p99 {:.3}  p99.9 {:.3}  max {:.3}",
         ms(0.5),
@@ -290,14 +376,16 @@ pub async fn run(args: BenchArgs) -> CmdResult {
         ms(0.999),
         hist.max() as f64 / 1000.0
     );
-    println!(
-        "longest gap between successful writes: {:.1} ms (ending {:.3} s after the start, at {})",
-        shared.max_gap_us.load(Ordering::Relaxed) as f64 / 1000.0,
-        shared.max_gap_end_us.load(Ordering::Relaxed) as f64 / 1e6,
-        wall_clock(started_at + Duration::from_micros(shared.max_gap_end_us.load(Ordering::Relaxed))),
-    );
+    if ok > reads_ok {
+        println!(
+            "longest gap between successful writes: {:.1} ms (ending {:.3} s after the start, at {})",
+            shared.max_gap_us.load(Ordering::Relaxed) as f64 / 1000.0,
+            shared.max_gap_end_us.load(Ordering::Relaxed) as f64 / 1e6,
+            wall_clock(started_at + Duration::from_micros(shared.max_gap_end_us.load(Ordering::Relaxed))),
+        );
+    }
     if ok == 0 {
-        return Err("no write succeeded".into());
+        return Err("no request succeeded".into());
     }
     Ok(ExitCode::SUCCESS)
 }
