@@ -374,7 +374,6 @@ impl Sim {
         self.restart(id);
     }
 
-    /// Restarts `id` from exactly its durable state.
     /// Makes the first `upto` of `id`'s queued writes durable, in order, checking that
     /// none replaces an entry another node committed; with `report`, the core learns it
     /// and what waited for them is sent (else the node is crashing).
@@ -409,6 +408,8 @@ impl Sim {
         }
     }
 
+    /// Restarts `id` from exactly its durable state (with what its persister had
+    /// written of its queue).
     fn restart(&mut self, id: NodeId) {
         // The persister had made some of its queue durable when the node stopped.
         let queued = self.nodes[&id].unreported.len();

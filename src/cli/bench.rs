@@ -288,8 +288,12 @@ pub async fn run(args: BenchArgs) -> CmdResult {
                 }
                 seq = seq.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
                 let read = reads > 0 && (seq >> 33) % 100 < reads;
-                let k =
-                    if sequential && !read { shared.next_key.fetch_add(1, Ordering::Relaxed) } else { seq % key_space };
+                // With --sequential-keys, reads go to keys already written.
+                let k = match (sequential, read) {
+                    (true, false) => shared.next_key.fetch_add(1, Ordering::Relaxed),
+                    (true, true) => seq % shared.next_key.load(Ordering::Relaxed).max(1),
+                    (false, _) => seq % key_space,
+                };
                 // Latency counts from when the request was due, not from when it went.
                 let t = due.map_or_else(Instant::now, |at| at - interval.unwrap_or_default());
                 let outcome = if read {

@@ -30,6 +30,8 @@ const MAX_RECORD: usize = 16 << 20;
 /// Bytes of records written per batch while building: a batch is held in memory, and
 /// then in the engine's memtables until they are flushed.
 const BUILD_BATCH_BYTES: usize = 8 << 20;
+/// How long a build waits for the engine to flush before it fails.
+const FLUSH_WAIT: std::time::Duration = std::time::Duration::from_secs(120);
 
 struct Writer<F: FnMut(Vec<u8>) -> bool> {
     buf: Vec<u8>,
@@ -214,7 +216,16 @@ fn build_into(engine: &Engine, file: &Path) -> Result<(Index, Term), MvccError> 
             // The engine lets up to 4 full memtables per keyspace wait for their flush;
             // a build outruns the flushes, so it waits for them itself: what a build
             // holds in memory stays near one memtable per keyspace.
+            // A flush that fails (a full or failing disk) leaves its memtables sealed
+            // for good: the build then fails instead of waiting forever.
+            let give_up = std::time::Instant::now() + FLUSH_WAIT;
             while [&engine.revs, &engine.key_revs, &engine.keys].iter().any(|k| k.sealed_memtable_count() > 1) {
+                if std::time::Instant::now() > give_up {
+                    return Err(MvccError::Engine(format!(
+                        "the engine did not flush its memtables within {} s while building a snapshot",
+                        FLUSH_WAIT.as_secs()
+                    )));
+                }
                 std::thread::sleep(std::time::Duration::from_millis(5));
             }
         }

@@ -1,4 +1,4 @@
-//! The Raft state machine: `tick`, `step`, `propose`, `read_index`, `ready`, `advance`.
+//! The Raft state machine: `tick`, `step`, `propose`, `read_index`, `ready`, `on_persisted`.
 //!
 //! Deterministic: time is counted in ticks, randomness comes from a seeded RNG,
 //! and nothing here performs I/O. The driver feeds it and carries out `Ready`.
@@ -644,7 +644,7 @@ impl RawNode {
         Message { from: self.cfg.id, to, term: self.term, body }
     }
 
-    // ---- ready / advance --------------------------------------------------
+    // ---- ready / on_persisted ---------------------------------------------
 
     pub fn has_ready(&self) -> bool {
         !self.msgs.is_empty()

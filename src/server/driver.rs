@@ -1,5 +1,6 @@
 //! The tokio driver that owns one core: ticker, inputs, and the Ready protocol
-//! (persist → send → hand committed entries to the applier → advance).
+//! (send what may go → persist → hand committed entries to the applier → once durable,
+//! send what waited and report `on_persisted`).
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -321,7 +322,7 @@ impl Driver {
     /// out, in order, and the core learns it.
     fn persisted(&mut self, Durable(number): Durable) {
         if self.in_flight.front().is_none_or(|w| w.number > number) {
-            self.fatal_error = Some(Fatal::NotInFlight(number));
+            self.fatal_error.get_or_insert(Fatal::NotInFlight(number));
             return;
         }
         while let Some(write) = self.in_flight.pop_front_if(|w| w.number <= number) {

@@ -2,7 +2,7 @@
 //! queued while earlier batches were on their way goes in the next `ProposeBatch`
 //! call, so that under load one RPC carries many writes instead of one each.
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::Instant;
 
 use bytes::Bytes;
 use tokio::sync::{mpsc, oneshot, watch, Semaphore};
@@ -20,11 +20,14 @@ const MAX_BATCH: usize = 256;
 const MAX_IN_FLIGHT: usize = 8;
 /// Writes queued per leader before callers wait.
 const QUEUE: usize = 4096;
+/// Bytes of commands per batch at most (a larger write goes alone), well below the
+/// peer channel's message limit.
+const MAX_BATCH_BYTES: usize = 16 << 20;
 
 /// A write on its way to the leader, and who waits for its outcome.
 pub(super) struct Forward {
     pub command: Bytes,
-    pub deadline: Duration,
+    pub deadline: Instant,
     pub reply: oneshot::Sender<Result<Applied>>,
 }
 
@@ -33,17 +36,30 @@ pub(super) fn spawn(client: PeerClient, mut shutdown: watch::Receiver<bool>) -> 
     let (tx, mut rx) = mpsc::channel::<Forward>(QUEUE);
     tokio::spawn(async move {
         let slots = Arc::new(Semaphore::new(MAX_IN_FLIGHT));
+        // A write that did not fit the last batch starts the next.
+        let mut carried: Option<Forward> = None;
         loop {
-            let first = tokio::select! {
-                _ = shutdown.wait_for(|s| *s) => break,
-                f = rx.recv() => match f { Some(f) => f, None => break },
+            let first = match carried.take() {
+                Some(f) => f,
+                None => tokio::select! {
+                    _ = shutdown.wait_for(|s| *s) => break,
+                    f = rx.recv() => match f { Some(f) => f, None => break },
+                },
             };
             // While every slot is taken, more writes queue and join this batch.
             let Ok(slot) = slots.clone().acquire_owned().await else { break };
+            let mut bytes = first.command.len();
             let mut batch = vec![first];
             while batch.len() < MAX_BATCH {
                 match rx.try_recv() {
-                    Ok(f) => batch.push(f),
+                    Ok(f) if bytes + f.command.len() > MAX_BATCH_BYTES => {
+                        carried = Some(f);
+                        break;
+                    }
+                    Ok(f) => {
+                        bytes += f.command.len();
+                        batch.push(f);
+                    }
                     Err(_) => break,
                 }
             }
@@ -57,8 +73,12 @@ pub(super) fn spawn(client: PeerClient, mut shutdown: watch::Receiver<bool>) -> 
     tx
 }
 
-async fn send(mut client: PeerClient, batch: Vec<Forward>) {
-    let deadline = batch.iter().map(|f| f.deadline).max().unwrap_or_default();
+async fn send(mut client: PeerClient, mut batch: Vec<Forward>) {
+    // A caller that gave up (its deadline passed) was told the write may still commit:
+    // not sending it keeps that true.
+    batch.retain(|f| !f.reply.is_closed());
+    let Some(last) = batch.iter().map(|f| f.deadline).max() else { return };
+    let deadline = last.saturating_duration_since(Instant::now());
     let mut req =
         tonic::Request::new(pb::ProposeBatchRequest { commands: batch.iter().map(|f| f.command.clone()).collect() });
     req.set_timeout(deadline);
@@ -82,7 +102,7 @@ async fn send(mut client: PeerClient, batch: Vec<Forward>) {
                 let mut c = client.clone();
                 async move {
                     let mut req = tonic::Request::new(pb::ProposeRequest { command: f.command });
-                    req.set_timeout(f.deadline);
+                    req.set_timeout(f.deadline.saturating_duration_since(Instant::now()));
                     let r = c.propose(req).await.map_err(forward::remote_write_error);
                     let _ = f.reply.send(r.and_then(|r| {
                         let r = r.into_inner();
@@ -92,9 +112,25 @@ async fn send(mut client: PeerClient, batch: Vec<Forward>) {
             }))
             .await;
         }
+        // The whole call failed. Only a refusal before anything was proposed (the
+        // leader checks the sender and every command first) or a call never sent says
+        // nothing was applied; otherwise (a lost answer, one too large to send back) the
+        // writes may have been.
         Err(s) => {
+            use tonic::Code;
+            let refused = matches!(s.code(), Code::PermissionDenied | Code::Unauthenticated | Code::InvalidArgument)
+                || s.metadata().contains_key(NOT_APPLIED_METADATA)
+                || crate::error::is_connect_failure(&s);
             for f in batch {
-                let _ = f.reply.send(Err(forward::remote_write_error(s.clone())));
+                let e = if refused {
+                    forward::remote_write_error(s.clone())
+                } else {
+                    Error::OutcomeUnknown(format!(
+                        "the leader's answer to a batch of forwarded writes was lost ({})",
+                        s.message()
+                    ))
+                };
+                let _ = f.reply.send(Err(e));
             }
         }
     }

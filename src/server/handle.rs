@@ -280,6 +280,7 @@ impl NodeHandle {
                     let queue = self.0.forwarders.get(&leader).ok_or(Error::NoLeader)?;
                     let (reply, rx) = oneshot::channel();
                     let never_sent = || Error::LeaderUnreachable("this node is stopping".into());
+                    let deadline = std::time::Instant::now() + deadline;
                     queue.send(Forward { command, deadline, reply }).await.map_err(|_| never_sent())?;
                     rx.await
                         .map_err(|_| Error::OutcomeUnknown("the node stopped while the leader had the write".into()))?
