@@ -11,6 +11,15 @@ use crate::server::NodeHandle;
 /// Writes one ProposeBatch may carry (a forwarding node sends at most 256).
 const MAX_FORWARDED_BATCH: usize = 1024;
 
+/// A forwarded command is checked before the log sees it: an entry no member can
+/// decode helps nobody.
+fn check_forwarded(command: &[u8]) -> Result<(), Status> {
+    match crate::mvcc::Command::decode(command) {
+        Some(_) => Ok(()),
+        None => Err(Status::invalid_argument("a forwarded command that does not decode")),
+    }
+}
+
 pub struct RaftService {
     node: NodeHandle,
     /// A snapshot stream longer than this is refused before it is built.
@@ -93,10 +102,7 @@ impl pb::raft_server::Raft for RaftService {
         self.check_member(&req)?;
         let deadline = crate::api::deadline(&req);
         let command = req.into_inner().command;
-        // Validated before the log sees it: an entry no member can decode helps nobody.
-        if crate::mvcc::Command::decode(&command).is_none() {
-            return Err(Status::invalid_argument("a forwarded command that does not decode"));
-        }
+        check_forwarded(&command)?;
         let a = self.node.forwarded(deadline, || self.node.propose_here(command.clone(), deadline)).await?;
         let txn = a.txn.map(|t| t.encode().into()).unwrap_or_default();
         Ok(Response::new(pb::ProposeResponse { index: a.index, term: a.term, revision: a.revision, txn }))
@@ -115,10 +121,7 @@ impl pb::raft_server::Raft for RaftService {
                 commands.len()
             )));
         }
-        // Validated before the log sees any: an entry no member can decode helps nobody.
-        if commands.iter().any(|c| crate::mvcc::Command::decode(c).is_none()) {
-            return Err(Status::invalid_argument("a forwarded command that does not decode"));
-        }
+        commands.iter().try_for_each(|c| check_forwarded(c))?;
         // Proposed together (the driver takes them in one batch), answered in order.
         let outcomes = futures::future::join_all(commands.into_iter().map(|command| async move {
             let r = self.node.forwarded(deadline, || self.node.propose_here(command.clone(), deadline)).await;
