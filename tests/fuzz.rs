@@ -127,7 +127,14 @@ fn name(rng: &mut ChaCha8Rng) -> String {
 /// a log) with whatever conversion lets through.
 #[test]
 fn fuzz_peer_messages() {
-    let names = Names(vec!["n1".into(), "n2".into(), "n3".into()]);
+    let founding = ["n1", "n2", "n3"].map(|n| (n.to_string(), format!("http://{n}:2380")));
+    let three = raftkv::raft::Membership::founding(founding.clone());
+    let names = Names::new(three.clone(), three);
+    // A configuration entry that decodes (four members), and one that does not.
+    let (four, _) = raftkv::raft::Membership::founding(founding)
+        .changed(&raftkv::raft::ConfChange::Add { name: "n4".into(), peer_url: "http://n4:1".into(), learner: true })
+        .unwrap();
+    let four = four.encode();
     run(
         "peer",
         |rng| {
@@ -141,6 +148,7 @@ fn fuzz_peer_messages() {
                     last_log_term: edge(rng),
                     pre_vote: rng.gen(),
                     leader_transfer: rng.gen(),
+                    sender_id: edge(rng) % 8,
                 }
                 .encode(&mut out)
                 .unwrap(),
@@ -150,8 +158,12 @@ fn fuzz_peer_messages() {
                         .map(|i| pb::Entry {
                             index: if rng.gen_ratio(4, 5) { prev.wrapping_add(1 + i) } else { edge(rng) },
                             term: if rng.gen() { term } else { edge(rng) },
-                            r#type: rng.gen_range(-1..3),
-                            data: Bytes::from(vec![rng.gen::<u8>(); rng.gen_range(0..8)]),
+                            r#type: rng.gen_range(-1..4),
+                            data: if rng.gen() {
+                                four.clone()
+                            } else {
+                                Bytes::from(vec![rng.gen::<u8>(); rng.gen_range(0..8)])
+                            },
                         })
                         .collect();
                     pb::AppendEntriesRequest {
@@ -163,6 +175,7 @@ fn fuzz_peer_messages() {
                         leader_commit: edge(rng),
                         round: rng.gen(),
                         floor: edge(rng),
+                        sender_id: edge(rng) % 8,
                     }
                     .encode(&mut out)
                     .unwrap()

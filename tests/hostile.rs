@@ -30,6 +30,7 @@ async fn forged_and_out_of_range_peer_requests_are_refused_and_change_nothing() 
         last_log_term: term,
         pre_vote: false,
         leader_transfer,
+        sender_id: 0,
     };
 
     // The request that used to freeze every election for good: term u64::MAX.
@@ -55,14 +56,22 @@ async fn forged_and_out_of_range_peer_requests_are_refused_and_change_nothing() 
         leader_commit: 1,
         round: 0,
         floor: 0,
+        sender_id: 0,
     };
     for name in ["mallory", c.names[follower].as_str()] {
         let e = peer.append_entries(forged_append(name)).await.unwrap_err();
         assert_eq!(e.code(), Code::PermissionDenied, "{name}: {e:?}");
     }
+    // A member's name with another member's id, and an unknown name with an id the
+    // cluster has already given out (a removed member's).
+    for (name, id) in [(c.names[other].as_str(), 99), ("mallory", 2)] {
+        let e =
+            peer.append_entries(pb::AppendEntriesRequest { sender_id: id, ..forged_append(name) }).await.unwrap_err();
+        assert_eq!(e.code(), Code::PermissionDenied, "{name} as {id}: {e:?}");
+    }
     let e = peer.request_vote(vote(term + 30, "mallory", false)).await.unwrap_err();
     assert_eq!(e.code(), Code::PermissionDenied, "{e:?}");
-    let e = peer.timeout_now(pb::TimeoutNowRequest { term, leader: "mallory".into() }).await.unwrap_err();
+    let e = peer.timeout_now(pb::TimeoutNowRequest { term, leader: "mallory".into(), sender_id: 0 }).await.unwrap_err();
     assert_eq!(e.code(), Code::PermissionDenied, "{e:?}");
     let chunk = pb::InstallSnapshotChunk {
         term: term + 40,
@@ -70,6 +79,7 @@ async fn forged_and_out_of_range_peer_requests_are_refused_and_change_nothing() 
         offset: 0,
         data: b"RKVSNAP2".to_vec(),
         done: true,
+        sender_id: 0,
     };
     let e = peer.install_snapshot(futures::stream::iter([chunk])).await.unwrap_err();
     assert_eq!(e.code(), Code::PermissionDenied, "{e:?}");

@@ -2,13 +2,18 @@
 //!
 //! One seeded RNG drives everything: message drop, delay (reordering), duplication,
 //! partitions, crash-restart from durable state, client proposals. The four Raft
-//! safety properties are checked after every step. A failure prints its seed;
+//! safety properties are checked after every step. Members are added (as voters or
+//! learners), promoted and removed along the way, one change at a time, and the same
+//! properties must hold across every configuration. A failure prints its seed;
 //! `RAFTKV_SIM_SEED=N cargo test --test simulation` replays it, and
 //! `RAFTKV_SIM_SEEDS=N` runs more seeds (default 40).
 use std::collections::BTreeMap;
 
 use bytes::Bytes;
-use raftkv::raft::{Config, Entry, HardState, Index, Message, MessageBody, NodeId, ProposeError, RawNode, Role, Term};
+use raftkv::raft::{
+    ConfChange, ConfChangeError, Config, Entry, HardState, Index, Membership, Message, MessageBody, NodeId,
+    ProposeError, RawNode, Role, Term,
+};
 use rand::{seq::SliceRandom, Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
@@ -22,6 +27,9 @@ struct Durable {
     base: (Index, Term),
     /// Log entries after `base`, by index.
     log: BTreeMap<Index, Entry>,
+    /// The membership as of `base` (None: the founding voters), and as of `snap`.
+    base_membership: Option<Membership>,
+    snap_membership: Option<Membership>,
 }
 
 impl Durable {
@@ -88,6 +96,17 @@ struct Sim {
     transfers_asked: Vec<(Term, NodeId)>,
     /// ...and those that handed leadership to the transferee in the next term.
     transfers_done: u64,
+    /// Configuration changes proposed, and nodes ever removed (they keep running, as a
+    /// removed member does until its operator stops it).
+    conf_changes: u64,
+    removed: std::collections::BTreeSet<NodeId>,
+}
+
+/// Members added over a run, at most: ids grow past the founding ones.
+const MAX_NODES: usize = 7;
+
+fn sim_node(core: RawNode, durable: Durable) -> SimNode {
+    SimNode { core, durable, up: true, was_leader_term: None, unreported: Vec::new() }
 }
 
 fn config(id: NodeId, n: u64, seed: u64) -> Config {
@@ -120,16 +139,7 @@ impl Sim {
         let nodes = (1..=n)
             .map(|id| {
                 let core = RawNode::new(config(id, n, seed), HardState::default(), Vec::new()).unwrap();
-                (
-                    id,
-                    SimNode {
-                        core,
-                        durable: Durable::default(),
-                        up: true,
-                        was_leader_term: None,
-                        unreported: Vec::new(),
-                    },
-                )
+                (id, sim_node(core, Durable::default()))
             })
             .collect();
         Sim {
@@ -152,7 +162,21 @@ impl Sim {
             installs: 0,
             transfers_asked: Vec::new(),
             transfers_done: 0,
+            conf_changes: 0,
+            removed: Default::default(),
         }
+    }
+
+    /// A node chosen at random among those that exist.
+    fn any_node(&mut self) -> NodeId {
+        let ids: Vec<NodeId> = self.nodes.keys().copied().collect();
+        *ids.choose(&mut self.rng).unwrap()
+    }
+
+    /// Founding members never removed: the floor promises what they hold. (A member
+    /// added later starts empty and is brought up by a snapshot.)
+    fn floor_bound(&self) -> impl Iterator<Item = (&NodeId, &SimNode)> {
+        self.nodes.iter().filter(|(id, _)| **id <= self.n && !self.removed.contains(id))
     }
 
     fn fail(&self, what: String) -> ! {
@@ -195,6 +219,8 @@ impl Sim {
                 node.durable.snap = Some((index, term));
                 node.durable.base = (index, term);
                 node.durable.log = node.durable.log.split_off(&(index + 1));
+                let m = node.core.membership_at(index).cloned();
+                (node.durable.base_membership, node.durable.snap_membership) = (m.clone(), m);
             }
             let must_persist = rd.must_persist();
             // A leader's appends leave before its write (Raft §10.2.1).
@@ -226,6 +252,8 @@ impl Sim {
                 node.durable.snap = Some((index, term));
                 node.durable.base = (index, term);
                 node.durable.log = node.durable.log.split_off(&(index + 1));
+                let m = node.core.membership_at(index).cloned();
+                (node.durable.base_membership, node.durable.snap_membership) = (m.clone(), m);
             }
             if must_persist {
                 let write =
@@ -255,11 +283,11 @@ impl Sim {
                 }
             }
         }
-        let min_last = self.nodes.values().map(|n| n.durable.last_index()).min().unwrap_or(0);
+        let min_last = self.floor_bound().map(|(_, n)| n.durable.last_index()).min().unwrap_or(Index::MAX);
         for m in &out {
             if let MessageBody::AppendEntries { floor, .. } = m.body {
                 if floor > min_last {
-                    let lasts: Vec<_> = self.nodes.values().map(|n| n.durable.last_index()).collect();
+                    let lasts: Vec<_> = self.floor_bound().map(|(_, n)| n.durable.last_index()).collect();
                     self.fail(format!("node {id} sent floor {floor} while durable lasts are {lasts:?}"));
                 }
             }
@@ -301,10 +329,11 @@ impl Sim {
         if let MessageBody::InstallSnapshot { .. } = m.body {
             // The transport streams the sender's newest durable snapshot, and hands the
             // answer straight back (or reports the peer unreachable) within the same RPC.
-            let Some((index, term)) = self.nodes[&m.from].durable.snap else {
+            let sender = &self.nodes[&m.from].durable;
+            let (Some((index, term)), Some(membership)) = (sender.snap, sender.snap_membership.clone()) else {
                 self.fail(format!("node {} sent a snapshot it does not have", m.from));
             };
-            m.body = MessageBody::InstallSnapshot { index, term };
+            m.body = MessageBody::InstallSnapshot { index, term, membership };
             let from = m.from;
             let resp = self.nodes.get_mut(&to).unwrap().core.step(m);
             let crashed = self.process(to, Vec::new());
@@ -370,8 +399,60 @@ impl Sim {
     }
 
     fn crash_restart(&mut self) {
-        let id = self.rng.gen_range(1..=self.n);
+        let id = self.any_node();
         self.restart(id);
+    }
+
+    /// A leader is asked to add a member (as a voter or a learner; the new node starts
+    /// empty, knowing the new membership, as a joining node does), to promote a
+    /// learner, or to remove a member (itself included). Refusals change nothing.
+    fn change_membership(&mut self) {
+        let Some(id) = self.any_leader() else { return };
+        let m = self.nodes[&id].core.membership().clone();
+        let r: f64 = self.rng.gen();
+        let learners: Vec<NodeId> = m.members.iter().filter(|(_, x)| x.learner).map(|(&i, _)| i).collect();
+        let change = if r < 0.35 && self.nodes.len() < MAX_NODES {
+            let name = m.next_id.to_string();
+            ConfChange::Add { peer_url: format!("http://n{name}:1"), name, learner: self.rng.gen_bool(0.6) }
+        } else if r < 0.6 && !learners.is_empty() {
+            ConfChange::Promote(*learners.choose(&mut self.rng).unwrap())
+        } else if m.members.len() > 3 || r < 0.62 {
+            let ids: Vec<NodeId> = m.members.keys().copied().collect();
+            ConfChange::Remove(*ids.choose(&mut self.rng).unwrap())
+        } else {
+            return;
+        };
+        let core = &mut self.nodes.get_mut(&id).unwrap().core;
+        let before = core.membership().clone();
+        let result = core.propose_conf_change(&change);
+        let after = core.membership().clone();
+        match result {
+            Ok((_, changed)) => {
+                self.conf_changes += 1;
+                // An id given out again (its first add was truncated) is the same node.
+                if matches!(change, ConfChange::Add { .. }) && !self.nodes.contains_key(&changed) {
+                    let mut cfg = config(changed, self.n, self.seed);
+                    cfg.membership = Some(after);
+                    let durable = Durable { base_membership: cfg.membership.clone(), ..Durable::default() };
+                    let fresh = RawNode::new(cfg, HardState::default(), Vec::new()).unwrap();
+                    self.nodes.insert(changed, sim_node(fresh, durable));
+                    self.group.insert(changed, 0);
+                }
+                if let ConfChange::Remove(gone) = change {
+                    self.removed.insert(gone);
+                }
+            }
+            Err(
+                ConfChangeError::Pending
+                | ConfChangeError::Transferring
+                | ConfChangeError::LearnerBehind { .. }
+                | ConfChangeError::LastVoter,
+            ) => {
+                assert_eq!(after, before, "a refused change changed the membership");
+            }
+            Err(e) => self.fail(format!("leader {id} refused {change:?}: {e}")),
+        }
+        self.process(id, Vec::new());
     }
 
     /// Makes the first `upto` of `id`'s queued writes durable, in order, checking that
@@ -421,6 +502,7 @@ impl Sim {
         let d = node.durable.clone();
         let mut cfg = config(id, self.n, self.seed);
         cfg.seed = seed;
+        cfg.membership = d.base_membership.clone();
         // The log may start below the snapshot (compaction stops at the floor); its
         // base was recorded with the snapshot.
         let applied = d.snap.map_or(0, |s| s.0);
@@ -440,7 +522,7 @@ impl Sim {
     /// A node snapshots its state machine at its applied index and compacts its log
     /// as far as it may, like the driver does.
     fn snapshot(&mut self) {
-        let id = self.rng.gen_range(1..=self.n);
+        let id = self.any_node();
         let node = self.nodes.get_mut(&id).unwrap();
         let applied = node.core.status().applied;
         let Some(term) = node.core.log().term(applied) else { return };
@@ -449,6 +531,8 @@ impl Sim {
         }
         let c = node.core.compactable().max(node.durable.base.0);
         let c_term = node.core.log().term(c).expect("at or above the base");
+        node.durable.snap_membership = node.core.membership_at(applied).cloned();
+        node.durable.base_membership = node.core.membership_at(c).cloned();
         node.durable.snap = Some((applied, term));
         node.durable.base = (c, c_term);
         node.core.compact(c);
@@ -497,17 +581,18 @@ impl Sim {
         let ids: Vec<NodeId> = self.nodes.keys().copied().collect();
         // The floor: every member durably holds every entry up to any node's floor.
         let floor = self.nodes.values().map(|n| n.core.floor()).max().unwrap_or(0);
-        for (id, n) in &self.nodes {
+        for (id, n) in self.floor_bound() {
             if n.durable.last_index() < floor {
                 for (j, m) in &self.nodes {
                     eprintln!(
-                        "node {j}: floor {} durable last {} base {:?} snap {:?} hs {:?} core {:?}",
+                        "node {j}: floor {} durable last {} base {:?} snap {:?} hs {:?} core {:?} members {:?}",
                         m.core.floor(),
                         m.durable.last_index(),
                         m.durable.base,
                         m.durable.snap,
                         m.durable.hs,
-                        m.core.status()
+                        m.core.status(),
+                        m.core.membership().members.iter().map(|(i, x)| (*i, x.learner)).collect::<Vec<_>>()
                     );
                 }
                 self.fail(format!("node {id} durably holds {} < floor {floor}", n.durable.last_index()));
@@ -571,7 +656,11 @@ impl Sim {
                     }
                 }
                 r if r < 0.85 => self.tick_all(),
-                r if r < 0.95 => self.propose(),
+                r if r < 0.94 => self.propose(),
+                r if r < 0.95 => {
+                    self.last_event = "change_membership";
+                    self.change_membership()
+                }
                 r if r < 0.96 => self.partition(),
                 r if r < 0.975 => self.heal(),
                 r if r < 0.98 => {
@@ -583,7 +672,7 @@ impl Sim {
                     self.snapshot()
                 }
                 r if r < 0.995 => {
-                    let id = self.rng.gen_range(1..=self.n);
+                    let id = self.any_node();
                     self.nodes.get_mut(&id).unwrap().core.campaign();
                     self.process(id, Vec::new());
                 }
@@ -600,7 +689,7 @@ impl Sim {
     /// up to date); it refuses proposals until the transfer succeeds or is given up.
     fn transfer_leader(&mut self) {
         let Some(id) = self.any_leader() else { return };
-        let to = if self.rng.gen_bool(0.5) { Some(self.rng.gen_range(1..=self.n)) } else { None };
+        let to = if self.rng.gen_bool(0.5) { Some(self.any_node()) } else { None };
         let core = &mut self.nodes.get_mut(&id).unwrap().core;
         let term = core.status().term;
         if let Ok(t) = core.transfer_leader(to) {
@@ -647,6 +736,9 @@ impl Sim {
         self.drain_network();
         let leaders: Vec<_> = self.nodes.values().filter(|n| n.core.status().role == Role::Leader).collect();
         if leaders.len() != 1 {
+            for (id, n) in &self.nodes {
+                eprintln!("node {id}: {:?} up {} membership {:?}", n.core.status(), n.up, n.core.membership());
+            }
             self.fail(format!("no single leader after healing: {}", leaders.len()));
         }
         // One more heartbeat round so that followers learn the final commit index.
@@ -654,11 +746,17 @@ impl Sim {
             self.tick_all();
             self.drain_network();
         }
-        let lo = self.nodes.values().map(|n| n.core.log().first_index()).max().unwrap();
-        let last = self.nodes[&1].core.log().last_index();
-        for (id, n) in &self.nodes {
+        // Every member of the final configuration holds the leader's log; removed nodes
+        // are left behind.
+        let leader = &self.nodes.values().find(|n| n.core.status().role == Role::Leader).unwrap().core;
+        let members = leader.membership().clone();
+        let lead = leader.log();
+        let in_cluster = || self.nodes.iter().filter(|(id, _)| members.contains(**id));
+        let lo = in_cluster().map(|(_, n)| n.core.log().first_index()).max().unwrap();
+        let last = lead.last_index();
+        for (id, n) in in_cluster() {
             let log = n.core.log();
-            if log.last_index() != last || (lo..=last).any(|i| log.entry(i) != self.nodes[&1].core.log().entry(i)) {
+            if log.last_index() != last || (lo..=last).any(|i| log.entry(i) != lead.entry(i)) {
                 self.fail(format!("logs differ after healing: node {id}"));
             }
             if n.core.status().commit != last {
@@ -666,9 +764,11 @@ impl Sim {
             }
         }
         eprintln!(
-            "seed {}: {} nodes, {} proposals, {} committed, {} terms, {} compactions, {} snapshots installed, {}/{} leadership transfers took effect",
+            "seed {}: {} nodes ({} at the end, {} configuration changes), {} proposals, {} committed, {} terms, {} compactions, {} snapshots installed, {}/{} leadership transfers took effect",
             self.seed,
             self.n,
+            members.members.len(),
+            self.conf_changes,
             self.proposals,
             self.committed.len(),
             self.leaders.len(),

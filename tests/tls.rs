@@ -22,6 +22,7 @@ fn heartbeat(term: u64, leader: &str) -> pb::AppendEntriesRequest {
         leader_commit: 0,
         round: 0,
         floor: 0,
+        sender_id: 0,
     }
 }
 
@@ -79,6 +80,7 @@ async fn clients_without_a_certificate_and_peers_of_another_ca_are_refused() {
         last_log_term: term + 1,
         pre_vote: false,
         leader_transfer: true,
+        sender_id: 0,
     };
     let e = peer.request_vote(vote).await.expect_err("a peer of another CA is refused");
     assert_ne!(e.code(), Code::Ok);
@@ -117,6 +119,7 @@ async fn a_members_certificate_speaks_only_for_that_member() {
         last_log_term: 0,
         pre_vote: true,
         leader_transfer: false,
+        sender_id: 0,
     };
     let r = peer.request_vote(vote).await.expect("a member speaking for itself is heard").into_inner();
     assert!(!r.vote_granted);
@@ -128,6 +131,7 @@ async fn a_members_certificate_speaks_only_for_that_member() {
         last_log_term: 0,
         pre_vote: false,
         leader_transfer: true,
+        sender_id: 0,
     };
     assert_eq!(peer.request_vote(vote).await.unwrap_err().code(), Code::InvalidArgument);
     assert_eq!(c.wait_leader().await, leader);

@@ -257,7 +257,7 @@ impl pb::key_value_server::KeyValue for KvService {
             commit_index: st.commit,
             applied_index: st.applied,
             last_log_index: st.last_index,
-            members: self.node.names().0.clone(),
+            members: self.node.names().membership().members.values().map(|m| m.name.clone()).collect(),
             revision: store.revision,
             compact_revision: store.compacted,
             db_size_in_use: store.stored_bytes,

@@ -10,8 +10,8 @@ pub struct EtcdMaintenance(pub Context);
 
 #[tonic::async_trait]
 impl Cluster for EtcdCluster {
-    /// Every member with its peer URL and its client URLs (as it answers; a member
-    /// that is down has none listed).
+    /// Every member of the configuration in force, voters and learners, with its peer
+    /// URL and its client URLs (as it answers; a member that is down has none listed).
     async fn member_list(
         &self,
         req: Request<epb::MemberListRequest>,
@@ -20,14 +20,17 @@ impl Cluster for EtcdCluster {
         let wait = crate::api::deadline(&req).min(std::time::Duration::from_secs(1));
         let mut client_urls = c.node.member_client_urls(wait).await;
         let members = c
+            .node
+            .names()
+            .membership()
             .members
-            .iter()
+            .values()
             .map(|m| epb::Member {
                 id: member_id(&m.name),
                 name: m.name.clone(),
-                peer_ur_ls: vec![format!("{}://{}", c.peer_scheme, m.peer_addr)],
+                peer_ur_ls: vec![m.peer_url.clone()],
                 client_ur_ls: client_urls.remove(&m.name).unwrap_or_default(),
-                is_learner: false,
+                is_learner: m.learner,
             })
             .collect();
         Ok(Response::new(epb::MemberListResponse { header: c.header_now(), members }))

@@ -35,11 +35,8 @@ pub const MAX_TXN_OPS: usize = 128;
 #[derive(Clone)]
 pub struct Context {
     node: NodeHandle,
-    members: Vec<Member>,
     cluster_id: u64,
     member_id: u64,
-    /// `https` when members talk TLS, else `http`.
-    peer_scheme: &'static str,
     quota_bytes: u64,
     /// How long an idle watcher that asked for progress notifications waits for one.
     progress_interval: std::time::Duration,
@@ -68,7 +65,6 @@ impl Context {
     pub fn new(
         node: NodeHandle,
         members: Vec<Member>,
-        peer_tls: bool,
         quota_bytes: u64,
         admin_needs_cert: bool,
         progress_interval: std::time::Duration,
@@ -79,9 +75,7 @@ impl Context {
         Context {
             member_id: member_id(node.name()),
             cluster_id: fnv(&parts),
-            peer_scheme: if peer_tls { "https" } else { "http" },
             node,
-            members,
             quota_bytes,
             admin_needs_cert,
             progress_interval,

@@ -9,7 +9,7 @@
 //! The engine holds seven keyspaces:
 //! - `meta`: the applied Raft index and term, the current and compacted revision,
 //!   how far compaction has physically removed history, the bytes stored and the
-//!   sessions' log clock;
+//!   sessions' log clock; and the cluster's membership as of the applied index;
 //! - `keys`: each live key's current metadata (create/mod revision, version);
 //! - `revs`: the history, `(revision, sub) -> event` (key, value or tombstone, the
 //!   key's create revision and version, the Raft index and term of its entry);

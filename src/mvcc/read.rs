@@ -7,6 +7,7 @@ use super::lease::lease_key;
 use super::record::{decode_event, decode_key_rev_key, decode_rev_key, key_prefix, key_rev_key, rev_key, KeyMeta};
 use super::store::{Engine, Meta};
 use super::{Event, KeyValue, MvccError, Revision};
+use crate::raft::Membership;
 use crate::raft::{Index, Term};
 
 /// One page of the history.
@@ -103,6 +104,14 @@ impl ReadView {
             let (k, v) = g.into_inner()?;
             Ok((k.to_vec(), v.to_vec()))
         })
+    }
+
+    /// The membership recorded as of this view's applied index.
+    pub fn membership(&self) -> Result<Option<Membership>, MvccError> {
+        match self.snap.get(&self.engine.meta, super::store::MEMBERSHIP_KEY)? {
+            Some(v) => Membership::decode(&v).map(Some).map_err(|e| MvccError::Engine(e.to_string())),
+            None => Ok(None),
+        }
     }
 
     pub(super) fn engine(&self) -> &Engine {

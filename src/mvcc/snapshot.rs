@@ -5,7 +5,8 @@
 //! tag 1 the meta record (56 bytes), tag 2 a history event
 //! (`[revision u64][sub u32][event]`), in revision order, tag 3 an open client session
 //! (`[id u64 BE][session]`), tag 4 a lease (`[id i64 BE][granted ttl i64 LE][index u64 LE]`), tag 5 a
-//! key attached to a lease (`[id i64 BE][key]`); the end is tag 255 with the
+//! key attached to a lease (`[id i64 BE][key]`), tag 6 the membership as of the
+//! snapshot (`raft::Membership::encode`); the end is tag 255 with the
 //! crc32 of every byte after the magic and before it. The live keys and the per-key
 //! index are rebuilt from the events, so a snapshot carries each value once.
 use std::io::{BufReader, Read};
@@ -16,7 +17,7 @@ use super::record::{decode_event, key_rev_key, rev_key, KeyMeta};
 use super::session::Session;
 use super::store::{Engine, Meta};
 use super::{EventKind, MvccError, Store};
-use crate::raft::{Index, Term};
+use crate::raft::{Index, Membership, Term};
 
 const MAGIC: &[u8; 8] = b"RKVSNAP2";
 const TAG_META: u8 = 1;
@@ -24,6 +25,7 @@ const TAG_EVENT: u8 = 2;
 const TAG_SESSION: u8 = 3;
 const TAG_LEASE: u8 = 4;
 const TAG_LEASE_KEY: u8 = 5;
+const TAG_MEMBERSHIP: u8 = 6;
 const TAG_END: u8 = 255;
 /// A record larger than this is damage, not data (values are at most 1 MiB).
 const MAX_RECORD: usize = 16 << 20;
@@ -72,6 +74,9 @@ pub fn stream(store: &Store, chunk: usize, sink: impl FnMut(Vec<u8>) -> bool) ->
     let meta = *view.meta();
     let mut w = Writer { buf: MAGIC.to_vec(), crc: crc32fast::Hasher::new(), chunk, sink };
     w.record(TAG_META, &[&meta.encode()])?;
+    if let Some(m) = view.membership()? {
+        w.record(TAG_MEMBERSHIP, &[&m.encode()])?;
+    }
     for item in view.raw_history() {
         let (rev, sub, event) = item?;
         w.record(TAG_EVENT, &[&rev.to_le_bytes(), &sub.to_le_bytes(), &event])?;
@@ -108,6 +113,8 @@ pub struct Built {
     pub(super) engine: Option<Engine>,
     pub index: Index,
     pub term: Term,
+    /// The membership as of `index`.
+    pub membership: Membership,
 }
 
 impl Drop for Built {
@@ -124,9 +131,9 @@ impl Drop for Built {
 pub fn build(store: &Store, file: &Path) -> Result<Built, MvccError> {
     let path = store.install_path();
     let engine = Engine::open(&path, store.cache_bytes())?;
-    let mut built = Built { path, engine: Some(engine), index: 0, term: 0 };
-    let (index, term) = build_into(built.engine.as_ref().expect("just opened"), file)?;
-    (built.index, built.term) = (index, term);
+    let mut built = Built { path, engine: Some(engine), index: 0, term: 0, membership: Membership::of_voters(&[]) };
+    let (index, term, membership) = build_into(built.engine.as_ref().expect("just opened"), file)?;
+    (built.index, built.term, built.membership) = (index, term, membership);
     Ok(built)
 }
 
@@ -151,7 +158,7 @@ fn next_record(r: &mut impl Read, crc: &mut crc32fast::Hasher) -> Result<(u8, Ve
     Ok((head[0], payload))
 }
 
-fn build_into(engine: &Engine, file: &Path) -> Result<(Index, Term), MvccError> {
+fn build_into(engine: &Engine, file: &Path) -> Result<(Index, Term, Membership), MvccError> {
     let mut r = BufReader::with_capacity(1 << 20, std::fs::File::open(file)?);
     let mut magic = [0u8; 8];
     r.read_exact(&mut magic).map_err(|_| damaged("too short"))?;
@@ -160,6 +167,7 @@ fn build_into(engine: &Engine, file: &Path) -> Result<(Index, Term), MvccError> 
     }
     let mut crc = crc32fast::Hasher::new();
     let mut meta = None;
+    let mut membership = None;
     let mut batch = engine.db.batch();
     let mut batched = 0;
     loop {
@@ -168,6 +176,10 @@ fn build_into(engine: &Engine, file: &Path) -> Result<(Index, Term), MvccError> 
         match tag {
             TAG_END => break,
             TAG_META => meta = Some(Meta::decode(&payload).map_err(|_| damaged("meta record"))?),
+            TAG_MEMBERSHIP => {
+                membership = Some(Membership::decode(&payload).map_err(damaged)?);
+                batch.insert(&engine.meta, super::store::MEMBERSHIP_KEY, &payload[..]);
+            }
             TAG_EVENT if payload.len() >= 12 => {
                 let rev = u64::from_le_bytes(payload[0..8].try_into().expect("8 bytes"));
                 let sub = u32::from_le_bytes(payload[8..12].try_into().expect("4 bytes"));
@@ -234,8 +246,9 @@ fn build_into(engine: &Engine, file: &Path) -> Result<(Index, Term), MvccError> 
     if meta.applied == 0 {
         return Err(damaged("it holds no applied index"));
     }
+    let membership = membership.ok_or_else(|| damaged("it holds no membership (sent by an older raftkv?)"))?;
     batch.insert(&engine.meta, b"meta".as_slice(), meta.encode().as_slice());
     batch.commit()?;
     engine.db.persist(fjall::PersistMode::SyncAll)?;
-    Ok((meta.applied, meta.applied_term))
+    Ok((meta.applied, meta.applied_term, membership))
 }

@@ -23,11 +23,14 @@ use super::record::{
 use super::session::{Session, Sessions, Verdict};
 use super::txn::{attach, Applying, Txn, TxnOp, TxnResult};
 use super::{Command, Event, EventKind, MvccError, ReadView, Revision};
-use crate::raft::{Entry, EntryKind, Index, Term};
+use crate::raft::{Entry, EntryKind, Index, Membership, Term};
 
 /// Names the engine directory in use.
 const CURRENT: &str = "kv.current";
 const META_KEY: &[u8] = b"meta";
+/// The cluster's membership as of the applied index (the last configuration entry
+/// applied, or the founding members): beside the meta record, in the same batches.
+pub(super) const MEMBERSHIP_KEY: &[u8] = b"membership";
 /// The revision of an empty store (etcd's: its first write is revision 2).
 const FIRST_REVISION: Revision = 1;
 /// Compaction removes at most this many history events per batch.
@@ -357,6 +360,9 @@ impl Store {
             let prev_term = meta.applied_term;
             meta.applied = e.index;
             meta.applied_term = e.term;
+            if e.kind == EntryKind::ConfChange {
+                batch.insert(&engine.meta, MEMBERSHIP_KEY, &e.data[..]);
+            }
             if e.kind != EntryKind::Normal {
                 continue;
             }
@@ -552,6 +558,26 @@ impl Store {
         *meta_guard = meta;
         drop(meta_guard);
         self.publish(&meta);
+        Ok(())
+    }
+
+    /// The membership as of the applied index, if one was recorded.
+    pub fn membership(&self) -> Result<Option<Membership>, MvccError> {
+        self.read()?.membership()
+    }
+
+    /// Records the founding membership of a store that has none (a new node, or one
+    /// from before membership changes): valid as of any index, since no configuration
+    /// entry was ever applied to it. Durable when it returns.
+    pub fn found_membership(&self, m: &Membership) -> Result<(), MvccError> {
+        let engine = self.engine()?;
+        if self.membership()?.is_some() {
+            return Ok(());
+        }
+        let mut batch = engine.db.batch();
+        batch.insert(&engine.meta, MEMBERSHIP_KEY, &m.encode()[..]);
+        batch.commit()?;
+        engine.db.persist(PersistMode::SyncAll)?;
         Ok(())
     }
 

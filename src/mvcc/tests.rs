@@ -2,12 +2,19 @@
 use bytes::Bytes;
 
 use super::*;
-use crate::raft::{Entry, EntryKind};
+use crate::raft::{ConfChange, Entry, EntryKind, Membership};
 
 fn store() -> (tempfile::TempDir, Store) {
     let d = tempfile::tempdir().unwrap();
-    let s = Store::open(d.path(), 8 << 20).unwrap();
+    let s = opened(d.path());
     (d, s)
+}
+
+/// A store opened as a node opens it: with its founding membership recorded.
+fn opened(dir: &std::path::Path) -> Store {
+    let s = Store::open(dir, 8 << 20).unwrap();
+    s.found_membership(&Membership::of_voters(&[1, 2, 3])).unwrap();
+    s
 }
 
 fn entry(index: u64, c: Command) -> Entry {
@@ -151,8 +158,27 @@ fn a_snapshot_stream_rebuilds_the_same_state_and_damage_builds_nothing() {
     let (d2, other) = store();
     let file = d2.path().join("stream");
     std::fs::write(&file, &bytes).unwrap();
+    // A configuration entry applied: the snapshot carries the membership it made.
+    let (four, _) = Membership::of_voters(&[1, 2, 3])
+        .changed(&ConfChange::Add { name: "d".into(), peer_url: "http://d:1".into(), learner: true })
+        .unwrap();
+    assert_eq!(s.membership().unwrap().map(|m| m.members.len()), Some(3));
     let built = snapshot::build(&other, &file).unwrap();
     assert_eq!((built.index, built.term), (index, term));
+    assert_eq!(built.membership, Membership::of_voters(&[1, 2, 3]));
+    drop(built);
+    let conf = Entry { index: s.applied() + 1, term: 2, kind: EntryKind::ConfChange, data: four.encode() };
+    s.apply(&[conf]).unwrap();
+    assert_eq!(s.membership().unwrap(), Some(four.clone()), "applied with the configuration entry");
+    bytes.clear();
+    let (index, term) = snapshot::stream(&s, 1000, |c| {
+        bytes.extend(c);
+        true
+    })
+    .unwrap();
+    std::fs::write(&file, &bytes).unwrap();
+    let built = snapshot::build(&other, &file).unwrap();
+    assert_eq!(built.membership, four);
     assert_eq!(other.install(built).unwrap(), (index, term));
     let (a, b) = (s.read().unwrap(), other.read().unwrap());
     assert_eq!((b.revision(), b.compacted()), (a.revision(), a.compacted()));
@@ -189,12 +215,12 @@ fn a_snapshot_stream_rebuilds_the_same_state_and_damage_builds_nothing() {
 fn a_checkpoint_is_what_reopening_finds() {
     let d = tempfile::tempdir().unwrap();
     {
-        let s = Store::open(d.path(), 8 << 20).unwrap();
+        let s = opened(d.path());
         apply(&s, vec![put("a", "1"), put("b", "2")]);
         assert_eq!(s.checkpoint().unwrap(), (2, 2));
         assert_eq!(s.durable(), (2, 2));
     }
-    let s = Store::open(d.path(), 8 << 20).unwrap();
+    let s = opened(d.path());
     assert_eq!(s.durable(), (2, 2));
     assert_eq!(s.read().unwrap().get("b", 0).unwrap().unwrap().value, "2");
     let (events, partial) = s.read().unwrap().history_tail(1 << 20).unwrap();
@@ -259,12 +285,12 @@ fn sessions_survive_a_restart_and_travel_in_snapshots() {
     let id;
     let answer;
     {
-        let s = Store::open(d.path(), 8 << 20).unwrap();
+        let s = opened(d.path());
         id = apply(&s, vec![open_session(1000, 60_000, 10)])[0].clone().unwrap().index;
         answer = apply(&s, vec![in_session(id, 1, 1001, put("k", "v"))]);
         s.checkpoint().unwrap();
     }
-    let s = Store::open(d.path(), 8 << 20).unwrap();
+    let s = opened(d.path());
     assert_eq!(apply(&s, vec![in_session(id, 1, 1002, put("k", "v"))]), answer, "a retry after a restart");
     let (_d2, other) = installed_copy(&s);
     assert_eq!(apply(&other, vec![in_session(id, 1, 1003, put("k", "v"))]), answer, "a retry after an install");
@@ -669,11 +695,11 @@ mod leases {
     fn leases_survive_a_restart_and_travel_in_snapshots() {
         let d = tempfile::tempdir().unwrap();
         {
-            let s = Store::open(d.path(), 8 << 20).unwrap();
+            let s = opened(d.path());
             apply(&s, vec![Command::LeaseGrant { id: -4, ttl: 9 }, put_with("k", Some("v"), Some(-4))]);
             s.checkpoint().unwrap();
         }
-        let s = Store::open(d.path(), 8 << 20).unwrap();
+        let s = opened(d.path());
         let granted = lease::Granted { ttl: 9, since: 1 };
         assert_eq!(*s.leases(), [(-4, granted)].into_iter().collect::<lease::LeaseMap>());
         assert_eq!(s.read().unwrap().lease_keys(-4).unwrap(), ["k"]);

@@ -8,6 +8,10 @@ impl RawNode {
     /// Starts an election now, asked for (the leader's TimeoutNow, or the controller's
     /// TIMEOUT): voters grant it even while they hear from a leader.
     pub fn campaign(&mut self) {
+        if !self.promotable() {
+            tracing::info!(term = self.term, "not a voting member: not campaigning");
+            return;
+        }
         self.start_election(true);
     }
 
@@ -17,12 +21,12 @@ impl RawNode {
             return;
         }
         self.become_candidate();
-        if self.votes.len() >= self.quorum() {
+        if self.tally(&self.votes).0 >= self.quorum() {
             self.become_leader();
             return;
         }
         let (last_log_index, last_log_term) = (self.log.last_index(), self.log.last_term());
-        for p in self.peers().collect::<Vec<_>>() {
+        for p in self.voter_peers().collect::<Vec<_>>() {
             self.send(p, MessageBody::RequestVote { last_log_index, last_log_term, pre_vote: false, transfer });
         }
     }
@@ -37,13 +41,13 @@ impl RawNode {
             tracing::error!(term = self.term, "the term is at its limit: this node cannot start an election");
             return;
         }
-        if self.quorum() == 1 {
+        if self.tally(self.prevotes.as_ref().expect("set above")).0 >= self.quorum() {
             self.start_election(false);
             return;
         }
         let (last_log_index, last_log_term) = (self.log.last_index(), self.log.last_term());
         let term = self.term + 1;
-        for p in self.peers().collect::<Vec<_>>() {
+        for p in self.voter_peers().collect::<Vec<_>>() {
             let body = MessageBody::RequestVote { last_log_index, last_log_term, pre_vote: true, transfer: false };
             self.msgs.push(Message { from: self.cfg.id, to: p, term, body });
         }
@@ -78,8 +82,7 @@ impl RawNode {
             return;
         }
         prevotes.entry(m.from).or_insert(granted);
-        let yes = prevotes.values().filter(|&&g| g).count();
-        let no = prevotes.len() - yes;
+        let (yes, no) = self.tally(self.prevotes.as_ref().expect("set above"));
         if yes >= self.quorum() {
             self.start_election(false);
         } else if no >= self.quorum() {
@@ -88,6 +91,10 @@ impl RawNode {
     }
 
     pub(super) fn handle_request_vote(&mut self, from: NodeId, last_index: Index, last_term: Term) -> Message {
+        // Answered whatever this node's configuration says (thesis §4.1): a member whose
+        // removal is not committed yet may be needed to commit it, and configurations
+        // differ while a change spreads. A removed member cannot disrupt a live leader
+        // (PreVote, and `leader_alive` above).
         let can_vote = self.vote.is_none_or(|v| v == from) && self.leader.is_none_or(|l| l == from);
         let granted = can_vote && self.log.is_up_to_date(last_index, last_term);
         if granted {
@@ -98,13 +105,18 @@ impl RawNode {
         self.reply(from, MessageBody::RequestVoteResponse { granted, pre_vote: false })
     }
 
+    /// Granted and refused answers from members that vote in the current configuration.
+    fn tally(&self, answers: &BTreeMap<NodeId, bool>) -> (usize, usize) {
+        let voting = answers.iter().filter(|(&id, _)| self.is_voter(id));
+        voting.fold((0, 0), |(yes, no), (_, &g)| if g { (yes + 1, no) } else { (yes, no + 1) })
+    }
+
     pub(super) fn handle_vote_response(&mut self, from: NodeId, granted: bool) {
         if self.role != Role::Candidate {
             return;
         }
         self.votes.entry(from).or_insert(granted);
-        let yes = self.votes.values().filter(|&&g| g).count();
-        let no = self.votes.len() - yes;
+        let (yes, no) = self.tally(&self.votes);
         if yes >= self.quorum() {
             tracing::info!(term = self.term, votes = yes, "won the election");
             self.become_leader();

@@ -9,14 +9,19 @@ use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
 use super::log::RaftLog;
+use super::membership::{Membership, MembershipError};
 use super::progress::{quorum_index, Progress, ProgressState};
 use super::types::*;
 
 #[derive(Clone, Debug)]
 pub struct Config {
     pub id: NodeId,
-    /// Every voting member, this node included.
+    /// The founding voters, this node included: the membership when `membership` is
+    /// `None` (a new cluster, or one whose log never changed its configuration).
     pub voters: Vec<NodeId>,
+    /// The membership as of the log's base, as the state machine recorded it; the log's
+    /// configuration entries after the base take over from it.
+    pub membership: Option<Membership>,
     /// Minimum election timeout; each timeout is drawn from `[election_ticks, 2 * election_ticks)`.
     pub election_ticks: u32,
     pub heartbeat_ticks: u32,
@@ -43,6 +48,8 @@ pub enum ConfigError {
     Timing { heartbeat: u32, election: u32 },
     #[error("max_inflight, max_batch_bytes and max_batch_entries must be positive")]
     Batch,
+    #[error("configuration entry {index}: {source}")]
+    Membership { index: Index, source: MembershipError },
 }
 
 impl Config {
@@ -50,6 +57,7 @@ impl Config {
         Config {
             id,
             voters,
+            membership: None,
             election_ticks: 15,
             heartbeat_ticks: 5,
             max_inflight: 8,
@@ -63,7 +71,7 @@ impl Config {
     }
 
     pub fn validate(&self) -> Result<(), ConfigError> {
-        if !self.voters.contains(&self.id) {
+        if self.membership.is_none() && !self.voters.contains(&self.id) {
             return Err(ConfigError::NotAVoter(self.id));
         }
         if self.heartbeat_ticks == 0 || self.heartbeat_ticks * 2 > self.election_ticks {
@@ -152,6 +160,12 @@ pub struct RawNode {
     persisted_write: u64,
     /// Writes not yet reported durable that carry entries: their number and last entry.
     unstable_writes: VecDeque<(u64, (Index, Term))>,
+    /// The membership as of the log's base, and the configuration entries after it:
+    /// the last of them is the configuration in force.
+    conf_base: Membership,
+    conf_log: Vec<(Index, Membership)>,
+    /// The configuration changed since the last ready.
+    conf_changed: bool,
 }
 
 impl RawNode {
@@ -173,7 +187,13 @@ impl RawNode {
         let mut voters = cfg.voters.clone();
         voters.sort_unstable();
         voters.dedup();
+        let conf_base = cfg.membership.clone().unwrap_or_else(|| Membership::of_voters(&voters));
         let cfg = Config { voters, ..cfg };
+        let mut conf_log = Vec::new();
+        for e in entries.iter().filter(|e| e.kind == EntryKind::ConfChange) {
+            let m = Membership::decode(&e.data).map_err(|source| ConfigError::Membership { index: e.index, source })?;
+            conf_log.push((e.index, m));
+        }
         let log = RaftLog::restore(base, entries, hs.commit, applied);
         // A batch's entries are written before its hard state: a crash in between keeps
         // entries of a term the node never durably recorded. It takes that term, with no
@@ -212,6 +232,9 @@ impl RawNode {
             last_write: 0,
             persisted_write: 0,
             unstable_writes: VecDeque::new(),
+            conf_base,
+            conf_log,
+            conf_changed: true,
             cfg,
         };
         node.reset_election_timer();
@@ -250,12 +273,23 @@ impl RawNode {
     }
 
     fn quorum(&self) -> usize {
-        self.cfg.voters.len() / 2 + 1
+        self.membership().voter_count() / 2 + 1
     }
 
+    /// Every other member, learners included: the leader replicates to them all.
     fn peers(&self) -> impl Iterator<Item = NodeId> + '_ {
         let me = self.cfg.id;
-        self.cfg.voters.iter().copied().filter(move |&v| v != me)
+        self.membership().members.keys().copied().filter(move |&v| v != me)
+    }
+
+    /// Every other voter: the members asked for votes.
+    fn voter_peers(&self) -> impl Iterator<Item = NodeId> + '_ {
+        let me = self.cfg.id;
+        self.membership().voters().filter(move |&v| v != me)
+    }
+
+    fn is_voter(&self, id: NodeId) -> bool {
+        self.membership().is_voter(id)
     }
 
     fn reset_election_timer(&mut self) {
@@ -328,8 +362,9 @@ impl RawNode {
         match self.role {
             Role::Leader => self.tick_leader(),
             Role::Follower | Role::Candidate => {
-                self.election_elapsed += 1;
-                if self.election_elapsed >= self.randomized_timeout {
+                self.election_elapsed = self.election_elapsed.saturating_add(1);
+                // A learner, or a node no longer (or not yet) a member, never campaigns.
+                if self.election_elapsed >= self.randomized_timeout && self.promotable() {
                     if self.cfg.pre_vote {
                         self.pre_campaign();
                     } else {
@@ -352,7 +387,8 @@ impl RawNode {
         if self.election_elapsed >= self.cfg.election_ticks {
             self.election_elapsed = 0;
             if self.cfg.check_quorum {
-                let active = 1 + self.progress.values().filter(|p| p.recent_active).count();
+                let me = self.is_voter(self.cfg.id) as usize;
+                let active = me + self.progress.iter().filter(|(&id, p)| p.recent_active && self.is_voter(id)).count();
                 if active < self.quorum() {
                     tracing::info!(term = self.term, "leader lost its quorum, stepping down");
                     self.become_follower(self.term, None);
@@ -413,12 +449,15 @@ impl RawNode {
         }
         let to = match to {
             Some(id) if id == self.cfg.id => return Ok(id),
-            Some(id) if self.progress.contains_key(&id) => id,
+            Some(id) if self.progress.contains_key(&id) && self.is_voter(id) => id,
             Some(id) => return Err(TransferError::NotAMember(id)),
-            // The follower that needs the least catching up; among equals, one heard from.
+            // The voter that needs the least catching up; among equals, one heard from.
             None => {
-                let best =
-                    self.progress.iter().max_by_key(|(id, p)| (p.matched, p.recent_active, std::cmp::Reverse(**id)));
+                let best = self
+                    .progress
+                    .iter()
+                    .filter(|(&id, _)| self.is_voter(id))
+                    .max_by_key(|(id, p)| (p.matched, p.recent_active, std::cmp::Reverse(**id)));
                 *best.ok_or(TransferError::NoOtherMember)?.0
             }
         };
@@ -460,7 +499,7 @@ impl RawNode {
     }
 
     fn add_read(&mut self, ctx: u64) {
-        if self.quorum() == 1 {
+        if self.quorum() == 1 && self.is_voter(self.cfg.id) {
             self.ready_reads.push(ReadState { ctx, index: self.log.committed });
             return;
         }
@@ -475,8 +514,11 @@ impl RawNode {
         if self.pending_reads.is_empty() {
             return;
         }
-        let mut acked: Vec<u64> = self.progress.values().map(|p| p.acked_round).collect();
-        acked.push(self.round);
+        let mut acked: Vec<u64> =
+            self.progress.iter().filter(|(&id, _)| self.is_voter(id)).map(|(_, p)| p.acked_round).collect();
+        if self.is_voter(self.cfg.id) {
+            acked.push(self.round);
+        }
         let confirmed = quorum_index(acked);
         let ready = &mut self.ready_reads;
         self.pending_reads.retain(|r| {
@@ -604,7 +646,9 @@ impl RawNode {
                 );
                 None
             }
-            MessageBody::InstallSnapshot { index, term } => Some(self.handle_snapshot(m.from, index, term)),
+            MessageBody::InstallSnapshot { index, term, membership } => {
+                Some(self.handle_snapshot(m.from, index, term, membership))
+            }
             MessageBody::TimeoutNow => {
                 // Only this term's leader may hand over; the election skips PreVote, as
                 // the leader itself asked for it.
@@ -621,7 +665,7 @@ impl RawNode {
     /// A follower receives the leader's snapshot (Raft Figure 13). If its log already
     /// holds the snapshot's last entry, it keeps the log and just commits; otherwise
     /// the log and the state machine are replaced (`Ready::snapshot`).
-    fn handle_snapshot(&mut self, from: NodeId, index: Index, term: Term) -> Message {
+    fn handle_snapshot(&mut self, from: NodeId, index: Index, term: Term, membership: Membership) -> Message {
         if self.role != Role::Follower || self.leader != Some(from) {
             self.become_follower(self.term, Some(from));
         }
@@ -634,6 +678,9 @@ impl RawNode {
         } else {
             tracing::info!(index, term, "installing the leader's snapshot");
             self.log.reset_to_snapshot(index, term);
+            self.conf_base = membership;
+            self.conf_log.clear();
+            self.conf_changed = true;
             self.pending_snapshot = Some((index, term));
             index
         };
@@ -653,6 +700,7 @@ impl RawNode {
             || self.log.has_committed_to_apply()
             || !self.ready_reads.is_empty()
             || self.pending_snapshot.is_some()
+            || self.conf_changed
             || (self.role == Role::Leader && (self.heartbeat_due || self.broadcast_pending || self.replicate_pending))
     }
 
@@ -673,6 +721,7 @@ impl RawNode {
             committed: self.log.take_committed(usize::MAX),
             reads: std::mem::take(&mut self.ready_reads),
             snapshot: self.pending_snapshot.take(),
+            membership: std::mem::take(&mut self.conf_changed).then(|| self.membership().clone()),
             ..Ready::default()
         };
         if rd.must_persist() {
@@ -722,6 +771,8 @@ impl RawNode {
     }
 }
 
+#[path = "conf_change.rs"]
+mod conf_change;
 #[path = "election.rs"]
 mod election;
 #[path = "replication.rs"]

@@ -780,3 +780,6 @@ fn a_snapshot_in_flight_is_retried_only_when_it_fails() {
 
 #[path = "hostile_tests.rs"]
 mod hostile;
+
+#[path = "conf_change_tests.rs"]
+mod conf_change;

@@ -40,10 +40,13 @@ impl RawNode {
             }
             match self.log.term(e.index) {
                 Some(t) if t == e.term => continue,
-                Some(_) => self.log.truncate(e.index),
+                Some(_) => {
+                    self.log.truncate(e.index);
+                    self.truncate_conf(e.index);
+                }
                 None => {}
             }
-            self.log.append(e);
+            self.append_entry(e);
         }
         let commit = commit.min(last_new);
         if commit > self.log.committed {
@@ -110,6 +113,10 @@ impl RawNode {
 
     /// Leader: the floor rises to what every member durably holds and is committed.
     pub(super) fn update_floor(&mut self) {
+        // A leader that has just stepped down (its removal committed) knows no progress.
+        if self.role != Role::Leader {
+            return;
+        }
         let all = self.progress.values().map(|p| p.matched).min().unwrap_or(Index::MAX);
         let f = all.min(self.log.stable).min(self.log.committed);
         self.floor = self.floor.max(f);
@@ -130,12 +137,19 @@ impl RawNode {
     /// machine must cover them.
     pub fn compact(&mut self, index: Index) {
         self.log.compact(index.min(self.compactable()));
+        self.fold_conf();
     }
 
     /// Advances the commit index to what a quorum holds, if that is of this term (§5.4.2).
     pub(super) fn maybe_commit(&mut self) -> bool {
-        let mut matched: Vec<Index> = self.progress.values().map(|p| p.matched).collect();
-        matched.push(self.log.stable);
+        let mut matched: Vec<Index> =
+            self.progress.iter().filter(|(&id, _)| self.is_voter(id)).map(|(_, p)| p.matched).collect();
+        if self.is_voter(self.cfg.id) {
+            matched.push(self.log.stable);
+        }
+        if matched.is_empty() {
+            return false;
+        }
         let q = quorum_index(matched);
         if q > self.log.committed && self.log.term(q) == Some(self.term) {
             self.log.committed = q;
@@ -143,6 +157,7 @@ impl RawNode {
             for ctx in reads {
                 self.add_read(ctx);
             }
+            self.step_down_if_removed();
             return true;
         }
         false
@@ -165,7 +180,8 @@ impl RawNode {
             p.state = ProgressState::Snapshot;
             p.inflight.clear();
             let (index, term) = (first - 1, self.log.term(first - 1).expect("the base term is known"));
-            self.send(to, MessageBody::InstallSnapshot { index, term });
+            let membership = self.conf_base.clone();
+            self.send(to, MessageBody::InstallSnapshot { index, term, membership });
             return;
         }
         let paused = p.is_paused(max_inflight);

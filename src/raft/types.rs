@@ -1,6 +1,8 @@
 //! Plain-Rust types of the consensus core. No protobuf, no I/O.
 use bytes::Bytes;
 
+use super::membership::Membership;
+
 /// A node's numeric id inside the core. The server maps names to ids.
 pub type NodeId = u64;
 pub type Term = u64;
@@ -22,6 +24,9 @@ pub enum EntryKind {
     Normal,
     /// Appended by a new leader so that it can commit entries of earlier terms (§5.4.2).
     Noop,
+    /// A configuration change: `data` is the whole new `Membership`, in force from the
+    /// moment the entry is appended (Raft thesis §4.1).
+    ConfChange,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -108,6 +113,8 @@ pub enum MessageBody {
     InstallSnapshot {
         index: Index,
         term: Term,
+        /// The membership as of `index`, which the snapshot's state machine records too.
+        membership: Membership,
     },
     /// Leadership transfer (Raft thesis §3.10): the leader tells an up-to-date
     /// follower to start an election at once, without waiting for its timeout and
@@ -189,6 +196,10 @@ pub struct Ready {
     /// Install the leader's snapshot at (index, term) before anything else: the state
     /// machine is replaced by it and the log now starts after it.
     pub snapshot: Option<(Index, Term)>,
+    /// The membership, when it changed since the last ready (an entry appended or
+    /// truncated, a snapshot installed): the driver connects to new members and drops
+    /// removed ones.
+    pub membership: Option<Membership>,
 }
 
 impl Ready {

@@ -73,6 +73,8 @@ pub(super) struct Driver {
     /// A failure noticed while handling an input; stops the node at the next ready.
     pub fatal_error: Option<Fatal>,
     pub names: Names,
+    /// Kept in step with the configuration (`Ready::membership`).
+    pub links: Arc<super::peers::Peers>,
     pub input: mpsc::Receiver<Input>,
     pub peers: BTreeMap<NodeId, mpsc::Sender<Message>>,
     pub status: watch::Sender<NodeStatus>,
@@ -145,7 +147,7 @@ impl Driver {
     }
 
     fn leader_name(&self, leader: Option<NodeId>) -> Option<String> {
-        leader.map(|l| self.names.name(l).to_string())
+        leader.map(|l| self.names.name(l))
     }
 
     fn not_leader(&self, leader: Option<NodeId>) -> Error {
@@ -388,6 +390,10 @@ impl Driver {
         self.finish_transfer();
         while self.core.has_ready() {
             let mut rd = self.core.ready();
+            // Members added get links before anything is sent to them; removed ones lose theirs.
+            if let Some(m) = rd.membership.take() {
+                self.links.update(&m, self.core.known_members(), &mut self.peers);
+            }
             // Install an accepted snapshot first: saved as this node's own (its log now
             // starts after it), the log compacted to it, the state machine replaced.
             let incoming = self.incoming_snapshot.take();

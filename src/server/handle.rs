@@ -36,15 +36,12 @@ impl NodeHandle {
     /// Every member's client URLs, by name: this node's own, the others' as they
     /// answer within `wait` (a member that does not has none listed).
     pub async fn member_client_urls(&self, wait: Duration) -> std::collections::BTreeMap<String, Vec<String>> {
-        let asks = self.0.clients.iter().map(|(&id, c)| {
-            let mut c = c.clone();
-            async move {
-                let mut req = tonic::Request::new(pb::ClientUrlsRequest {});
-                req.set_timeout(wait);
-                let urls = tokio::time::timeout(wait, c.client_urls(req)).await;
-                let urls = urls.ok().and_then(|r| r.ok()).map(|r| r.into_inner().urls).unwrap_or_default();
-                (self.0.names.name(id).to_string(), urls)
-            }
+        let asks = self.0.peers.clients().into_iter().map(|(id, mut c)| async move {
+            let mut req = tonic::Request::new(pb::ClientUrlsRequest {});
+            req.set_timeout(wait);
+            let urls = tokio::time::timeout(wait, c.client_urls(req)).await;
+            let urls = urls.ok().and_then(|r| r.ok()).map(|r| r.into_inner().urls).unwrap_or_default();
+            (self.0.names.name(id), urls)
         });
         let mut all: std::collections::BTreeMap<_, _> = futures::future::join_all(asks).await.into_iter().collect();
         all.insert(self.0.name.clone(), self.0.client_urls.clone());
@@ -71,7 +68,7 @@ impl NodeHandle {
     }
 
     pub fn leader_name(&self) -> Option<String> {
-        self.status().leader.map(|l| self.0.names.name(l).to_string())
+        self.status().leader.map(|l| self.0.names.name(l))
     }
 
     /// The state machine, for serializable reads.
@@ -185,7 +182,7 @@ impl NodeHandle {
 
     fn client_of(&self, leader: &str) -> Result<(NodeId, PeerClient)> {
         let id = self.0.names.id(leader).map_err(|_| Error::NoLeader)?;
-        Ok((id, self.0.clients.get(&id).cloned().ok_or(Error::NoLeader)?))
+        Ok((id, self.0.peers.client(id).ok_or(Error::NoLeader)?))
     }
 
     /// Runs `here` on this node if it leads, else `remote` against the leader;
@@ -248,7 +245,7 @@ impl NodeHandle {
             }
             let mut w = self.0.status.clone();
             let st = w.wait_for(|s| s.leader.is_some_and(|l| l != old)).await.map_err(|_| Error::Shutdown)?.clone();
-            Ok((self.0.names.name(st.leader.expect("waited for")).to_string(), st.term))
+            Ok((self.0.names.name(st.leader.expect("waited for")), st.term))
         };
         let remote = |_, mut c: PeerClient| {
             let target = target_name.clone();
@@ -277,7 +274,7 @@ impl NodeHandle {
                 let command = data.clone();
                 async move {
                     // Joins the batch going to the leader (`forwarder`).
-                    let queue = self.0.forwarders.get(&leader).ok_or(Error::NoLeader)?;
+                    let queue = self.0.peers.forwarder(leader).ok_or(Error::NoLeader)?;
                     let (reply, rx) = oneshot::channel();
                     let never_sent = || Error::LeaderUnreachable("this node is stopping".into());
                     let deadline = std::time::Instant::now() + deadline;

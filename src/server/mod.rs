@@ -8,6 +8,7 @@ mod forwarder;
 mod handle;
 mod health;
 pub mod lessor;
+mod peers;
 mod persister;
 
 pub use forwarder::to_outcome as batch_outcome;
@@ -36,7 +37,7 @@ use crate::raft::{self, Index, Message, NodeId, RawNode, Role, Term};
 use crate::storage::Storage;
 use crate::transport::convert::Names;
 use crate::transport::service::RaftService;
-use crate::transport::{self, Faults, PeerClient};
+use crate::transport::{self, Faults};
 
 /// What the driver is asked to do.
 pub enum Input {
@@ -96,9 +97,9 @@ struct Shared {
     input: mpsc::Sender<Input>,
     status: watch::Receiver<NodeStatus>,
     store: Arc<Store>,
-    clients: BTreeMap<NodeId, PeerClient>,
-    /// Per peer, the queue of writes forwarded to it while it leads, sent in batches.
-    forwarders: BTreeMap<NodeId, mpsc::Sender<forwarder::Forward>>,
+    /// The links to the other members: clients, and the queues of writes forwarded
+    /// to a member while it leads, sent in batches.
+    peers: Arc<peers::Peers>,
     metrics: Arc<Metrics>,
     election_timeout: Duration,
     shutdown: watch::Sender<bool>,
@@ -155,13 +156,11 @@ impl Node {
     ) -> Result<Node, StartError> {
         cfg.validate()?;
         let members = cfg.sorted_members();
-        let names = Names(members.iter().map(|m| m.name.clone()).collect());
-        let id = cfg.id_of(&cfg.name).expect("validated");
-        let mut core_cfg = raft::Config::new(id, (1..=members.len() as NodeId).collect());
-        core_cfg.election_ticks = cfg.ticks(cfg.election_timeout_ms);
-        core_cfg.heartbeat_ticks = cfg.ticks(cfg.heartbeat_ms);
-        core_cfg.keep_entries = cfg.keep_entries;
-        core_cfg.seed = rand::random();
+        let peer_scheme = if cfg.peer_tls.is_some() { "https" } else { "http" };
+        let founding = raft::Membership::founding(
+            members.iter().map(|m| (m.name.clone(), format!("{peer_scheme}://{}", m.peer_addr))),
+        );
+        let founding_names: Vec<String> = members.iter().map(|m| m.name.clone()).collect();
         // Certificates are checked before any data is touched.
         let client_tls = cfg.client_tls.as_ref().map(crate::tls::reloading_server_config).transpose()?;
         let peer_tls = cfg.peer_tls.as_ref().map(crate::tls::reloading_server_config).transpose()?;
@@ -187,19 +186,33 @@ impl Node {
         }
         // The directory's identity first, then the state machine, then the log, which
         // restarts after what the state machine durably holds.
-        let (store, storage, recovered) = {
+        let (store, storage, recovered, membership) = {
             let dir = cfg.data_dir.clone();
-            let (name, cluster) = (cfg.name.clone(), names.0.clone());
+            let (name, cluster) = (cfg.name.clone(), founding_names);
             let (segment_bytes, cache_bytes) = (cfg.wal_segment_bytes, cfg.engine_cache_bytes);
             tokio::task::spawn_blocking(move || {
                 crate::storage::claim_dir(&dir, &name, &cluster)?;
                 let store = Store::open(&dir, cache_bytes).map_err(|e| StartError::Other(e.to_string()))?;
+                // The membership as of what the store holds: the founding members until a
+                // configuration entry is applied; the log's configuration entries follow.
+                let engine_error = |e: crate::mvcc::MvccError| StartError::Other(e.to_string());
+                store.found_membership(&founding).map_err(engine_error)?;
+                let membership = store.membership().map_err(engine_error)?.unwrap_or(founding);
                 let (storage, recovered) = Storage::open_log(&dir, store.durable(), segment_bytes)?;
-                Ok::<_, StartError>((Arc::new(store), storage, recovered))
+                Ok::<_, StartError>((Arc::new(store), storage, recovered, membership))
             })
             .await
             .map_err(|e| StartError::Other(e.to_string()))??
         };
+        // A member keeps the id it was given, founding or added; one no longer a member
+        // keeps its founding id and takes no part (it never campaigns).
+        let id = membership.id_of(&cfg.name).or_else(|| cfg.id_of(&cfg.name)).expect("validated");
+        let mut core_cfg = raft::Config::new(id, Vec::new());
+        core_cfg.membership = Some(membership);
+        core_cfg.election_ticks = cfg.ticks(cfg.election_timeout_ms);
+        core_cfg.heartbeat_ticks = cfg.ticks(cfg.heartbeat_ms);
+        core_cfg.keep_entries = cfg.keep_entries;
+        core_cfg.seed = rand::random();
         let hs = recovered.hard_state;
         let applied = recovered.base.0;
         let status = store.status();
@@ -234,31 +247,21 @@ impl Node {
         let election_timeout = Duration::from_millis(cfg.election_timeout_ms);
         let rpc_timeout = (election_timeout * 2).max(Duration::from_millis(500));
 
-        let mut clients = BTreeMap::new();
-        let mut forwarders = BTreeMap::new();
+        let names = Names::new(core.membership().clone(), core.known_members());
+        let links = Arc::new(peers::Peers {
+            me: id,
+            my_name: cfg.name.clone(),
+            names: names.clone(),
+            faults: faults.clone(),
+            tls: peer_client_tls.clone(),
+            input: input_tx.clone(),
+            rpc_timeout,
+            store: store.clone(),
+            shutdown: shutdown_tx.clone(),
+            links: Default::default(),
+        });
         let mut peers = BTreeMap::new();
-        for (i, m) in members.iter().enumerate() {
-            let pid = i as NodeId + 1;
-            if pid == id {
-                continue;
-            }
-            let client = transport::connect(&m.peer_addr, &cfg.name, &m.name, faults.as_ref(), peer_client_tls.clone())
-                .map_err(StartError::Other)?;
-            peers.insert(
-                pid,
-                transport::spawn_peer(
-                    id,
-                    pid,
-                    client.clone(),
-                    names.clone(),
-                    input_tx.clone(),
-                    rpc_timeout,
-                    store.clone(),
-                ),
-            );
-            forwarders.insert(pid, forwarder::spawn(client.clone(), shutdown_tx.subscribe()));
-            clients.insert(pid, client);
-        }
+        links.update(core.membership(), core.known_members(), &mut peers);
 
         let client_addr = client_listener.local_addr().map_err(|e| StartError::Other(e.to_string()))?;
         let client_scheme = if cfg.client_tls.is_some() { "https" } else { "http" };
@@ -274,8 +277,7 @@ impl Node {
             input: input_tx,
             status: status_rx,
             store: store.clone(),
-            clients,
-            forwarders,
+            peers: links.clone(),
             metrics: metrics.clone(),
             election_timeout,
             shutdown: shutdown_tx.clone(),
@@ -326,6 +328,7 @@ impl Node {
             in_flight: Default::default(),
             fatal: fatal.clone(),
             names,
+            links,
             input: input_rx,
             peers,
             status: status_tx,
@@ -379,7 +382,6 @@ impl Node {
         let etcd = crate::etcd::Context::new(
             handle.clone(),
             cfg.members.clone(),
-            cfg.peer_tls.is_some(),
             cfg.quota_backend_bytes,
             admin_needs_cert,
             cfg.watch_progress_interval,

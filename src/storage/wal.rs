@@ -80,6 +80,7 @@ fn encode_entry(buf: &mut Vec<u8>, e: &Entry) {
     let kind = match e.kind {
         EntryKind::Normal => 0u8,
         EntryKind::Noop => 1u8,
+        EntryKind::ConfChange => 2u8,
     };
     encode(buf, TYPE_ENTRY, &[&e.index.to_le_bytes(), &e.term.to_le_bytes(), &[kind], &e.data]);
 }
@@ -104,6 +105,7 @@ fn decode(kind: u8, p: &[u8]) -> Option<Record> {
             let kind = match p[16] {
                 0 => EntryKind::Normal,
                 1 => EntryKind::Noop,
+                2 => EntryKind::ConfChange,
                 _ => return None,
             };
             Some(Record::Entry(Entry {

@@ -1,32 +1,62 @@
 //! Conversions between protobuf messages and core messages: the only place they meet.
+use std::sync::{Arc, RwLock};
+
 use tonic::Status;
 
 use crate::proto as pb;
-use crate::raft::{Entry, EntryKind, Index, Message, MessageBody, NodeId, Term, MAX_INDEX, MAX_TERM};
+use crate::raft::{Entry, EntryKind, Index, Membership, Message, MessageBody, NodeId, Term, MAX_INDEX, MAX_TERM};
 
-/// Node names by id (id = position + 1 in name order).
+/// The members by id and name, as the core last reported them (the driver updates
+/// them), shared by everything that meets the wire: the configuration in force, and
+/// every member of a configuration still in the log (who may still send).
 #[derive(Clone, Debug)]
-pub struct Names(pub Vec<String>);
+pub struct Names(Arc<RwLock<(Arc<Membership>, Arc<Membership>)>>);
 
 impl Names {
-    pub fn name(&self, id: NodeId) -> &str {
-        &self.0[(id - 1) as usize]
+    pub fn new(current: Membership, known: Membership) -> Names {
+        Names(Arc::new(RwLock::new((Arc::new(current), Arc::new(known)))))
+    }
+
+    pub fn set(&self, current: Membership, known: Membership) {
+        *self.0.write().unwrap_or_else(|p| p.into_inner()) = (Arc::new(current), Arc::new(known));
+    }
+
+    /// The configuration in force.
+    pub fn membership(&self) -> Arc<Membership> {
+        self.0.read().unwrap_or_else(|p| p.into_inner()).0.clone()
+    }
+
+    fn known(&self) -> Arc<Membership> {
+        self.0.read().unwrap_or_else(|p| p.into_inner()).1.clone()
+    }
+
+    /// A member's name; an id this node does not know yet (a member added since its
+    /// configuration) reads as the id in hex, as etcd prints ids.
+    pub fn name(&self, id: NodeId) -> String {
+        self.known().members.get(&id).map_or_else(|| format!("{id:x}"), |m| m.name.clone())
     }
 
     pub fn id(&self, name: &str) -> Result<NodeId, Status> {
-        self.0
-            .iter()
-            .position(|n| n == name)
-            .map(|i| i as NodeId + 1)
-            .ok_or_else(|| Status::invalid_argument(format!("unknown node {name:?}")))
+        self.known().id_of(name).ok_or_else(|| Status::invalid_argument(format!("unknown node {name:?}")))
     }
 
-    /// The id of the member that sent a request to `me`: a name that is not another
-    /// member of this cluster is refused.
-    pub fn sender(&self, name: &str, me: NodeId) -> Result<NodeId, Status> {
-        let id = self
-            .id(name)
-            .map_err(|_| Status::permission_denied(format!("{name:?} is not a member of this cluster")))?;
+    /// The id of the member that sent a request to `me`, named `name` and claiming id
+    /// `claimed` (0 from a sender that does not say). A name this node knows must come
+    /// with its id. An unknown one is accepted only with an id newer than any this node
+    /// has seen given out (a member added since its configuration, whose entries it has
+    /// yet to receive); a removed member is refused.
+    pub fn sender(&self, name: &str, claimed: NodeId, me: NodeId) -> Result<NodeId, Status> {
+        let m = self.known();
+        let id = match m.id_of(name) {
+            Some(id) if claimed == 0 || claimed == id => id,
+            Some(id) => {
+                return Err(Status::permission_denied(format!(
+                    "{name:?} is member {id:x} of this cluster, not {claimed:x}"
+                )))
+            }
+            None if claimed >= m.next_id && claimed <= crate::raft::membership::MAX_ID => claimed,
+            None => return Err(Status::permission_denied(format!("{name:?} is not a member of this cluster"))),
+        };
         if id == me {
             return Err(Status::permission_denied(format!("{name:?} is this node's own name")));
         }
@@ -38,8 +68,10 @@ impl Names {
 /// (a StatefulSet pod's `raftkv-0.raftkv-peer.ns.svc`).
 pub fn members_named(names: &Names, dns: &[String]) -> Vec<String> {
     names
-        .0
-        .iter()
+        .known()
+        .members
+        .values()
+        .map(|m| &m.name)
         .filter(|m| dns.iter().any(|d| d == *m || d.strip_prefix(m.as_str()).is_some_and(|rest| rest.starts_with('.'))))
         .cloned()
         .collect()
@@ -73,6 +105,7 @@ fn entry_to_pb(e: Entry) -> pb::Entry {
     let kind = match e.kind {
         EntryKind::Normal => pb::EntryType::EntryNormal,
         EntryKind::Noop => pb::EntryType::EntryNoop,
+        EntryKind::ConfChange => pb::EntryType::EntryConfChange,
     };
     pb::Entry { index: e.index, term: e.term, r#type: kind as i32, data: e.data }
 }
@@ -81,6 +114,13 @@ fn entry_from_pb(e: pb::Entry) -> Result<Entry, Status> {
     let kind = match pb::EntryType::try_from(e.r#type) {
         Ok(pb::EntryType::EntryNormal) => EntryKind::Normal,
         Ok(pb::EntryType::EntryNoop) => EntryKind::Noop,
+        Ok(pb::EntryType::EntryConfChange) => {
+            // Checked here, before the core sees it: a configuration it cannot read
+            // would split the cluster's view of who votes.
+            crate::raft::Membership::decode(&e.data)
+                .map_err(|err| Status::invalid_argument(format!("entry {}: {err}", e.index)))?;
+            EntryKind::ConfChange
+        }
         Err(_) => return Err(Status::invalid_argument(format!("unknown entry type {}", e.r#type))),
     };
     Ok(Entry { index: e.index, term: e.term, kind, data: e.data })
@@ -94,12 +134,14 @@ pub enum Request {
     Snapshot {
         term: u64,
         leader: String,
+        sender_id: NodeId,
     },
     TimeoutNow(pb::TimeoutNowRequest),
 }
 
-pub fn request_to_pb(m: Message, names: &Names) -> Option<Request> {
-    let from = names.name(m.from).to_string();
+/// A request from this node (`me`, the message's sender), for the wire.
+pub fn request_to_pb(m: Message, me: &str) -> Option<Request> {
+    let (from, sender_id) = (me.to_string(), m.from);
     match m.body {
         MessageBody::RequestVote { last_log_index, last_log_term, pre_vote, transfer } => {
             Some(Request::Vote(pb::RequestVoteRequest {
@@ -109,6 +151,7 @@ pub fn request_to_pb(m: Message, names: &Names) -> Option<Request> {
                 last_log_term,
                 pre_vote,
                 leader_transfer: transfer,
+                sender_id,
             }))
         }
         MessageBody::AppendEntries { prev_log_index, prev_log_term, entries, commit, round, floor } => {
@@ -121,16 +164,19 @@ pub fn request_to_pb(m: Message, names: &Names) -> Option<Request> {
                 leader_commit: commit,
                 round,
                 floor,
+                sender_id,
             }))
         }
-        MessageBody::InstallSnapshot { .. } => Some(Request::Snapshot { term: m.term, leader: from }),
-        MessageBody::TimeoutNow => Some(Request::TimeoutNow(pb::TimeoutNowRequest { term: m.term, leader: from })),
+        MessageBody::InstallSnapshot { .. } => Some(Request::Snapshot { term: m.term, leader: from, sender_id }),
+        MessageBody::TimeoutNow => {
+            Some(Request::TimeoutNow(pb::TimeoutNowRequest { term: m.term, leader: from, sender_id }))
+        }
         _ => None,
     }
 }
 
 pub fn vote_request_from_pb(r: pb::RequestVoteRequest, me: NodeId, names: &Names) -> Result<Message, Status> {
-    let from = names.sender(&r.candidate, me)?;
+    let from = names.sender(&r.candidate, r.sender_id, me)?;
     check_term("term", r.term)?;
     check_index("last_log_index", r.last_log_index)?;
     check_log_term("last_log_term", r.last_log_term, r.term)?;
@@ -148,13 +194,13 @@ pub fn vote_request_from_pb(r: pb::RequestVoteRequest, me: NodeId, names: &Names
 }
 
 pub fn timeout_now_from_pb(r: pb::TimeoutNowRequest, me: NodeId, names: &Names) -> Result<Message, Status> {
-    let from = names.sender(&r.leader, me)?;
+    let from = names.sender(&r.leader, r.sender_id, me)?;
     check_term("term", r.term)?;
     Ok(Message { from, to: me, term: r.term, body: MessageBody::TimeoutNow })
 }
 
 pub fn append_request_from_pb(r: pb::AppendEntriesRequest, me: NodeId, names: &Names) -> Result<Message, Status> {
-    let from = names.sender(&r.leader, me)?;
+    let from = names.sender(&r.leader, r.sender_id, me)?;
     check_term("term", r.term)?;
     check_index("prev_log_index", r.prev_log_index)?;
     check_index("leader_commit", r.leader_commit)?;

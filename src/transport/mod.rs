@@ -18,7 +18,7 @@ use crate::proto as pb;
 use crate::proto::raft_client::RaftClient;
 use crate::raft::{Message, MessageBody, NodeId};
 use crate::server::Input;
-use convert::{Names, Request};
+use convert::Request;
 pub use fault::{Faults, PeerError};
 
 pub type PeerChannel =
@@ -63,7 +63,7 @@ pub fn spawn_peer(
     me: NodeId,
     peer: NodeId,
     client: PeerClient,
-    names: Names,
+    my_name: String,
     driver: mpsc::Sender<Input>,
     rpc_timeout: Duration,
     store: Arc<Store>,
@@ -74,7 +74,7 @@ pub fn spawn_peer(
         loop {
             tokio::select! {
                 m = rx.recv(), if inflight.len() < PEER_CONCURRENCY => match m {
-                    Some(m) => inflight.push(call(client.clone(), m, &names, me, peer, rpc_timeout, store.clone())),
+                    Some(m) => inflight.push(call(client.clone(), m, &my_name, me, peer, rpc_timeout, store.clone())),
                     None => break,
                 },
                 Some(answer) = inflight.next() => {
@@ -100,6 +100,7 @@ fn snapshot_chunks(
     store: Arc<Store>,
     term: u64,
     leader: String,
+    sender_id: NodeId,
 ) -> impl futures::Stream<Item = pb::InstallSnapshotChunk> {
     let (tx, rx) = mpsc::channel::<Option<Vec<u8>>>(4);
     tokio::task::spawn_blocking(move || {
@@ -120,7 +121,7 @@ fn snapshot_chunks(
             let done = chunk.is_none();
             let data = chunk.unwrap_or_default();
             let next = offset + data.len() as u64;
-            Some((pb::InstallSnapshotChunk { term, leader, offset, data, done }, (rx, next)))
+            Some((pb::InstallSnapshotChunk { term, leader, offset, data, done, sender_id }, (rx, next)))
         }
     })
 }
@@ -133,13 +134,13 @@ fn refused(peer: NodeId, answer: Result<Message, tonic::Status>) -> Option<Messa
 fn call(
     mut client: PeerClient,
     m: Message,
-    names: &Names,
+    my_name: &str,
     me: NodeId,
     peer: NodeId,
     rpc_timeout: Duration,
     store: Arc<Store>,
 ) -> impl std::future::Future<Output = Option<Message>> {
-    let req = convert::request_to_pb(m, names);
+    let req = convert::request_to_pb(m, my_name);
     let timeout = if matches!(req, Some(Request::Snapshot { .. })) { SNAPSHOT_TIMEOUT } else { rpc_timeout };
     async move {
         let body = match req {
@@ -163,8 +164,8 @@ fn call(
                     client.timeout_now(r).await.ok()?;
                     Some(None)
                 }
-                Request::Snapshot { term, leader } => {
-                    let chunks = snapshot_chunks(store, term, leader);
+                Request::Snapshot { term, leader, sender_id } => {
+                    let chunks = snapshot_chunks(store, term, leader, sender_id);
                     let r = match client.install_snapshot(chunks).await {
                         Ok(r) => r.into_inner(),
                         Err(e) => {

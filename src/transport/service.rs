@@ -144,14 +144,14 @@ impl pb::raft_server::Raft for RaftService {
         let (me, names, max) = (self.node.id(), self.node.names().clone(), self.max_snapshot_bytes);
         let received = async {
             let mut file = tokio::fs::File::create(&tmp).await.map_err(|e| Status::internal(e.to_string()))?;
-            let (mut term, mut leader, mut offset) = (0, String::new(), 0u64);
+            let (mut term, mut leader, mut offset, mut from) = (0, String::new(), 0u64, 0);
             loop {
                 let Some(chunk) = stream.message().await? else {
                     return Err(Status::invalid_argument("snapshot stream ended before its last chunk"));
                 };
                 if offset == 0 {
                     // Who sends it, and in which term, is checked before anything is kept.
-                    names.sender(&chunk.leader, me)?;
+                    from = names.sender(&chunk.leader, chunk.sender_id, me)?;
                     if let Some(certs) = &certified {
                         speaks_for(certs.as_deref(), &names, &chunk.leader)?;
                     }
@@ -176,14 +176,13 @@ impl pb::raft_server::Raft for RaftService {
                 .await
                 .map_err(|e| Status::internal(e.to_string()))?
                 .map_err(|e| Status::invalid_argument(e.to_string()))?;
-            Ok::<_, Status>((term, leader, built))
+            Ok::<_, Status>((term, from, built))
         }
         .await;
         let _ = tokio::fs::remove_file(&tmp).await;
         // Dropping `built` without installing it removes it.
-        let (term, leader, built) = received?;
-        let from = self.node.names().sender(&leader, self.node.id())?;
-        let (index, snap_term) = (built.index, built.term);
+        let (term, from, built) = received?;
+        let (index, snap_term, membership) = (built.index, built.term, built.membership.clone());
         convert::check_index("snapshot index", index)?;
         if snap_term > term {
             return Err(Status::invalid_argument(format!(
@@ -194,7 +193,7 @@ impl pb::raft_server::Raft for RaftService {
             from,
             to: self.node.id(),
             term,
-            body: crate::raft::MessageBody::InstallSnapshot { index, term: snap_term },
+            body: crate::raft::MessageBody::InstallSnapshot { index, term: snap_term, membership },
         };
         // The driver installs it or, if the core refuses it, drops it.
         let answer = self.node.install_snapshot(msg, built).await;
