@@ -64,11 +64,23 @@ pub struct NodeConfig {
     /// waits without events before it is sent one (etcd's
     /// `--experimental-watch-progress-notify-interval`).
     pub watch_progress_interval: Duration,
+    /// Whether a node with an empty data directory founds a new cluster with the other
+    /// members of `members` (`New`), or joins a running one that already lists it
+    /// (`Existing`, after `member add`): etcd's `--initial-cluster-state`.
+    pub initial_cluster_state: ClusterState,
     /// The longest (and default) time to live of a client session: it expires after
     /// this much log time without a write (`--client-session-ttl`).
     pub session_ttl: Duration,
     /// Client sessions open at once, at most (`--max-client-sessions`).
     pub max_sessions: u64,
+}
+
+/// etcd's `--initial-cluster-state`.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum)]
+pub enum ClusterState {
+    #[default]
+    New,
+    Existing,
 }
 
 /// etcd's two auto-compaction modes.
@@ -162,6 +174,7 @@ impl NodeConfig {
             health_addr: None,
             advertise_client_urls: Vec::new(),
             watch_progress_interval: DEFAULT_WATCH_PROGRESS_NOTIFY_INTERVAL,
+            initial_cluster_state: ClusterState::New,
             session_ttl: Duration::from_secs(DEFAULT_SESSION_TTL_SECS),
             max_sessions: DEFAULT_MAX_SESSIONS,
         }
@@ -238,8 +251,28 @@ pub fn ordinal_members(name: &str, size: u32, service: &str, port: u16) -> Resul
 
 impl NodeConfig {
     pub fn validate(&self) -> Result<(), ConfigError> {
+        use crate::raft::membership::{MAX_MEMBERS, MAX_NAME_BYTES, MAX_URL_BYTES};
         if !self.members.iter().any(|m| m.name == self.name) {
             return Err(ConfigError::NotAMember(self.name.clone()));
+        }
+        // What the membership record holds (it refuses more when read back).
+        if self.members.len() > MAX_MEMBERS {
+            return Err(ConfigError::Cluster(format!("more than {MAX_MEMBERS} members")));
+        }
+        if let Some(m) =
+            self.members.iter().find(|m| m.name.len() > MAX_NAME_BYTES || m.name.chars().any(char::is_control))
+        {
+            return Err(ConfigError::Cluster(format!(
+                "{:?}: a name is at most {MAX_NAME_BYTES} printable bytes",
+                m.name
+            )));
+        }
+        if let Some(m) = self.members.iter().find(|m| m.peer_addr.len() + "https://".len() > MAX_URL_BYTES) {
+            return Err(ConfigError::Cluster(format!(
+                "{}: a peer address is at most {} bytes",
+                m.name,
+                MAX_URL_BYTES - 8
+            )));
         }
         if self.heartbeat_ms == 0 || self.heartbeat_ms * 2 > self.election_timeout_ms {
             return Err(ConfigError::Timing { heartbeat: self.heartbeat_ms, election: self.election_timeout_ms });

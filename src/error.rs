@@ -2,6 +2,7 @@
 use tonic::{metadata::MetadataValue, Code, Status};
 
 use crate::mvcc::MvccError;
+use crate::raft::ConfChangeError;
 
 /// Response metadata key naming the leader, when one is known.
 pub const LEADER_METADATA: &str = "raftkv-leader";
@@ -47,6 +48,9 @@ pub enum Error {
     TooManyRequests(String),
     #[error("database space exceeded: {stored} bytes stored, quota {quota} (--quota-backend-bytes); delete keys and compact the history to free space")]
     QuotaExceeded { stored: u64, quota: u64 },
+    /// A configuration change refused by the leader; nothing changed.
+    #[error("membership: {0}")]
+    Membership(crate::raft::ConfChangeError),
 }
 
 impl From<Error> for Status {
@@ -78,6 +82,13 @@ impl From<Error> for Status {
             Error::Mvcc(MvccError::LeaseNotFound) => Status::new(Code::NotFound, msg),
             Error::Mvcc(MvccError::LeaseExists) => Status::new(Code::FailedPrecondition, msg),
             Error::Mvcc(MvccError::Engine(_)) => Status::new(Code::Internal, msg),
+            Error::Membership(ConfChangeError::NotAMember(_) | ConfChangeError::UnknownName(_)) => {
+                Status::new(Code::NotFound, msg)
+            }
+            Error::Membership(ConfChangeError::BadName(_) | ConfChangeError::BadPeerUrl(_)) => {
+                Status::new(Code::InvalidArgument, msg)
+            }
+            Error::Membership(_) => Status::new(Code::FailedPrecondition, msg),
             Error::TooManyRequests(_)
             | Error::QuotaExceeded { .. }
             | Error::Mvcc(MvccError::TooManySessions { .. }) => Status::new(Code::ResourceExhausted, msg),

@@ -91,6 +91,11 @@ enum Cmd {
         #[command(flatten)]
         conn: cli::client::Conn,
     },
+    /// The cluster's members: list, add, promote a learner, remove.
+    Member {
+        #[command(subcommand)]
+        cmd: cli::member::MemberCmd,
+    },
     /// Hand leadership to another member (the most up-to-date follower by default).
     TransferLeader {
         /// The member to hand leadership to, by name.
@@ -140,6 +145,7 @@ fn main() -> ExitCode {
             Cmd::Compact { revision, conn } => cli::client::compact(&conn, revision).await,
             Cmd::Status { conn } => cli::client::status(&conn).await,
             Cmd::TransferLeader { to, conn } => cli::client::transfer_leader(&conn, to).await,
+            Cmd::Member { cmd } => cli::member::run(cmd).await,
             Cmd::Bench(args) => cli::bench::run(args).await,
             Cmd::Controller(args) => cli::controller::run(args).await,
         }

@@ -119,6 +119,8 @@ async fn controller_drives_a_five_node_cluster() {
     let mut c = TestCluster::start_with(5, Opts { bridge: true, ..Opts::default() }).await;
     let ctl = Controller::new().await;
     let all: Vec<usize> = (0..5).collect();
+    // Members record their start through the log: the log is quiet after that.
+    c.wait_started().await;
     let (leader, term) = agreed_leader(&c, &ctl, &all).await;
     let follower = (leader + 1) % 5;
 
@@ -187,6 +189,7 @@ async fn store_waits_for_the_next_heartbeat() {
     ctl.send(c.bridge_addrs[0], "TIMEOUT", Value::Null, Value::Null).await;
     let leader = c.wait_leader().await;
     assert_eq!(leader, 0, "TIMEOUT made node 0 campaign first");
+    c.wait_started().await;
     // Quiet: the no-op committed everywhere and followers told so.
     let noop = c.handle(0).status().last_index;
     c.wait_applied(&[0, 1, 2], noop).await;
@@ -224,6 +227,7 @@ async fn store_waits_for_the_next_heartbeat() {
 async fn bad_input_gets_error_and_changes_nothing() {
     let c = TestCluster::start_with(3, Opts { bridge: true, ..Opts::default() }).await;
     let ctl = Controller::new().await;
+    c.wait_started().await;
     let (leader, _) = agreed_leader(&c, &ctl, &[0, 1, 2]).await;
     let to = c.bridge_addrs[leader];
     let before = c.handle(leader).status();

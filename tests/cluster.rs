@@ -208,6 +208,7 @@ async fn isolated_leader_steps_down() {
 async fn bad_input_is_rejected_and_changes_nothing() {
     let c = TestCluster::start(3).await;
     let leader = c.wait_leader().await;
+    c.wait_started().await;
     let mut client = c.client(leader).await;
     store(&mut client, "ok", "1").await.unwrap();
     let before = c.handle(leader).status().last_index;

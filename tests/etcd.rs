@@ -316,6 +316,7 @@ async fn a_watch_from_a_compacted_revision_is_canceled_with_the_compact_revision
 async fn a_read_only_txn_reads_the_latest_state_without_the_log() {
     let c = TestCluster::start(3).await;
     let leader = c.wait_leader().await;
+    c.wait_started().await;
     let mut writer = kv(&c, leader).await;
     let mut reader = kv(&c, (leader + 1) % 3).await;
     for n in 0..20 {

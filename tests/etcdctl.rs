@@ -156,6 +156,32 @@ fn etcdctl_works_against_raftkv() {
         assert!(std::time::Instant::now() < deadline, "{members}");
         std::thread::sleep(std::time::Duration::from_millis(200));
     }
+    // Membership changes: a learner added (named after its peer host and port, as
+    // etcdctl sends no name), listed as a learner, refused promotion while it has not
+    // caught up (it never started), removed; bad input refused.
+    let free = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap();
+    let url = format!("http://{free}");
+    let added = ctl.ok(&["member", "add", "newbie", &format!("--peer-urls={url}"), "--learner"]);
+    assert!(added.contains(" added ") && added.contains("to cluster"), "{added}");
+    let name = format!("127.0.0.1-{}", free.port());
+    let listed = ctl.ok(&["member", "list"]);
+    let line = listed.lines().find(|l| l.contains(&url)).unwrap_or_else(|| panic!("{listed}"));
+    assert!(line.contains(&name) && line.ends_with(", true"), "{line}");
+    let id = line.split(", ").next().unwrap().to_string();
+    let refused = ctl.run(&["member", "promote", &id], None);
+    assert!(!refused.status.success());
+    let said = String::from_utf8_lossy(&refused.stderr);
+    assert!(said.contains("can only promote a learner member which is in sync with leader"), "{said}");
+    let again = ctl.run(&["member", "add", "other", &format!("--peer-urls={url}")], None);
+    assert!(String::from_utf8_lossy(&again.stderr).contains("Peer URLs already exists"), "{again:?}");
+    let bad = ctl.run(&["member", "add", "other", "--peer-urls=http://nohost"], None);
+    assert!(!bad.status.success(), "{bad:?}");
+    let removed = ctl.ok(&["member", "remove", &id]);
+    assert!(removed.contains("removed from cluster"), "{removed}");
+    let unknown = ctl.run(&["member", "remove", &id], None);
+    assert!(String::from_utf8_lossy(&unknown.stderr).contains("member not found"), "{unknown:?}");
+    assert!(!ctl.ok(&["member", "list"]).contains(&url));
+
     // Every member's hash, through the members' own endpoints (etcdctl 3.4's --cluster
     // sends a URL as the HTTP/2 authority, which raftkv's HTTP/2 server refuses).
     // (A member may still be applying the last write: asked again until they agree.)

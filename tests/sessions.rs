@@ -32,6 +32,7 @@ fn session_write<T>(msg: T, session: &str, seq: &str) -> tonic::Request<T> {
 async fn a_write_whose_leader_died_after_sending_it_is_applied_exactly_once_by_the_retry() {
     let mut c = TestCluster::start(3).await;
     let leader = c.wait_leader().await;
+    c.wait_started().await;
     let followers: Vec<usize> = (0..3).filter(|&i| i != leader).collect();
     let order = [followers[0], followers[1], leader];
     let options = Options { timeout: Duration::from_secs(2), budget: Duration::from_secs(30), ttl: None };

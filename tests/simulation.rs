@@ -416,6 +416,9 @@ impl Sim {
             ConfChange::Add { peer_url: format!("http://n{name}:1"), name, learner: self.rng.gen_bool(0.6) }
         } else if r < 0.6 && !learners.is_empty() {
             ConfChange::Promote(*learners.choose(&mut self.rng).unwrap())
+        } else if r < 0.7 {
+            let ids: Vec<NodeId> = m.members.keys().copied().collect();
+            ConfChange::Publish(*ids.choose(&mut self.rng).unwrap())
         } else if m.members.len() > 3 || r < 0.62 {
             let ids: Vec<NodeId> = m.members.keys().copied().collect();
             ConfChange::Remove(*ids.choose(&mut self.rng).unwrap())

@@ -7,7 +7,7 @@ use crate::config::{MAX_KEY_BYTES, MAX_REQUEST_WAIT, MAX_VALUE_BYTES};
 use crate::error::Error;
 use crate::mvcc::{Command, EventKind};
 use crate::proto as pb;
-use crate::raft::Role;
+use crate::raft::{ConfChange, Membership, NodeId, Role};
 use crate::server::NodeHandle;
 
 /// A Retrieve answer holds at most this much (under the 64 MiB message limit).
@@ -27,6 +27,30 @@ pub struct KvService {
 impl KvService {
     pub fn new(node: NodeHandle, admin_needs_cert: bool) -> Self {
         KvService { node, admin_needs_cert }
+    }
+
+    /// The configuration in force, and the member a change concerned.
+    fn members(&self, id: NodeId) -> pb::MemberListResponse {
+        let members = self.node.membership();
+        let members = members
+            .members
+            .iter()
+            .map(|(&id, m)| pb::Member { id, name: m.name.clone(), peer_url: m.peer_url.clone(), learner: m.learner })
+            .collect();
+        pb::MemberListResponse { members, id }
+    }
+
+    /// An admin change of the member a request names.
+    async fn change_named(
+        &self,
+        req: Request<pb::MemberNameRequest>,
+        change: fn(NodeId) -> ConfChange,
+    ) -> Result<Response<pb::MemberListResponse>, Status> {
+        self.check_admin(&req)?;
+        let deadline = deadline(&req);
+        let id = self.node.member_named(&req.into_inner().name)?;
+        self.node.change_membership(change(id), deadline).await?;
+        Ok(Response::new(self.members(id)))
     }
 
     /// Refuses an admin call from a client without a verified certificate.
@@ -241,7 +265,41 @@ impl pb::key_value_server::KeyValue for KvService {
         transfer_leader(&self.node, req).await
     }
 
+    async fn member_list(
+        &self,
+        _req: Request<pb::MemberListRequest>,
+    ) -> Result<Response<pb::MemberListResponse>, Status> {
+        Ok(Response::new(self.members(0)))
+    }
+
+    async fn member_add(&self, req: Request<pb::MemberAddRequest>) -> Result<Response<pb::MemberListResponse>, Status> {
+        self.check_admin(&req)?;
+        let deadline = deadline(&req);
+        let r = req.into_inner();
+        let change = ConfChange::Add { name: r.name, peer_url: r.peer_url, learner: r.learner };
+        let id = self.node.change_membership(change, deadline).await?;
+        Ok(Response::new(self.members(id)))
+    }
+
+    async fn member_promote(
+        &self,
+        req: Request<pb::MemberNameRequest>,
+    ) -> Result<Response<pb::MemberListResponse>, Status> {
+        self.change_named(req, ConfChange::Promote).await
+    }
+
+    async fn member_remove(
+        &self,
+        req: Request<pb::MemberNameRequest>,
+    ) -> Result<Response<pb::MemberListResponse>, Status> {
+        self.change_named(req, ConfChange::Remove).await
+    }
+
     async fn status(&self, _req: Request<pb::StatusRequest>) -> Result<Response<pb::StatusResponse>, Status> {
+        let names = |m: &Membership, learners: bool| -> Vec<String> {
+            m.members.values().filter(|m| m.learner == learners).map(|m| m.name.clone()).collect()
+        };
+        let members = self.node.membership();
         let st = self.node.status();
         let store = self.node.store().status();
         let role = match st.role {
@@ -257,7 +315,8 @@ impl pb::key_value_server::KeyValue for KvService {
             commit_index: st.commit,
             applied_index: st.applied,
             last_log_index: st.last_index,
-            members: self.node.names().membership().members.values().map(|m| m.name.clone()).collect(),
+            members: names(&members, false),
+            learners: names(&members, true),
             revision: store.revision,
             compact_revision: store.compacted,
             db_size_in_use: store.stored_bytes,

@@ -78,7 +78,7 @@ impl Conn {
         Ok(ch)
     }
 
-    async fn first<T, F, Fut>(&self, call: F) -> Result<T, String>
+    pub(super) async fn first<T, F, Fut>(&self, call: F) -> Result<T, String>
     where
         F: Fn(KeyValueClient<Channel>) -> Fut,
         Fut: std::future::Future<Output = Result<T, Status>>,
@@ -238,6 +238,7 @@ pub async fn status(conn: &Conn) -> CmdResult {
         "NAME", "ENDPOINT", "ROLE", "TERM", "LEADER", "COMMIT", "APPLIED", "REVISION", "COMPACTED", "DB_IN_USE"
     );
     let mut reachable = 0;
+    let mut membership = None;
     for ep in &conn.endpoints {
         let st = match conn.client(ep).await {
             Ok(mut c) => c.status(pb::StatusRequest {}).await.map(|r| r.into_inner()).map_err(|s| describe(&s)),
@@ -246,6 +247,7 @@ pub async fn status(conn: &Conn) -> CmdResult {
         match st {
             Ok(s) => {
                 reachable += 1;
+                membership.get_or_insert_with(|| (s.members.join(", "), s.learners.join(", ")));
                 let role = pb::Role::try_from(s.role).map_or("?".into(), |r| format!("{r:?}").to_lowercase());
                 let leader = if s.leader.is_empty() { "-".to_string() } else { s.leader };
                 println!(
@@ -267,6 +269,12 @@ pub async fn status(conn: &Conn) -> CmdResult {
     }
     if reachable == 0 {
         return Err("no endpoint answered".into());
+    }
+    if let Some((voters, learners)) = membership {
+        println!("voters: {voters}");
+        if !learners.is_empty() {
+            println!("learners: {learners}");
+        }
     }
     Ok(ExitCode::SUCCESS)
 }

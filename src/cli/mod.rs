@@ -5,6 +5,7 @@ pub mod controller;
 pub mod dev;
 pub mod etcd;
 pub mod lease;
+pub mod member;
 pub mod serve;
 pub mod txn;
 

@@ -30,6 +30,12 @@ pub struct ServeArgs {
     /// The headless service whose DNS names reach the members (with --initial-cluster-size).
     #[arg(long, env = "RAFTKV_PEER_SERVICE")]
     pub peer_service: Option<String>,
+    /// With an empty data directory: `new` founds a cluster of the --initial-cluster
+    /// members (refused if the others say this member already started once: its data
+    /// was lost); `existing` joins a running cluster that lists this member (after
+    /// `raftkv member add`), learning the membership from the members it names.
+    #[arg(long, env = "RAFTKV_INITIAL_CLUSTER_STATE", value_enum, default_value = "new")]
+    pub initial_cluster_state: raftkv::config::ClusterState,
     /// Minimum election timeout; each timeout is drawn from [min, 2*min).
     #[arg(long, env = "RAFTKV_ELECTION_TIMEOUT_MS", default_value_t = 150)]
     pub election_timeout_ms: u64,
@@ -205,6 +211,7 @@ fn config(args: &ServeArgs) -> Result<NodeConfig, String> {
             })?,
         session_ttl: std::time::Duration::from_secs(args.client_session_ttl),
         max_sessions: args.max_client_sessions,
+        initial_cluster_state: args.initial_cluster_state,
         client_tls: tls_files(&args.cert_file, &args.key_file, &args.trusted_ca_file, args.client_cert_auth),
         peer_tls: tls_files(
             &args.peer_cert_file,

@@ -1,41 +1,11 @@
-//! etcd's Cluster.MemberList and Maintenance.Status and HashKV: enough for
-//! `etcdctl member list`, `etcdctl endpoint status` and `etcdctl endpoint hashkv`.
+//! etcd's Maintenance.Status and HashKV: enough for `etcdctl endpoint status` and
+//! `etcdctl endpoint hashkv`.
 use tonic::{Request, Response, Status};
 
 use super::{etcd_status, member_id, Context, ETCD_VERSION};
-use crate::proto::etcd::etcdserverpb::{self as epb, cluster_server::Cluster, maintenance_server::Maintenance};
+use crate::proto::etcd::etcdserverpb::{self as epb, maintenance_server::Maintenance};
 
-pub struct EtcdCluster(pub Context);
 pub struct EtcdMaintenance(pub Context);
-
-#[tonic::async_trait]
-impl Cluster for EtcdCluster {
-    /// Every member of the configuration in force, voters and learners, with its peer
-    /// URL and its client URLs (as it answers; a member that is down has none listed).
-    async fn member_list(
-        &self,
-        req: Request<epb::MemberListRequest>,
-    ) -> Result<Response<epb::MemberListResponse>, Status> {
-        let c = &self.0;
-        let wait = crate::api::deadline(&req).min(std::time::Duration::from_secs(1));
-        let mut client_urls = c.node.member_client_urls(wait).await;
-        let members = c
-            .node
-            .names()
-            .membership()
-            .members
-            .values()
-            .map(|m| epb::Member {
-                id: member_id(&m.name),
-                name: m.name.clone(),
-                peer_ur_ls: vec![m.peer_url.clone()],
-                client_ur_ls: client_urls.remove(&m.name).unwrap_or_default(),
-                is_learner: m.learner,
-            })
-            .collect();
-        Ok(Response::new(epb::MemberListResponse { header: c.header_now(), members }))
-    }
-}
 
 #[tonic::async_trait]
 impl Maintenance for EtcdMaintenance {

@@ -6,6 +6,7 @@
 //!
 //! Where raftkv differs from etcd, it says so with a clear error: keys and values are
 //! UTF-8 text, and keys at most 4096 bytes.
+mod cluster;
 mod convert;
 mod kv;
 mod lease;
@@ -15,9 +16,10 @@ mod watch;
 use tonic::metadata::MetadataMap;
 use tonic::{Code, Status};
 
+pub use cluster::EtcdCluster;
 pub use kv::EtcdKv;
 pub use lease::EtcdLease;
-pub use maintenance::{EtcdCluster, EtcdMaintenance};
+pub use maintenance::EtcdMaintenance;
 pub use watch::EtcdWatch;
 
 use crate::config::Member;

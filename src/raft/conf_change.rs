@@ -30,13 +30,16 @@ impl RawNode {
     }
 
     /// Every member of any configuration this node holds (the base's and those in its
-    /// log): who it must still hear from while a change spreads, as the latest
-    /// configuration's `next_id`.
+    /// log): who it must still hear from while a change spreads, with the latest
+    /// configuration's `next_id`. A name removed and added again is known by its
+    /// newest id only.
     pub fn known_members(&self) -> Membership {
         let mut all = self.membership().clone();
-        for m in std::iter::once(&self.conf_base).chain(self.conf_log.iter().map(|(_, m)| m)) {
+        for m in self.conf_log.iter().rev().map(|(_, m)| m).chain(std::iter::once(&self.conf_base)) {
             for (id, member) in &m.members {
-                all.members.entry(*id).or_insert_with(|| member.clone());
+                if !all.members.contains_key(id) && all.id_of(&member.name).is_none() {
+                    all.members.insert(*id, member.clone());
+                }
             }
         }
         all
@@ -71,6 +74,12 @@ impl RawNode {
                 if matched * 10 < committed * PROMOTE_TENTHS {
                     return Err(ConfChangeError::LearnerBehind { id, matched, committed });
                 }
+            }
+        }
+        // Publishing twice changes nothing: answered without an entry.
+        if let ConfChange::Publish(id) = *change {
+            if self.membership().members.get(&id).is_some_and(|m| m.started) {
+                return Ok((self.log.committed, id));
             }
         }
         let (next, id) = self.membership().changed(change)?;
@@ -118,6 +127,8 @@ impl RawNode {
         let folded = self.conf_log.iter().take_while(|&&(i, _)| i <= base).count();
         if let Some((_, m)) = self.conf_log.drain(..folded).next_back() {
             self.conf_base = m;
+            // Members only older configurations knew are forgotten now.
+            self.conf_changed = true;
         }
     }
 

@@ -144,3 +144,20 @@ fn conf_4_1_a_truncated_change_takes_its_configuration_with_it() {
     assert!(!c.nodes[&1].membership().contains(4), "the entry was replaced, and its configuration");
     assert_eq!(c.nodes[&1].membership().members.len(), 3);
 }
+
+#[test]
+fn a_member_recorded_as_started_is_recorded_once() {
+    let mut c = Cluster::new(3);
+    c.elect(1);
+    change(&mut c, 1, ConfChange::Publish(2)).unwrap();
+    c.settle();
+    assert!(c.nodes.values().all(|n| n.membership().members[&2].started));
+    let last = c.nodes[&1].log().last_index();
+    let (index, id) = c.nodes.get_mut(&1).unwrap().propose_conf_change(&ConfChange::Publish(2)).unwrap();
+    assert_eq!((id, c.nodes[&1].log().last_index()), (2, last), "no second entry");
+    assert!(index <= c.nodes[&1].status().commit, "answered with what is already committed");
+    assert_eq!(
+        c.nodes.get_mut(&1).unwrap().propose_conf_change(&ConfChange::Publish(9)),
+        Err(ConfChangeError::NotAMember(9))
+    );
+}

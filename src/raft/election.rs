@@ -16,6 +16,10 @@ impl RawNode {
     }
 
     pub(super) fn start_election(&mut self, transfer: bool) {
+        // A PreVote round may end after this node learned it no longer votes.
+        if !self.promotable() {
+            return;
+        }
         if self.term >= MAX_TERM {
             tracing::error!(term = self.term, "the term is at its limit: this node cannot start an election");
             return;

@@ -24,6 +24,10 @@ pub struct Member {
     pub peer_url: String,
     /// A learner receives the log and snapshots but does not vote or count for commits.
     pub learner: bool,
+    /// The member has started and said so (`ConfChange::Publish`, etcd's "publish"): a
+    /// node that finds itself started while its data directory is empty lost its
+    /// data, and must not take part as if it were new.
+    pub started: bool,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -37,9 +41,15 @@ pub struct Membership {
 /// A change to the membership, as an operator asks for it.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum ConfChange {
-    Add { name: String, peer_url: String, learner: bool },
+    Add {
+        name: String,
+        peer_url: String,
+        learner: bool,
+    },
     Promote(NodeId),
     Remove(NodeId),
+    /// The member has started (sent by the member itself once it knows a leader).
+    Publish(NodeId),
 }
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -54,7 +64,7 @@ impl Membership {
         let members: BTreeMap<NodeId, Member> = members
             .into_iter()
             .enumerate()
-            .map(|(i, (name, peer_url))| (i as NodeId + 1, Member { name, peer_url, learner: false }))
+            .map(|(i, (name, peer_url))| (i as NodeId + 1, Member { name, peer_url, learner: false, started: false }))
             .collect();
         let next_id = members.len() as NodeId + 1;
         Membership { members, next_id }
@@ -64,7 +74,7 @@ impl Membership {
     pub fn of_voters(ids: &[NodeId]) -> Membership {
         let members: BTreeMap<NodeId, Member> = ids
             .iter()
-            .map(|&id| (id, Member { name: id.to_string(), peer_url: String::new(), learner: false }))
+            .map(|&id| (id, Member { name: id.to_string(), peer_url: String::new(), learner: false, started: false }))
             .collect();
         let next_id = ids.iter().max().copied().unwrap_or(0) + 1;
         Membership { members, next_id }
@@ -103,18 +113,20 @@ impl Membership {
             ConfChange::Add { name, peer_url, learner } => {
                 check_name(name)?;
                 check_url(peer_url)?;
-                if self.id_of(name).is_some() {
-                    return Err(ConfChangeError::NameExists(name.clone()));
-                }
                 if self.members.values().any(|m| m.peer_url == *peer_url) {
                     return Err(ConfChangeError::PeerUrlExists(peer_url.clone()));
+                }
+                if self.id_of(name).is_some() {
+                    return Err(ConfChangeError::NameExists(name.clone()));
                 }
                 if self.members.len() >= MAX_MEMBERS {
                     return Err(ConfChangeError::TooManyMembers);
                 }
                 let id = self.next_id;
                 next.next_id += 1;
-                next.members.insert(id, Member { name: name.clone(), peer_url: peer_url.clone(), learner: *learner });
+                let member =
+                    Member { name: name.clone(), peer_url: peer_url.clone(), learner: *learner, started: false };
+                next.members.insert(id, member);
                 Ok((next, id))
             }
             ConfChange::Promote(id) => {
@@ -123,6 +135,11 @@ impl Membership {
                     return Err(ConfChangeError::NotALearner(*id));
                 }
                 m.learner = false;
+                Ok((next, *id))
+            }
+            ConfChange::Publish(id) => {
+                let m = next.members.get_mut(id).ok_or(ConfChangeError::NotAMember(*id))?;
+                m.started = true;
                 Ok((next, *id))
             }
             ConfChange::Remove(id) => {
@@ -143,7 +160,7 @@ impl Membership {
         b.put_u32_le(self.members.len() as u32);
         for (&id, m) in &self.members {
             b.put_u64_le(id);
-            b.put_u8(m.learner as u8);
+            b.put_u8(m.learner as u8 | (m.started as u8) << 1);
             for s in [&m.name, &m.peer_url] {
                 b.put_u16_le(s.len() as u16);
                 b.put_slice(s.as_bytes());
@@ -171,11 +188,11 @@ impl Membership {
         let mut members = BTreeMap::new();
         for _ in 0..count {
             let id = r.u64()?;
-            let learner = match r.u8()? {
-                0 => false,
-                1 => true,
-                _ => return Err(damaged("bad learner flag")),
-            };
+            let flags = r.u8()?;
+            if flags > 3 {
+                return Err(damaged("bad member flags"));
+            }
+            let (learner, started) = (flags & 1 != 0, flags & 2 != 0);
             let name = r.string(MAX_NAME_BYTES)?;
             let peer_url = r.string(MAX_URL_BYTES)?;
             if id == 0 || id >= next_id || members.last_key_value().is_some_and(|(&last, _)| last >= id) {
@@ -184,7 +201,7 @@ impl Membership {
             if name.is_empty() || members.values().any(|m: &Member| m.name == name) {
                 return Err(damaged("member names missing or repeated"));
             }
-            members.insert(id, Member { name, peer_url, learner });
+            members.insert(id, Member { name, peer_url, learner, started });
         }
         if !r.0.is_empty() {
             return Err(damaged("trailing bytes"));
@@ -236,6 +253,8 @@ pub enum ConfChangeError {
     PeerUrlExists(String),
     #[error("member {0:x} not found")]
     NotAMember(NodeId),
+    #[error("member {0:?} not found")]
+    UnknownName(String),
     #[error("member {0:x} is not a learner: can only promote a learner member")]
     NotALearner(NodeId),
     #[error("learner {id:x} is not in sync with the leader (it holds {matched} of {committed} committed entries)")]
@@ -319,7 +338,8 @@ mod tests {
     #[test]
     fn bad_changes_are_refused_and_change_nothing() {
         let m = three();
-        assert_eq!(m.changed(&add("a", true)), Err(ConfChangeError::NameExists("a".into())));
+        let same_name = ConfChange::Add { name: "a".into(), peer_url: "http://elsewhere:2380".into(), learner: true };
+        assert_eq!(m.changed(&same_name), Err(ConfChangeError::NameExists("a".into())));
         let same_url = ConfChange::Add { name: "z".into(), peer_url: "http://a:2380".into(), learner: false };
         assert_eq!(m.changed(&same_url), Err(ConfChangeError::PeerUrlExists("http://a:2380".into())));
         assert_eq!(m.changed(&ConfChange::Promote(2)), Err(ConfChangeError::NotALearner(2)));

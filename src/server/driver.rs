@@ -15,7 +15,9 @@ use super::{Input, Metrics, NodeStatus};
 use crate::error::Error;
 use crate::mvcc::snapshot::Built;
 use crate::mvcc::Store;
-use crate::raft::{Index, Message, MessageBody, NodeId, ProposeError, RawNode, Role, Term, TransferError};
+use crate::raft::{
+    ConfChangeError, Index, Message, MessageBody, NodeId, ProposeError, RawNode, Role, Term, TransferError,
+};
 use crate::transport::convert::Names;
 
 /// Inputs handled per loop iteration before the ready is processed (one batch).
@@ -277,6 +279,25 @@ impl Driver {
                     self.held.push((reply, answer));
                 }
             }
+            Input::ConfChange { change, reply, applied } => match self.core.propose_conf_change(&change) {
+                Ok((index, id)) => {
+                    let st = self.core.status();
+                    if index <= st.applied {
+                        // Nothing to append (a member already recorded as started): the
+                        // answer is what is already applied.
+                        let _ = applied.send(Ok(crate::mvcc::Applied::new(index, st.term, 0)));
+                    } else {
+                        self.proposals.insert(index, (st.term, applied));
+                    }
+                    let _ = reply.send(Ok((index, id)));
+                }
+                Err(ConfChangeError::NotLeader { leader }) => {
+                    let _ = reply.send(Err(self.not_leader(leader)));
+                }
+                Err(e) => {
+                    let _ = reply.send(Err(Error::Membership(e)));
+                }
+            },
             Input::Campaign => self.core.campaign(),
             Input::BecomeFollower => {
                 let term = self.core.status().term;

@@ -76,7 +76,7 @@ impl NodeHandle {
         &self.0.store
     }
 
-    async fn ask<T>(&self, make: impl FnOnce(oneshot::Sender<T>) -> Input) -> Result<T> {
+    pub(super) async fn ask<T>(&self, make: impl FnOnce(oneshot::Sender<T>) -> Input) -> Result<T> {
         let (tx, rx) = oneshot::channel();
         self.0.input.send(make(tx)).await.map_err(|_| Error::Shutdown)?;
         rx.await.map_err(|_| Error::Shutdown)

@@ -1,6 +1,7 @@
 //! A running node: the driver task, the peer and client gRPC servers, and the
 //! handle through which the services reach the core.
 mod applier;
+mod bootstrap;
 mod compactor;
 mod driver;
 mod forward;
@@ -8,11 +9,13 @@ mod forwarder;
 mod handle;
 mod health;
 pub mod lessor;
+mod members;
 mod peers;
 mod persister;
 
 pub use forwarder::to_outcome as batch_outcome;
 pub use handle::NodeHandle;
+pub use peers::peer_addr;
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -59,6 +62,13 @@ pub enum Input {
     /// Hand leadership to `to` (or the most up-to-date follower); answered once this
     /// node has stepped down (at once if `to` is this leader), or with why it could not.
     TransferLeader { to: Option<NodeId>, reply: oneshot::Sender<Result<()>> },
+    /// A configuration change (leader only): answered with its index and the member it
+    /// concerns once appended, and on `applied` once applied (or known lost).
+    ConfChange {
+        change: raft::ConfChange,
+        reply: oneshot::Sender<Result<(Index, NodeId)>>,
+        applied: applier::ProposalReply,
+    },
     /// Start an election now.
     Campaign,
     /// Become a follower now, keeping the term.
@@ -139,6 +149,8 @@ pub enum StartError {
     Storage(#[from] crate::storage::StorageError),
     #[error(transparent)]
     Tls(#[from] crate::tls::TlsError),
+    #[error(transparent)]
+    Bootstrap(#[from] bootstrap::BootstrapError),
     #[error("{0}")]
     Other(String),
 }
@@ -184,29 +196,40 @@ impl Node {
         if cfg.peer_tls.as_ref().is_some_and(|f| !f.client_cert_auth) {
             tracing::warn!("the peer port accepts peers without a certificate (no --peer-client-cert-auth)");
         }
-        // The directory's identity first, then the state machine, then the log, which
+        // An empty data directory: the membership to start from (founding or joined),
+        // after asking the others whether this member already started once.
+        let fresh = crate::storage::is_fresh(&cfg.data_dir)?;
+        let (start_membership, start_id) = if fresh {
+            bootstrap::prepare(&cfg, &founding, peer_client_tls.clone(), faults.as_ref()).await?
+        } else {
+            // A directory from before ids were recorded: its founding position.
+            (founding, cfg.id_of(&cfg.name).expect("validated"))
+        };
+        // The directory's identity first (a new one's is written last, once the state
+        // machine holds its membership), then the state machine, then the log, which
         // restarts after what the state machine durably holds.
-        let (store, storage, recovered, membership) = {
+        let (store, storage, recovered, membership, id) = {
             let dir = cfg.data_dir.clone();
             let (name, cluster) = (cfg.name.clone(), founding_names);
             let (segment_bytes, cache_bytes) = (cfg.wal_segment_bytes, cfg.engine_cache_bytes);
             tokio::task::spawn_blocking(move || {
-                crate::storage::claim_dir(&dir, &name, &cluster)?;
+                let claim = || crate::storage::claim_dir(&dir, &name, &cluster, start_id);
+                let mut id = if fresh { start_id } else { claim()? };
                 let store = Store::open(&dir, cache_bytes).map_err(|e| StartError::Other(e.to_string()))?;
-                // The membership as of what the store holds: the founding members until a
-                // configuration entry is applied; the log's configuration entries follow.
+                // The membership as of what the store holds: the founding (or joined)
+                // members until a configuration entry is applied; the log's follow.
                 let engine_error = |e: crate::mvcc::MvccError| StartError::Other(e.to_string());
-                store.found_membership(&founding).map_err(engine_error)?;
-                let membership = store.membership().map_err(engine_error)?.unwrap_or(founding);
+                store.found_membership(&start_membership).map_err(engine_error)?;
+                let membership = store.membership().map_err(engine_error)?.unwrap_or(start_membership);
+                if fresh {
+                    id = claim()?;
+                }
                 let (storage, recovered) = Storage::open_log(&dir, store.durable(), segment_bytes)?;
-                Ok::<_, StartError>((Arc::new(store), storage, recovered, membership))
+                Ok::<_, StartError>((Arc::new(store), storage, recovered, membership, id))
             })
             .await
             .map_err(|e| StartError::Other(e.to_string()))??
         };
-        // A member keeps the id it was given, founding or added; one no longer a member
-        // keeps its founding id and takes no part (it never campaigns).
-        let id = membership.id_of(&cfg.name).or_else(|| cfg.id_of(&cfg.name)).expect("validated");
         let mut core_cfg = raft::Config::new(id, Vec::new());
         core_cfg.membership = Some(membership);
         core_cfg.election_ticks = cfg.ticks(cfg.election_timeout_ms);
@@ -481,6 +504,7 @@ impl Node {
             tasks.push(tokio::spawn(crate::bridge::serve(socket, handle.clone())));
         }
         tasks.push(tokio::spawn(lessor::run(handle.clone())));
+        tasks.push(tokio::spawn(bootstrap::publish(handle.clone(), shutdown_rx.clone())));
         tasks.push(tokio::spawn(health::report_health(handle.status_watch(), health_reporter, shutdown_rx.clone())));
         if let Some(mode) = cfg.auto_compaction {
             tasks.push(tokio::spawn(compactor::run(handle.clone(), mode, shutdown_rx.clone())));

@@ -7,7 +7,7 @@ use std::fs::{self, File};
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
-use crate::raft::{Entry, HardState, Index, Term};
+use crate::raft::{Entry, HardState, Index, NodeId, Term};
 
 /// Version 2: the state machine is an engine file, no longer snapshot files.
 pub const FORMAT: &str = "raftkv-data-2";
@@ -37,13 +37,15 @@ pub struct Recovered {
     pub entries: Vec<Entry>,
 }
 
-fn meta_text(name: &str, cluster: &[String]) -> String {
+fn meta_text(name: &str, cluster: &[String], id: NodeId) -> String {
     let mut members = cluster.to_vec();
     members.sort();
-    format!("format {FORMAT}\nname {name}\ncluster {}\n", members.join(","))
+    format!("format {FORMAT}\nname {name}\ncluster {}\nid {id}\n", members.join(","))
 }
 
-fn check_meta(path: &Path, text: &str, name: &str, cluster: &[String]) -> Result<(), StorageError> {
+/// Checks a directory's identity; returns the member id it records (`None` in a
+/// directory from before ids were recorded: its founding position).
+fn check_meta(path: &Path, text: &str, name: &str, cluster: &[String]) -> Result<Option<NodeId>, StorageError> {
     let field = |key: &str| {
         text.lines().find_map(|l| l.strip_prefix(key).and_then(|r| r.strip_prefix(' '))).map(str::to_string)
     };
@@ -63,7 +65,24 @@ fn check_meta(path: &Path, text: &str, name: &str, cluster: &[String]) -> Result
     if stored != members.join(",") {
         return Err(refuse(format!("belongs to cluster [{stored}], not [{}]", members.join(","))));
     }
-    Ok(())
+    match field("id") {
+        None => Ok(None),
+        Some(id) => match id.parse::<NodeId>() {
+            Ok(id) if id > 0 => Ok(Some(id)),
+            _ => Err(StorageError::Format { path: path.into(), what: format!("bad member id {id:?}") }),
+        },
+    }
+}
+
+/// Whether `dir` holds no node's data yet: it is missing, or has no `meta` (written
+/// last when a node first starts) and no log.
+pub fn is_fresh(dir: &Path) -> Result<bool, StorageError> {
+    let io = |p: &Path, e| StorageError::Io { path: p.to_path_buf(), source: e };
+    if dir.join("meta").exists() {
+        return Ok(false);
+    }
+    let wal_dir = dir.join("wal");
+    Ok(!(wal_dir.exists() && fs::read_dir(&wal_dir).map_err(|e| io(&wal_dir, e))?.next().is_some()))
 }
 
 fn write_meta(dir: &Path, text: &str) -> Result<(), StorageError> {
@@ -77,15 +96,16 @@ fn write_meta(dir: &Path, text: &str) -> Result<(), StorageError> {
 }
 
 /// Checks that `dir` is the data directory of node `name` in a cluster of `cluster`
-/// (member names), or makes it one when it does not exist or is empty. Refuses a
-/// directory of another node or cluster, or an unknown format.
-pub fn claim_dir(dir: &Path, name: &str, cluster: &[String]) -> Result<(), StorageError> {
+/// (member names), or makes it one, as member `id`, when it does not exist or is empty.
+/// Refuses a directory of another node or cluster, or an unknown format. Returns the
+/// member id the directory records (`id` for a new one or one from before ids).
+pub fn claim_dir(dir: &Path, name: &str, cluster: &[String], id: NodeId) -> Result<NodeId, StorageError> {
     let io = |p: &Path, e| StorageError::Io { path: p.to_path_buf(), source: e };
     fs::create_dir_all(dir).map_err(|e| io(dir, e))?;
     let meta = dir.join("meta");
     if meta.exists() {
         let text = fs::read_to_string(&meta).map_err(|e| io(&meta, e))?;
-        return check_meta(&meta, &text, name, cluster);
+        return Ok(check_meta(&meta, &text, name, cluster)?.unwrap_or(id));
     }
     let wal_dir = dir.join("wal");
     if wal_dir.exists() && fs::read_dir(&wal_dir).map_err(|e| io(&wal_dir, e))?.next().is_some() {
@@ -97,14 +117,15 @@ pub fn claim_dir(dir: &Path, name: &str, cluster: &[String]) -> Result<(), Stora
             what: format!("holds snapshot files of an older raftkv, not format {FORMAT}"),
         });
     }
-    write_meta(dir, &meta_text(name, cluster))
+    write_meta(dir, &meta_text(name, cluster, id))?;
+    Ok(id)
 }
 
 impl Storage {
     /// Opens the data directory of node `name` in a cluster of `cluster` (see
     /// `claim_dir`) with an empty state machine.
     pub fn open(dir: &Path, name: &str, cluster: &[String]) -> Result<(Storage, Recovered), StorageError> {
-        claim_dir(dir, name, cluster)?;
+        claim_dir(dir, name, cluster, 1)?;
         Self::open_log(dir, (0, 0), wal::SEGMENT_BYTES)
     }
 
@@ -309,7 +330,7 @@ mod tests {
         let d = tempfile::tempdir().unwrap();
         let hs = HardState { term: 3, vote: Some(2), commit: 200 };
         {
-            claim_dir(d.path(), "a", &members()).unwrap();
+            claim_dir(d.path(), "a", &members(), 1).unwrap();
             let (mut s, _) = Storage::open_log(d.path(), (0, 0), 512).unwrap();
             for batch in 0..20u64 {
                 let es: Vec<Entry> = (1..=10).map(|i| entry(batch * 10 + i, 3)).collect();
@@ -333,7 +354,7 @@ mod tests {
         assert!(matches!(e, StorageError::Corrupt { .. }), "{e}");
         // Nor can a state machine without the log's term and vote.
         let empty = tempfile::tempdir().unwrap();
-        claim_dir(empty.path(), "a", &members()).unwrap();
+        claim_dir(empty.path(), "a", &members(), 1).unwrap();
         let e = Storage::open_log(empty.path(), (180, 3), 512).err().expect("refused");
         assert!(e.to_string().contains("no term or vote"), "{e}");
     }
@@ -356,7 +377,7 @@ mod tests {
     #[test]
     fn batches_written_together_share_one_fdatasync_and_all_recover_across_segments() {
         let d = tempfile::tempdir().unwrap();
-        claim_dir(d.path(), "a", &members()).unwrap();
+        claim_dir(d.path(), "a", &members(), 1).unwrap();
         {
             let (mut s, _) = Storage::open_log(d.path(), (0, 0), 512).unwrap();
             // A group: a vote, entries, a suffix replaced, commit-only moves.

@@ -4,7 +4,9 @@ use std::sync::{Arc, RwLock};
 use tonic::Status;
 
 use crate::proto as pb;
-use crate::raft::{Entry, EntryKind, Index, Membership, Message, MessageBody, NodeId, Term, MAX_INDEX, MAX_TERM};
+use crate::raft::{
+    ConfChange, Entry, EntryKind, Index, Membership, Message, MessageBody, NodeId, Term, MAX_INDEX, MAX_TERM,
+};
 
 /// The members by id and name, as the core last reported them (the driver updates
 /// them), shared by everything that meets the wire: the configuration in force, and
@@ -299,4 +301,39 @@ pub fn append_response_from_pb(r: pb::AppendEntriesResponse, me: NodeId, peer: N
             round: r.round,
         },
     })
+}
+
+/// A configuration change, for forwarding to the leader.
+pub fn conf_change_to_pb(change: &ConfChange) -> pb::ChangeMembershipRequest {
+    use pb::change_membership_request::Kind;
+    match change {
+        ConfChange::Add { name, peer_url, learner } => pb::ChangeMembershipRequest {
+            kind: Kind::Add as i32,
+            name: name.clone(),
+            peer_url: peer_url.clone(),
+            learner: *learner,
+            id: 0,
+        },
+        ConfChange::Promote(id) => {
+            pb::ChangeMembershipRequest { kind: Kind::Promote as i32, id: *id, ..Default::default() }
+        }
+        ConfChange::Remove(id) => {
+            pb::ChangeMembershipRequest { kind: Kind::Remove as i32, id: *id, ..Default::default() }
+        }
+        ConfChange::Publish(id) => {
+            pb::ChangeMembershipRequest { kind: Kind::Publish as i32, id: *id, ..Default::default() }
+        }
+    }
+}
+
+/// A forwarded configuration change; its names and URLs are checked by the leader's core.
+pub fn conf_change_from_pb(r: pb::ChangeMembershipRequest) -> Result<ConfChange, Status> {
+    use pb::change_membership_request::Kind;
+    match Kind::try_from(r.kind) {
+        Ok(Kind::Add) => Ok(ConfChange::Add { name: r.name, peer_url: r.peer_url, learner: r.learner }),
+        Ok(Kind::Promote) => Ok(ConfChange::Promote(r.id)),
+        Ok(Kind::Remove) => Ok(ConfChange::Remove(r.id)),
+        Ok(Kind::Publish) => Ok(ConfChange::Publish(r.id)),
+        Err(_) => Err(Status::invalid_argument(format!("unknown configuration change kind {}", r.kind))),
+    }
 }

@@ -218,6 +218,30 @@ impl pb::raft_server::Raft for RaftService {
         crate::api::transfer_leader(&self.node, req).await
     }
 
+    async fn change_membership(
+        &self,
+        req: Request<pb::ChangeMembershipRequest>,
+    ) -> Result<Response<pb::ChangeMembershipResponse>, Status> {
+        self.check_member(&req)?;
+        let deadline = crate::api::deadline(&req);
+        let change = convert::conf_change_from_pb(req.into_inner())?;
+        let (id, index) = self.node.change_membership_here(change, deadline).await?;
+        Ok(Response::new(pb::ChangeMembershipResponse { id, index }))
+    }
+
+    /// Answered to anyone who reaches the peer port (with peer TLS, a member's
+    /// certificate): the membership is no secret among members, and a node joining
+    /// needs it before it is one.
+    async fn membership(
+        &self,
+        req: Request<pb::MembershipRequest>,
+    ) -> Result<Response<pb::MembershipResponse>, Status> {
+        self.check_member(&req)?;
+        let st = self.node.status();
+        let membership = self.node.membership().encode().to_vec();
+        Ok(Response::new(pb::MembershipResponse { membership, term: st.term, commit: st.commit }))
+    }
+
     async fn client_urls(
         &self,
         req: Request<pb::ClientUrlsRequest>,

@@ -166,6 +166,17 @@ impl TestCluster {
         }
     }
 
+    /// Waits until every member has recorded that it started (each does so, through
+    /// the log, once it knows a leader): tests that count log entries start after it.
+    pub async fn wait_started(&self) {
+        let deadline = tokio::time::Instant::now() + WAIT;
+        let all_started = |i: usize| self.handle(i).membership().members.values().all(|m| m.started);
+        while !self.live().into_iter().all(all_started) {
+            assert!(tokio::time::Instant::now() < deadline, "members did not record their start within {WAIT:?}");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
     pub fn handle(&self, i: usize) -> &NodeHandle {
         self.nodes[i].as_ref().expect("node is running").handle()
     }
@@ -278,12 +289,47 @@ impl TestCluster {
 
     /// Starts a stopped node again from its data directory, on its old addresses.
     pub async fn restart(&mut self, i: usize) {
+        self.try_start(i).await.expect("restarts");
+    }
+
+    /// Starts a stopped (or new) node on its addresses; its start-up error, if any.
+    pub async fn try_start(&mut self, i: usize) -> Result<(), raftkv::server::StartError> {
         assert!(self.nodes[i].is_none(), "node {i} is running");
         let cl = TcpListener::bind(&self.client_addrs[i]).await.expect("client address free again");
         let pl = TcpListener::bind(&self.peer_addrs[i]).await.expect("peer address free again");
-        let node = Node::start(self.cfgs[i].clone(), cl, pl, None, Some(self.faults.clone())).await.expect("restarts");
+        let node = Node::start(self.cfgs[i].clone(), cl, pl, None, Some(self.faults.clone())).await?;
         monitor(node.handle().clone(), self.leaders.clone());
         self.nodes[i] = Some(node);
+        Ok(())
+    }
+
+    /// Addresses and a configuration for a new node `name` that joins the running
+    /// cluster (`--initial-cluster-state existing`, the others in `--initial-cluster`),
+    /// not started: add it as a member first, then `try_start` it. Returns its index and
+    /// peer URL.
+    pub async fn new_member(&mut self, name: &str) -> (usize, String) {
+        let client = TcpListener::bind("127.0.0.1:0").await.unwrap().local_addr().unwrap().to_string();
+        let peer = TcpListener::bind("127.0.0.1:0").await.unwrap().local_addr().unwrap().to_string();
+        let mut members = self.cfgs[0].members.clone();
+        members.push(Member { name: name.into(), peer_addr: peer.clone() });
+        let cfg = NodeConfig {
+            name: name.into(),
+            members,
+            data_dir: self._data.path().join(name),
+            initial_cluster_state: raftkv::config::ClusterState::Existing,
+            ..self.cfgs[0].clone()
+        };
+        self.names.push(name.into());
+        self.cfgs.push(cfg);
+        self.client_addrs.push(client);
+        self.peer_addrs.push(peer.clone());
+        self.nodes.push(None);
+        (self.nodes.len() - 1, format!("http://{peer}"))
+    }
+
+    /// Node `i` starts next time with `--initial-cluster-state state`.
+    pub fn set_cluster_state(&mut self, i: usize, state: raftkv::config::ClusterState) {
+        self.cfgs[i].initial_cluster_state = state;
     }
 
     pub fn partition(&self, group: &[usize]) {

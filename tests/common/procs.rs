@@ -20,6 +20,8 @@ pub struct Procs {
     pub views: Vec<Vec<String>>,
     pub children: Vec<Option<Child>>,
     pub data: tempfile::TempDir,
+    /// Flags of one node only (`--initial-cluster-state existing` for a joining one).
+    pub own: Vec<Vec<String>>,
 }
 
 impl Drop for Procs {
@@ -56,7 +58,8 @@ impl Procs {
         let views = vec![peers.clone(); n];
         let data = tempfile::tempdir().unwrap();
         let extra = extra.iter().map(|s| s.to_string()).collect();
-        Procs { extra, names, clients, peers, views, children: (0..n).map(|_| None).collect(), data }
+        let own = vec![Vec::new(); n];
+        Procs { extra, names, clients, peers, views, children: (0..n).map(|_| None).collect(), data, own }
     }
 
     pub fn spawn_all(mut p: Procs) -> Procs {
@@ -84,12 +87,47 @@ impl Procs {
             // really compacted (segments deleted) after each.
             .args(["--snapshot-entries", "40", "--wal-segment-bytes", "16384"])
             .args(&self.extra)
+            .args(&self.own[i])
             .env("RUST_LOG", "info")
             .stdout(Stdio::null())
             .stderr(log)
             .spawn()
             .expect("raftkv serve starts");
         self.children[i] = Some(child);
+    }
+
+    /// Addresses for a new node `name` with flags `own` of its own, not started; its
+    /// `--initial-cluster` lists every node. Returns its index.
+    pub fn add_node(&mut self, name: &str, own: &[&str]) -> usize {
+        self.names.push(name.into());
+        self.clients.push(format!("127.0.0.1:{}", free_port()));
+        let peer = format!("127.0.0.1:{}", free_port());
+        for v in &mut self.views {
+            v.push(peer.clone());
+        }
+        self.peers.push(peer);
+        self.views.push(self.peers.clone());
+        self.children.push(None);
+        self.own.push(own.iter().map(|s| s.to_string()).collect());
+        self.names.len() - 1
+    }
+
+    /// Waits for node `i`'s process to exit by itself; its exit code.
+    pub fn wait_exit(&mut self, i: usize) -> Option<i32> {
+        let deadline = Instant::now() + WAIT;
+        let child = self.children[i].as_mut().expect("started");
+        loop {
+            if let Some(status) = child.try_wait().unwrap() {
+                self.children[i] = None;
+                return status.code();
+            }
+            assert!(Instant::now() < deadline, "node {i} still runs after {WAIT:?}");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    pub fn log(&self, i: usize) -> String {
+        std::fs::read_to_string(self.data.path().join(format!("{}.log", self.names[i]))).unwrap_or_default()
     }
 
     pub fn kill(&mut self, i: usize) {

@@ -1,0 +1,56 @@
+//! Configuration changes asked of any node: carried out by the leader, wherever it
+//! is, and answered once the change is applied on the node asked too (so that what it
+//! then lists shows the change).
+use std::time::{Duration, Instant};
+
+use tokio::sync::oneshot;
+
+use super::{forward, Input, NodeHandle};
+use crate::error::{Error, Result};
+use crate::raft::{ConfChange, ConfChangeError, Index, Membership, NodeId};
+use crate::transport::{convert, PeerClient};
+
+impl NodeHandle {
+    /// The configuration in force, as this node knows it.
+    pub fn membership(&self) -> std::sync::Arc<Membership> {
+        self.0.names.membership()
+    }
+
+    /// The id of the member named `name` in the configuration in force.
+    pub fn member_named(&self, name: &str) -> Result<NodeId> {
+        self.membership().id_of(name).ok_or_else(|| Error::Membership(ConfChangeError::UnknownName(name.into())))
+    }
+
+    /// Makes `change` through the leader, wherever it is. Answers with the id of the
+    /// member it concerns (a new member's new id) once it is applied there and here.
+    pub async fn change_membership(&self, change: ConfChange, deadline: Duration) -> Result<NodeId> {
+        let start = Instant::now();
+        let here = || self.change_membership_here(change.clone(), deadline);
+        let remote = |_, mut client: PeerClient| {
+            let req = convert::conf_change_to_pb(&change);
+            async move {
+                let r = client.change_membership(req).await.map_err(forward::remote_error)?.into_inner();
+                Ok((r.id, r.index))
+            }
+        };
+        let (id, index) = self.via_leader(deadline, here, remote).await?;
+        let left = deadline.saturating_sub(start.elapsed());
+        tokio::time::timeout(left, self.wait_applied(index)).await.map_err(|_| Error::Timeout)??;
+        Ok(id)
+    }
+
+    /// On the leader: appends `change` and waits until it is applied. Answers with the
+    /// member it concerns and the change's index.
+    pub async fn change_membership_here(&self, change: ConfChange, deadline: Duration) -> Result<(NodeId, Index)> {
+        let work = async {
+            let (applied, on_applied) = oneshot::channel();
+            let (index, id) = self.ask(|reply| Input::ConfChange { change, reply, applied }).await??;
+            // Handed over and appended, then dropped unanswered: it may still commit.
+            on_applied
+                .await
+                .map_err(|_| Error::OutcomeUnknown("the node stopped before the change committed".into()))??;
+            Ok((id, index))
+        };
+        tokio::time::timeout(deadline, work).await.map_err(|_| Error::Timeout)?
+    }
+}
