@@ -68,6 +68,9 @@ pub struct NodeConfig {
     /// members of `members` (`New`), or joins a running one that already lists it
     /// (`Existing`, after `member add`): etcd's `--initial-cluster-state`.
     pub initial_cluster_state: ClusterState,
+    /// How long a node with an empty data directory waits for the other members to
+    /// say what they know of it (etcd's bootstrap timeout, 1 s by default).
+    pub bootstrap_timeout: Duration,
     /// The longest (and default) time to live of a client session: it expires after
     /// this much log time without a write (`--client-session-ttl`).
     pub session_ttl: Duration,
@@ -175,6 +178,7 @@ impl NodeConfig {
             advertise_client_urls: Vec::new(),
             watch_progress_interval: DEFAULT_WATCH_PROGRESS_NOTIFY_INTERVAL,
             initial_cluster_state: ClusterState::New,
+            bootstrap_timeout: Duration::from_secs(1),
             session_ttl: Duration::from_secs(DEFAULT_SESSION_TTL_SECS),
             max_sessions: DEFAULT_MAX_SESSIONS,
         }

@@ -96,6 +96,12 @@ async fn a_learner_joins_is_promoted_and_a_dead_member_is_replaced_under_writes(
     for i in [leader, follower, n4, n5] {
         assert_all_present(&c, i, &acked).await;
     }
+    // A member asked to remove itself answers once the removal is committed (it is
+    // not sent the change, so it cannot wait to apply it).
+    let follower_name = c.names[follower].clone();
+    change(&client, Op::Remove(follower_name.clone())).await;
+    c.stop(follower).await;
+    wait_membership(&c, "the follower gone", |m| m.id_of(&follower_name).is_none()).await;
     c.assert_one_leader_per_term();
     c.shutdown().await;
 }
@@ -114,6 +120,8 @@ async fn a_member_whose_data_was_lost_is_refused_until_removed_and_added_again()
     let name = c.names[victim].clone();
     c.stop(victim).await;
     std::fs::remove_dir_all(c.data_dir(victim)).unwrap();
+    // The others are up: their answers come well within this.
+    c.set_bootstrap_timeout(victim, WAIT);
 
     // As a founding member of a new cluster: refused, and the directory stays empty.
     let e = c.try_start(victim).await.expect_err("an empty directory of a started member is refused");
@@ -143,24 +151,27 @@ async fn a_member_whose_data_was_lost_is_refused_until_removed_and_added_again()
 async fn bad_membership_requests_are_refused_and_change_nothing() {
     let c = TestCluster::start(3).await;
     let leader = c.wait_leader().await;
+    c.wait_started().await;
     let follower = (0..3).find(|&i| i != leader).unwrap();
     let mut client = c.client(follower).await;
     let before = client.member_list(pb::MemberListRequest {}).await.unwrap().into_inner().members;
     let taken = format!("http://{}", c.peer_addrs[leader]);
     type Answer = Result<tonic::Response<pb::MemberListResponse>, tonic::Status>;
-    let cases: Vec<(&str, Answer, Code)> = vec![
-        ("an existing name", client.member_add(add("n1", "http://127.0.0.1:1", true)).await, Code::FailedPrecondition),
-        ("an existing peer URL", client.member_add(add("n9", &taken, true)).await, Code::FailedPrecondition),
-        ("a URL without a port", client.member_add(add("n9", "http://host", true)).await, Code::InvalidArgument),
-        ("a URL without a scheme", client.member_add(add("n9", "host:1", true)).await, Code::InvalidArgument),
-        ("an empty name", client.member_add(add("", "http://127.0.0.1:1", true)).await, Code::InvalidArgument),
-        ("promoting a voter", client.member_promote(named("n2")).await, Code::FailedPrecondition),
-        ("promoting an unknown member", client.member_promote(named("zz")).await, Code::NotFound),
-        ("removing an unknown member", client.member_remove(named("zz")).await, Code::NotFound),
+    let fp = Code::FailedPrecondition;
+    let cases: Vec<(&str, Answer, Code, &str)> = vec![
+        ("an existing name", client.member_add(add("n1", "http://127.0.0.1:1", true)).await, fp, "already exists"),
+        ("an existing peer URL", client.member_add(add("n9", &taken, true)).await, fp, "peer URL"),
+        ("a URL without a port", client.member_add(add("n9", "http://host", true)).await, Code::InvalidArgument, "URL"),
+        ("a URL without a scheme", client.member_add(add("n9", "host:1", true)).await, Code::InvalidArgument, "URL"),
+        ("an empty name", client.member_add(add("", "http://127.0.0.1:1", true)).await, Code::InvalidArgument, "name"),
+        ("promoting a voter", client.member_promote(named("n2")).await, fp, "not a learner"),
+        ("promoting an unknown member", client.member_promote(named("zz")).await, Code::NotFound, "not found"),
+        ("removing an unknown member", client.member_remove(named("zz")).await, Code::NotFound, "not found"),
     ];
-    for (what, r, code) in cases {
+    for (what, r, code, text) in cases {
         let e = r.expect_err(what);
         assert_eq!(e.code(), code, "{what}: {e:?}");
+        assert!(e.message().contains(text), "{what}: {e:?}");
     }
     let after = client.member_list(pb::MemberListRequest {}).await.unwrap().into_inner().members;
     assert_eq!(before, after, "a refused change changed the membership");

@@ -36,6 +36,9 @@ pub struct ServeArgs {
     /// `raftkv member add`), learning the membership from the members it names.
     #[arg(long, env = "RAFTKV_INITIAL_CLUSTER_STATE", value_enum, default_value = "new")]
     pub initial_cluster_state: raftkv::config::ClusterState,
+    /// With an empty data directory: how long to wait for the other members' answers.
+    #[arg(long, env = "RAFTKV_BOOTSTRAP_TIMEOUT_MS", default_value_t = 1000)]
+    pub bootstrap_timeout_ms: u64,
     /// Minimum election timeout; each timeout is drawn from [min, 2*min).
     #[arg(long, env = "RAFTKV_ELECTION_TIMEOUT_MS", default_value_t = 150)]
     pub election_timeout_ms: u64,
@@ -212,6 +215,7 @@ fn config(args: &ServeArgs) -> Result<NodeConfig, String> {
         session_ttl: std::time::Duration::from_secs(args.client_session_ttl),
         max_sessions: args.max_client_sessions,
         initial_cluster_state: args.initial_cluster_state,
+        bootstrap_timeout: std::time::Duration::from_millis(args.bootstrap_timeout_ms),
         client_tls: tls_files(&args.cert_file, &args.key_file, &args.trusted_ca_file, args.client_cert_auth),
         peer_tls: tls_files(
             &args.peer_cert_file,

@@ -55,7 +55,8 @@ impl RawNode {
     }
 
     /// Leader: appends a configuration change, replicated at once. Returns the entry's
-    /// index and the id of the member it concerns (a new member's new id).
+    /// index and the id of the member it concerns (a new member's new id); index 0
+    /// when there was nothing to append (a member already recorded as started).
     pub fn propose_conf_change(&mut self, change: &ConfChange) -> Result<(Index, NodeId), ConfChangeError> {
         if self.role != Role::Leader {
             return Err(ConfChangeError::NotLeader { leader: self.leader });
@@ -79,7 +80,7 @@ impl RawNode {
         // Publishing twice changes nothing: answered without an entry.
         if let ConfChange::Publish(id) = *change {
             if self.membership().members.get(&id).is_some_and(|m| m.started) {
-                return Ok((self.log.committed, id));
+                return Ok((0, id));
             }
         }
         let (next, id) = self.membership().changed(change)?;

@@ -15,9 +15,7 @@ use crate::proto as pb;
 use crate::raft::{ConfChange, Membership, NodeId};
 use crate::transport::{self, Faults};
 
-/// How long each member is given to answer.
-const ASK_WAIT: Duration = Duration::from_secs(2);
-/// How long a joining node waits for any member to answer.
+/// How long a joining node waits for a member that lists it.
 const JOIN_WAIT: Duration = Duration::from_secs(60);
 
 #[derive(Debug, thiserror::Error)]
@@ -34,22 +32,33 @@ pub enum BootstrapError {
     NoAnswer(Duration),
 }
 
-/// The membership each other member of `--initial-cluster` reports, from those that
-/// answer within `ASK_WAIT`: (its name, its membership).
+/// What a member answered: its name, the membership it knows, and its term and
+/// commit index (how fresh that is).
+struct Answer {
+    peer: String,
+    membership: Membership,
+    fresh: (u64, u64),
+}
+
+/// The answers of the other members of `--initial-cluster` that answer within
+/// `--bootstrap-timeout`, freshest first.
 async fn ask_members(
     cfg: &NodeConfig,
     tls: Option<Arc<crate::tls::Reloading<rustls::ClientConfig>>>,
     faults: Option<&Faults>,
-) -> Vec<(String, Membership)> {
+) -> Vec<Answer> {
+    let wait = cfg.bootstrap_timeout;
     let asks = cfg.members.iter().filter(|m| m.name != cfg.name).filter_map(|m| {
         let client = transport::connect(&m.peer_addr, &cfg.name, &m.name, faults, tls.clone()).ok()?;
         Some(async move {
             let mut client = client;
             let mut req = tonic::Request::new(pb::MembershipRequest {});
-            req.set_timeout(ASK_WAIT);
-            let answer = tokio::time::timeout(ASK_WAIT, client.membership(req)).await.ok()?.ok()?;
-            match Membership::decode(&answer.into_inner().membership) {
-                Ok(membership) => Some((m.name.clone(), membership)),
+            req.set_timeout(wait);
+            let answer = tokio::time::timeout(wait, client.membership(req)).await.ok()?.ok()?.into_inner();
+            match Membership::decode(&answer.membership) {
+                Ok(membership) => {
+                    Some(Answer { peer: m.name.clone(), membership, fresh: (answer.term, answer.commit) })
+                }
                 Err(e) => {
                     tracing::warn!(member = %m.name, "refused the membership it sent: {e}");
                     None
@@ -57,46 +66,62 @@ async fn ask_members(
             }
         })
     });
-    futures::future::join_all(asks).await.into_iter().flatten().collect()
-}
-
-/// This node's id in `m`, unless `m` lists it as started already or not at all.
-fn place_in(m: &Membership, name: &str, peer: &str) -> Result<NodeId, BootstrapError> {
-    let id = m.id_of(name).ok_or_else(|| BootstrapError::NotListed { name: name.into(), peer: peer.into() })?;
-    if m.members[&id].started {
-        return Err(BootstrapError::AlreadyBootstrapped { name: name.into(), id });
-    }
-    Ok(id)
+    let mut answers: Vec<Answer> = futures::future::join_all(asks).await.into_iter().flatten().collect();
+    answers.sort_by_key(|a| std::cmp::Reverse(a.fresh));
+    answers
 }
 
 /// For a node whose data directory is empty: the membership it starts from and its id.
+/// The freshest answer (highest term, then commit index) decides: a member that lags
+/// may not know of a change yet.
 pub async fn prepare(
     cfg: &NodeConfig,
     founding: &Membership,
     tls: Option<Arc<crate::tls::Reloading<rustls::ClientConfig>>>,
     faults: Option<&Faults>,
 ) -> Result<(Membership, NodeId), BootstrapError> {
+    let name = cfg.name.clone();
     match cfg.initial_cluster_state {
         ClusterState::New => {
-            // Members that do not answer are starting too (or down): nothing to learn.
-            for (peer, m) in ask_members(cfg, tls, faults).await {
-                place_in(&m, &cfg.name, &peer)?;
+            // Members that do not answer are starting too (or down): the founding
+            // membership. One that answers knows better (a cluster already running, a
+            // member added to it since): its membership, if it lists this node.
+            match ask_members(cfg, tls, faults).await.into_iter().next() {
+                None => Ok((founding.clone(), founding.id_of(&name).expect("validated: in --initial-cluster"))),
+                Some(a) => {
+                    let id = a
+                        .membership
+                        .id_of(&name)
+                        .ok_or_else(|| BootstrapError::NotListed { name: name.clone(), peer: a.peer.clone() })?;
+                    if a.membership.members[&id].started {
+                        return Err(BootstrapError::AlreadyBootstrapped { name, id });
+                    }
+                    Ok((a.membership, id))
+                }
             }
-            let id = founding.id_of(&cfg.name).expect("validated: the name is in --initial-cluster");
-            Ok((founding.clone(), id))
         }
         ClusterState::Existing => {
             let give_up = Instant::now() + JOIN_WAIT;
             loop {
-                if let Some((peer, m)) = ask_members(cfg, tls.clone(), faults).await.into_iter().next() {
-                    let id = place_in(&m, &cfg.name, &peer)?;
-                    tracing::info!(from = %peer, id = format!("{id:x}"), members = m.members.len(), "joining the cluster");
-                    return Ok((m, id));
+                let freshest = ask_members(cfg, tls.clone(), faults).await.into_iter().next();
+                if let Some(a) = &freshest {
+                    if let Some(id) = a.membership.id_of(&name) {
+                        if a.membership.members[&id].started {
+                            return Err(BootstrapError::AlreadyBootstrapped { name, id });
+                        }
+                        tracing::info!(from = %a.peer, id = format!("{id:x}"), members = a.membership.members.len(), "joining the cluster");
+                        return Ok((a.membership.clone(), id));
+                    }
                 }
+                // Not listed yet (the member asked may not have the change yet), or
+                // nobody answered: asked again, for a while.
                 if Instant::now() > give_up {
-                    return Err(BootstrapError::NoAnswer(JOIN_WAIT));
+                    return Err(match freshest {
+                        Some(a) => BootstrapError::NotListed { name, peer: a.peer },
+                        None => BootstrapError::NoAnswer(JOIN_WAIT),
+                    });
                 }
-                tracing::info!("waiting for a member of --initial-cluster to answer");
+                tracing::info!("waiting for a member of --initial-cluster that lists this node");
                 tokio::time::sleep(Duration::from_secs(1)).await;
             }
         }
@@ -104,27 +129,30 @@ pub async fn prepare(
 }
 
 /// Once it knows a leader, a member records that it has started (`Publish`), retrying
-/// until that is committed; a member already recorded does nothing.
+/// until that is committed; a member already recorded does nothing, and one that is
+/// not in its own configuration (removed, or a joining node still replaying older
+/// configurations) waits until it is.
 pub async fn publish(node: NodeHandle, mut shutdown: watch::Receiver<bool>) {
     let me = node.id();
     let pause = node.0.election_timeout;
     loop {
-        if node.membership().members.get(&me).is_some_and(|m| m.started) {
-            return;
-        }
-        match node.change_membership(ConfChange::Publish(me), pause * 10).await {
-            Ok(_) => {
-                tracing::info!("recorded in the membership as started");
-                return;
-            }
-            Err(e) => {
-                let status = tonic::Status::from(e);
-                if status.code() == tonic::Code::NotFound {
-                    tracing::warn!("this node is not a member of the cluster (removed?): {}", status.message());
-                    return;
+        match node.membership().members.get(&me) {
+            Some(m) if m.started => return,
+            Some(_) => {
+                let attempt = node.change_membership(ConfChange::Publish(me), pause * 10);
+                let result = tokio::select! {
+                    _ = shutdown.wait_for(|s| *s) => return,
+                    r = attempt => r,
+                };
+                match result {
+                    Ok(_) => {
+                        tracing::info!("recorded in the membership as started");
+                        return;
+                    }
+                    Err(e) => tracing::debug!("recording this member as started: {e}; retrying"),
                 }
-                tracing::debug!("recording this member as started: {}; retrying", status.message());
             }
+            None => {}
         }
         tokio::select! {
             _ = shutdown.wait_for(|s| *s) => return,

@@ -281,13 +281,12 @@ impl Driver {
             }
             Input::ConfChange { change, reply, applied } => match self.core.propose_conf_change(&change) {
                 Ok((index, id)) => {
-                    let st = self.core.status();
-                    if index <= st.applied {
-                        // Nothing to append (a member already recorded as started): the
-                        // answer is what is already applied.
-                        let _ = applied.send(Ok(crate::mvcc::Applied::new(index, st.term, 0)));
+                    let term = self.core.status().term;
+                    if index == 0 {
+                        // Nothing was appended (a member already recorded as started).
+                        let _ = applied.send(Ok(crate::mvcc::Applied::new(0, term, 0)));
                     } else {
-                        self.proposals.insert(index, (st.term, applied));
+                        self.proposals.insert(index, (term, applied));
                     }
                     let _ = reply.send(Ok((index, id)));
                 }

@@ -10,6 +10,9 @@ use crate::error::{Error, Result};
 use crate::raft::{ConfChange, ConfChangeError, Index, Membership, NodeId};
 use crate::transport::{convert, PeerClient};
 
+/// How often a leader retries a change while another one is still in progress.
+const PENDING_RETRY: Duration = Duration::from_millis(20);
+
 impl NodeHandle {
     /// The configuration in force, as this node knows it.
     pub fn membership(&self) -> std::sync::Arc<Membership> {
@@ -22,29 +25,44 @@ impl NodeHandle {
     }
 
     /// Makes `change` through the leader, wherever it is. Answers with the id of the
-    /// member it concerns (a new member's new id) once it is applied there and here.
+    /// member it concerns (a new member's new id) once it is applied there and here
+    /// (a node removing itself is not sent the change: it answers once committed).
     pub async fn change_membership(&self, change: ConfChange, deadline: Duration) -> Result<NodeId> {
         let start = Instant::now();
         let here = || self.change_membership_here(change.clone(), deadline);
         let remote = |_, mut client: PeerClient| {
             let req = convert::conf_change_to_pb(&change);
             async move {
-                let r = client.change_membership(req).await.map_err(forward::remote_error)?.into_inner();
+                // A transport failure with the request on its way may have left the
+                // change appended: outcome unknown, not "not applied".
+                let r = client.change_membership(req).await.map_err(forward::remote_write_error)?.into_inner();
                 Ok((r.id, r.index))
             }
         };
         let (id, index) = self.via_leader(deadline, here, remote).await?;
-        let left = deadline.saturating_sub(start.elapsed());
-        tokio::time::timeout(left, self.wait_applied(index)).await.map_err(|_| Error::Timeout)??;
+        if change != ConfChange::Remove(self.id()) {
+            let left = deadline.saturating_sub(start.elapsed());
+            tokio::time::timeout(left, self.wait_applied(index)).await.map_err(|_| Error::Timeout)??;
+        }
         Ok(id)
     }
 
-    /// On the leader: appends `change` and waits until it is applied. Answers with the
-    /// member it concerns and the change's index.
+    /// On the leader: appends `change` (waiting while another change is in progress)
+    /// and waits until it is applied. Answers with the member it concerns and the
+    /// change's index (0: nothing had to be appended).
     pub async fn change_membership_here(&self, change: ConfChange, deadline: Duration) -> Result<(NodeId, Index)> {
         let work = async {
-            let (applied, on_applied) = oneshot::channel();
-            let (index, id) = self.ask(|reply| Input::ConfChange { change, reply, applied }).await??;
+            let (index, id, on_applied) = loop {
+                let (applied, on_applied) = oneshot::channel();
+                let change = change.clone();
+                match self.ask(|reply| Input::ConfChange { change, reply, applied }).await? {
+                    Ok((index, id)) => break (index, id, on_applied),
+                    // One change at a time: the one in progress commits within a round
+                    // trip or two (or a new leader commits its first entry).
+                    Err(Error::Membership(ConfChangeError::Pending)) => tokio::time::sleep(PENDING_RETRY).await,
+                    Err(e) => return Err(e),
+                }
+            };
             // Handed over and appended, then dropped unanswered: it may still commit.
             on_applied
                 .await

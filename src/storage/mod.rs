@@ -62,8 +62,10 @@ fn check_meta(path: &Path, text: &str, name: &str, cluster: &[String]) -> Result
     let mut members = cluster.to_vec();
     members.sort();
     let stored = field("cluster").unwrap_or_default();
+    // Once a node has started, the membership it holds decides who the members are;
+    // --initial-cluster only says where to find them, and may list others now.
     if stored != members.join(",") {
-        return Err(refuse(format!("belongs to cluster [{stored}], not [{}]", members.join(","))));
+        tracing::info!(founded_with = %stored, given = %members.join(","), "--initial-cluster differs from the members this directory was founded with; the membership it holds decides");
     }
     match field("id") {
         None => Ok(None),
@@ -253,14 +255,14 @@ mod tests {
     }
 
     #[test]
-    fn another_nodes_or_clusters_directory_is_refused() {
+    fn another_nodes_directory_is_refused_and_another_member_list_is_not() {
         let d = tempfile::tempdir().unwrap();
         write_three(d.path());
         let e = Storage::open(d.path(), "b", &members()).err().expect("refused");
         assert!(e.to_string().contains("belongs to node \"a\""), "{e}");
+        // The members change over a cluster's life; --initial-cluster may list others.
         let other: Vec<String> = vec!["a".into(), "x".into()];
-        let e = Storage::open(d.path(), "a", &other).err().expect("refused");
-        assert!(e.to_string().contains("belongs to cluster"), "{e}");
+        assert!(Storage::open(d.path(), "a", &other).is_ok());
         fs::write(d.path().join("meta"), "format raftkv-data-9\nname a\n").unwrap();
         let e = Storage::open(d.path(), "a", &members()).err().expect("refused");
         assert!(matches!(e, StorageError::Format { .. }), "{e}");

@@ -224,6 +224,11 @@ impl pb::raft_server::Raft for RaftService {
     ) -> Result<Response<pb::ChangeMembershipResponse>, Status> {
         self.check_member(&req)?;
         let deadline = crate::api::deadline(&req);
+        // Only a member itself says that it has started.
+        if req.get_ref().kind == pb::change_membership_request::Kind::Publish as i32 {
+            let name = self.node.names().name(req.get_ref().id);
+            self.check_identity(&req, &name)?;
+        }
         let change = convert::conf_change_from_pb(req.into_inner())?;
         let (id, index) = self.node.change_membership_here(change, deadline).await?;
         Ok(Response::new(pb::ChangeMembershipResponse { id, index }))

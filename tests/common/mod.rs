@@ -125,6 +125,10 @@ impl TestCluster {
                 auto_compaction: opts.auto_compaction,
                 engine_cache_bytes: 8 << 20,
                 wal_segment_bytes: 16 << 10,
+                // Nodes start one after another here: the first ones would wait for
+                // the others' answers the whole timeout (tests that need the answers
+                // set a longer one).
+                bootstrap_timeout: Duration::from_millis(300),
                 keep_entries: 10,
                 client_tls,
                 peer_tls: tls,
@@ -330,6 +334,11 @@ impl TestCluster {
     /// Node `i` starts next time with `--initial-cluster-state state`.
     pub fn set_cluster_state(&mut self, i: usize, state: raftkv::config::ClusterState) {
         self.cfgs[i].initial_cluster_state = state;
+    }
+
+    /// Node `i` waits this long for the others' answers when its directory is empty.
+    pub fn set_bootstrap_timeout(&mut self, i: usize, timeout: Duration) {
+        self.cfgs[i].bootstrap_timeout = timeout;
     }
 
     pub fn partition(&self, group: &[usize]) {
