@@ -57,6 +57,9 @@ pub struct NodeConfig {
     /// A plain-text port serving only `grpc.health.v1.Health`, for probes that cannot
     /// speak TLS (the kubelet's) when the client port does.
     pub health_addr: Option<String>,
+    /// Where `/metrics`, `/health`, `/readyz` and `/livez` are served over plain HTTP
+    /// (etcd's `--listen-metrics-urls`), if anywhere.
+    pub metrics_addr: Option<String>,
     /// The client URLs this node tells others about (etcd's `--advertise-client-urls`);
     /// empty: the client address it listens on.
     pub advertise_client_urls: Vec<String>,
@@ -175,6 +178,7 @@ impl NodeConfig {
             max_request_bytes: DEFAULT_MAX_REQUEST_BYTES,
             max_concurrent_streams: DEFAULT_MAX_CONCURRENT_STREAMS,
             health_addr: None,
+            metrics_addr: None,
             advertise_client_urls: Vec::new(),
             watch_progress_interval: DEFAULT_WATCH_PROGRESS_NOTIFY_INTERVAL,
             initial_cluster_state: ClusterState::New,

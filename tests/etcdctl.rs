@@ -239,13 +239,18 @@ fn etcdctl_leases_and_locks_work_against_raftkv() {
         .arg(format!("--endpoints={}", p.clients[1]))
         .args(["lease", "keep-alive", &kept])
         .stdout(Stdio::piped())
-        .stderr(Stdio::null())
+        .stderr(Stdio::piped())
         .spawn()
         .expect("etcdctl lease keep-alive runs");
     // Its first renewal is in before the marker's lease is granted.
     let mut first = String::new();
     std::io::BufRead::read_line(&mut std::io::BufReader::new(keeper.stdout.as_mut().unwrap()), &mut first).unwrap();
-    assert!(first.contains("keepalived with TTL(5)"), "{first:?}");
+    if !first.contains("keepalived with TTL(5)") {
+        let _ = keeper.kill();
+        let mut said = String::new();
+        let _ = std::io::Read::read_to_string(keeper.stderr.as_mut().unwrap(), &mut said);
+        panic!("first keep-alive answer {first:?}; etcdctl said {said:?}");
+    }
     let marker = id_of(ctl.ok(&["lease", "grant", "8"]));
     ctl.ok(&["put", "marker", "1", &format!("--lease={marker}")]);
     let gone = |key: &str| {

@@ -64,6 +64,18 @@ fn bad_command_lines_fail_with_one_line() {
         &["serve", "--name", "raftkv", "--initial-cluster-size", "3", "--peer-service", "s", "--check-config"],
         &["serve", "--name", "a", "--initial-cluster", "a=h:1", "--client-addr", "nonsense", "--check-config"],
         &["transfer-leader", "--endpoints", "127.0.0.1:1"],
+        &[
+            "serve",
+            "--name",
+            "a",
+            "--initial-cluster",
+            "a=h:1",
+            "--listen-metrics-urls",
+            "https://h:1",
+            "--check-config",
+        ],
+        &["member", "add", "no-url-here", "--endpoints", "127.0.0.1:1"],
+        &["member", "remove", "x", "--endpoints", "127.0.0.1:1"],
     ] {
         let out = run(args);
         assert_eq!(out.status.code(), Some(1), "{args:?}");

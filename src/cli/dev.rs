@@ -115,6 +115,11 @@ pub async fn run(args: DevArgs) -> CmdResult {
             cmd.args(["--client-cert-auth", "--peer-client-cert-auth"]);
         }
         cmd.arg("--data-dir").arg(args.data_root.join(&name));
+        // Prometheus metrics and /health on BASE+300+i (client port + 300).
+        let metrics = client.rsplit_once(':').and_then(|(h, p)| Some(format!("{h}:{}", p.parse::<u16>().ok()? + 300)));
+        if let Some(m) = &metrics {
+            cmd.args(["--listen-metrics-urls", &format!("http://{m}")]);
+        }
         if let Some(b) = &bridge {
             cmd.args(["--bridge-addr", b]);
         }
@@ -170,6 +175,10 @@ pub async fn run(args: DevArgs) -> CmdResult {
     if let Some(p) = &pki {
         let d = p.dir.display();
         ep_flag += &format!(" --cacert {d}/ca.pem --cert {d}/client.pem --key {d}/client-key.pem");
+    }
+    if let Some((h, p)) = first.rsplit_once(':') {
+        let port = p.parse::<u16>().unwrap_or(0) + 300;
+        println!("  curl -s http://{h}:{port}/metrics   # Prometheus metrics (and /health, /readyz)");
     }
     println!("  raftkv put a 1{ep_flag}");
     println!("  raftkv get a{ep_flag}");

@@ -103,6 +103,10 @@ pub struct ServeArgs {
     /// cannot speak TLS, such as the kubelet's, when the client port does).
     #[arg(long, env = "RAFTKV_LISTEN_HEALTH_ADDR")]
     pub listen_health_addr: Option<String>,
+    /// Serve Prometheus metrics (/metrics) and /health, /readyz, /livez over plain
+    /// HTTP here: http://HOST:PORT (etcd's flag). Off by default.
+    #[arg(long, env = "RAFTKV_LISTEN_METRICS_URLS")]
+    pub listen_metrics_urls: Option<String>,
     /// The longest time to live of a client session, in seconds (also the default, for
     /// clients that ask for none): it ends after this long without a write.
     #[arg(long, env = "RAFTKV_CLIENT_SESSION_TTL", default_value_t = raftkv::config::DEFAULT_SESSION_TTL_SECS)]
@@ -177,6 +181,16 @@ fn config(args: &ServeArgs) -> Result<NodeConfig, String> {
     if let Some(h) = &args.listen_health_addr {
         check_listen_addr("--listen-health-addr", h)?;
     }
+    let metrics_addr = match &args.listen_metrics_urls {
+        Some(url) => {
+            let addr = url.strip_prefix("http://").map(|a| a.trim_end_matches('/')).ok_or_else(|| {
+                format!("--listen-metrics-urls: {url:?} is not http://HOST:PORT (one URL; TLS is not served there)")
+            })?;
+            check_listen_addr("--listen-metrics-urls", addr)?;
+            Some(addr.to_string())
+        }
+        None => None,
+    };
     if args.client_session_ttl == 0 || args.max_client_sessions == 0 {
         return Err("--client-session-ttl and --max-client-sessions must be positive".into());
     }
@@ -203,6 +217,7 @@ fn config(args: &ServeArgs) -> Result<NodeConfig, String> {
         max_request_bytes: args.max_request_bytes,
         max_concurrent_streams: args.max_concurrent_streams,
         health_addr: args.listen_health_addr.clone(),
+        metrics_addr,
         advertise_client_urls: args.advertise_client_urls.clone(),
         watch_progress_interval: raftkv::config::parse_duration(&args.experimental_watch_progress_notify_interval)
             .filter(|d| !d.is_zero())
@@ -271,13 +286,14 @@ pub async fn run(args: ServeArgs) -> CmdResult {
     if args.check_config {
         let members: Vec<String> = cfg.members.iter().map(|m| format!("{}={}", m.name, m.peer_addr)).collect();
         println!(
-            "config OK: name={} client={} ({}) peer={} ({}) bridge={} data-dir={} election-timeout-ms={} heartbeat-ms={} members={}",
+            "config OK: name={} client={} ({}) peer={} ({}) bridge={} metrics={} data-dir={} election-timeout-ms={} heartbeat-ms={} members={}",
             cfg.name,
             args.client_addr,
             tls_mode(cfg.client_tls.as_ref()),
             args.peer_addr,
             tls_mode(cfg.peer_tls.as_ref()),
             args.bridge_addr.as_deref().unwrap_or("off"),
+            cfg.metrics_addr.as_deref().unwrap_or("off"),
             cfg.data_dir.display(),
             cfg.election_timeout_ms,
             cfg.heartbeat_ms,

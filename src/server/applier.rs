@@ -39,6 +39,7 @@ pub struct Applier {
     /// Set, and the node stopped, when the engine fails.
     pub fatal: Arc<std::sync::Mutex<Option<String>>>,
     pub shutdown: watch::Sender<bool>,
+    pub metrics: Arc<super::Metrics>,
 }
 
 impl Applier {
@@ -100,7 +101,9 @@ impl Applier {
     fn run_task(&mut self, task: Task, entries_since: &mut u64, bytes_since: &mut u64) -> Result<(), MvccError> {
         match task {
             Task::Apply { entries, replies } => {
+                let started = std::time::Instant::now();
                 let outcomes = self.store.apply(&entries)?;
+                self.metrics.telemetry.apply_seconds.observe(started.elapsed().as_secs_f64());
                 let revision = self.store.status().revision;
                 for (index, reply) in replies {
                     let outcome = match outcomes.binary_search_by_key(&index, |(i, _)| *i) {

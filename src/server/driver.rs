@@ -399,6 +399,7 @@ impl Driver {
         self.persister.send(Job::Compact { base: index }).map_err(|_| Fatal::PersisterStopped)?;
         self.compacted_for = index;
         tracing::info!(index, term, "installed the leader's snapshot");
+        self.metrics.telemetry.snapshots_installed.inc();
         Ok(())
     }
 
@@ -442,6 +443,7 @@ impl Driver {
                     match self.proposals.remove(&e.index) {
                         Some((term, tx)) if term == e.term => replies.push((e.index, tx)),
                         Some((_, tx)) => {
+                            self.metrics.telemetry.proposals_failed.inc();
                             let _ = tx.send(Err(Error::Dropped));
                         }
                         None => {}
@@ -495,6 +497,13 @@ impl Driver {
             }
             if old.role != new.role || old.term != new.term {
                 tracing::info!(role = ?new.role, term = new.term, leader = ?self.leader_name(new.leader), "role or term changed");
+            }
+            let telemetry = &self.metrics.telemetry;
+            if new.leader.is_some() && new.leader != old.leader {
+                telemetry.leader_changes.inc();
+            }
+            if new.role == Role::Candidate && (old.role != Role::Candidate || old.term != new.term) {
+                telemetry.elections_started.inc();
             }
             *old = new;
             true

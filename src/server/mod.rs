@@ -10,6 +10,7 @@ mod handle;
 mod health;
 pub mod lessor;
 mod members;
+pub mod metrics;
 mod peers;
 mod persister;
 
@@ -98,6 +99,8 @@ pub struct Metrics {
     pub entries_persisted: AtomicU64,
     /// ReadIndex requests waiting on this node (as leader) for a quorum.
     pub pending_reads: AtomicU64,
+    /// What `/metrics` shows (`--listen-metrics-urls`).
+    pub telemetry: metrics::Telemetry,
 }
 
 struct Shared {
@@ -318,6 +321,7 @@ impl Node {
             checkpoints: applier::Checkpoints { every_entries: cfg.snapshot_entries, every_bytes: cfg.snapshot_bytes },
             fatal: fatal.clone(),
             shutdown: shutdown_tx.clone(),
+            metrics: metrics.clone(),
         };
         let (persister_tx, persister_rx) = mpsc::unbounded_channel();
         let (durable_tx, durable_rx) = mpsc::unbounded_channel();
@@ -499,6 +503,13 @@ impl Node {
                     tracing::error!("health server failed: {e}");
                 }
             }));
+        }
+        if let Some(addr) = &cfg.metrics_addr {
+            let listener = TcpListener::bind(addr)
+                .await
+                .map_err(|e| StartError::Other(format!("cannot listen on --listen-metrics-urls {addr}: {e}")))?;
+            tracing::info!(addr = %listener.local_addr().map_or(addr.clone(), |a| a.to_string()), "metrics and health over HTTP");
+            tasks.push(tokio::spawn(metrics::serve(listener, handle.clone(), shutdown_rx.clone())));
         }
         if let Some(socket) = bridge {
             tasks.push(tokio::spawn(crate::bridge::serve(socket, handle.clone())));

@@ -83,7 +83,9 @@ impl Persister {
     /// Makes the group durable and reports it.
     fn flush(&mut self, group: Group) -> Result<(), StorageError> {
         let Some(number) = group.number else { return Ok(()) };
+        let started = std::time::Instant::now();
         self.storage.sync()?;
+        self.metrics.telemetry.fsync_seconds.observe(started.elapsed().as_secs_f64());
         self.metrics.fsyncs.store(self.storage.syncs(), Ordering::Relaxed);
         self.metrics.entries_persisted.fetch_add(group.entries, Ordering::Relaxed);
         // A driver that stopped no longer needs to hear it.

@@ -40,6 +40,8 @@ pub struct Opts {
     pub max_sessions: u64,
     /// `--experimental-watch-progress-notify-interval`.
     pub watch_progress_interval: Duration,
+    /// Serve `/metrics` and the HTTP health endpoints (`metrics_addrs`).
+    pub metrics: bool,
 }
 
 impl Default for Opts {
@@ -56,6 +58,7 @@ impl Default for Opts {
             health: false,
             max_sessions: raftkv::config::DEFAULT_MAX_SESSIONS,
             watch_progress_interval: raftkv::config::DEFAULT_WATCH_PROGRESS_NOTIFY_INTERVAL,
+            metrics: false,
         }
     }
 }
@@ -76,6 +79,8 @@ pub struct TestCluster {
     pub pki: Option<raftkv::tls::dev::DevPki>,
     /// With `Opts::health`: each node's plain-text health address.
     pub health_addrs: Vec<String>,
+    /// With `Opts::metrics`: each node's metrics address (HTTP).
+    pub metrics_addrs: Vec<String>,
 }
 
 impl TestCluster {
@@ -105,6 +110,7 @@ impl TestCluster {
         let mut cfgs = Vec::new();
         let mut peer_addrs = Vec::new();
         let mut health_addrs = Vec::new();
+        let mut metrics_addrs = Vec::new();
         let pki = opts.tls.then(|| {
             let pki = raftkv::tls::dev::DevPki::create(&data.path().join("pki"), "test CA").unwrap();
             pki.issue("client", &[]).unwrap();
@@ -138,6 +144,10 @@ impl TestCluster {
                     let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
                     format!("127.0.0.1:{port}")
                 }),
+                metrics_addr: opts.metrics.then(|| {
+                    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+                    format!("127.0.0.1:{port}")
+                }),
                 ..NodeConfig::new(name, members.clone(), data.path().join(name))
             };
             client_addrs.push(cl.local_addr().unwrap().to_string());
@@ -150,6 +160,7 @@ impl TestCluster {
             };
             peer_addrs.push(pl.local_addr().unwrap().to_string());
             health_addrs.extend(cfg.health_addr.clone());
+            metrics_addrs.extend(cfg.metrics_addr.clone());
             cfgs.push(cfg.clone());
             let node = Node::start(cfg, cl, pl, bridge, Some(faults.clone())).await.expect("node starts");
             monitor(node.handle().clone(), leaders.clone());
@@ -167,6 +178,7 @@ impl TestCluster {
             peer_addrs,
             pki,
             health_addrs,
+            metrics_addrs,
         }
     }
 

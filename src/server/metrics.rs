@@ -1,0 +1,234 @@
+//! Prometheus metrics and the HTTP health endpoints (`--listen-metrics-urls`, etcd's
+//! flag): `/metrics` in the Prometheus text format (OpenMetrics, encoded by the
+//! `prometheus-client` crate), `/health` (etcd's JSON), `/readyz` and `/livez`.
+//!
+//! Names follow etcd's where the meaning is the same, with `raftkv_` for `etcd_`.
+//! Event counts and durations are recorded where they happen (the driver, the
+//! persister, the applier); levels (term, indexes, revisions, sizes) are read from the
+//! node when scraped.
+use std::convert::Infallible;
+use std::sync::atomic::AtomicI64;
+
+use bytes::Bytes;
+use http_body_util::Full;
+use hyper::{Request, Response, StatusCode};
+use prometheus_client::encoding::text::encode;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
+use prometheus_client::registry::Registry;
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+
+use super::NodeHandle;
+use crate::raft::Role;
+
+type Level = Gauge<i64, AtomicI64>;
+
+/// What is recorded as it happens, and the levels set at each scrape.
+#[derive(Debug)]
+pub struct Telemetry {
+    pub leader_changes: Counter,
+    pub elections_started: Counter,
+    pub fsync_seconds: Histogram,
+    pub apply_seconds: Histogram,
+    pub proposals_failed: Counter,
+    pub snapshots_installed: Counter,
+    has_leader: Level,
+    is_leader: Level,
+    is_learner: Level,
+    term: Level,
+    committed: Level,
+    applied: Level,
+    pending: Level,
+    appends_sent: Counter,
+    current_revision: Level,
+    compacted_revision: Level,
+    db_size: Level,
+    db_in_use: Level,
+    voters: Level,
+    learners: Level,
+}
+
+/// etcd's buckets for disk latencies: 1 ms to about 8 s, doubling.
+fn disk_buckets() -> impl Iterator<Item = f64> {
+    exponential_buckets(0.001, 2.0, 14)
+}
+
+impl Telemetry {
+    pub fn new() -> Telemetry {
+        Telemetry {
+            leader_changes: Counter::default(),
+            elections_started: Counter::default(),
+            fsync_seconds: Histogram::new(disk_buckets()),
+            apply_seconds: Histogram::new(disk_buckets()),
+            proposals_failed: Counter::default(),
+            snapshots_installed: Counter::default(),
+            has_leader: Level::default(),
+            is_leader: Level::default(),
+            is_learner: Level::default(),
+            term: Level::default(),
+            committed: Level::default(),
+            applied: Level::default(),
+            pending: Level::default(),
+            appends_sent: Counter::default(),
+            current_revision: Level::default(),
+            compacted_revision: Level::default(),
+            db_size: Level::default(),
+            db_in_use: Level::default(),
+            voters: Level::default(),
+            learners: Level::default(),
+        }
+    }
+
+    /// Every series, registered under its exposed name (the text format adds `_total`
+    /// to counters, and `_bucket`/`_sum`/`_count` to histograms).
+    fn registry(&self) -> Registry {
+        let mut r = Registry::default();
+        let s = self;
+        let levels: [(&str, &str, &Level); 13] = [
+            ("raftkv_server_has_leader", "Whether this member knows a leader (1) or not (0)", &s.has_leader),
+            ("raftkv_server_is_leader", "Whether this member is the leader (1) or not (0)", &s.is_leader),
+            ("raftkv_server_is_learner", "Whether this member is a learner (1) or not (0)", &s.is_learner),
+            ("raftkv_server_term", "This member's Raft term", &s.term),
+            ("raftkv_server_proposals_committed_total", "The commit index this member knows", &s.committed),
+            ("raftkv_server_proposals_applied_total", "The index this member has applied", &s.applied),
+            ("raftkv_server_proposals_pending", "Entries in this member's log not yet applied", &s.pending),
+            ("raftkv_debugging_mvcc_current_revision", "The store's current revision", &s.current_revision),
+            ("raftkv_debugging_mvcc_compact_revision", "The store's compacted revision", &s.compacted_revision),
+            ("raftkv_mvcc_db_total_size_in_bytes", "The storage engine's files on disk", &s.db_size),
+            (
+                "raftkv_mvcc_db_total_size_in_use_in_bytes",
+                "Bytes of keys and values stored, history included",
+                &s.db_in_use,
+            ),
+            ("raftkv_server_voters", "Voting members in the configuration in force", &s.voters),
+            ("raftkv_server_learners", "Learners in the configuration in force", &s.learners),
+        ];
+        for (name, help, level) in levels {
+            r.register(name, help, level.clone());
+        }
+        let counters: [(&str, &str, &Counter); 5] = [
+            ("raftkv_server_leader_changes_seen", "Leader changes this member has seen", &s.leader_changes),
+            ("raftkv_server_elections_started", "Elections this member started", &s.elections_started),
+            (
+                "raftkv_server_proposals_failed",
+                "Proposals lost to a leadership change before they committed",
+                &s.proposals_failed,
+            ),
+            ("raftkv_network_appends_sent", "AppendEntries requests sent to peers", &s.appends_sent),
+            ("raftkv_server_snapshot_installs", "Leader snapshots installed by this member", &s.snapshots_installed),
+        ];
+        for (name, help, counter) in counters {
+            r.register(name, help, counter.clone());
+        }
+        r.register(
+            "raftkv_disk_wal_fsync_duration_seconds",
+            "The latency of the Raft log's fdatasync",
+            s.fsync_seconds.clone(),
+        );
+        r.register(
+            "raftkv_disk_backend_commit_duration_seconds",
+            "The latency of applying a batch of committed entries to the state machine",
+            s.apply_seconds.clone(),
+        );
+        r
+    }
+}
+
+impl Default for Telemetry {
+    fn default() -> Self {
+        Telemetry::new()
+    }
+}
+
+/// The text of `/metrics`, with the levels read now.
+pub fn scrape(node: &NodeHandle) -> String {
+    let t = &node.metrics().telemetry;
+    let st = node.status();
+    let store = node.store().status();
+    let members = node.membership();
+    let me = members.members.get(&node.id());
+    t.has_leader.set(st.leader.is_some() as i64);
+    t.is_leader.set((st.role == Role::Leader) as i64);
+    t.is_learner.set(me.is_some_and(|m| m.learner) as i64);
+    t.term.set(st.term as i64);
+    t.committed.set(st.commit as i64);
+    t.applied.set(st.applied as i64);
+    t.pending.set(st.last_index.saturating_sub(st.applied) as i64);
+    let sent = node.metrics().appends_sent.load(std::sync::atomic::Ordering::Relaxed);
+    t.appends_sent.inner().store(sent, std::sync::atomic::Ordering::Relaxed);
+    t.current_revision.set(store.revision as i64);
+    t.compacted_revision.set(store.compacted as i64);
+    t.db_size.set(store.file_bytes as i64);
+    t.db_in_use.set(store.stored_bytes as i64);
+    t.voters.set(members.voter_count() as i64);
+    t.learners.set((members.members.len() - members.voter_count()) as i64);
+    let mut text = String::new();
+    // Writing to a String cannot fail.
+    let _ = encode(&mut text, &t.registry());
+    text
+}
+
+fn answer(status: StatusCode, content_type: &'static str, body: String) -> Response<Full<Bytes>> {
+    let mut r = Response::new(Full::new(Bytes::from(body)));
+    *r.status_mut() = status;
+    r.headers_mut().insert(hyper::header::CONTENT_TYPE, hyper::header::HeaderValue::from_static(content_type));
+    r
+}
+
+/// One request to the metrics listener.
+fn route(node: &NodeHandle, req: &Request<hyper::body::Incoming>) -> Response<Full<Bytes>> {
+    let has_leader = node.status().leader.is_some();
+    let text = "text/plain; charset=utf-8";
+    match (req.method(), req.uri().path()) {
+        (&hyper::Method::GET, "/metrics") => {
+            answer(StatusCode::OK, "application/openmetrics-text; version=1.0.0; charset=utf-8", scrape(node))
+        }
+        // etcd's /health: {"health":"true"}, or 503 and why not.
+        (&hyper::Method::GET, "/health") if has_leader => {
+            answer(StatusCode::OK, "application/json", r#"{"health":"true","reason":""}"#.into())
+        }
+        (&hyper::Method::GET, "/health") => answer(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "application/json",
+            r#"{"health":"false","reason":"RAFT NO LEADER"}"#.into(),
+        ),
+        (&hyper::Method::GET, "/readyz") if has_leader => answer(StatusCode::OK, text, "ok\n".into()),
+        (&hyper::Method::GET, "/readyz") => {
+            answer(StatusCode::SERVICE_UNAVAILABLE, text, "[-]leader failed: no leader\n".into())
+        }
+        (&hyper::Method::GET, "/livez") => answer(StatusCode::OK, text, "ok\n".into()),
+        (&hyper::Method::GET, _) => {
+            answer(StatusCode::NOT_FOUND, text, "not found: /metrics, /health, /readyz, /livez\n".into())
+        }
+        _ => answer(StatusCode::METHOD_NOT_ALLOWED, text, "GET only\n".into()),
+    }
+}
+
+/// Serves `/metrics` and the health endpoints on `listener` until shutdown.
+pub async fn serve(listener: TcpListener, node: NodeHandle, mut shutdown: watch::Receiver<bool>) {
+    loop {
+        let stream = tokio::select! {
+            _ = shutdown.wait_for(|s| *s) => return,
+            accepted = listener.accept() => match accepted {
+                Ok((stream, _)) => stream,
+                Err(e) => {
+                    tracing::warn!("metrics listener: {e}");
+                    continue;
+                }
+            },
+        };
+        let node = node.clone();
+        tokio::spawn(async move {
+            let service = hyper::service::service_fn(move |req| {
+                let r = route(&node, &req);
+                async move { Ok::<_, Infallible>(r) }
+            });
+            let io = hyper_util::rt::TokioIo::new(stream);
+            if let Err(e) = hyper::server::conn::http1::Builder::new().serve_connection(io, service).await {
+                tracing::debug!("metrics connection: {e}");
+            }
+        });
+    }
+}
