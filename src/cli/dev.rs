@@ -51,7 +51,8 @@ struct DevNode {
 }
 
 pub async fn run(args: DevArgs) -> CmdResult {
-    if args.nodes == 0 || args.base_port as u32 + 200 + args.nodes as u32 > 65535 {
+    // Client, peer, bridge and metrics ports: BASE+i, +100, +200, +300.
+    if args.nodes == 0 || args.base_port as u32 + 300 + args.nodes as u32 > 65535 {
         return Err(format!("--nodes {} with --base-port {} does not fit the port range", args.nodes, args.base_port));
     }
     let exe = std::env::current_exe().map_err(|e| format!("cannot find my own executable: {e}"))?;

@@ -491,6 +491,7 @@ impl Driver {
             last_index: st.last_index,
             first_index: self.core.log().first_index(),
         };
+        let voted_for_self = st.vote == Some(self.core.id());
         self.status.send_if_modified(|old| {
             if *old == new {
                 return false;
@@ -502,7 +503,9 @@ impl Driver {
             if new.leader.is_some() && new.leader != old.leader {
                 telemetry.leader_changes.inc();
             }
-            if new.role == Role::Candidate && (old.role != Role::Candidate || old.term != new.term) {
+            // A node votes for itself in a new term only by campaigning (a single
+            // voter wins at once, so its candidacy is never published).
+            if new.term > old.term && voted_for_self {
                 telemetry.elections_started.inc();
             }
             *old = new;

@@ -206,27 +206,50 @@ fn route(node: &NodeHandle, req: &Request<hyper::body::Incoming>) -> Response<Fu
     }
 }
 
+/// Connections served at once; more wait to be accepted.
+const MAX_CONNECTIONS: usize = 32;
+/// A connection that sends no request within this long is closed, and so is one
+/// open longer than `CONNECTION_LIFE` (scrapers reconnect).
+const HEADER_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+const CONNECTION_LIFE: std::time::Duration = std::time::Duration::from_secs(120);
+
 /// Serves `/metrics` and the health endpoints on `listener` until shutdown.
 pub async fn serve(listener: TcpListener, node: NodeHandle, mut shutdown: watch::Receiver<bool>) {
+    let slots = std::sync::Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
     loop {
-        let stream = tokio::select! {
+        let slot = tokio::select! {
             _ = shutdown.wait_for(|s| *s) => return,
-            accepted = listener.accept() => match accepted {
-                Ok((stream, _)) => stream,
-                Err(e) => {
-                    tracing::warn!("metrics listener: {e}");
-                    continue;
-                }
+            slot = slots.clone().acquire_owned() => match slot {
+                Ok(slot) => slot,
+                Err(_) => return,
             },
+        };
+        let accepted = tokio::select! {
+            _ = shutdown.wait_for(|s| *s) => return,
+            accepted = listener.accept() => accepted,
+        };
+        let stream = match accepted {
+            Ok((stream, _)) => stream,
+            Err(e) => {
+                // Out of file descriptors, say: do not spin.
+                tracing::warn!("metrics listener: {e}");
+                tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+                continue;
+            }
         };
         let node = node.clone();
         tokio::spawn(async move {
+            let _slot = slot;
             let service = hyper::service::service_fn(move |req| {
                 let r = route(&node, &req);
                 async move { Ok::<_, Infallible>(r) }
             });
             let io = hyper_util::rt::TokioIo::new(stream);
-            if let Err(e) = hyper::server::conn::http1::Builder::new().serve_connection(io, service).await {
+            let conn = hyper::server::conn::http1::Builder::new()
+                .timer(hyper_util::rt::TokioTimer::new())
+                .header_read_timeout(HEADER_TIMEOUT)
+                .serve_connection(io, service);
+            if let Ok(Err(e)) = tokio::time::timeout(CONNECTION_LIFE, conn).await {
                 tracing::debug!("metrics connection: {e}");
             }
         });
