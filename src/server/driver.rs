@@ -400,6 +400,13 @@ impl Driver {
         self.compacted_for = index;
         tracing::info!(index, term, "installed the leader's snapshot");
         self.metrics.telemetry.snapshots_installed.inc();
+        // Entries this node proposed as a leader and the snapshot covers are never
+        // handed to the applier here: whether the cluster kept them is unknown.
+        let rest = self.proposals.split_off(&(index + 1));
+        for (_, (_, tx)) in std::mem::replace(&mut self.proposals, rest) {
+            let _ =
+                tx.send(Err(Error::OutcomeUnknown("a snapshot from the new leader replaced this node's log".into())));
+        }
         Ok(())
     }
 
