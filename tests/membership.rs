@@ -177,3 +177,25 @@ async fn bad_membership_requests_are_refused_and_change_nothing() {
     assert_eq!(before, after, "a refused change changed the membership");
     c.shutdown().await;
 }
+
+/// A member records its start only once every other member answers `Raft.Membership`
+/// (runs a raftkv that can read the entry): one that is down holds it back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_start_is_recorded_only_once_every_member_can_read_it() {
+    let mut c = TestCluster::start(3).await;
+    let leader = c.wait_leader().await;
+    c.wait_started().await;
+    let down = (0..3).find(|&i| i != leader).unwrap();
+    c.stop(down).await;
+    let client = c.client(leader).await;
+    let (n4, url) = c.new_member("n4").await;
+    let r = change(&client, Op::Add(add("n4", &url, true))).await;
+    c.try_start(n4).await.expect("the learner joins");
+    let commit = c.handle(leader).status().commit;
+    c.wait_applied(&[n4], commit).await;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert!(!c.handle(leader).membership().members[&r.id].started, "recorded while a member could not answer");
+    c.restart(down).await;
+    wait_membership(&c, "n4 recorded as started", |m| m.members.get(&r.id).is_some_and(|m| m.started)).await;
+    c.shutdown().await;
+}

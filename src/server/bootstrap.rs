@@ -131,13 +131,18 @@ pub async fn prepare(
 /// Once it knows a leader, a member records that it has started (`Publish`), retrying
 /// until that is committed; a member already recorded does nothing, and one that is
 /// not in its own configuration (removed, or a joining node still replaying older
-/// configurations) waits until it is.
+/// configurations) waits until it is. It also waits until every other member runs a
+/// raftkv that can read the entry: during a rolling upgrade from a version without
+/// membership changes, an entry the old members cannot read would stop them.
 pub async fn publish(node: NodeHandle, mut shutdown: watch::Receiver<bool>) {
     let me = node.id();
     let pause = node.0.election_timeout;
     loop {
         match node.membership().members.get(&me) {
             Some(m) if m.started => return,
+            Some(_) if !node.members_know_membership(pause * 4).await => {
+                tracing::debug!("not every member answers Raft.Membership yet; recording the start later");
+            }
             Some(_) => {
                 let attempt = node.change_membership(ConfChange::Publish(me), pause * 10);
                 let result = tokio::select! {

@@ -24,6 +24,18 @@ impl NodeHandle {
         self.membership().id_of(name).ok_or_else(|| Error::Membership(ConfChangeError::UnknownName(name.into())))
     }
 
+    /// Whether every other member answers `Raft.Membership` within `wait`: all run a
+    /// raftkv that knows membership changes (an older one answers UNIMPLEMENTED, and
+    /// could not read a configuration entry).
+    pub async fn members_know_membership(&self, wait: Duration) -> bool {
+        let asks = self.0.peers.clients().into_iter().map(|(_, mut client)| async move {
+            let mut req = tonic::Request::new(crate::proto::MembershipRequest {});
+            req.set_timeout(wait);
+            matches!(tokio::time::timeout(wait, client.membership(req)).await, Ok(Ok(_)))
+        });
+        futures::future::join_all(asks).await.into_iter().all(|ok| ok)
+    }
+
     /// Makes `change` through the leader, wherever it is. Answers with the id of the
     /// member it concerns (a new member's new id) once it is applied there and here
     /// (a node removing itself is not sent the change: it answers once committed).
