@@ -41,6 +41,18 @@ impl EtcdCluster {
             .collect()
     }
 
+    /// Makes `change` of the member with etcd id `id`; the members after it.
+    async fn change(
+        &self,
+        id: u64,
+        change: fn(NodeId) -> ConfChange,
+        deadline: std::time::Duration,
+    ) -> Result<Vec<epb::Member>, Status> {
+        let id = self.member(id)?;
+        self.0.node.change_membership(change(id), deadline).await.map_err(membership_status)?;
+        Ok(self.members(std::time::Duration::from_millis(200)).await)
+    }
+
     /// The core's id of the member with etcd id `id`.
     fn member(&self, id: u64) -> Result<NodeId, Status> {
         let m = self.0.node.membership();
@@ -121,11 +133,9 @@ impl Cluster for EtcdCluster {
         &self,
         req: Request<epb::MemberRemoveRequest>,
     ) -> Result<Response<epb::MemberRemoveResponse>, Status> {
-        self.check_admin(&req)?;
         let deadline = crate::api::deadline(&req);
-        let id = self.member(req.into_inner().id)?;
-        self.0.node.change_membership(ConfChange::Remove(id), deadline).await.map_err(membership_status)?;
-        let members = self.members(std::time::Duration::from_millis(200)).await;
+        self.check_admin(&req)?;
+        let members = self.change(req.into_inner().id, ConfChange::Remove, deadline).await?;
         Ok(Response::new(epb::MemberRemoveResponse { header: self.0.header_now(), members }))
     }
 
@@ -141,11 +151,9 @@ impl Cluster for EtcdCluster {
         &self,
         req: Request<epb::MemberPromoteRequest>,
     ) -> Result<Response<epb::MemberPromoteResponse>, Status> {
-        self.check_admin(&req)?;
         let deadline = crate::api::deadline(&req);
-        let id = self.member(req.into_inner().id)?;
-        self.0.node.change_membership(ConfChange::Promote(id), deadline).await.map_err(membership_status)?;
-        let members = self.members(std::time::Duration::from_millis(200)).await;
+        self.check_admin(&req)?;
+        let members = self.change(req.into_inner().id, ConfChange::Promote, deadline).await?;
         Ok(Response::new(epb::MemberPromoteResponse { header: self.0.header_now(), members }))
     }
 }

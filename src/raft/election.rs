@@ -8,16 +8,14 @@ impl RawNode {
     /// Starts an election now, asked for (the leader's TimeoutNow, or the controller's
     /// TIMEOUT): voters grant it even while they hear from a leader.
     pub fn campaign(&mut self) {
-        if !self.promotable() {
-            tracing::info!(term = self.term, "not a voting member: not campaigning");
-            return;
-        }
         self.start_election(true);
     }
 
     pub(super) fn start_election(&mut self, transfer: bool) {
-        // A PreVote round may end after this node learned it no longer votes.
+        // Asked for, or a PreVote round that ended after this node learned it no
+        // longer votes.
         if !self.promotable() {
+            tracing::info!(term = self.term, "not a voting member: not campaigning");
             return;
         }
         if self.term >= MAX_TERM {

@@ -292,6 +292,17 @@ impl RawNode {
         self.membership().is_voter(id)
     }
 
+    /// Leader: what a majority of the voters has reached, `of` each voter's progress
+    /// and `mine` for this node if it votes (a leader being removed does not).
+    fn quorum_of(&self, of: impl Fn(&Progress) -> u64, mine: u64) -> Option<u64> {
+        let mut values: Vec<u64> =
+            self.progress.iter().filter(|(&id, _)| self.is_voter(id)).map(|(_, p)| of(p)).collect();
+        if self.is_voter(self.cfg.id) {
+            values.push(mine);
+        }
+        (!values.is_empty()).then(|| quorum_index(values))
+    }
+
     fn reset_election_timer(&mut self) {
         self.election_elapsed = 0;
         let base = self.cfg.election_ticks;
@@ -514,12 +525,7 @@ impl RawNode {
         if self.pending_reads.is_empty() {
             return;
         }
-        let mut acked: Vec<u64> =
-            self.progress.iter().filter(|(&id, _)| self.is_voter(id)).map(|(_, p)| p.acked_round).collect();
-        if self.is_voter(self.cfg.id) {
-            acked.push(self.round);
-        }
-        let confirmed = quorum_index(acked);
+        let Some(confirmed) = self.quorum_of(|p| p.acked_round, self.round) else { return };
         let ready = &mut self.ready_reads;
         self.pending_reads.retain(|r| {
             if r.round <= confirmed {

@@ -142,15 +142,7 @@ impl RawNode {
 
     /// Advances the commit index to what a quorum holds, if that is of this term (§5.4.2).
     pub(super) fn maybe_commit(&mut self) -> bool {
-        let mut matched: Vec<Index> =
-            self.progress.iter().filter(|(&id, _)| self.is_voter(id)).map(|(_, p)| p.matched).collect();
-        if self.is_voter(self.cfg.id) {
-            matched.push(self.log.stable);
-        }
-        if matched.is_empty() {
-            return false;
-        }
-        let q = quorum_index(matched);
+        let Some(q) = self.quorum_of(|p| p.matched, self.log.stable) else { return false };
         if q > self.log.committed && self.log.term(q) == Some(self.term) {
             self.log.committed = q;
             let reads = std::mem::take(&mut self.waiting_reads);

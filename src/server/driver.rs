@@ -18,7 +18,6 @@ use crate::mvcc::Store;
 use crate::raft::{
     ConfChangeError, Index, Message, MessageBody, NodeId, ProposeError, RawNode, Role, Term, TransferError,
 };
-use crate::transport::convert::Names;
 
 /// Inputs handled per loop iteration before the ready is processed (one batch).
 const MAX_BATCH: usize = 4096;
@@ -74,8 +73,7 @@ pub(super) struct Driver {
     pub fatal: Arc<std::sync::Mutex<Option<String>>>,
     /// A failure noticed while handling an input; stops the node at the next ready.
     pub fatal_error: Option<Fatal>,
-    pub names: Names,
-    /// Kept in step with the configuration (`Ready::membership`).
+    /// The members' names and links, kept in step with the configuration (`Ready::membership`).
     pub links: Arc<super::peers::Peers>,
     pub input: mpsc::Receiver<Input>,
     pub peers: BTreeMap<NodeId, mpsc::Sender<Message>>,
@@ -149,7 +147,7 @@ impl Driver {
     }
 
     fn leader_name(&self, leader: Option<NodeId>) -> Option<String> {
-        leader.map(|l| self.names.name(l))
+        leader.map(|l| self.links.names.name(l))
     }
 
     fn not_leader(&self, leader: Option<NodeId>) -> Error {

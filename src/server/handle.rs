@@ -41,7 +41,7 @@ impl NodeHandle {
             req.set_timeout(wait);
             let urls = tokio::time::timeout(wait, c.client_urls(req)).await;
             let urls = urls.ok().and_then(|r| r.ok()).map(|r| r.into_inner().urls).unwrap_or_default();
-            (self.0.names.name(id), urls)
+            (self.0.peers.names.name(id), urls)
         });
         let mut all: std::collections::BTreeMap<_, _> = futures::future::join_all(asks).await.into_iter().collect();
         all.insert(self.0.name.clone(), self.0.client_urls.clone());
@@ -49,7 +49,7 @@ impl NodeHandle {
     }
 
     pub fn names(&self) -> &Names {
-        &self.0.names
+        &self.0.peers.names
     }
 
     pub fn metrics(&self) -> &Metrics {
@@ -68,7 +68,7 @@ impl NodeHandle {
     }
 
     pub fn leader_name(&self) -> Option<String> {
-        self.status().leader.map(|l| self.0.names.name(l))
+        self.status().leader.map(|l| self.0.peers.names.name(l))
     }
 
     /// The state machine, for serializable reads.
@@ -181,7 +181,7 @@ impl NodeHandle {
     }
 
     fn client_of(&self, leader: &str) -> Result<(NodeId, PeerClient)> {
-        let id = self.0.names.id(leader).map_err(|_| Error::NoLeader)?;
+        let id = self.0.peers.names.id(leader).map_err(|_| Error::NoLeader)?;
         Ok((id, self.0.peers.client(id).ok_or(Error::NoLeader)?))
     }
 
@@ -230,9 +230,9 @@ impl NodeHandle {
     /// this node knows a leader other than the one asked to step down.
     pub async fn transfer_leader(&self, to: Option<&str>, deadline: Duration) -> Result<(String, Term)> {
         let target = match to {
-            Some(name) => {
-                Some(self.0.names.id(name).map_err(|_| Error::InvalidArgument(format!("unknown member {name:?}")))?)
-            }
+            Some(name) => Some(
+                self.0.peers.names.id(name).map_err(|_| Error::InvalidArgument(format!("unknown member {name:?}")))?,
+            ),
             None => None,
         };
         let target_name = to.unwrap_or_default().to_string();
@@ -245,7 +245,7 @@ impl NodeHandle {
             }
             let mut w = self.0.status.clone();
             let st = w.wait_for(|s| s.leader.is_some_and(|l| l != old)).await.map_err(|_| Error::Shutdown)?.clone();
-            Ok((self.0.names.name(st.leader.expect("waited for")), st.term))
+            Ok((self.0.peers.names.name(st.leader.expect("waited for")), st.term))
         };
         let remote = |_, mut c: PeerClient| {
             let target = target_name.clone();

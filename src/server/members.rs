@@ -16,7 +16,7 @@ const PENDING_RETRY: Duration = Duration::from_millis(20);
 impl NodeHandle {
     /// The configuration in force, as this node knows it.
     pub fn membership(&self) -> std::sync::Arc<Membership> {
-        self.0.names.membership()
+        self.0.peers.names.membership()
     }
 
     /// The id of the member named `name` in the configuration in force.

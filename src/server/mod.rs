@@ -106,7 +106,6 @@ pub struct Metrics {
 struct Shared {
     id: NodeId,
     name: String,
-    names: Names,
     input: mpsc::Sender<Input>,
     status: watch::Receiver<NodeStatus>,
     store: Arc<Store>,
@@ -277,7 +276,7 @@ impl Node {
         let links = Arc::new(peers::Peers {
             me: id,
             my_name: cfg.name.clone(),
-            names: names.clone(),
+            names,
             faults: faults.clone(),
             tls: peer_client_tls.clone(),
             input: input_tx.clone(),
@@ -299,7 +298,6 @@ impl Node {
         let handle = NodeHandle(Arc::new(Shared {
             id,
             name: cfg.name.clone(),
-            names: names.clone(),
             input: input_tx,
             status: status_rx,
             store: store.clone(),
@@ -354,7 +352,6 @@ impl Node {
             durable: durable_rx,
             in_flight: Default::default(),
             fatal: fatal.clone(),
-            names,
             links,
             input: input_rx,
             peers,
