@@ -25,6 +25,9 @@ enum Cmd {
     Serve(Box<cli::serve::ServeArgs>),
     /// Run a local cluster: N `raftkv serve` child processes on loopback.
     Dev(cli::dev::DevArgs),
+    /// Serve the live cluster view of a running cluster: a page that shows every node
+    /// and the elections between them as they happen.
+    View(cli::view::ViewArgs),
     /// Set KEY to VALUE (answers once committed by a majority).
     Put {
         key: String,
@@ -129,6 +132,7 @@ fn main() -> ExitCode {
         match cli.cmd {
             Cmd::Serve(args) => cli::serve::run(*args).await,
             Cmd::Dev(args) => cli::dev::run(args).await,
+            Cmd::View(args) => cli::view::run(args).await,
             Cmd::Put { key, value, lease: Some(lease), conn } => cli::lease::put(&conn, key, value, &lease).await,
             Cmd::Put { key, value, lease: None, conn } => cli::client::put(&conn, key, value).await,
             Cmd::Lease(cmd) => cli::lease::run(cmd).await,

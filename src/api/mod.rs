@@ -7,8 +7,10 @@ use crate::config::{MAX_KEY_BYTES, MAX_REQUEST_WAIT, MAX_VALUE_BYTES};
 use crate::error::Error;
 use crate::mvcc::{Command, EventKind};
 use crate::proto as pb;
-use crate::raft::{ConfChange, Membership, NodeId, Role};
+use crate::raft::{ConfChange, NodeId};
 use crate::server::NodeHandle;
+
+mod status;
 
 /// A Retrieve answer holds at most this much (under the 64 MiB message limit).
 const RETRIEVE_PAGE_BYTES: usize = 48 << 20;
@@ -296,32 +298,16 @@ impl pb::key_value_server::KeyValue for KvService {
     }
 
     async fn status(&self, _req: Request<pb::StatusRequest>) -> Result<Response<pb::StatusResponse>, Status> {
-        let names = |m: &Membership, learners: bool| -> Vec<String> {
-            m.members.values().filter(|m| m.learner == learners).map(|m| m.name.clone()).collect()
-        };
-        let members = self.node.membership();
-        let st = self.node.status();
-        let store = self.node.store().status();
-        let role = match st.role {
-            Role::Follower => pb::Role::Follower,
-            Role::Candidate => pb::Role::Candidate,
-            Role::Leader => pb::Role::Leader,
-        };
-        Ok(Response::new(pb::StatusResponse {
-            name: self.node.name().to_string(),
-            role: role as i32,
-            term: st.term,
-            leader: self.node.leader_name().unwrap_or_default(),
-            commit_index: st.commit,
-            applied_index: st.applied,
-            last_log_index: st.last_index,
-            members: names(&members, false),
-            learners: names(&members, true),
-            revision: store.revision,
-            compact_revision: store.compacted,
-            db_size_in_use: store.stored_bytes,
-            db_size: store.file_bytes,
-        }))
+        Ok(Response::new(status::status_response(&self.node)))
+    }
+
+    type WatchStatusStream = status::WatchStatusStream;
+
+    async fn watch_status(
+        &self,
+        req: Request<pb::WatchStatusRequest>,
+    ) -> Result<Response<Self::WatchStatusStream>, Status> {
+        Ok(Response::new(status::watch(self.node.clone(), req.into_inner().log_tail)?))
     }
 }
 

@@ -39,20 +39,145 @@ pub struct DevArgs {
     /// members authenticate each other mutually and clients need a certificate.
     #[arg(long)]
     pub tls: bool,
+    /// Serve the live cluster view (a page in the browser) here; by default on
+    /// 127.0.0.1:BASE+400.
+    #[arg(long, value_name = "HOST:PORT")]
+    pub view_addr: Option<std::net::SocketAddr>,
+    /// Do not serve the live cluster view.
+    #[arg(long, conflicts_with = "view_addr")]
+    pub no_view: bool,
 }
 
+/// One node's process, and what starts it again.
 struct DevNode {
     name: String,
     client: String,
     peer: String,
     bridge: Option<String>,
+    cmd: Vec<std::ffi::OsString>,
     pid: u32,
-    child: Child,
+    /// None once the process has exited.
+    child: Option<Child>,
+    paused: bool,
+}
+
+/// The nodes' processes: the supervisor loop and the view's buttons share them.
+struct Fleet {
+    exe: std::path::PathBuf,
+    nodes: std::sync::Mutex<Vec<DevNode>>,
+}
+
+impl Fleet {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Vec<DevNode>> {
+        self.nodes.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Starts `node`'s process (again), its log lines prefixed with its name.
+    fn spawn(&self, node: &mut DevNode) -> Result<(), String> {
+        let mut child = Command::new(&self.exe)
+            .args(&node.cmd)
+            .env("RUST_LOG", std::env::var("RUST_LOG").unwrap_or_else(|_| "info".into()))
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .kill_on_drop(true)
+            .spawn()
+            .map_err(|e| format!("cannot start {}: {e}", node.name))?;
+        if let Some(err) = child.stderr.take() {
+            let prefix = node.name.clone();
+            tokio::spawn(async move {
+                let mut lines = BufReader::new(err).lines();
+                while let Ok(Some(line)) = lines.next_line().await {
+                    eprintln!("[{prefix}] {line}");
+                }
+            });
+        }
+        node.pid = child.id().unwrap_or(0);
+        node.child = Some(child);
+        node.paused = false;
+        Ok(())
+    }
+
+    /// Notes the processes that have exited; false once none runs.
+    fn reap(&self) -> bool {
+        let mut nodes = self.lock();
+        for n in nodes.iter_mut() {
+            if let Some(Ok(Some(status))) = n.child.as_mut().map(|c| c.try_wait()) {
+                println!("raftkv dev: {} (pid {}) exited: {status}", n.name, n.pid);
+                n.child = None;
+            }
+        }
+        nodes.iter().any(|n| n.child.is_some())
+    }
+
+    /// Stops every node: SIGTERM (after SIGCONT for a paused one), then a kill after 5 s.
+    async fn stop(&self) {
+        let mut children: Vec<Child> = self.lock().iter_mut().filter_map(|n| n.child.take()).collect();
+        for c in &children {
+            if let Some(pid) = c.id() {
+                // SAFETY: signals to our own child processes, by their PIDs.
+                unsafe {
+                    libc::kill(pid as i32, libc::SIGCONT);
+                    libc::kill(pid as i32, libc::SIGTERM);
+                }
+            }
+        }
+        for c in &mut children {
+            let _ = tokio::time::timeout(Duration::from_secs(5), c.wait()).await;
+            let _ = c.start_kill();
+        }
+    }
+}
+
+impl raftkv::view::Control for Fleet {
+    fn act(&self, endpoint: &str, action: raftkv::view::Action) -> Result<String, String> {
+        use raftkv::view::Action;
+        let mut nodes = self.lock();
+        let node = nodes.iter_mut().find(|n| n.client == endpoint).ok_or(format!("no node at {endpoint}"))?;
+        let signal = |node: &DevNode, sig: i32| {
+            // SAFETY: a signal to our own child process, by its PID.
+            unsafe { libc::kill(node.pid as i32, sig) };
+        };
+        let (name, pid) = (node.name.clone(), node.pid);
+        let done = match (action, node.child.as_mut()) {
+            (Action::Kill, Some(child)) => {
+                let _ = child.start_kill();
+                format!("killed {name} (kill -9 {pid})")
+            }
+            (Action::Pause, Some(_)) if !node.paused => {
+                signal(node, libc::SIGSTOP);
+                node.paused = true;
+                format!("paused {name} (SIGSTOP to {pid})")
+            }
+            (Action::Resume, Some(_)) if node.paused => {
+                signal(node, libc::SIGCONT);
+                node.paused = false;
+                format!("resumed {name} (SIGCONT to {pid})")
+            }
+            (Action::Restart, None) => {
+                self.spawn(node)?;
+                format!("restarted {name} (pid {})", node.pid)
+            }
+            (Action::Restart, Some(_)) => return Err(format!("{name} is running; kill it first")),
+            (_, None) => return Err(format!("{name} is not running")),
+            (Action::Pause, _) => return Err(format!("{name} is paused already")),
+            (Action::Resume, _) => return Err(format!("{name} is not paused")),
+        };
+        println!("raftkv dev: {done}");
+        Ok(done)
+    }
+
+    fn process(&self, endpoint: &str) -> &'static str {
+        match self.lock().iter().find(|n| n.client == endpoint) {
+            Some(n) if n.child.is_none() => "stopped",
+            Some(n) if n.paused => "paused",
+            _ => "running",
+        }
+    }
 }
 
 pub async fn run(args: DevArgs) -> CmdResult {
-    // Client, peer, bridge and metrics ports: BASE+i, +100, +200, +300.
-    if args.nodes == 0 || args.base_port as u32 + 300 + args.nodes as u32 > 65535 {
+    // Client, peer, bridge and metrics ports: BASE+i, +100, +200, +300; the view BASE+400.
+    if args.nodes == 0 || args.base_port as u32 + 400.max(300 + args.nodes as u32) > 65535 {
         return Err(format!("--nodes {} with --base-port {} does not fit the port range", args.nodes, args.base_port));
     }
     let exe = std::env::current_exe().map_err(|e| format!("cannot find my own executable: {e}"))?;
@@ -97,58 +222,104 @@ pub async fn run(args: DevArgs) -> CmdResult {
     } else {
         None
     };
-    let mut children = Vec::new();
+    let fleet = std::sync::Arc::new(Fleet { exe, nodes: std::sync::Mutex::new(Vec::new()) });
     for (name, client, peer, bridge) in spec {
-        let mut cmd = Command::new(&exe);
-        cmd.arg("serve");
+        let mut cmd: Vec<std::ffi::OsString> = vec!["serve".into()];
+        let mut args2 = |a: &[&dyn AsRef<std::ffi::OsStr>]| cmd.extend(a.iter().map(|a| a.as_ref().to_owned()));
         if let Some(pki) = &pki {
             let host = client.rsplit_once(':').map_or("127.0.0.1", |(h, _)| h);
             let (cert, key) = pki.issue(&name, &[host, "localhost"]).map_err(|e| e.to_string())?;
             let ca = pki.ca();
             for (flag, path) in [("--cert-file", &cert), ("--key-file", &key), ("--trusted-ca-file", &ca)] {
-                cmd.arg(flag).arg(path);
+                args2(&[&flag, path]);
             }
             for (flag, path) in
                 [("--peer-cert-file", &cert), ("--peer-key-file", &key), ("--peer-trusted-ca-file", &ca)]
             {
-                cmd.arg(flag).arg(path);
+                args2(&[&flag, path]);
             }
-            cmd.args(["--client-cert-auth", "--peer-client-cert-auth"]);
+            args2(&[&"--client-cert-auth", &"--peer-client-cert-auth"]);
         }
-        cmd.arg("--data-dir").arg(args.data_root.join(&name));
+        args2(&[&"--data-dir", &args.data_root.join(&name)]);
         // Prometheus metrics and /health on BASE+300+i (client port + 300).
         let metrics = client.rsplit_once(':').and_then(|(h, p)| Some(format!("{h}:{}", p.parse::<u16>().ok()? + 300)));
         if let Some(m) = &metrics {
-            cmd.args(["--listen-metrics-urls", &format!("http://{m}")]);
+            args2(&[&"--listen-metrics-urls", &format!("http://{m}")]);
         }
         if let Some(b) = &bridge {
-            cmd.args(["--bridge-addr", b]);
+            args2(&[&"--bridge-addr", b]);
         }
-        let mut child = cmd
-            .args(["--name", &name, "--client-addr", &client, "--peer-addr", &peer])
-            .args(["--initial-cluster", &cluster])
-            .args(["--election-timeout-ms", &args.election_timeout_ms.to_string()])
-            .args(["--heartbeat-ms", &args.heartbeat_ms.to_string()])
-            .env("RUST_LOG", std::env::var("RUST_LOG").unwrap_or_else(|_| "info".into()))
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .kill_on_drop(true)
-            .spawn()
-            .map_err(|e| format!("cannot start {name}: {e}"))?;
-        // Each node's log lines, prefixed with its name.
-        if let Some(err) = child.stderr.take() {
-            let prefix = name.clone();
-            tokio::spawn(async move {
-                let mut lines = BufReader::new(err).lines();
-                while let Ok(Some(line)) = lines.next_line().await {
-                    eprintln!("[{prefix}] {line}");
-                }
-            });
-        }
-        children.push(DevNode { name, client, peer, bridge, pid: child.id().unwrap_or(0), child });
+        args2(&[&"--name", &name, &"--client-addr", &client, &"--peer-addr", &peer]);
+        args2(&[&"--initial-cluster", &cluster]);
+        args2(&[&"--election-timeout-ms", &args.election_timeout_ms.to_string()]);
+        args2(&[&"--heartbeat-ms", &args.heartbeat_ms.to_string()]);
+        let mut node = DevNode { name, client, peer, bridge, cmd, pid: 0, child: None, paused: false };
+        fleet.spawn(&mut node)?;
+        fleet.lock().push(node);
     }
+    let view = if args.no_view {
+        None
+    } else {
+        let addr = args.view_addr.unwrap_or(([127, 0, 0, 1], args.base_port + 400).into());
+        let listener = tokio::net::TcpListener::bind(addr)
+            .await
+            .map_err(|e| format!("cannot serve the cluster view on {addr} (--view-addr, --no-view): {e}"))?;
+        // The view talks to the nodes as a client would (with the dev client certificate).
+        let conn = super::client::Conn {
+            endpoints: Vec::new(),
+            timeout_ms: 5000,
+            cacert: pki.as_ref().map(|p| p.ca()),
+            cert: pki.as_ref().map(|p| p.dir.join("client.pem")),
+            tls_key: pki.as_ref().map(|p| p.dir.join("client-key.pem")),
+        };
+        let slots = fleet
+            .lock()
+            .iter()
+            .map(|n| {
+                Ok(raftkv::view::Slot {
+                    endpoint: n.client.clone(),
+                    channel: conn.channel(&n.client, Duration::from_secs(1))?,
+                })
+            })
+            .collect::<Result<Vec<_>, String>>()?;
+        let control: std::sync::Arc<dyn raftkv::view::Control> = fleet.clone();
+        let nodes = raftkv::view::Nodes::new(slots, Some(control), Duration::from_secs(5));
+        tokio::spawn(raftkv::view::serve(listener, nodes));
+        Some(addr)
+    };
+    banner(&fleet.lock(), &args, pki.as_ref(), view);
+
+    // SIGTERM (a supervisor, `kill PID`) stops the cluster as Ctrl-C does: no node is
+    // left running without its parent.
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .map_err(|e| format!("cannot watch for SIGTERM: {e}"))?;
+    loop {
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => break,
+            _ = term.recv() => break,
+            _ = tokio::time::sleep(Duration::from_millis(200)) => {
+                // With the view, a node killed from the page can be restarted from it.
+                if !fleet.reap() && view.is_none() {
+                    return Err("every node exited".into());
+                }
+            }
+        }
+    }
+    println!("raftkv dev: stopping {} nodes", fleet.lock().len());
+    fleet.stop().await;
+    println!("raftkv dev: stopped");
+    Ok(ExitCode::SUCCESS)
+}
+
+/// What `raftkv dev` prints once its nodes are started: each node, and what to try.
+fn banner(
+    children: &[DevNode],
+    args: &DevArgs,
+    pki: Option<&raftkv::tls::dev::DevPki>,
+    view: Option<std::net::SocketAddr>,
+) {
     println!("{:<8} {:>8}  {:<18} {:<18} {:<18}", "NAME", "PID", "CLIENT", "PEER", "BRIDGE (UDP)");
-    for c in &children {
+    for c in children.iter() {
         let bridge = c.bridge.as_deref().unwrap_or("-");
         println!("{:<8} {:>8}  {:<18} {:<18} {:<18}", c.name, c.pid, c.client, c.peer, bridge);
     }
@@ -156,7 +327,7 @@ pub async fn run(args: DevArgs) -> CmdResult {
     let first = endpoints[0];
     println!();
     println!("Try:");
-    let g = match &pki {
+    let g = match pki {
         Some(p) => {
             let d = p.dir.display();
             format!("grpcurl -cacert {d}/ca.pem -cert {d}/client.pem -key {d}/client-key.pem")
@@ -173,7 +344,7 @@ pub async fn run(args: DevArgs) -> CmdResult {
     } else {
         format!(" --endpoints {}", endpoints.join(","))
     };
-    if let Some(p) = &pki {
+    if let Some(p) = pki {
         let d = p.dir.display();
         ep_flag += &format!(" --cacert {d}/ca.pem --cert {d}/client.pem --key {d}/client-key.pem");
     }
@@ -190,43 +361,9 @@ pub async fn run(args: DevArgs) -> CmdResult {
         println!("  raftkv controller {b} RETRIEVE");
     }
     println!("Kill a node for real with kill -9 PID. Ctrl-C (or SIGTERM) stops the cluster.");
+    if let Some(addr) = view {
+        println!();
+        println!("Watch the cluster live: http://{addr}/  (kill, pause, restart nodes and put keys from the page)");
+    }
     println!();
-
-    let mut alive: Vec<bool> = vec![true; children.len()];
-    // SIGTERM (a supervisor, `kill PID`) stops the cluster as Ctrl-C does: no node is
-    // left running without its parent.
-    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-        .map_err(|e| format!("cannot watch for SIGTERM: {e}"))?;
-    loop {
-        tokio::select! {
-            _ = tokio::signal::ctrl_c() => break,
-            _ = term.recv() => break,
-            _ = tokio::time::sleep(Duration::from_millis(200)) => {
-                for (i, c) in children.iter_mut().enumerate() {
-                    if alive[i] {
-                        if let Ok(Some(status)) = c.child.try_wait() {
-                            alive[i] = false;
-                            println!("raftkv dev: {} (pid {}) exited: {status}", c.name, c.pid);
-                        }
-                    }
-                }
-                if !alive.iter().any(|a| *a) {
-                    return Err("every node exited".into());
-                }
-            }
-        }
-    }
-    println!("raftkv dev: stopping {} nodes", children.len());
-    for c in &children {
-        if let Some(pid) = c.child.id() {
-            // SAFETY: sending a signal to our own child process by its PID.
-            unsafe { libc::kill(pid as i32, libc::SIGTERM) };
-        }
-    }
-    for c in &mut children {
-        let _ = tokio::time::timeout(Duration::from_secs(5), c.child.wait()).await;
-        let _ = c.child.start_kill();
-    }
-    println!("raftkv dev: stopped");
-    Ok(ExitCode::SUCCESS)
 }

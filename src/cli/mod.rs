@@ -8,6 +8,7 @@ pub mod lease;
 pub mod member;
 pub mod serve;
 pub mod txn;
+pub mod view;
 
 use std::process::ExitCode;
 

@@ -262,6 +262,12 @@ impl Driver {
                     }
                 }
             }
+            Input::LogTail { n, reply } => {
+                let log = self.core.log();
+                let from = log.first_index().max((log.last_index() + 1).saturating_sub(n as Index));
+                let tail = (from..=log.last_index()).filter_map(|i| log.entry(i)).map(|e| (e.index, e.term, e.kind));
+                let _ = reply.send(tail.collect());
+            }
             Input::WaitLeader { reply } => {
                 if self.core.status().leader.is_some() {
                     let _ = reply.send(());
@@ -491,6 +497,7 @@ impl Driver {
             role: st.role,
             term: st.term,
             leader: st.leader,
+            vote: st.vote,
             commit: st.commit,
             applied: st.applied,
             last_index: st.last_index,

@@ -67,6 +67,11 @@ impl NodeHandle {
         self.0.status.clone()
     }
 
+    /// The log's last `n` entries still held: index, term and kind, oldest first.
+    pub async fn log_tail(&self, n: usize) -> Result<Vec<(Index, Term, crate::raft::EntryKind)>> {
+        self.ask(|reply| Input::LogTail { n, reply }).await
+    }
+
     pub fn leader_name(&self) -> Option<String> {
         self.status().leader.map(|l| self.0.peers.names.name(l))
     }
@@ -300,17 +305,34 @@ impl NodeHandle {
 
     /// Waits until this node's state machine reflects every write committed before
     /// the call (ReadIndex through the leader), so that a local read is linearizable.
+    /// Concurrent reads share ReadIndex rounds; a read whose round fails asks on its own.
     pub async fn linearizable_barrier(&self, deadline: Duration) -> Result<()> {
-        let index = self
-            .via_leader(
-                deadline,
-                || self.read_index_here(deadline),
-                |_, mut c| async move {
-                    let r = c.read_index(pb::ReadIndexRequest {}).await.map_err(forward::remote_error)?;
-                    Ok(r.into_inner().index)
-                },
-            )
-            .await?;
-        tokio::time::timeout(deadline, self.wait_applied(index)).await.map_err(|_| Error::Timeout)?
+        let started = tokio::time::Instant::now();
+        let node = self.clone();
+        let round = move || {
+            let node = node.clone();
+            async move { node.read_point(deadline).await.ok() }
+        };
+        let index = match tokio::time::timeout(deadline, self.0.reads.next(round)).await {
+            Ok(Some(index)) => index,
+            Ok(None) => self.read_point(deadline.saturating_sub(started.elapsed())).await?,
+            Err(_) => return Err(Error::Timeout),
+        };
+        let left = deadline.saturating_sub(started.elapsed());
+        tokio::time::timeout(left, self.wait_applied(index)).await.map_err(|_| Error::Timeout)?
+    }
+
+    /// One ReadIndex round through the leader: the commit index a linearizable read
+    /// started now must wait for.
+    async fn read_point(&self, deadline: Duration) -> Result<Index> {
+        self.via_leader(
+            deadline,
+            || self.read_index_here(deadline),
+            |_, mut c| async move {
+                let r = c.read_index(pb::ReadIndexRequest {}).await.map_err(forward::remote_error)?;
+                Ok(r.into_inner().index)
+            },
+        )
+        .await
     }
 }

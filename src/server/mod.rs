@@ -13,6 +13,7 @@ mod members;
 pub mod metrics;
 mod peers;
 mod persister;
+mod rounds;
 
 pub use forwarder::to_outcome as batch_outcome;
 pub use handle::NodeHandle;
@@ -74,6 +75,8 @@ pub enum Input {
     Campaign,
     /// Become a follower now, keeping the term.
     BecomeFollower,
+    /// The log's last `n` entries still held (index, term, kind), oldest first.
+    LogTail { n: usize, reply: oneshot::Sender<Vec<(Index, Term, raft::EntryKind)>> },
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -81,6 +84,8 @@ pub struct NodeStatus {
     pub role: Role,
     pub term: Term,
     pub leader: Option<NodeId>,
+    /// Whom this node voted for in `term`.
+    pub vote: Option<NodeId>,
     pub commit: Index,
     pub applied: Index,
     pub last_index: Index,
@@ -124,6 +129,8 @@ struct Shared {
     /// Where clients reach this node (`--advertise-client-urls`, else the client
     /// address): etcd's MemberList shows every member's.
     client_urls: Vec<String>,
+    /// Linearizable reads sharing ReadIndex rounds.
+    reads: Arc<rounds::SharedRounds<Index>>,
 }
 
 /// The longest snapshot stream a node accepts: twice what its quota lets it hold, at
@@ -260,6 +267,7 @@ impl Node {
             role: Role::Follower,
             term: st.term,
             leader: None,
+            vote: st.vote,
             commit: st.commit,
             applied: 0,
             last_index: st.last_index,
@@ -311,6 +319,7 @@ impl Node {
             max_sessions: cfg.max_sessions,
             lessor: lessor::new(),
             client_urls,
+            reads: Default::default(),
         }));
         let (applier_tx, applier_rx) = mpsc::unbounded_channel();
         let applier = applier::Applier {
