@@ -51,6 +51,18 @@ def wait_for(what, check, deadline=DEADLINE):
     raise AssertionError(f"timed out after {deadline:.0f} s waiting for {what}; last saw: {last!r}")
 
 
+def click(driver, name, action):
+    """Clicks the button `action` on the card of node `name` (looked up afresh: cards
+    are redrawn as the cluster changes)."""
+    def once():
+        for c in driver.find_elements(By.CSS_SELECTOR, "#nodes .node"):
+            if c.get_attribute("data-name") == name:
+                c.find_element(By.CSS_SELECTOR, f'button[data-action="{action}"]').click()
+                return True
+        return False
+    wait_for(f"the {action} button of {name} to be clicked", once)
+
+
 def cards(driver):
     """Every node card as the page shows it."""
     return [
@@ -100,7 +112,7 @@ def main():
         driver.save_screenshot(os.path.join(ARTIFACTS, "1-cluster.png"))
 
         # 2. Kill the leader from its card: a new leader in a higher term.
-        leader["el"].find_element(By.CSS_SELECTOR, 'button[data-action="kill"]').click()
+        click(driver, old_name, "kill")
         t0 = time.monotonic()
 
         def new_leader():
@@ -118,8 +130,7 @@ def main():
         # 3. Restart it, put from the form: the entry reaches every node's log.
         def killed_card():
             return next(c for c in cards(driver) if c["name"] == old_name)
-        wait_for("a Restart button", lambda: killed_card()["el"].find_elements(
-            By.CSS_SELECTOR, 'button[data-action="restart"]'))[0].click()
+        click(driver, old_name, "restart")
         wait_for(f"{old_name} to answer again", lambda: killed_card()["up"])
         driver.find_element(By.ID, "put-key").clear()
         driver.find_element(By.ID, "put-key").send_keys("browser-test")
@@ -152,9 +163,11 @@ def main():
     finally:
         if driver is not None:
             driver.quit()
-        os.killpg(dev.pid, signal.SIGTERM)
         try:
+            os.killpg(dev.pid, signal.SIGTERM)
             dev.wait(timeout=15)
+        except ProcessLookupError:
+            pass  # dev had exited already (its log in ARTIFACTS says why)
         except subprocess.TimeoutExpired:
             os.killpg(dev.pid, signal.SIGKILL)
             dev.wait()

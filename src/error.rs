@@ -10,7 +10,7 @@ pub const LEADER_METADATA: &str = "raftkv-leader";
 /// to retry. An UNAVAILABLE without it came from the transport, not from a node.
 pub const NOT_APPLIED_METADATA: &str = "raftkv-not-applied";
 
-#[derive(Debug, thiserror::Error)]
+#[derive(Clone, Debug, thiserror::Error)]
 pub enum Error {
     #[error("this node is not the leader")]
     NotLeader { leader: Option<String> },

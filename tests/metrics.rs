@@ -46,6 +46,23 @@ async fn wait_series(c: &TestCluster, i: usize, name: &str, ok: impl Fn(f64) -> 
     }
 }
 
+/// Every `raftkv_` series the Grafana dashboard's queries name.
+fn dashboard_series() -> std::collections::BTreeSet<String> {
+    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/k8s/grafana-dashboard.json");
+    let dash: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
+    let mut names = std::collections::BTreeSet::new();
+    for panel in dash["panels"].as_array().expect("panels") {
+        for target in panel["targets"].as_array().expect("targets") {
+            let expr = target["expr"].as_str().expect("expr");
+            for (at, _) in expr.match_indices("raftkv_") {
+                let name: String = expr[at..].chars().take_while(|c| c.is_ascii_alphanumeric() || *c == '_').collect();
+                names.insert(name);
+            }
+        }
+    }
+    names
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn metrics_follow_leadership_writes_and_failures() {
     let mut c = TestCluster::start_with(3, Opts { metrics: true, ..Opts::default() }).await;
@@ -97,6 +114,13 @@ async fn metrics_follow_leadership_writes_and_failures() {
         "raftkv_server_learners 0",
     ] {
         assert!(text.contains(name), "{name} missing:\n{text}");
+    }
+    // The Grafana dashboard plots only series a member serves.
+    let plotted = dashboard_series();
+    assert!(plotted.len() >= 10, "the dashboard plots only {plotted:?}");
+    for name in plotted {
+        let served = text.lines().any(|l| l.strip_prefix(&name).is_some_and(|r| r.starts_with([' ', '{'])));
+        assert!(served, "k8s/grafana-dashboard.json plots {name}, which no member serves:\n{text}");
     }
 
     // Writes are made durable: the fsync histogram counts them, the commit index moves.

@@ -72,8 +72,20 @@ async fn watch_status_shows_writes_in_the_log_and_a_new_leader_with_its_votes() 
 
 /// One HTTP/1.1 request to the view server: (status code, head and body as text).
 async fn http(addr: &str, method: &str, path: &str, headers: &[(&str, &str)], body: &str) -> (u16, String) {
+    http_to(addr, addr, method, path, headers, body).await
+}
+
+/// `http`, naming `host` in the Host header.
+async fn http_to(
+    addr: &str,
+    host: &str,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: &str,
+) -> (u16, String) {
     let mut s = tokio::net::TcpStream::connect(addr).await.expect("the view answers");
-    let mut req = format!("{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n");
+    let mut req = format!("{method} {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n");
     for (k, v) in headers {
         req += &format!("{k}: {v}\r\n");
     }
@@ -105,7 +117,14 @@ async fn the_view_pushes_every_node_and_takes_only_same_origin_json_actions() {
     let (code, page) = http(&addr, "GET", "/", &[], "").await;
     assert_eq!(code, 200);
     assert!(page.contains("<title>raftkv — live cluster</title>") && page.contains("/app.js"), "{page}");
+    assert!(page.contains("X-Frame-Options: DENY") || page.contains("x-frame-options: DENY"), "{page}");
     assert_eq!(http(&addr, "GET", "/app.js", &[], "").await.0, 200);
+    // A name in Host (DNS rebinding: another site's name pointed here) is refused,
+    // for reading as for acting; localhost is not.
+    let port = addr.rsplit_once(':').unwrap().1;
+    let evil = format!("evil.example:{port}");
+    assert_eq!(http_to(&addr, &evil, "GET", "/events", &[], "").await.0, 403);
+    assert_eq!(http_to(&addr, &format!("localhost:{port}"), "GET", "/", &[], "").await.0, 200);
     assert_eq!(http(&addr, "GET", "/nope", &[], "").await.0, 404);
 
     // The event stream: what the view can do, then every node's state as it answers.
@@ -145,6 +164,9 @@ async fn the_view_pushes_every_node_and_takes_only_same_origin_json_actions() {
     let (code, _) = http(&addr, "POST", "/api/put", &[("Content-Type", "text/plain")], put).await;
     assert_eq!(code, 400);
     let (code, text) = http(&addr, "POST", "/api/put", &[json, ("Origin", "http://evil.example")], put).await;
+    assert_eq!(code, 403, "{text}");
+    let origin = format!("http://{evil}");
+    let (code, text) = http_to(&addr, &evil, "POST", "/api/put", &[json, ("Origin", &origin)], put).await;
     assert_eq!(code, 403, "{text}");
     let (code, text) = http(&addr, "POST", "/api/put", &[json], r#"{"key":"","value":"x"}"#).await;
     assert_eq!(code, 400, "{text}");

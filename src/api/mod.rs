@@ -298,7 +298,7 @@ impl pb::key_value_server::KeyValue for KvService {
     }
 
     async fn status(&self, _req: Request<pb::StatusRequest>) -> Result<Response<pb::StatusResponse>, Status> {
-        Ok(Response::new(status::status_response(&self.node)))
+        Ok(Response::new(status::status_response(&self.node, &self.node.status())))
     }
 
     type WatchStatusStream = status::WatchStatusStream;

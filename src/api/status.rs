@@ -8,7 +8,7 @@ use tonic::Status;
 
 use crate::proto as pb;
 use crate::raft::{EntryKind, Membership, Role};
-use crate::server::NodeHandle;
+use crate::server::{NodeHandle, NodeStatus};
 
 /// The most log entries one `WatchStatus` answer lists.
 pub const MAX_LOG_TAIL: u32 = 64;
@@ -21,12 +21,12 @@ const HEARTBEAT: Duration = Duration::from_secs(1);
 
 pub type WatchStatusStream = Pin<Box<dyn Stream<Item = Result<pb::WatchStatusResponse, Status>> + Send>>;
 
-pub fn status_response(node: &NodeHandle) -> pb::StatusResponse {
+/// `Status`'s answer: the node's status `st`, its membership and its store.
+pub fn status_response(node: &NodeHandle, st: &NodeStatus) -> pb::StatusResponse {
     let names = |m: &Membership, learners: bool| -> Vec<String> {
         m.members.values().filter(|m| m.learner == learners).map(|m| m.name.clone()).collect()
     };
     let members = node.membership();
-    let st = node.status();
     let store = node.store().status();
     let role = match st.role {
         Role::Follower => pb::Role::Follower,
@@ -37,7 +37,7 @@ pub fn status_response(node: &NodeHandle) -> pb::StatusResponse {
         name: node.name().to_string(),
         role: role as i32,
         term: st.term,
-        leader: node.leader_name().unwrap_or_default(),
+        leader: st.leader.map(|l| node.names().name(l)).unwrap_or_default(),
         commit_index: st.commit,
         applied_index: st.applied,
         last_log_index: st.last_index,
@@ -82,15 +82,14 @@ pub fn watch(node: NodeHandle, log_tail: u32) -> Result<WatchStatusStream, Statu
 }
 
 async fn view(node: &NodeHandle, log_tail: usize) -> crate::error::Result<pb::WatchStatusResponse> {
-    let tail = if log_tail == 0 { Vec::new() } else { node.log_tail(log_tail).await? };
-    let st = node.status();
+    let (st, tail) = node.status_view(log_tail).await?;
     let kind = |k: EntryKind| match k {
         EntryKind::Normal => "command",
         EntryKind::Noop => "noop",
         EntryKind::ConfChange => "config",
     };
     Ok(pb::WatchStatusResponse {
-        status: Some(status_response(node)),
+        status: Some(status_response(node, &st)),
         voted_for: st.vote.map(|v| node.names().name(v)).unwrap_or_default(),
         first_log_index: st.first_index,
         log_tail: tail

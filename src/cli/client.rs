@@ -51,7 +51,11 @@ impl Conn {
         let mut ep = Endpoint::from_shared(format!("http://{endpoint}"))
             .map_err(|e| format!("bad endpoint {endpoint:?}: {e}"))?
             .connect_timeout(connect_timeout)
-            .tcp_nodelay(true);
+            .tcp_nodelay(true)
+            // A connection to a host that vanished (no reset) is noticed within seconds:
+            // long calls (watch, the cluster view) then reconnect elsewhere.
+            .http2_keep_alive_interval(Duration::from_secs(5))
+            .keep_alive_timeout(Duration::from_secs(5));
         if let Some(d) = deadline {
             ep = ep.timeout(d);
         }

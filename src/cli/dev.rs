@@ -65,6 +65,11 @@ struct DevNode {
 struct Fleet {
     exe: std::path::PathBuf,
     nodes: std::sync::Mutex<Vec<DevNode>>,
+    /// Set once the page has acted on a process: `dev` then keeps running with every
+    /// node down, since the page can restart them.
+    acted: std::sync::atomic::AtomicBool,
+    /// Set when `dev` stops: the page can start nothing more.
+    stopping: std::sync::atomic::AtomicBool,
 }
 
 impl Fleet {
@@ -97,7 +102,8 @@ impl Fleet {
         Ok(())
     }
 
-    /// Notes the processes that have exited; false once none runs.
+    /// Notes the processes that have exited; false once none runs, unless the page
+    /// has acted on them (it may restart them).
     fn reap(&self) -> bool {
         let mut nodes = self.lock();
         for n in nodes.iter_mut() {
@@ -106,11 +112,12 @@ impl Fleet {
                 n.child = None;
             }
         }
-        nodes.iter().any(|n| n.child.is_some())
+        nodes.iter().any(|n| n.child.is_some()) || self.acted.load(std::sync::atomic::Ordering::Relaxed)
     }
 
     /// Stops every node: SIGTERM (after SIGCONT for a paused one), then a kill after 5 s.
     async fn stop(&self) {
+        self.stopping.store(true, std::sync::atomic::Ordering::Relaxed);
         let mut children: Vec<Child> = self.lock().iter_mut().filter_map(|n| n.child.take()).collect();
         for c in &children {
             if let Some(pid) = c.id() {
@@ -131,7 +138,12 @@ impl Fleet {
 impl raftkv::view::Control for Fleet {
     fn act(&self, endpoint: &str, action: raftkv::view::Action) -> Result<String, String> {
         use raftkv::view::Action;
+        use std::sync::atomic::Ordering;
         let mut nodes = self.lock();
+        if self.stopping.load(Ordering::Relaxed) {
+            return Err("raftkv dev is stopping".into());
+        }
+        self.acted.store(true, Ordering::Relaxed);
         let node = nodes.iter_mut().find(|n| n.client == endpoint).ok_or(format!("no node at {endpoint}"))?;
         let signal = |node: &DevNode, sig: i32| {
             // SAFETY: a signal to our own child process, by its PID.
@@ -222,7 +234,12 @@ pub async fn run(args: DevArgs) -> CmdResult {
     } else {
         None
     };
-    let fleet = std::sync::Arc::new(Fleet { exe, nodes: std::sync::Mutex::new(Vec::new()) });
+    let fleet = std::sync::Arc::new(Fleet {
+        exe,
+        nodes: std::sync::Mutex::new(Vec::new()),
+        acted: Default::default(),
+        stopping: Default::default(),
+    });
     for (name, client, peer, bridge) in spec {
         let mut cmd: Vec<std::ffi::OsString> = vec!["serve".into()];
         let mut args2 = |a: &[&dyn AsRef<std::ffi::OsStr>]| cmd.extend(a.iter().map(|a| a.as_ref().to_owned()));
@@ -261,6 +278,11 @@ pub async fn run(args: DevArgs) -> CmdResult {
         None
     } else {
         let addr = args.view_addr.unwrap_or(([127, 0, 0, 1], args.base_port + 400).into());
+        if !addr.ip().is_loopback() {
+            println!(
+                "raftkv dev: warning: the cluster view on {addr} lets anyone who reaches it kill and restart the nodes"
+            );
+        }
         let listener = tokio::net::TcpListener::bind(addr)
             .await
             .map_err(|e| format!("cannot serve the cluster view on {addr} (--view-addr, --no-view): {e}"))?;
@@ -298,8 +320,7 @@ pub async fn run(args: DevArgs) -> CmdResult {
             _ = tokio::signal::ctrl_c() => break,
             _ = term.recv() => break,
             _ = tokio::time::sleep(Duration::from_millis(200)) => {
-                // With the view, a node killed from the page can be restarted from it.
-                if !fleet.reap() && view.is_none() {
+                if !fleet.reap() {
                     return Err("every node exited".into());
                 }
             }

@@ -28,6 +28,9 @@ pub async fn run(args: ViewArgs) -> CmdResult {
         .map(|e| Ok(raftkv::view::Slot { endpoint: e.clone(), channel: args.conn.channel(e, Duration::from_secs(1))? }))
         .collect::<Result<Vec<_>, String>>()?;
     let n = slots.len();
+    if !args.listen.ip().is_loopback() {
+        println!("raftkv view: warning: anyone who reaches {} can put keys and hand over leadership", args.listen);
+    }
     let nodes = raftkv::view::Nodes::new(slots, None, args.conn.timeout());
     println!("raftkv view: following {n} nodes; open http://{}/ (Ctrl-C stops)", args.listen);
     tokio::select! {

@@ -237,7 +237,7 @@ fn check_url(url: &str) -> Result<(), ConfChangeError> {
 }
 
 /// Why a configuration change was refused. Nothing changed.
-#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+#[derive(Clone, Debug, thiserror::Error, PartialEq, Eq)]
 pub enum ConfChangeError {
     #[error("not the leader")]
     NotLeader { leader: Option<NodeId> },

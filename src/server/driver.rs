@@ -146,6 +146,21 @@ impl Driver {
         );
     }
 
+    /// The core's state as the node publishes it.
+    fn node_status(&self) -> NodeStatus {
+        let st = self.core.status();
+        NodeStatus {
+            role: st.role,
+            term: st.term,
+            leader: st.leader,
+            vote: st.vote,
+            commit: st.commit,
+            applied: st.applied,
+            last_index: st.last_index,
+            first_index: self.core.log().first_index(),
+        }
+    }
+
     fn leader_name(&self, leader: Option<NodeId>) -> Option<String> {
         leader.map(|l| self.links.names.name(l))
     }
@@ -262,11 +277,11 @@ impl Driver {
                     }
                 }
             }
-            Input::LogTail { n, reply } => {
+            Input::StatusView { tail, reply } => {
                 let log = self.core.log();
-                let from = log.first_index().max((log.last_index() + 1).saturating_sub(n as Index));
+                let from = log.first_index().max((log.last_index() + 1).saturating_sub(tail as Index));
                 let tail = (from..=log.last_index()).filter_map(|i| log.entry(i)).map(|e| (e.index, e.term, e.kind));
-                let _ = reply.send(tail.collect());
+                let _ = reply.send((self.node_status(), tail.collect()));
             }
             Input::WaitLeader { reply } => {
                 if self.core.status().leader.is_some() {
@@ -493,16 +508,7 @@ impl Driver {
                 let _ = tx.send(());
             }
         }
-        let new = NodeStatus {
-            role: st.role,
-            term: st.term,
-            leader: st.leader,
-            vote: st.vote,
-            commit: st.commit,
-            applied: st.applied,
-            last_index: st.last_index,
-            first_index: self.core.log().first_index(),
-        };
+        let new = self.node_status();
         let voted_for_self = st.vote == Some(self.core.id());
         self.status.send_if_modified(|old| {
             if *old == new {

@@ -8,6 +8,7 @@ use tokio::sync::{oneshot, watch};
 
 use super::forwarder::Forward;
 use super::{forward, Input, Metrics, NodeStatus, Shared};
+use crate::config::MAX_REQUEST_WAIT;
 use crate::error::{Error, Result};
 use crate::mvcc::{Applied, Command, Store};
 use crate::proto as pb;
@@ -67,9 +68,12 @@ impl NodeHandle {
         self.0.status.clone()
     }
 
-    /// The log's last `n` entries still held: index, term and kind, oldest first.
-    pub async fn log_tail(&self, n: usize) -> Result<Vec<(Index, Term, crate::raft::EntryKind)>> {
-        self.ask(|reply| Input::LogTail { n, reply }).await
+    /// The node's status and the log's last `tail` entries still held (index, term and
+    /// kind, oldest first), as of one moment; `applied` is the state machine's.
+    pub async fn status_view(&self, tail: usize) -> Result<(NodeStatus, super::LogTail)> {
+        let (mut st, entries) = self.ask(|reply| Input::StatusView { tail, reply }).await?;
+        st.applied = self.0.store.applied();
+        Ok((st, entries))
     }
 
     pub fn leader_name(&self) -> Option<String> {
@@ -305,17 +309,21 @@ impl NodeHandle {
 
     /// Waits until this node's state machine reflects every write committed before
     /// the call (ReadIndex through the leader), so that a local read is linearizable.
-    /// Concurrent reads share ReadIndex rounds; a read whose round fails asks on its own.
+    /// Concurrent reads share ReadIndex rounds, each bounded by the node's own deadline
+    /// (not the first caller's), and share a round's error; a read whose round ran out
+    /// of time, or was lost, asks on its own within what is left of its deadline.
     pub async fn linearizable_barrier(&self, deadline: Duration) -> Result<()> {
         let started = tokio::time::Instant::now();
         let node = self.clone();
+        let round_deadline = (self.0.election_timeout * 4).clamp(Duration::from_secs(2), MAX_REQUEST_WAIT);
         let round = move || {
             let node = node.clone();
-            async move { node.read_point(deadline).await.ok() }
+            async move { Some(node.read_point(round_deadline).await) }
         };
         let index = match tokio::time::timeout(deadline, self.0.reads.next(round)).await {
-            Ok(Some(index)) => index,
-            Ok(None) => self.read_point(deadline.saturating_sub(started.elapsed())).await?,
+            Ok(Some(Ok(index))) => index,
+            Ok(Some(Err(Error::Timeout)) | None) => self.read_point(deadline.saturating_sub(started.elapsed())).await?,
+            Ok(Some(Err(e))) => return Err(e),
             Err(_) => return Err(Error::Timeout),
         };
         let left = deadline.saturating_sub(started.elapsed());

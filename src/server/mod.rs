@@ -75,9 +75,13 @@ pub enum Input {
     Campaign,
     /// Become a follower now, keeping the term.
     BecomeFollower,
-    /// The log's last `n` entries still held (index, term, kind), oldest first.
-    LogTail { n: usize, reply: oneshot::Sender<Vec<(Index, Term, raft::EntryKind)>> },
+    /// The core's state and the log's last `tail` entries still held (index, term,
+    /// kind; oldest first), both as of one moment.
+    StatusView { tail: usize, reply: oneshot::Sender<(NodeStatus, LogTail)> },
 }
+
+/// The log's last entries: index, term and kind, oldest first.
+pub type LogTail = Vec<(Index, Term, raft::EntryKind)>;
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct NodeStatus {
@@ -130,7 +134,7 @@ struct Shared {
     /// address): etcd's MemberList shows every member's.
     client_urls: Vec<String>,
     /// Linearizable reads sharing ReadIndex rounds.
-    reads: Arc<rounds::SharedRounds<Index>>,
+    reads: Arc<rounds::SharedRounds<Result<Index>>>,
 }
 
 /// The longest snapshot stream a node accepts: twice what its quota lets it hold, at

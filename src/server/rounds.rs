@@ -54,12 +54,13 @@ impl<T: Clone + Send + 'static> SharedRounds<T> {
         F: Fn() -> Fut,
         Fut: Future<Output = Option<T>>,
     {
+        // Should a round panic, the task still lets the next request start another.
+        let _running = Running(self);
         loop {
             let waiting = {
                 let mut batch = self.lock();
                 batch.waiting.retain(|w| !w.is_closed());
                 if batch.waiting.is_empty() {
-                    batch.running = false;
                     return;
                 }
                 std::mem::take(&mut batch.waiting)
@@ -71,6 +72,18 @@ impl<T: Clone + Send + 'static> SharedRounds<T> {
                 }
             }
         }
+    }
+}
+
+/// Marks the rounds stopped when the task ends, however it ends; the requests still
+/// waiting (only after a panic) are dropped and learn they got no answer.
+struct Running<'a, T>(&'a SharedRounds<T>);
+
+impl<T> Drop for Running<'_, T> {
+    fn drop(&mut self) {
+        let mut batch = self.0.state.lock().unwrap_or_else(|e| e.into_inner());
+        batch.running = false;
+        batch.waiting.clear();
     }
 }
 
@@ -145,5 +158,13 @@ mod tests {
         let rounds: Arc<SharedRounds<u64>> = Arc::default();
         assert_eq!(rounds.next(|| async { None }).await, None);
         assert_eq!(rounds.next(|| async { Some(7) }).await, Some(7));
+    }
+
+    #[tokio::test]
+    async fn a_round_that_panics_does_not_stop_later_requests() {
+        let rounds: Arc<SharedRounds<u64>> = Arc::default();
+        assert_eq!(rounds.next(|| async { panic!("a round panics (expected in this test)") }).await, None);
+        let later = tokio::time::timeout(std::time::Duration::from_secs(10), rounds.next(|| async { Some(3) }));
+        assert_eq!(later.await.expect("a request after a panicked round got no round"), Some(3));
     }
 }

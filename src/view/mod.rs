@@ -37,6 +37,7 @@ type Body = BoxBody<Bytes, Infallible>;
 
 /// Follows every node and serves the page on `listener` until the process ends.
 pub async fn serve(listener: TcpListener, nodes: Arc<Nodes>) {
+    let port = listener.local_addr().map_or(0, |a| a.port());
     for i in 0..nodes.slots.len() {
         tokio::spawn(nodes.clone().watch(i));
     }
@@ -56,7 +57,18 @@ pub async fn serve(listener: TcpListener, nodes: Arc<Nodes>) {
             let _slot = slot;
             let service = hyper::service::service_fn(move |req| {
                 let nodes = nodes.clone();
-                async move { Ok::<_, Infallible>(route(&nodes, req).await) }
+                async move {
+                    let mut r = match host_refusal(&req, port) {
+                        Some(refusal) => refusal,
+                        None => route(&nodes, req).await,
+                    };
+                    let headers = r.headers_mut();
+                    // Not to be framed by another site's page (clicks on Kill through it).
+                    headers.insert(hyper::header::X_FRAME_OPTIONS, hyper::header::HeaderValue::from_static("DENY"));
+                    headers
+                        .insert(hyper::header::CONTENT_SECURITY_POLICY, hyper::header::HeaderValue::from_static(CSP));
+                    Ok::<_, Infallible>(r)
+                }
             });
             let io = hyper_util::rt::TokioIo::new(stream);
             let conn = hyper::server::conn::http1::Builder::new()
@@ -68,6 +80,24 @@ pub async fn serve(listener: TcpListener, nodes: Arc<Nodes>) {
             }
         });
     }
+}
+
+/// What the page may load, and that nothing may frame it.
+const CSP: &str = "default-src 'self'; style-src 'self' 'unsafe-inline'; frame-ancestors 'none'";
+
+/// Refuses a request whose Host is not this listener's port on `localhost` or an IP
+/// address: a name that resolves here only for the moment (DNS rebinding) would make
+/// another site's page same-origin with this one.
+fn host_refusal<B>(req: &Request<B>, port: u16) -> Option<Response<Body>> {
+    let host = req.headers().get(hyper::header::HOST).and_then(|v| v.to_str().ok()).unwrap_or("");
+    let ok = host.rsplit_once(':').is_some_and(|(name, p)| {
+        let name = name.strip_prefix('[').and_then(|n| n.strip_suffix(']')).unwrap_or(name);
+        p.parse() == Ok(port) && (name == "localhost" || name.parse::<std::net::IpAddr>().is_ok())
+    });
+    (!ok).then(|| {
+        let msg = format!("Host {host:?} refused: ask for this page by IP address or localhost, with its port\n");
+        answer(StatusCode::FORBIDDEN, "text/plain; charset=utf-8", msg)
+    })
 }
 
 fn answer(status: StatusCode, content_type: &'static str, body: impl Into<Bytes>) -> Response<Body> {

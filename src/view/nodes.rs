@@ -79,12 +79,12 @@ impl Nodes {
             node["process"] = json!(c.process(&self.slots[i].endpoint));
         }
         let mut state = self.state.lock().unwrap_or_else(|e| e.into_inner());
-        if state[i] == node {
-            return;
-        }
         if node["up"] == false {
             // Keep the name a node had while it answered.
             node["name"] = state[i]["name"].clone();
+        }
+        if state[i] == node {
+            return;
         }
         state[i] = node;
         let _ = self.changes.send(frame(&state[i]));
@@ -101,7 +101,10 @@ impl Nodes {
         let endpoint = self.slots[i].endpoint.clone();
         loop {
             let mut client = KeyValueClient::new(self.slots[i].channel.clone());
-            let why = match client.watch_status(pb::WatchStatusRequest { log_tail: LOG_TAIL }).await {
+            let ask = client.watch_status(pb::WatchStatusRequest { log_tail: LOG_TAIL });
+            let why = match tokio::time::timeout(SILENCE, ask).await.unwrap_or_else(|_| {
+                Err(tonic::Status::deadline_exceeded(format!("no answer for {} s", SILENCE.as_secs())))
+            }) {
                 Ok(stream) => {
                     let mut stream = stream.into_inner();
                     loop {

@@ -96,10 +96,11 @@ function cells(n, hi) {
   return html;
 }
 
+// A card's two parts: what the node says, and the buttons (redrawn apart, and only when
+// they change, so that a click is not lost to a redraw).
 function card(n, hi) {
   const paused = n.process === "paused";
-  const role = !n.up ? (n.process === "stopped" ? "stopped" : "down") : paused ? "paused" : n.role;
-  const badge = n.up && !paused ? n.role : role;
+  const badge = paused ? "paused" : !n.up ? (n.process === "stopped" ? "stopped" : "down") : n.role;
   const crown = n.up && n.role === "leader" ? CROWN : "";
   const dd = (v) => (n.up ? esc(v === "" || v === undefined ? "—" : v) : "—");
   let buttons = "";
@@ -110,7 +111,7 @@ function card(n, hi) {
     if (paused) buttons += `<button data-action="resume">Resume</button>`;
     else if (n.process === "running") buttons += `<button data-action="pause" title="SIGSTOP: the process freezes, its connections stay open">Pause</button>`;
   }
-  return `
+  const info = `
     <h3>${crown}${esc(n.name || n.endpoint)} <span class="badge ${esc(badge)}">${esc(badge)}</span><span class="endpoint">${esc(n.endpoint)}</span></h3>
     <dl>
       <dt>term</dt><dd>${dd(n.term)}</dd><dt>voted for</dt><dd>${dd(n.voted_for)}</dd>
@@ -118,8 +119,13 @@ function card(n, hi) {
       <dt>commit</dt><dd>${dd(n.commit)}</dd><dt>applied</dt><dd>${dd(n.applied)}</dd>
     </dl>
     <div class="log">${cells(n, hi)}</div>
-    <div class="error">${n.up ? "" : esc(n.error || "")}</div>
-    <div class="buttons">${buttons}</div>`;
+    <div class="error">${n.up || paused ? "" : esc(n.error || "")}</div>`;
+  return [info, buttons];
+}
+
+// Sets `el`'s HTML only if it changed.
+function put(el, html) {
+  if (el._html !== html) { el.innerHTML = html; el._html = html; }
 }
 
 let pending = false;
@@ -138,6 +144,7 @@ function render() {
         el = document.createElement("article");
         el.className = "node";
         el.dataset.endpoint = ep;
+        el.innerHTML = '<div class="info"></div><div class="buttons"></div>';
         box.append(el);
       }
       el.dataset.name = n.name || ep;
@@ -145,7 +152,9 @@ function render() {
       el.dataset.role = n.up ? n.role : "down";
       el.dataset.term = n.up ? n.term : "";
       el.dataset.process = n.process || "";
-      el.innerHTML = card(n, hi);
+      const [info, buttons] = card(n, hi);
+      put(el.querySelector(".info"), info);
+      put(el.querySelector(".buttons"), buttons);
     }
     summary();
   });
