@@ -5,8 +5,10 @@ Starts `raftkv dev` with 5 nodes, opens its page and checks what a visitor sees:
   1. five nodes, every one answering, and exactly one leader;
   2. after "Kill" on the leader's card: another node leads, in a higher term;
   3. after "Restart" on the killed node and a put from the page's form: the put's
-     log entry appears in every node's log.
-Screenshots of the three states go to ARTIFACTS (default: artifacts/view).
+     log entry appears in every node's log;
+  4. after "Partition" on the leader: another node leads, in a higher term; after
+     "Heal": the old leader follows again.
+Screenshots of these states go to ARTIFACTS (default: artifacts/view).
 
     python3 scripts/browser-test.py [RAFTKV_BINARY]
 
@@ -151,6 +153,28 @@ def main():
         holders = wait_for(f"entry {index} committed in all 5 logs", in_every_log)
         log(f"entry {index} is in the logs of {', '.join(holders)}")
         driver.save_screenshot(os.path.join(ARTIFACTS, "3-put.png"))
+
+        # 4. Partition the leader away: the others elect a leader in a higher term; heal,
+        # and the old leader follows it.
+        leader = wait_for("one leader", one_leader)
+        cut, cut_term = leader["name"], leader["term"]
+        click(driver, cut, "isolate")
+
+        def leader_without_cut():
+            cs = cards(driver)
+            others = [c for c in cs if c["name"] != cut and c["role"] == "leader" and c["term"] > cut_term]
+            isolated = [c for c in cs if c["name"] == cut and c["el"].get_attribute("data-process") == "isolated"]
+            return len(others) == 1 and isolated and others[0]
+        leader = wait_for(f"a leader other than {cut}, cut off", leader_without_cut)
+        log(f"partitioned {cut} away: {leader['name']} leads term {leader['term']}")
+        driver.save_screenshot(os.path.join(ARTIFACTS, "4-partition.png"))
+        click(driver, cut, "heal")
+
+        def rejoined():
+            c = next(c for c in cards(driver) if c["name"] == cut)
+            return c["up"] and c["role"] == "follower" and c["term"] >= leader["term"] and c
+        wait_for(f"{cut} to follow again after the heal", rejoined)
+        log(f"healed: {cut} follows again: {shown(driver)}")
         events = driver.find_element(By.ID, "events").text
         if "leader of term" not in events:
             raise AssertionError(f"the event strip tells no election: {events!r}")

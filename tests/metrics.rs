@@ -46,7 +46,13 @@ async fn wait_series(c: &TestCluster, i: usize, name: &str, ok: impl Fn(f64) -> 
     }
 }
 
-/// Every `raftkv_` series the Grafana dashboard's queries name.
+/// The value of the series `name{labels}` in a scrape (0 if absent).
+fn labelled(scrape: &str, name: &str, labels: &str) -> f64 {
+    let prefix = format!("{name}{{{labels}}} ");
+    scrape.lines().find_map(|l| l.strip_prefix(&prefix)).and_then(|v| v.trim().parse().ok()).unwrap_or(0.0)
+}
+
+/// Every `raftkv_` and `grpc_server_` series the Grafana dashboard's queries name.
 fn dashboard_series() -> std::collections::BTreeSet<String> {
     let path = concat!(env!("CARGO_MANIFEST_DIR"), "/k8s/grafana-dashboard.json");
     let dash: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
@@ -54,7 +60,8 @@ fn dashboard_series() -> std::collections::BTreeSet<String> {
     for panel in dash["panels"].as_array().expect("panels") {
         for target in panel["targets"].as_array().expect("targets") {
             let expr = target["expr"].as_str().expect("expr");
-            for (at, _) in expr.match_indices("raftkv_") {
+            let starts = expr.match_indices("raftkv_").chain(expr.match_indices("grpc_server_"));
+            for (at, _) in starts {
                 let name: String = expr[at..].chars().take_while(|c| c.is_ascii_alphanumeric() || *c == '_').collect();
                 names.insert(name);
             }
@@ -115,11 +122,17 @@ async fn metrics_follow_leadership_writes_and_failures() {
     ] {
         assert!(text.contains(name), "{name} missing:\n{text}");
     }
-    // The Grafana dashboard plots only series a member serves.
+    // The Grafana dashboard plots only series a member serves (declared, if no event
+    // has made a sample yet: a `# TYPE` line names the family without its suffix).
     let plotted = dashboard_series();
     assert!(plotted.len() >= 10, "the dashboard plots only {plotted:?}");
     for name in plotted {
-        let served = text.lines().any(|l| l.strip_prefix(&name).is_some_and(|r| r.starts_with([' ', '{'])));
+        let family =
+            ["_total", "_bucket", "_sum", "_count"].iter().fold(name.as_str(), |n, s| n.strip_suffix(s).unwrap_or(n));
+        // (A gauge named `_total`, as etcd's proposal gauges are, keeps its suffix.)
+        let served = text.lines().any(|l| {
+            l.strip_prefix("# TYPE ").and_then(|r| r.split(' ').next()).is_some_and(|n| n == family || n == name)
+        });
         assert!(served, "k8s/grafana-dashboard.json plots {name}, which no member serves:\n{text}");
     }
 
@@ -139,12 +152,57 @@ async fn metrics_follow_leadership_writes_and_failures() {
     // This leader won an election: its own count says so.
     assert!(series(&c, leader, "raftkv_server_elections_started_total").await >= 1.0);
 
+    // Client calls, by method and code (go-grpc-prometheus' names, as etcd serves them):
+    // the 20 stores, and a refused one, counted as such.
+    let empty = client.store(raftkv::proto::StoreRequest { key: String::new(), value: "v".into() }).await;
+    assert_eq!(empty.unwrap_err().code(), tonic::Code::InvalidArgument);
+    let text = get(&c.metrics_addrs[leader], "/metrics").await.1;
+    let store = r#"grpc_type="unary",grpc_service="raftkv.v1.KeyValue",grpc_method="Store""#;
+    let ok = format!("grpc_server_handled_total{{{store},grpc_code=\"OK\"}} ");
+    let refused = format!("grpc_server_handled_total{{{store},grpc_code=\"InvalidArgument\"}} 1");
+    let count = format!("grpc_server_handling_seconds_count{{{store}}} ");
+    let value_of = |prefix: &str| -> f64 {
+        let line =
+            text.lines().find_map(|l| l.strip_prefix(prefix)).unwrap_or_else(|| panic!("no {prefix} in:\n{text}"));
+        line.trim().parse().unwrap()
+    };
+    assert!(value_of(&ok) >= 20.0, "{text}");
+    assert!(text.lines().any(|l| l == refused), "{refused} missing:\n{text}");
+    assert!(value_of(&count) >= 21.0, "{text}");
+
+    // Per peer (etcd's label names): the leader sent AppendEntries to each follower
+    // and knows its lag; each follower received them from the leader.
+    assert!(value_of("raftkv_server_elections_won_total ") >= 1.0, "{text}");
+    for f in (0..3).filter(|&i| i != leader) {
+        let to = format!(r#"To="{}""#, c.names[f]);
+        assert!(labelled(&text, "raftkv_network_peer_appends_sent_total", &to) > 0.0, "{to}:\n{text}");
+        assert!(text.contains(&format!("raftkv_server_peer_lag_entries{{{to}}} ")), "{to}:\n{text}");
+        let from = format!(r#"From="{}""#, c.names[leader]);
+        let theirs = get(&c.metrics_addrs[f], "/metrics").await.1;
+        assert!(labelled(&theirs, "raftkv_network_peer_appends_received_total", &from) > 0.0, "{theirs}");
+        assert!(!theirs.contains("raftkv_server_peer_lag_entries{"), "a follower shows lag:\n{theirs}");
+    }
+
     // The leader is lost: the others see a leader change.
     let others: Vec<usize> = (0..3).filter(|&i| i != leader).collect();
     let changes = series(&c, others[0], "raftkv_server_leader_changes_seen_total").await;
     c.stop(leader).await;
-    c.wait_leader_among(&others).await;
+    let new_leader = c.wait_leader_among(&others).await;
     wait_series(&c, others[0], "raftkv_server_leader_changes_seen_total", |v| v > changes).await;
+    // The new leader's requests to the stopped one fail, and are counted against it.
+    let to_old = format!(r#"To="{}""#, c.names[leader]);
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        let text = get(&c.metrics_addrs[new_leader], "/metrics").await.1;
+        if labelled(&text, "raftkv_network_peer_sent_failures_total", &to_old) > 0.0 {
+            break;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "no failure counted {to_old}:\n{text}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // It got there through a PreVote round and an election it won.
+    assert!(series(&c, new_leader, "raftkv_server_pre_votes_started_total").await >= 1.0);
+    assert!(series(&c, new_leader, "raftkv_server_elections_won_total").await >= 1.0);
 
     // A member cut off from the other: no leader, /health says so.
     c.partition(&[others[1]]);

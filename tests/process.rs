@@ -356,12 +356,28 @@ async fn sigkill_during_snapshot_install_converges_to_the_leaders_state() {
     p.kill(behind);
     // More than the 5,000 entries a leader keeps for followers a little behind.
     let others: Vec<String> = (0..3).filter(|&i| i != behind).map(|i| p.clients[i].clone()).collect();
+    let svg = tempfile::NamedTempFile::new().unwrap();
     let out = Command::new(BIN)
         .args(["bench", "--clients", "32", "--requests", "7000", "--sequential-keys", "--value-size", "512"])
         .args(["--endpoints", &others.join(",")])
+        .arg("--svg")
+        .arg(svg.path())
         .output()
         .unwrap();
     assert!(out.status.success(), "bench: {}", stderr(&out));
+    // Its chart draws every acknowledged write in the latency histogram.
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let ok: u64 = stdout
+        .lines()
+        .find_map(|l| l.strip_prefix("done: "))
+        .and_then(|l| l.split(' ').next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("no summary in: {stdout}"));
+    let chart = std::fs::read_to_string(svg.path()).unwrap();
+    let drawn: u64 =
+        chart.split(r#"data-count=""#).skip(1).filter_map(|r| r.split('"').next()?.parse::<u64>().ok()).sum();
+    assert!(chart.starts_with("<svg") && chart.contains(r#"class="throughput""#), "{chart}");
+    assert_eq!(drawn, ok, "the chart's histogram holds {drawn} of {ok} writes");
     // Kills at different points: while the stream arrives, while it is built into a new
     // engine, around the swap, and after.
     for wait_ms in [60, 110, 160, 220, 300, 450, 700, 1200] {

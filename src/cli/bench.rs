@@ -12,6 +12,7 @@ use raftkv::client::{ClientError, Options, Session};
 use raftkv::proto::{self as pb, key_value_client::KeyValueClient};
 use tonic::transport::Channel;
 
+use super::bench_svg::Second;
 use super::client::Conn;
 use super::CmdResult;
 
@@ -54,6 +55,10 @@ pub struct BenchArgs {
     /// clients), latency counted from when each was due; 0: as fast as answered.
     #[arg(long, default_value_t = 0)]
     pub rate: u64,
+    /// Also draw the run into this SVG file: throughput over time, and the latency
+    /// histogram with its p50 and p99.
+    #[arg(long, value_name = "FILE")]
+    pub svg: Option<std::path::PathBuf>,
     #[command(flatten)]
     pub conn: Conn,
 }
@@ -200,6 +205,16 @@ async fn leader_endpoint(conn: &Conn) -> usize {
     0
 }
 
+/// Records what succeeded and failed since the last sample, as one `Second` ending now.
+fn sample(shared: &Shared, seconds: &std::sync::Mutex<Vec<Second>>) -> Second {
+    let mut seconds = seconds.lock().unwrap_or_else(|e| e.into_inner());
+    let (ok, failed) = (shared.ok.load(Ordering::Relaxed), shared.failed.load(Ordering::Relaxed));
+    let (ok_before, failed_before) = seconds.iter().fold((0, 0), |(o, f), s| (o + s.ok, f + s.failed));
+    let s = Second { t: shared.start.elapsed().as_secs_f64(), ok: ok - ok_before, failed: failed - failed_before };
+    seconds.push(s);
+    s
+}
+
 pub async fn run(args: BenchArgs) -> CmdResult {
     if args.clients == 0 || args.key_space == 0 {
         return Err("--clients and --key-space must be positive".into());
@@ -322,23 +337,27 @@ pub async fn run(args: BenchArgs) -> CmdResult {
             hist
         }));
     }
+    // Each second: a progress line (redrawn in place on a terminal), and a sample for
+    // --svg.
+    let seconds = Arc::new(std::sync::Mutex::new(Vec::<Second>::new()));
+    let live = std::io::IsTerminal::is_terminal(&std::io::stdout());
     let progress = {
-        let shared = shared.clone();
+        let (shared, seconds) = (shared.clone(), seconds.clone());
         tokio::spawn(async move {
-            let mut last = 0;
             let mut tick = tokio::time::interval(Duration::from_secs(1));
             tick.tick().await;
             loop {
                 tick.tick().await;
-                let ok = shared.ok.load(Ordering::Relaxed);
-                println!(
-                    "  {:>4.0} s  ok {:>9}  failed {:>6}  {:>8} /s",
-                    shared.start.elapsed().as_secs_f64(),
-                    ok,
-                    shared.failed.load(Ordering::Relaxed),
-                    ok - last
-                );
-                last = ok;
+                let s = sample(&shared, &seconds);
+                let (ok, failed) = (shared.ok.load(Ordering::Relaxed), shared.failed.load(Ordering::Relaxed));
+                let line = format!("  {:>4.0} s  ok {ok:>9}  failed {failed:>6}  {:>8} /s", s.t, s.ok);
+                if live {
+                    use std::io::Write;
+                    print!("\r{line}");
+                    let _ = std::io::stdout().flush();
+                } else {
+                    println!("{line}");
+                }
             }
         })
     };
@@ -347,6 +366,10 @@ pub async fn run(args: BenchArgs) -> CmdResult {
         hist.add(t.await.map_err(|e| e.to_string())?).map_err(|e| e.to_string())?;
     }
     progress.abort();
+    if live {
+        println!();
+    }
+    sample(&shared, &seconds);
     // The stretch from the last success (or the start) to the end counts as a gap too.
     let end_us = shared.start.elapsed().as_micros() as u64;
     let trailing = end_us.saturating_sub(shared.last_ok_us.load(Ordering::Acquire));
@@ -387,6 +410,18 @@ pub async fn run(args: BenchArgs) -> CmdResult {
             shared.max_gap_end_us.load(Ordering::Relaxed) as f64 / 1e6,
             wall_clock(started_at + Duration::from_micros(shared.max_gap_end_us.load(Ordering::Relaxed))),
         );
+    }
+    if let Some(path) = &args.svg {
+        let title = format!(
+            "raftkv bench: {} clients, {mix}{pace}, {} B values — {ok} ok in {secs:.1} s, p99 {:.2} ms",
+            args.clients,
+            args.value_size,
+            ms(0.99)
+        );
+        let seconds = seconds.lock().unwrap_or_else(|e| e.into_inner());
+        std::fs::write(path, super::bench_svg::render(&title, &seconds, &hist))
+            .map_err(|e| format!("cannot write {}: {e}", path.display()))?;
+        println!("chart: {}", path.display());
     }
     if ok == 0 {
         return Err("no request succeeded".into());

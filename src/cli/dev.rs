@@ -59,6 +59,9 @@ struct DevNode {
     /// None once the process has exited.
     child: Option<Child>,
     paused: bool,
+    /// Lines for the node's fault control (`serve --dev-fault-control`, on its stdin).
+    faults: Option<tokio::sync::mpsc::UnboundedSender<&'static str>>,
+    isolated: bool,
 }
 
 /// The nodes' processes: the supervisor loop and the view's buttons share them.
@@ -82,11 +85,25 @@ impl Fleet {
         let mut child = Command::new(&self.exe)
             .args(&node.cmd)
             .env("RUST_LOG", std::env::var("RUST_LOG").unwrap_or_else(|_| "info".into()))
+            .stdin(Stdio::piped())
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
             .kill_on_drop(true)
             .spawn()
             .map_err(|e| format!("cannot start {}: {e}", node.name))?;
+        node.faults = child.stdin.take().map(|mut stdin| {
+            let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<&'static str>();
+            tokio::spawn(async move {
+                use tokio::io::AsyncWriteExt;
+                while let Some(line) = rx.recv().await {
+                    if stdin.write_all(format!("{line}\n").as_bytes()).await.is_err() {
+                        return;
+                    }
+                }
+            });
+            tx
+        });
+        node.isolated = false;
         if let Some(err) = child.stderr.take() {
             let prefix = node.name.clone();
             tokio::spawn(async move {
@@ -169,6 +186,23 @@ impl raftkv::view::Control for Fleet {
                 self.spawn(node)?;
                 format!("restarted {name} (pid {})", node.pid)
             }
+            (Action::Isolate | Action::Heal, Some(_)) => {
+                let isolate = action == Action::Isolate;
+                if node.isolated == isolate {
+                    return Err(format!("{name} is {} already", if isolate { "isolated" } else { "connected" }));
+                }
+                let line = if isolate { "isolate" } else { "heal" };
+                node.faults
+                    .as_ref()
+                    .and_then(|f| f.send(line).ok())
+                    .ok_or(format!("{name} takes no fault commands"))?;
+                node.isolated = isolate;
+                if isolate {
+                    format!("cut {name} off from every other node")
+                } else {
+                    format!("reconnected {name}")
+                }
+            }
             (Action::Restart, Some(_)) => return Err(format!("{name} is running; kill it first")),
             (_, None) => return Err(format!("{name} is not running")),
             (Action::Pause, _) => return Err(format!("{name} is paused already")),
@@ -182,6 +216,7 @@ impl raftkv::view::Control for Fleet {
         match self.lock().iter().find(|n| n.client == endpoint) {
             Some(n) if n.child.is_none() => "stopped",
             Some(n) if n.paused => "paused",
+            Some(n) if n.isolated => "isolated",
             _ => "running",
         }
     }
@@ -270,7 +305,19 @@ pub async fn run(args: DevArgs) -> CmdResult {
         args2(&[&"--initial-cluster", &cluster]);
         args2(&[&"--election-timeout-ms", &args.election_timeout_ms.to_string()]);
         args2(&[&"--heartbeat-ms", &args.heartbeat_ms.to_string()]);
-        let mut node = DevNode { name, client, peer, bridge, cmd, pid: 0, child: None, paused: false };
+        args2(&[&"--dev-fault-control"]);
+        let mut node = DevNode {
+            name,
+            client,
+            peer,
+            bridge,
+            cmd,
+            pid: 0,
+            child: None,
+            paused: false,
+            faults: None,
+            isolated: false,
+        };
         fleet.spawn(&mut node)?;
         fleet.lock().push(node);
     }

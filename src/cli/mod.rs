@@ -1,5 +1,6 @@
 //! Subcommands of the `raftkv` binary.
 pub mod bench;
+mod bench_svg;
 pub mod client;
 pub mod controller;
 pub mod dev;

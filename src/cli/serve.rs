@@ -14,6 +14,10 @@ pub struct ServeArgs {
     /// This node's name; must appear in --initial-cluster.
     #[arg(long, env = "RAFTKV_NAME")]
     pub name: String,
+    /// `raftkv dev` only: read "isolate" and "heal" lines on standard input, cutting
+    /// this node off from its peers (both ways) and back.
+    #[arg(long, hide = true)]
+    pub dev_fault_control: bool,
     /// Address for the client gRPC service (KeyValue, health, reflection).
     #[arg(long, env = "RAFTKV_CLIENT_ADDR", default_value = "127.0.0.1:7001")]
     pub client_addr: String,
@@ -315,7 +319,12 @@ pub async fn run(args: ServeArgs) -> CmdResult {
         None => None,
     };
     let bridge_addr = bridge.as_ref().and_then(|b| b.local_addr().ok());
-    let node = Node::start(cfg.clone(), client, peer, bridge, None).await.map_err(|e| e.to_string())?;
+    let faults = args.dev_fault_control.then(|| {
+        let faults = raftkv::transport::Faults::default();
+        tokio::spawn(fault_control(faults.clone(), args.name.clone()));
+        faults
+    });
+    let node = Node::start(cfg.clone(), client, peer, bridge, faults).await.map_err(|e| e.to_string())?;
     let members: Vec<String> = cfg.members.iter().map(|m| format!("{}={}", m.name, m.peer_addr)).collect();
     tracing::info!(
         name = %args.name,
@@ -339,5 +348,25 @@ pub async fn run(args: ServeArgs) -> CmdResult {
     match handle.fatal_error() {
         Some(e) => Err(format!("stopped on a storage failure: {e}")),
         None => Ok(ExitCode::SUCCESS),
+    }
+}
+
+/// `--dev-fault-control`: "isolate" and "heal" lines on standard input (from `raftkv
+/// dev`, its parent) cut this node off from its peers and back.
+async fn fault_control(faults: raftkv::transport::Faults, me: String) {
+    use tokio::io::AsyncBufReadExt;
+    let mut lines = tokio::io::BufReader::new(tokio::io::stdin()).lines();
+    while let Ok(Some(line)) = lines.next_line().await {
+        match line.trim() {
+            "isolate" => {
+                faults.isolate(&me);
+                tracing::warn!("fault injection: isolated from every peer");
+            }
+            "heal" => {
+                faults.heal();
+                tracing::warn!("fault injection: healed");
+            }
+            other => tracing::warn!("fault control: unknown command {other:?} (isolate, heal)"),
+        }
     }
 }

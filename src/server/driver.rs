@@ -11,13 +11,15 @@ use tokio::time::MissedTickBehavior;
 
 use super::applier::{ProposalReply, Task};
 use super::persister::{Durable, Job};
-use super::{Input, Metrics, NodeStatus};
+use super::{metrics, Input, Metrics, NodeStatus};
 use crate::error::Error;
 use crate::mvcc::snapshot::Built;
 use crate::mvcc::Store;
 use crate::raft::{
     ConfChangeError, Index, Message, MessageBody, NodeId, ProposeError, RawNode, Role, Term, TransferError,
 };
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::gauge::Gauge;
 
 /// Inputs handled per loop iteration before the ready is processed (one batch).
 const MAX_BATCH: usize = 4096;
@@ -53,7 +55,20 @@ pub(super) struct InFlight {
     messages: Vec<Message>,
 }
 
+/// One peer's series, kept by the driver so that a message costs no lookup by name.
+pub(super) struct PeerSeries {
+    to: metrics::To,
+    failures: Counter,
+    sent: Counter,
+    rejected: Counter,
+    received: Counter,
+    /// Set while this node leads.
+    lag: Option<Gauge>,
+}
+
 pub(super) struct Driver {
+    /// Per-peer metric series, by member id.
+    pub peer_series: std::collections::HashMap<NodeId, PeerSeries>,
     /// The state machine's writer, on its own thread.
     pub applier: mpsc::UnboundedSender<Task>,
     pub store: Arc<Store>,
@@ -240,6 +255,7 @@ impl Driver {
     fn handle(&mut self, input: Input) {
         match input {
             Input::Raft { msg, reply } => {
+                self.count_peer_message(&msg);
                 let answer = self.core.step(msg);
                 if let (Some(tx), Some(answer)) = (reply, answer) {
                     self.held.push((tx, answer));
@@ -324,11 +340,55 @@ impl Driver {
         }
     }
 
+    /// The per-peer series of `peer`, looked up once per peer.
+    fn peer_series(&mut self, peer: NodeId) -> &mut PeerSeries {
+        let (t, names) = (&self.metrics.telemetry, &self.links.names);
+        self.peer_series.entry(peer).or_insert_with(|| {
+            let name = names.name(peer);
+            let to = metrics::To::peer(name.clone());
+            PeerSeries {
+                failures: t.peer_failures.get_or_create(&to).clone(),
+                sent: t.peer_appends_sent.get_or_create(&to).clone(),
+                rejected: t.peer_appends_rejected.get_or_create(&to).clone(),
+                received: t.peer_appends_received.get_or_create(&metrics::From::peer(name)).clone(),
+                lag: None,
+                to,
+            }
+        })
+    }
+
+    /// Counts a message from a peer (or about one) in the per-peer series.
+    fn count_peer_message(&mut self, m: &Message) {
+        let last = self.core.log().last_index();
+        let lag_family = self.metrics.telemetry.peer_lag.clone();
+        let s = self.peer_series(m.from);
+        match &m.body {
+            MessageBody::Unreachable | MessageBody::SnapshotFailed => {
+                s.failures.inc();
+            }
+            MessageBody::AppendEntries { .. } => {
+                s.received.inc();
+            }
+            MessageBody::AppendEntriesResponse { success: false, .. } => {
+                s.rejected.inc();
+            }
+            MessageBody::AppendEntriesResponse { success: true, match_index, .. } => {
+                let lag = s.lag.get_or_insert_with(|| lag_family.get_or_create(&s.to).clone());
+                lag.set(last.saturating_sub(*match_index) as i64);
+            }
+            _ => {}
+        }
+    }
+
     /// Hands requests to the peers' queues; a full or missing queue counts as unreachable.
     fn send(&mut self, messages: Vec<Message>) {
+        if messages.iter().any(|m| matches!(m.body, MessageBody::RequestVote { pre_vote: true, .. })) {
+            self.metrics.telemetry.pre_votes_started.inc();
+        }
         for m in messages {
             if matches!(m.body, MessageBody::AppendEntries { .. }) {
                 self.metrics.appends_sent.fetch_add(1, Ordering::Relaxed);
+                self.peer_series(m.to).sent.inc();
             }
             let to = m.to;
             let body = match m.body {
@@ -338,7 +398,9 @@ impl Driver {
             let delivered = self.peers.get(&to).is_some_and(|q| q.try_send(m).is_ok());
             if !delivered {
                 let me = self.core.id();
-                self.core.step(Message { from: to, to: me, term: 0, body });
+                let failed = Message { from: to, to: me, term: 0, body };
+                self.count_peer_message(&failed);
+                self.core.step(failed);
             }
         }
     }
@@ -509,6 +571,9 @@ impl Driver {
             }
         }
         let new = self.node_status();
+        if new.role != Role::Leader {
+            self.peer_series.values_mut().for_each(|s| s.lag = None);
+        }
         let voted_for_self = st.vote == Some(self.core.id());
         self.status.send_if_modified(|old| {
             if *old == new {
@@ -520,6 +585,13 @@ impl Driver {
             let telemetry = &self.metrics.telemetry;
             if new.leader.is_some() && new.leader != old.leader {
                 telemetry.leader_changes.inc();
+            }
+            if new.role == Role::Leader && (old.role != Role::Leader || old.term != new.term) {
+                telemetry.elections_won.inc();
+            }
+            if old.role == Role::Leader && new.role != Role::Leader {
+                // Only a leader knows how far behind the members are.
+                telemetry.peer_lag.clear();
             }
             // A node votes for itself in a new term only by campaigning (a single
             // voter wins at once, so its candidacy is never published).

@@ -13,7 +13,9 @@ use bytes::Bytes;
 use http_body_util::Full;
 use hyper::{Request, Response, StatusCode};
 use prometheus_client::encoding::text::encode;
+use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
 use prometheus_client::registry::Registry;
@@ -48,6 +50,42 @@ pub struct Telemetry {
     db_in_use: Level,
     voters: Level,
     learners: Level,
+    /// Client requests, by method and status code.
+    pub grpc: super::grpc_metrics::GrpcTelemetry,
+    pub elections_won: Counter,
+    /// PreVote rounds: batches of pre-vote requests this member sent.
+    pub pre_votes_started: Counter,
+    /// Per peer (etcd's label names): requests that failed, AppendEntries sent,
+    /// answered with a rejection, and received; the leader's view of each member's lag.
+    pub peer_failures: Family<To, Counter>,
+    pub peer_appends_sent: Family<To, Counter>,
+    pub peer_appends_rejected: Family<To, Counter>,
+    pub peer_appends_received: Family<From, Counter>,
+    pub peer_lag: Family<To, Level>,
+}
+
+#[allow(non_snake_case)]
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct To {
+    To: String,
+}
+
+#[allow(non_snake_case)]
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct From {
+    From: String,
+}
+
+impl To {
+    pub fn peer(name: String) -> To {
+        To { To: name }
+    }
+}
+
+impl From {
+    pub fn peer(name: String) -> From {
+        From { From: name }
+    }
 }
 
 /// etcd's buckets for disk latencies: 1 ms to about 8 s, doubling.
@@ -78,6 +116,14 @@ impl Telemetry {
             db_in_use: Level::default(),
             voters: Level::default(),
             learners: Level::default(),
+            grpc: Default::default(),
+            elections_won: Counter::default(),
+            pre_votes_started: Counter::default(),
+            peer_failures: Family::default(),
+            peer_appends_sent: Family::default(),
+            peer_appends_rejected: Family::default(),
+            peer_appends_received: Family::default(),
+            peer_lag: Family::default(),
         }
     }
 
@@ -108,7 +154,13 @@ impl Telemetry {
         for (name, help, level) in levels {
             r.register(name, help, level.clone());
         }
-        let counters: [(&str, &str, &Counter); 5] = [
+        let counters: [(&str, &str, &Counter); 7] = [
+            ("raftkv_server_elections_won", "Elections this member won", &s.elections_won),
+            (
+                "raftkv_server_pre_votes_started",
+                "PreVote rounds this member started (each asks the others whether they would vote for it)",
+                &s.pre_votes_started,
+            ),
             ("raftkv_server_leader_changes_seen", "Leader changes this member has seen", &s.leader_changes),
             ("raftkv_server_elections_started", "Elections this member started", &s.elections_started),
             (
@@ -131,6 +183,38 @@ impl Telemetry {
             "raftkv_disk_backend_commit_duration_seconds",
             "The latency of applying a batch of committed entries to the state machine",
             s.apply_seconds.clone(),
+        );
+        let per_peer: [(&str, &str, &Family<To, Counter>); 3] = [
+            (
+                "raftkv_network_peer_sent_failures",
+                "Requests to a peer that failed or went unanswered",
+                &s.peer_failures,
+            ),
+            ("raftkv_network_peer_appends_sent", "AppendEntries requests sent to a peer", &s.peer_appends_sent),
+            (
+                "raftkv_network_peer_appends_rejected",
+                "AppendEntries requests a peer answered with a rejection (its log differed)",
+                &s.peer_appends_rejected,
+            ),
+        ];
+        for (name, help, family) in per_peer {
+            r.register(name, help, family.clone());
+        }
+        r.register(
+            "raftkv_network_peer_appends_received",
+            "AppendEntries requests received from a peer",
+            s.peer_appends_received.clone(),
+        );
+        r.register(
+            "raftkv_server_peer_lag_entries",
+            "On the leader: entries of its log a member is not yet known to hold",
+            s.peer_lag.clone(),
+        );
+        r.register("grpc_server_handled", "Client calls completed, by method and status code", s.grpc.handled.clone());
+        r.register(
+            "grpc_server_handling_seconds",
+            "How long client calls took, from the request to the end of the answer (streams: their whole life)",
+            s.grpc.seconds.clone(),
         );
         r
     }

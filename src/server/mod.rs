@@ -6,6 +6,7 @@ mod compactor;
 mod driver;
 mod forward;
 mod forwarder;
+mod grpc_metrics;
 mod handle;
 mod health;
 pub mod lessor;
@@ -355,6 +356,7 @@ impl Node {
             thread("persister", Box::new(move || persister.run()))?,
         ];
         let driver = driver::Driver {
+            peer_series: Default::default(),
             applier: applier_tx,
             store: store.clone(),
             compacted_for: applied,
@@ -369,7 +371,7 @@ impl Node {
             input: input_rx,
             peers,
             status: status_tx,
-            metrics,
+            metrics: metrics.clone(),
             tick: cfg.tick(),
             shutdown: shutdown_rx.clone(),
             shutdown_tx: shutdown_tx.clone(),
@@ -433,6 +435,7 @@ impl Node {
         let etcd_maintenance = epb::maintenance_server::MaintenanceServer::new(crate::etcd::EtcdMaintenance(etcd));
         let client_router = Server::builder()
             .max_concurrent_streams(Some(cfg.max_concurrent_streams))
+            .layer(grpc_metrics::GrpcMetricsLayer(metrics.clone()))
             .add_service(health.clone())
             .add_service(r1)
             .add_service(r1a)
@@ -461,8 +464,14 @@ impl Node {
         ))
         .max_decoding_message_size(transport::MAX_MESSAGE_BYTES)
         .max_encoding_message_size(transport::MAX_MESSAGE_BYTES);
-        let peer_router =
-            Server::builder().add_service(health).add_service(r2).add_service(r2a).add_service(raft_server);
+        // With fault injection (tests, `raftkv dev`), an isolated node refuses its peers.
+        let isolation = transport::fault::IsolationLayer(faults.clone().map(|f| (f, cfg.name.clone())));
+        let peer_router = Server::builder()
+            .layer(isolation)
+            .add_service(health)
+            .add_service(r2)
+            .add_service(r2a)
+            .add_service(raft_server);
         let peer_server: futures::future::BoxFuture<'static, Result<(), tonic::transport::Error>> = match peer_tls {
             Some(tls) => Box::pin(
                 peer_router

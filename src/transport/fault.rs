@@ -34,6 +34,9 @@ struct State {
     cut: HashSet<(String, String)>,
     /// Directed links (from, to) whose requests arrive but whose answers are lost.
     deaf: HashSet<(String, String)>,
+    /// Nodes cut off from every other: their requests fail, and requests to them are
+    /// refused (`IsolationLayer`, for a node whose peers run in other processes).
+    isolated: HashSet<String>,
 }
 
 /// Shared fault settings for a whole test cluster.
@@ -66,10 +69,23 @@ impl Faults {
         let mut s = self.0.lock().unwrap();
         s.cut.clear();
         s.deaf.clear();
+        s.isolated.clear();
+    }
+
+    /// Cuts `node` off from every other node.
+    pub fn isolate(&self, node: &str) {
+        self.0.lock().unwrap().isolated.insert(node.into());
+    }
+
+    pub fn is_isolated(&self, node: &str) -> bool {
+        self.0.lock().unwrap().isolated.contains(node)
     }
 
     fn check(&self, from: &str, to: &str) -> Result<(), PeerError> {
         let s = self.0.lock().unwrap();
+        if s.isolated.contains(from) || s.isolated.contains(to) {
+            return Err(PeerError(format!("fault injection: {from} -> {to}: a node is isolated")));
+        }
         if s.cut.contains(&(from.to_string(), to.to_string())) {
             return Err(PeerError(format!("fault injection: link {from} -> {to} is cut")));
         }
@@ -135,5 +151,49 @@ where
             }
             Ok(answer)
         })
+    }
+}
+
+/// A layer on a node's peer server that refuses every request while the node is
+/// isolated (`Faults::isolate`): with its own requests failing too, the node is cut off
+/// as by a partition, though its peers run in other processes. A no-op without faults.
+#[derive(Clone)]
+pub struct IsolationLayer(pub Option<(Faults, String)>);
+
+impl<S> Layer<S> for IsolationLayer {
+    type Service = Isolation<S>;
+    fn layer(&self, inner: S) -> Isolation<S> {
+        Isolation { inner, faults: self.0.clone() }
+    }
+}
+
+#[derive(Clone)]
+pub struct Isolation<S> {
+    inner: S,
+    faults: Option<(Faults, String)>,
+}
+
+impl<S, R> Service<R> for Isolation<S>
+where
+    S: Service<R, Response = http::Response<tonic::body::BoxBody>>,
+    S::Future: Send + 'static,
+    S::Error: Send + 'static,
+{
+    type Response = http::Response<tonic::body::BoxBody>;
+    type Error = S::Error;
+    type Future = Pin<Box<dyn Future<Output = Result<Self::Response, S::Error>> + Send>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), S::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, req: R) -> Self::Future {
+        if let Some((faults, me)) = &self.faults {
+            if faults.is_isolated(me) {
+                let refused = tonic::Status::unavailable(format!("fault injection: {me} is isolated")).into_http();
+                return Box::pin(std::future::ready(Ok(refused)));
+            }
+        }
+        Box::pin(self.inner.call(req))
     }
 }

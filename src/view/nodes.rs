@@ -24,6 +24,9 @@ pub enum Action {
     Restart,
     Pause,
     Resume,
+    /// Cut the node off from its peers (both ways), as a partition would.
+    Isolate,
+    Heal,
 }
 
 impl std::str::FromStr for Action {
@@ -34,7 +37,9 @@ impl std::str::FromStr for Action {
             "restart" => Ok(Action::Restart),
             "pause" => Ok(Action::Pause),
             "resume" => Ok(Action::Resume),
-            _ => Err(format!("unknown action {s:?}: kill, restart, pause or resume")),
+            "isolate" => Ok(Action::Isolate),
+            "heal" => Ok(Action::Heal),
+            _ => Err(format!("unknown action {s:?}: kill, restart, pause, resume, isolate or heal")),
         }
     }
 }
@@ -43,7 +48,7 @@ impl std::str::FromStr for Action {
 pub trait Control: Send + Sync {
     /// Does `action` to the node serving clients at `endpoint`; says what it did.
     fn act(&self, endpoint: &str, action: Action) -> Result<String, String>;
-    /// "running", "paused" or "stopped".
+    /// "running", "isolated", "paused" or "stopped".
     fn process(&self, endpoint: &str) -> &'static str;
 }
 

@@ -37,7 +37,11 @@ function tell(old, n) {
     if (state.seen.has(n.endpoint)) say(`${name} is back: ${n.role} in term ${n.term}`, "minor");
     return;
   }
-  if (old.process !== n.process && n.process) say(`${name}'s process is ${n.process}`, n.process === "running" ? "minor" : "down");
+  if (old.process !== n.process && n.process) {
+    const what = { isolated: "is cut off from every other node (a partition)", paused: "is paused (SIGSTOP)", stopped: "was stopped",
+      running: old.process === "isolated" ? "is reconnected" : "is running" }[n.process] || `is ${n.process}`;
+    say(`${name} ${what}`, n.process === "running" ? "minor" : "down");
+  }
   if (!n.up) return;
   if (n.role === "candidate" && (old.role !== "candidate" || n.term > old.term)) {
     say(`${name} heard from no leader: it starts an election for term ${n.term} and votes for itself`, "election");
@@ -109,10 +113,12 @@ function card(n, hi) {
     if (n.process === "stopped") buttons += `<button data-action="restart">Restart</button>`;
     else buttons += `<button class="danger" data-action="kill" title="kill -9">Kill</button>`;
     if (paused) buttons += `<button data-action="resume">Resume</button>`;
-    else if (n.process === "running") buttons += `<button data-action="pause" title="SIGSTOP: the process freezes, its connections stay open">Pause</button>`;
+    else if (n.process === "running" || n.process === "isolated") buttons += `<button data-action="pause" title="SIGSTOP: the process freezes, its connections stay open">Pause</button>`;
+    if (n.process === "isolated") buttons += `<button data-action="heal">Heal</button>`;
+    else if (n.process === "running") buttons += `<button data-action="isolate" title="cut it off from every other node, both ways">Partition</button>`;
   }
   const info = `
-    <h3>${crown}${esc(n.name || n.endpoint)} <span class="badge ${esc(badge)}">${esc(badge)}</span><span class="endpoint">${esc(n.endpoint)}</span></h3>
+    <h3>${crown}${esc(n.name || n.endpoint)} <span class="badge ${esc(badge)}">${esc(badge)}</span>${n.process === "isolated" ? '<span class="badge cut">cut off</span>' : ""}<span class="endpoint">${esc(n.endpoint)}</span></h3>
     <dl>
       <dt>term</dt><dd>${dd(n.term)}</dd><dt>voted for</dt><dd>${dd(n.voted_for)}</dd>
       <dt>leader</dt><dd>${dd(n.leader)}</dd><dt>revision</dt><dd>${dd(n.revision)}</dd>
