@@ -407,6 +407,22 @@ async fn a_follower_cut_off_while_the_leader_compacts_catches_up_through_install
     }
     c.faults.heal();
     c.wait_applied(&[lagging], last).await;
+    // The metrics count it on both sides (etcd's names): sent, received, its bytes.
+    let sample = |i: usize, series: String| {
+        let text = raftkv::server::metrics::scrape(c.handle(i));
+        let prefix = format!("{series} ");
+        text.lines().find_map(|l| l.strip_prefix(&prefix)).and_then(|v| v.trim().parse::<f64>().ok()).unwrap_or(0.0)
+    };
+    let (to, from) = (format!(r#"To="{}""#, c.names[lagging]), format!(r#"From="{}""#, c.names[leader]));
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while sample(leader, format!("raftkv_network_snapshot_send_success_total{{{to}}}")) < 1.0 {
+        assert!(tokio::time::Instant::now() < deadline, "the leader counted no snapshot sent");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(sample(leader, format!("raftkv_network_snapshot_send_total_duration_seconds_count{{{to}}}")) >= 1.0);
+    assert!(sample(lagging, format!("raftkv_network_snapshot_receive_success_total{{{from}}}")) >= 1.0);
+    assert!(sample(lagging, format!("raftkv_network_snapshot_receive_bytes_total{{{from}}}")) > 0.0);
+    assert!(sample(leader, "raftkv_server_checkpoint_duration_seconds_count".into()) >= 1.0);
     let reference = c.retrieve(leader).await.entries;
     assert_eq!(reference.len(), 201);
     assert_eq!(c.retrieve(lagging).await.entries, reference, "identical state after InstallSnapshot");

@@ -156,7 +156,23 @@ async fn metrics_follow_leadership_writes_and_failures() {
     // the 20 stores, and a refused one, counted as such.
     let empty = client.store(raftkv::proto::StoreRequest { key: String::new(), value: "v".into() }).await;
     assert_eq!(empty.unwrap_err().code(), tonic::Code::InvalidArgument);
+    // A method a client made up is counted, but under no name of its own.
+    let channel = tonic::transport::Endpoint::from_shared(format!("http://{}", c.client_addrs[leader]))
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    let mut raw = tonic::client::Grpc::new(channel);
+    raw.ready().await.unwrap();
+    let codec: tonic::codec::ProstCodec<raftkv::proto::StatusRequest, raftkv::proto::StatusResponse> =
+        Default::default();
+    let path = http::uri::PathAndQuery::from_static("/etcdserverpb.KV/MadeUpByAClient");
+    let made_up = raw.unary(tonic::Request::new(raftkv::proto::StatusRequest {}), path, codec).await;
+    assert_eq!(made_up.unwrap_err().code(), tonic::Code::Unimplemented);
     let text = get(&c.metrics_addrs[leader], "/metrics").await.1;
+    assert!(!text.contains("MadeUpByAClient"), "{text}");
+    let unknown = r#"grpc_server_handled_total{grpc_type="unary",grpc_service="etcdserverpb.KV",grpc_method="unknown",grpc_code="Unimplemented"} 1"#;
+    assert!(text.lines().any(|l| l == unknown), "{unknown} missing:\n{text}");
     let store = r#"grpc_type="unary",grpc_service="raftkv.v1.KeyValue",grpc_method="Store""#;
     let ok = format!("grpc_server_handled_total{{{store},grpc_code=\"OK\"}} ");
     let refused = format!("grpc_server_handled_total{{{store},grpc_code=\"InvalidArgument\"}} 1");

@@ -79,7 +79,7 @@ pub fn deadline<T>(req: &Request<T>) -> Duration {
 }
 
 /// Parses the gRPC wire format of a timeout: up to 8 digits and a unit (H M S m u n).
-fn parse_grpc_timeout(s: &str) -> Option<Duration> {
+pub(crate) fn parse_grpc_timeout(s: &str) -> Option<Duration> {
     if s.len() < 2 || s.len() > 9 {
         return None;
     }

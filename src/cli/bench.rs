@@ -366,6 +366,7 @@ pub async fn run(args: BenchArgs) -> CmdResult {
         hist.add(t.await.map_err(|e| e.to_string())?).map_err(|e| e.to_string())?;
     }
     progress.abort();
+    let _ = progress.await;
     if live {
         println!();
     }

@@ -81,11 +81,12 @@ fn axes(s: &mut String, (x, y, w, h): (f64, f64, f64, f64), title: &str, x_label
 /// Grid lines and labels of a panel's y axis, up to a round value at or above `peak`;
 /// returns that value (the top of the axis).
 fn y_grid(s: &mut String, (x0, y0, w, h): (f64, f64, f64, f64), peak: f64) -> f64 {
-    let y_step = step(peak, 5.0);
+    // Counts: whole steps.
+    let y_step = step(peak, 5.0).max(1.0);
     let y_max = (peak / y_step).ceil() * y_step;
     let py = |v: f64| y0 + h - v / y_max * h;
-    let mut v = 0.0;
-    while v <= y_max + 1e-9 {
+    for i in 0..=(y_max / y_step).round() as u64 {
+        let v = i as f64 * y_step;
         let _ = writeln!(
             s,
             r##"<line x1="{x0}" y1="{y}" x2="{x1}" y2="{y}" stroke="#e5e7eb"/><text x="{xl}" y="{yt}" text-anchor="end" fill="#555">{label}</text>"##,
@@ -95,7 +96,6 @@ fn y_grid(s: &mut String, (x0, y0, w, h): (f64, f64, f64, f64), peak: f64) -> f6
             yt = py(v) + 4.0,
             label = num(v)
         );
-        v += y_step;
     }
     y_max
 }
@@ -128,9 +128,9 @@ fn throughput(s: &mut String, seconds: &[Second]) {
     let y_max = y_grid(s, TOP, peak);
     let px = |t: f64| x0 + t / t_max * w;
     let py = |v: f64| y0 + h - v / y_max * h;
-    let t_step = step(t_max, 10.0);
-    let mut t = 0.0;
-    while t <= t_max + 1e-9 {
+    let t_step = step(t_max, 10.0).max(1.0);
+    for i in 0..=(t_max / t_step).floor() as u64 {
+        let t = i as f64 * t_step;
         let _ = writeln!(
             s,
             r##"<text x="{x}" y="{y}" text-anchor="middle" fill="#555">{label}</text>"##,
@@ -138,7 +138,6 @@ fn throughput(s: &mut String, seconds: &[Second]) {
             y = y0 + h + 18.0,
             label = num(t)
         );
-        t += t_step;
     }
     let bar = (w / t_max).max(1.0) * 0.6;
     for (p, &(t, _, failed)) in seconds.iter().zip(&rates).filter(|(p, _)| p.failed > 0) {

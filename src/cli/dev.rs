@@ -135,7 +135,14 @@ impl Fleet {
     /// Stops every node: SIGTERM (after SIGCONT for a paused one), then a kill after 5 s.
     async fn stop(&self) {
         self.stopping.store(true, std::sync::atomic::Ordering::Relaxed);
-        let mut children: Vec<Child> = self.lock().iter_mut().filter_map(|n| n.child.take()).collect();
+        let mut children: Vec<Child> = self
+            .lock()
+            .iter_mut()
+            .filter_map(|n| {
+                n.faults = None; // closes the node's stdin
+                n.child.take()
+            })
+            .collect();
         for c in &children {
             if let Some(pid) = c.id() {
                 // SAFETY: signals to our own child processes, by their PIDs.
@@ -145,10 +152,12 @@ impl Fleet {
                 }
             }
         }
-        for c in &mut children {
+        // All at once: each gets 5 s to stop, then is killed.
+        futures::future::join_all(children.iter_mut().map(|c| async move {
             let _ = tokio::time::timeout(Duration::from_secs(5), c.wait()).await;
             let _ = c.start_kill();
-        }
+        }))
+        .await;
     }
 }
 

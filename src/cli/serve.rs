@@ -320,8 +320,11 @@ pub async fn run(args: ServeArgs) -> CmdResult {
     };
     let bridge_addr = bridge.as_ref().and_then(|b| b.local_addr().ok());
     let faults = args.dev_fault_control.then(|| {
-        let faults = raftkv::transport::Faults::default();
-        tokio::spawn(fault_control(faults.clone(), args.name.clone()));
+        let (faults, me) = (raftkv::transport::Faults::default(), args.name.clone());
+        let control = faults.clone();
+        // A thread of its own: a blocking read of stdin in the runtime's pool would hold
+        // up the runtime's shutdown until the parent closes the pipe.
+        std::thread::spawn(move || fault_control(control, me));
         faults
     });
     let node = Node::start(cfg.clone(), client, peer, bridge, faults).await.map_err(|e| e.to_string())?;
@@ -353,10 +356,10 @@ pub async fn run(args: ServeArgs) -> CmdResult {
 
 /// `--dev-fault-control`: "isolate" and "heal" lines on standard input (from `raftkv
 /// dev`, its parent) cut this node off from its peers and back.
-async fn fault_control(faults: raftkv::transport::Faults, me: String) {
-    use tokio::io::AsyncBufReadExt;
-    let mut lines = tokio::io::BufReader::new(tokio::io::stdin()).lines();
-    while let Ok(Some(line)) = lines.next_line().await {
+fn fault_control(faults: raftkv::transport::Faults, me: String) {
+    use std::io::BufRead;
+    for line in std::io::stdin().lock().lines() {
+        let Ok(line) = line else { return };
         match line.trim() {
             "isolate" => {
                 faults.isolate(&me);

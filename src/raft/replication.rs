@@ -122,6 +122,11 @@ impl RawNode {
         self.floor = self.floor.max(f);
     }
 
+    /// Leader: each other member's match index (the last entry known to be in its log).
+    pub fn matched(&self) -> impl Iterator<Item = (NodeId, Index)> + '_ {
+        self.progress.iter().map(|(&id, p)| (id, p.matched))
+    }
+
     /// The highest index every member is known to hold durably.
     pub fn floor(&self) -> Index {
         self.floor

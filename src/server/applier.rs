@@ -119,7 +119,9 @@ impl Applier {
                 *entries_since += entries.len() as u64;
                 *bytes_since += entries.iter().map(|e| e.data.len() as u64).sum::<u64>();
                 if *entries_since >= self.checkpoints.every_entries || *bytes_since >= self.checkpoints.every_bytes {
+                    let started = std::time::Instant::now();
                     let (index, _) = self.store.checkpoint()?;
+                    self.metrics.telemetry.checkpoint_seconds.observe(started.elapsed().as_secs_f64());
                     tracing::debug!(index, "checkpoint");
                     (*entries_since, *bytes_since) = (0, 0);
                 }

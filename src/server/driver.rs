@@ -64,6 +64,24 @@ pub(super) struct PeerSeries {
     received: Counter,
     /// Set while this node leads.
     lag: Option<Gauge>,
+    /// A snapshot sent to the peer, not yet answered: when, and its index.
+    snapshot: Option<(std::time::Instant, Index)>,
+}
+
+impl PeerSeries {
+    fn new(t: &metrics::Telemetry, names: &crate::transport::convert::Names, peer: NodeId) -> PeerSeries {
+        let name = names.name(peer);
+        let to = metrics::To::peer(name.clone());
+        PeerSeries {
+            failures: t.peer_failures.get_or_create(&to).clone(),
+            sent: t.peer_appends_sent.get_or_create(&to).clone(),
+            rejected: t.peer_appends_rejected.get_or_create(&to).clone(),
+            received: t.peer_appends_received.get_or_create(&metrics::From::peer(name)).clone(),
+            lag: None,
+            snapshot: None,
+            to,
+        }
+    }
 }
 
 pub(super) struct Driver {
@@ -343,28 +361,47 @@ impl Driver {
     /// The per-peer series of `peer`, looked up once per peer.
     fn peer_series(&mut self, peer: NodeId) -> &mut PeerSeries {
         let (t, names) = (&self.metrics.telemetry, &self.links.names);
-        self.peer_series.entry(peer).or_insert_with(|| {
-            let name = names.name(peer);
-            let to = metrics::To::peer(name.clone());
-            PeerSeries {
-                failures: t.peer_failures.get_or_create(&to).clone(),
-                sent: t.peer_appends_sent.get_or_create(&to).clone(),
-                rejected: t.peer_appends_rejected.get_or_create(&to).clone(),
-                received: t.peer_appends_received.get_or_create(&metrics::From::peer(name)).clone(),
-                lag: None,
-                to,
+        self.peer_series.entry(peer).or_insert_with(|| PeerSeries::new(t, names, peer))
+    }
+
+    /// On the leader, each member's lag (entries of the log it is not known to hold)
+    /// from the core's progress, so a member that stopped answering shows its lag
+    /// growing; elsewhere no lag series at all.
+    fn update_lag(&mut self, leading: bool) {
+        if !leading {
+            if self.peer_series.values().any(|s| s.lag.is_some()) {
+                self.metrics.telemetry.peer_lag.clear();
+                self.peer_series.values_mut().for_each(|s| s.lag = None);
             }
-        })
+            return;
+        }
+        let last = self.core.log().last_index();
+        let (t, names, series) = (&self.metrics.telemetry, &self.links.names, &mut self.peer_series);
+        for (id, m) in self.core.matched() {
+            let s = series.entry(id).or_insert_with(|| PeerSeries::new(t, names, id));
+            let lag = s.lag.get_or_insert_with(|| t.peer_lag.get_or_create(&s.to).clone());
+            lag.set(last.saturating_sub(m) as i64);
+        }
     }
 
     /// Counts a message from a peer (or about one) in the per-peer series.
     fn count_peer_message(&mut self, m: &Message) {
-        let last = self.core.log().last_index();
-        let lag_family = self.metrics.telemetry.peer_lag.clone();
+        // Only members get series: a forged sender id must not grow them.
+        if !self.links.names.knows(m.from) {
+            return;
+        }
+        let t = self.metrics.clone();
         let s = self.peer_series(m.from);
         match &m.body {
-            MessageBody::Unreachable | MessageBody::SnapshotFailed => {
+            MessageBody::Unreachable => {
                 s.failures.inc();
+            }
+            MessageBody::SnapshotFailed => {
+                s.failures.inc();
+                if let Some((sent, _)) = s.snapshot.take() {
+                    t.telemetry.snapshot_send_failures.get_or_create(&s.to).inc();
+                    t.telemetry.snapshot_send_seconds.get_or_create(&s.to).observe(sent.elapsed().as_secs_f64());
+                }
             }
             MessageBody::AppendEntries { .. } => {
                 s.received.inc();
@@ -372,9 +409,14 @@ impl Driver {
             MessageBody::AppendEntriesResponse { success: false, .. } => {
                 s.rejected.inc();
             }
-            MessageBody::AppendEntriesResponse { success: true, match_index, .. } => {
-                let lag = s.lag.get_or_insert_with(|| lag_family.get_or_create(&s.to).clone());
-                lag.set(last.saturating_sub(*match_index) as i64);
+            // The answer to a snapshot: the member holds the snapshot's index.
+            MessageBody::AppendEntriesResponse { success: true, match_index, .. }
+                if s.snapshot.is_some_and(|(_, index)| *match_index >= index) =>
+            {
+                if let Some((sent, _)) = s.snapshot.take() {
+                    t.telemetry.snapshot_sent.get_or_create(&s.to).inc();
+                    t.telemetry.snapshot_send_seconds.get_or_create(&s.to).observe(sent.elapsed().as_secs_f64());
+                }
             }
             _ => {}
         }
@@ -386,9 +428,15 @@ impl Driver {
             self.metrics.telemetry.pre_votes_started.inc();
         }
         for m in messages {
-            if matches!(m.body, MessageBody::AppendEntries { .. }) {
-                self.metrics.appends_sent.fetch_add(1, Ordering::Relaxed);
-                self.peer_series(m.to).sent.inc();
+            match m.body {
+                MessageBody::AppendEntries { .. } => {
+                    self.metrics.appends_sent.fetch_add(1, Ordering::Relaxed);
+                    self.peer_series(m.to).sent.inc();
+                }
+                MessageBody::InstallSnapshot { index, .. } => {
+                    self.peer_series(m.to).snapshot = Some((std::time::Instant::now(), index));
+                }
+                _ => {}
             }
             let to = m.to;
             let body = match m.body {
@@ -571,9 +619,7 @@ impl Driver {
             }
         }
         let new = self.node_status();
-        if new.role != Role::Leader {
-            self.peer_series.values_mut().for_each(|s| s.lag = None);
-        }
+        self.update_lag(new.role == Role::Leader);
         let voted_for_self = st.vote == Some(self.core.id());
         self.status.send_if_modified(|old| {
             if *old == new {
@@ -588,10 +634,6 @@ impl Driver {
             }
             if new.role == Role::Leader && (old.role != Role::Leader || old.term != new.term) {
                 telemetry.elections_won.inc();
-            }
-            if old.role == Role::Leader && new.role != Role::Leader {
-                // Only a leader knows how far behind the members are.
-                telemetry.peer_lag.clear();
             }
             // A node votes for itself in a new term only by campaigning (a single
             // voter wins at once, so its candidacy is never published).

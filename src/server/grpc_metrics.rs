@@ -19,7 +19,7 @@ use tower::{Layer, Service};
 
 /// The services whose methods are named in labels; any other path is counted as
 /// service and method "unknown", so that a client cannot grow the series without bound.
-const SERVICES: [&str; 8] = [
+const SERVICES: [&str; 9] = [
     "raftkv.v1.KeyValue",
     "etcdserverpb.KV",
     "etcdserverpb.Lease",
@@ -28,6 +28,7 @@ const SERVICES: [&str; 8] = [
     "etcdserverpb.Maintenance",
     "grpc.health.v1.Health",
     "grpc.reflection.v1.ServerReflection",
+    "grpc.reflection.v1alpha.ServerReflection",
 ];
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -65,15 +66,12 @@ impl Default for GrpcTelemetry {
 }
 
 impl GrpcTelemetry {
-    fn record(&self, call: Call, code: Option<i32>, started: Instant) {
+    fn record(&self, call: Call, code: i32, started: Instant) {
+        let grpc_code = code_name(code);
+        // A method this node does not have gets no series of its own: the names of
+        // those it has are bounded, a client's inventions are not.
+        let call = if grpc_code == "Unimplemented" { Call { grpc_method: "unknown".into(), ..call } } else { call };
         self.seconds.get_or_create(&call).observe(started.elapsed().as_secs_f64());
-        let grpc_code = code_name(code.unwrap_or(1));
-        let (call, grpc_code) = if grpc_code == "Unimplemented" {
-            // A method this node does not have: not a series of its own.
-            (Call { grpc_method: "unknown".into(), ..call }, grpc_code)
-        } else {
-            (call, grpc_code)
-        };
         let Call { grpc_type, grpc_service, grpc_method } = call;
         self.handled.get_or_create(&Handled { grpc_type, grpc_service, grpc_method, grpc_code }).inc();
     }
@@ -115,7 +113,7 @@ fn call_of(path: &str) -> Call {
     let grpc_type = match (service, method) {
         ("etcdserverpb.Watch", "Watch")
         | ("etcdserverpb.Lease", "LeaseKeepAlive")
-        | ("grpc.reflection.v1.ServerReflection", _) => "bidi_stream",
+        | ("grpc.reflection.v1.ServerReflection" | "grpc.reflection.v1alpha.ServerReflection", _) => "bidi_stream",
         ("raftkv.v1.KeyValue", "WatchStatus") | ("grpc.health.v1.Health", "Watch") => "server_stream",
         _ => "unary",
     };
@@ -153,14 +151,27 @@ where
     }
 
     fn call(&mut self, req: http::Request<ReqBody>) -> Self::Future {
-        let call = call_of(req.uri().path());
         let started = Instant::now();
-        let metrics = self.metrics.clone();
+        let deadline = req
+            .headers()
+            .get("grpc-timeout")
+            .and_then(|v| v.to_str().ok())
+            .and_then(crate::api::parse_grpc_timeout)
+            .map(|d| started + d);
+        // Counted even if the call is dropped before it answers (the client left, or
+        // its deadline passed first).
+        let mut pending = Pending {
+            metrics: self.metrics.clone(),
+            call: Some(call_of(req.uri().path())),
+            started,
+            deadline,
+            header_code: None,
+        };
         let answer = self.inner.call(req);
         Box::pin(async move {
             let res = answer.await?;
-            let header_code = grpc_status(res.headers());
-            Ok(res.map(|inner| Metered { inner, pending: Some(Pending { metrics, call, started, header_code }) }))
+            pending.header_code = grpc_status(res.headers());
+            Ok(res.map(|inner| Metered { inner, pending: Some(pending) }))
         })
     }
 }
@@ -169,17 +180,32 @@ fn grpc_status(headers: &http::HeaderMap) -> Option<i32> {
     headers.get("grpc-status").and_then(|v| v.to_str().ok()).and_then(|v| v.parse().ok())
 }
 
-/// A call not yet counted.
+/// A call not yet counted; counted when dropped, if not before.
 struct Pending {
     metrics: Arc<super::Metrics>,
-    call: Call,
+    /// None once counted.
+    call: Option<Call>,
     started: Instant,
+    /// The client's deadline (`grpc-timeout`), if it sent one.
+    deadline: Option<Instant>,
+    /// The status in the answer's headers (a trailers-only answer).
     header_code: Option<i32>,
 }
 
 impl Pending {
-    fn finish(self, code: Option<i32>) {
-        self.metrics.telemetry.grpc.record(self.call, code, self.started);
+    fn finish(&mut self, code: i32) {
+        if let Some(call) = self.call.take() {
+            self.metrics.telemetry.grpc.record(call, code, self.started);
+        }
+    }
+}
+
+impl Drop for Pending {
+    /// The call ended without its status being seen: the status in its headers, else
+    /// the client's deadline passed (DeadlineExceeded) or it went away (Canceled).
+    fn drop(&mut self) {
+        let code = self.header_code.unwrap_or(if self.deadline.is_some_and(|d| Instant::now() >= d) { 4 } else { 1 });
+        self.finish(code);
     }
 }
 
@@ -198,21 +224,22 @@ impl<B: Body<Data = Bytes> + Unpin> Body for Metered<B> {
         match &polled {
             Poll::Ready(Some(Ok(frame))) => {
                 if let Some(trailers) = frame.trailers_ref() {
-                    let code = grpc_status(trailers);
-                    if let Some(p) = self.pending.take() {
+                    // Trailers without a status: Unknown.
+                    let code = grpc_status(trailers).unwrap_or(2);
+                    if let Some(p) = self.pending.as_mut() {
                         p.finish(code);
                     }
                 }
             }
             Poll::Ready(Some(Err(_))) => {
-                if let Some(p) = self.pending.take() {
-                    p.finish(Some(2));
+                if let Some(p) = self.pending.as_mut() {
+                    p.finish(2);
                 }
             }
             Poll::Ready(None) => {
-                if let Some(p) = self.pending.take() {
-                    let code = p.header_code;
-                    p.finish(code.or(Some(0)));
+                if let Some(p) = self.pending.as_mut() {
+                    let code = p.header_code.unwrap_or(0);
+                    p.finish(code);
                 }
             }
             Poll::Pending => {}
@@ -226,16 +253,6 @@ impl<B: Body<Data = Bytes> + Unpin> Body for Metered<B> {
 
     fn size_hint(&self) -> SizeHint {
         self.inner.size_hint()
-    }
-}
-
-impl<B> Drop for Metered<B> {
-    fn drop(&mut self) {
-        // The client went away (or the connection broke) before the call ended.
-        if let Some(p) = self.pending.take() {
-            let code = p.header_code;
-            p.finish(code.or(Some(1)));
-        }
     }
 }
 

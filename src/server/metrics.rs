@@ -62,6 +62,36 @@ pub struct Telemetry {
     pub peer_appends_rejected: Family<To, Counter>,
     pub peer_appends_received: Family<From, Counter>,
     pub peer_lag: Family<To, Level>,
+    /// Snapshots streamed to a member (etcd's names): succeeded, failed, how long.
+    pub snapshot_sent: Family<To, Counter>,
+    pub snapshot_send_failures: Family<To, Counter>,
+    pub snapshot_send_seconds: Family<To, Histogram, fn() -> Histogram>,
+    /// Snapshots received from the leader: installed, refused or broken, bytes, how long.
+    pub snapshot_received: Family<From, Counter>,
+    pub snapshot_receive_failures: Family<From, Counter>,
+    pub snapshot_received_bytes: Family<From, Counter>,
+    pub snapshot_receive_seconds: Family<From, Histogram, fn() -> Histogram>,
+    /// Checkpoints: one durable commit of the state machine (etcd's snapshot save).
+    pub checkpoint_seconds: Histogram,
+}
+
+/// etcd's buckets for snapshot transfers: 0.1 s to about 14 minutes, doubling.
+fn snapshot_buckets() -> Histogram {
+    Histogram::new(exponential_buckets(0.1, 2.0, 14))
+}
+
+impl Telemetry {
+    /// Counts a snapshot received from `from` (None: refused before it named a sender).
+    pub fn snapshot_receipt(&self, from: Option<String>, bytes: u64, took: std::time::Duration, installed: bool) {
+        let from = From::peer(from.unwrap_or_else(|| "unknown".into()));
+        self.snapshot_receive_seconds.get_or_create(&from).observe(took.as_secs_f64());
+        self.snapshot_received_bytes.get_or_create(&from).inc_by(bytes);
+        if installed {
+            self.snapshot_received.get_or_create(&from).inc();
+        } else {
+            self.snapshot_receive_failures.get_or_create(&from).inc();
+        }
+    }
 }
 
 #[allow(non_snake_case)]
@@ -124,6 +154,14 @@ impl Telemetry {
             peer_appends_rejected: Family::default(),
             peer_appends_received: Family::default(),
             peer_lag: Family::default(),
+            snapshot_sent: Family::default(),
+            snapshot_send_failures: Family::default(),
+            snapshot_send_seconds: Family::new_with_constructor(snapshot_buckets),
+            snapshot_received: Family::default(),
+            snapshot_receive_failures: Family::default(),
+            snapshot_received_bytes: Family::default(),
+            snapshot_receive_seconds: Family::new_with_constructor(snapshot_buckets),
+            checkpoint_seconds: Histogram::new(disk_buckets()),
         }
     }
 
@@ -209,6 +247,44 @@ impl Telemetry {
             "raftkv_server_peer_lag_entries",
             "On the leader: entries of its log a member is not yet known to hold",
             s.peer_lag.clone(),
+        );
+        let sends: [(&str, &str, &Family<To, Counter>); 2] = [
+            ("raftkv_network_snapshot_send_success", "Snapshots a member installed from this leader", &s.snapshot_sent),
+            (
+                "raftkv_network_snapshot_send_failures",
+                "Snapshots to a member that failed or timed out",
+                &s.snapshot_send_failures,
+            ),
+        ];
+        for (name, help, family) in sends {
+            r.register(name, help, family.clone());
+        }
+        r.register(
+            "raftkv_network_snapshot_send_total_duration_seconds",
+            "From sending a snapshot to a member to its answer",
+            s.snapshot_send_seconds.clone(),
+        );
+        let receipts: [(&str, &str, &Family<From, Counter>); 3] = [
+            ("raftkv_network_snapshot_receive_success", "Snapshots received and installed", &s.snapshot_received),
+            (
+                "raftkv_network_snapshot_receive_failures",
+                "Snapshots received and refused, broken off or not installed",
+                &s.snapshot_receive_failures,
+            ),
+            ("raftkv_network_snapshot_receive_bytes", "Bytes of snapshot streams received", &s.snapshot_received_bytes),
+        ];
+        for (name, help, family) in receipts {
+            r.register(name, help, family.clone());
+        }
+        r.register(
+            "raftkv_network_snapshot_receive_total_duration_seconds",
+            "From a snapshot stream's start to its installation",
+            s.snapshot_receive_seconds.clone(),
+        );
+        r.register(
+            "raftkv_server_checkpoint_duration_seconds",
+            "Durable commits of the state machine (etcd's snapshot save): how long each took",
+            s.checkpoint_seconds.clone(),
         );
         r.register("grpc_server_handled", "Client calls completed, by method and status code", s.grpc.handled.clone());
         r.register(

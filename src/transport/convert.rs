@@ -38,6 +38,11 @@ impl Names {
         self.known().members.get(&id).map_or_else(|| format!("{id:x}"), |m| m.name.clone())
     }
 
+    /// Whether `id` is a member of a configuration this node knows.
+    pub fn knows(&self, id: NodeId) -> bool {
+        self.known().contains(id)
+    }
+
     pub fn id(&self, name: &str) -> Result<NodeId, Status> {
         self.known().id_of(name).ok_or_else(|| Status::invalid_argument(format!("unknown node {name:?}")))
     }

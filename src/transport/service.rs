@@ -52,6 +52,31 @@ impl RaftService {
         }
         speaks_for(req.peer_certs().as_deref(), self.node.names(), claimed)
     }
+
+    /// Hands a received snapshot to the driver, which installs it if the core accepts it.
+    async fn offer_snapshot(
+        &self,
+        received: Result<(u64, crate::raft::NodeId, crate::mvcc::snapshot::Built), Status>,
+    ) -> Result<Response<pb::AppendEntriesResponse>, Status> {
+        // Dropping `built` without installing it removes it.
+        let (term, from, built) = received?;
+        let (index, snap_term, membership) = (built.index, built.term, built.membership.clone());
+        convert::check_index("snapshot index", index)?;
+        if snap_term > term {
+            return Err(Status::invalid_argument(format!(
+                "snapshot term {snap_term} is past the leader's term {term}"
+            )));
+        }
+        let msg = crate::raft::Message {
+            from,
+            to: self.node.id(),
+            term,
+            body: crate::raft::MessageBody::InstallSnapshot { index, term: snap_term, membership },
+        };
+        // The driver installs it or, if the core refuses it, drops it.
+        let answer = self.node.install_snapshot(msg, built).await;
+        Ok(Response::new(convert::append_response_to_pb(answer?)?))
+    }
 }
 
 /// A request that claims to come from `claimed` is refused unless its certificate
@@ -137,6 +162,9 @@ impl pb::raft_server::Raft for RaftService {
     ) -> Result<Response<pb::AppendEntriesResponse>, Status> {
         // The stream goes to a file first, then into a new engine file, off the async
         // workers; nothing of the current state changes until the core accepts it.
+        let started = std::time::Instant::now();
+        // Who sent it (once the first chunk says so and checks out), and how much came.
+        let (mut sender, mut bytes) = (None, 0u64);
         let certified = if self.certified_peers { Some(req.peer_certs()) } else { None };
         let mut stream = req.into_inner();
         let store = self.node.store().clone();
@@ -157,6 +185,7 @@ impl pb::raft_server::Raft for RaftService {
                     }
                     convert::check_term("term", chunk.term)?;
                     (term, leader) = (chunk.term, chunk.leader.clone());
+                    sender = Some(chunk.leader.clone());
                 }
                 if chunk.offset != offset || chunk.term != term || chunk.leader != leader {
                     return Err(Status::invalid_argument("snapshot chunks out of order"));
@@ -166,6 +195,7 @@ impl pb::raft_server::Raft for RaftService {
                 }
                 file.write_all(&chunk.data).await.map_err(|e| Status::internal(e.to_string()))?;
                 offset += chunk.data.len() as u64;
+                bytes = offset;
                 if chunk.done {
                     break;
                 }
@@ -180,24 +210,10 @@ impl pb::raft_server::Raft for RaftService {
         }
         .await;
         let _ = tokio::fs::remove_file(&tmp).await;
-        // Dropping `built` without installing it removes it.
-        let (term, from, built) = received?;
-        let (index, snap_term, membership) = (built.index, built.term, built.membership.clone());
-        convert::check_index("snapshot index", index)?;
-        if snap_term > term {
-            return Err(Status::invalid_argument(format!(
-                "snapshot term {snap_term} is past the leader's term {term}"
-            )));
-        }
-        let msg = crate::raft::Message {
-            from,
-            to: self.node.id(),
-            term,
-            body: crate::raft::MessageBody::InstallSnapshot { index, term: snap_term, membership },
-        };
-        // The driver installs it or, if the core refuses it, drops it.
-        let answer = self.node.install_snapshot(msg, built).await;
-        Ok(Response::new(convert::append_response_to_pb(answer?)?))
+        let answer = self.offer_snapshot(received).await;
+        let installed = answer.as_ref().is_ok_and(|a| a.get_ref().success);
+        self.node.metrics().telemetry.snapshot_receipt(sender, bytes, started.elapsed(), installed);
+        answer
     }
 
     async fn timeout_now(
