@@ -79,6 +79,9 @@ pub struct NodeConfig {
     pub session_ttl: Duration,
     /// Client sessions open at once, at most (`--max-client-sessions`).
     pub max_sessions: u64,
+    /// Tests only (`serve --peer-dial`): where to dial members, by name, instead of
+    /// their peer URLs — a process test's proxies on each directed link.
+    pub peer_dial: std::collections::BTreeMap<String, String>,
 }
 
 /// etcd's `--initial-cluster-state`.
@@ -185,7 +188,13 @@ impl NodeConfig {
             bootstrap_timeout: Duration::from_secs(1),
             session_ttl: Duration::from_secs(DEFAULT_SESSION_TTL_SECS),
             max_sessions: DEFAULT_MAX_SESSIONS,
+            peer_dial: Default::default(),
         }
+    }
+
+    /// Where to dial the member `name` whose peer address is `addr`.
+    pub fn dial_addr<'a>(&'a self, name: &str, addr: &'a str) -> &'a str {
+        self.peer_dial.get(name).map_or(addr, String::as_str)
     }
 }
 

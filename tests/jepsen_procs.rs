@@ -5,6 +5,9 @@
 //! requests in flight); it also kills nodes with SIGKILL and restarts them, and
 //! pauses them with SIGSTOP/SIGCONT. One fault at a time, healed before the next.
 //!
+//! Each node dials the others through its own proxies (`serve --peer-dial`); the
+//! membership holds the real addresses.
+//!
 //! `RAFTKV_JEPSEN_SECS` (default 6) and `RAFTKV_JEPSEN_SEED` as in tests/jepsen.rs.
 mod checker;
 mod common;
@@ -157,4 +160,51 @@ async fn real_processes_under_kills_pauses_losses_and_partitions_stay_linearizab
         assert_eq!(names.len(), 1, "term {term} had leaders {names:?} (node logs in {})", logs.display());
     }
     verify(&history, seed, start, &logs.display().to_string());
+}
+
+/// A node's status, if it answers within 300 ms.
+async fn status(p: &Procs, i: usize) -> Option<pb::StatusResponse> {
+    let ch = tonic::transport::Endpoint::from_shared(format!("http://{}", p.clients[i])).unwrap().connect_lazy();
+    let mut req = tonic::Request::new(pb::StatusRequest {});
+    req.set_timeout(Duration::from_millis(300));
+    Some(KeyValueClient::new(ch).status(req).await.ok()?.into_inner())
+}
+
+/// The nemesis cuts what it says it cuts: each node dials the others through its own
+/// proxies (`serve --peer-dial`), so isolating the leader leaves it alone. (Before,
+/// nodes dialed the addresses in the replicated membership, one node's view for all,
+/// and a partition cut other links than the ones it named.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn isolating_the_leader_through_the_proxies_cuts_it_off_both_ways() {
+    let mut p = Procs::new(N, &[]);
+    let taken: Vec<String> = p.clients.iter().chain(&p.peers).cloned().collect();
+    let proxies = Proxies::start(&p.peers, &taken).await;
+    p.views = proxies.views.clone();
+    let p = Procs::spawn_all(p);
+    let old = wait_leader(&p).await;
+    proxies.partition(&[old]);
+    // The others elect one of themselves; the old leader, hearing from no majority,
+    // steps down (CheckQuorum) and, cut off, learns of no new leader.
+    let deadline = Instant::now() + common::procs::WAIT;
+    loop {
+        let mut others = Vec::new();
+        for i in (0..N).filter(|&i| i != old) {
+            others.push(status(&p, i).await.map(|s| s.leader));
+        }
+        let alone = status(&p, old).await;
+        let agreed = others.iter().all(|l| l.as_ref().is_some_and(|l| !l.is_empty() && *l != p.names[old]))
+            && others.windows(2).all(|w| w[0] == w[1]);
+        let stepped_down = alone.as_ref().is_some_and(|s| s.role != pb::Role::Leader as i32 && s.leader.is_empty());
+        if agreed && stepped_down {
+            break;
+        }
+        assert!(Instant::now() < deadline, "isolated {}: the others say {others:?}, it says {alone:?}", p.names[old]);
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    proxies.heal();
+    let deadline = Instant::now() + common::procs::WAIT;
+    while status(&p, old).await.is_none_or(|s| s.leader.is_empty()) {
+        assert!(Instant::now() < deadline, "{} did not rejoin after the heal", p.names[old]);
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
 }

@@ -18,6 +18,10 @@ pub struct ServeArgs {
     /// this node off from its peers (both ways) and back.
     #[arg(long, hide = true)]
     pub dev_fault_control: bool,
+    /// Tests only: dial these members here instead of at their peer URLs
+    /// (NAME=HOST:PORT,...: a process test's proxy on each directed link).
+    #[arg(long, hide = true)]
+    pub peer_dial: Option<String>,
     /// Address for the client gRPC service (KeyValue, health, reflection).
     #[arg(long, env = "RAFTKV_CLIENT_ADDR", default_value = "127.0.0.1:7001")]
     pub client_addr: String,
@@ -234,6 +238,14 @@ fn config(args: &ServeArgs) -> Result<NodeConfig, String> {
         session_ttl: std::time::Duration::from_secs(args.client_session_ttl),
         max_sessions: args.max_client_sessions,
         initial_cluster_state: args.initial_cluster_state,
+        peer_dial: match &args.peer_dial {
+            Some(list) => parse_initial_cluster(list)
+                .map_err(|e| format!("--peer-dial: {e}"))?
+                .into_iter()
+                .map(|m| (m.name, m.peer_addr))
+                .collect(),
+            None => Default::default(),
+        },
         bootstrap_timeout: std::time::Duration::from_millis(args.bootstrap_timeout_ms),
         client_tls: tls_files(&args.cert_file, &args.key_file, &args.trusted_ca_file, args.client_cert_auth),
         peer_tls: tls_files(

@@ -49,7 +49,8 @@ async fn ask_members(
 ) -> Vec<Answer> {
     let wait = cfg.bootstrap_timeout;
     let asks = cfg.members.iter().filter(|m| m.name != cfg.name).filter_map(|m| {
-        let client = transport::connect(&m.peer_addr, &cfg.name, &m.name, faults, tls.clone()).ok()?;
+        let addr = cfg.dial_addr(&m.name, &m.peer_addr);
+        let client = transport::connect(addr, &cfg.name, &m.name, faults, tls.clone()).ok()?;
         Some(async move {
             let mut client = client;
             let mut req = tonic::Request::new(pb::MembershipRequest {});

@@ -297,6 +297,7 @@ impl Node {
             store: store.clone(),
             shutdown: shutdown_tx.clone(),
             links: Default::default(),
+            dial: cfg.peer_dial.clone(),
         });
         let mut peers = BTreeMap::new();
         links.update(core.membership(), core.known_members(), &mut peers);

@@ -34,6 +34,8 @@ pub struct Peers {
     pub store: Arc<Store>,
     pub shutdown: watch::Sender<bool>,
     pub links: RwLock<BTreeMap<NodeId, Link>>,
+    /// Tests only: where to dial members, by name, instead of their peer URLs.
+    pub dial: BTreeMap<String, String>,
 }
 
 /// `host:port` of a peer URL (`http://host:port`, or a bare `host:port`).
@@ -68,7 +70,7 @@ impl Peers {
             if id == self.me || links.contains_key(&id) {
                 continue;
             }
-            let addr = peer_addr(&member.peer_url);
+            let addr = self.dial.get(&member.name).map_or_else(|| peer_addr(&member.peer_url), String::as_str);
             let client =
                 match transport::connect(addr, &self.my_name, &member.name, self.faults.as_ref(), self.tls.clone()) {
                     Ok(c) => c,

@@ -72,7 +72,10 @@ impl Procs {
     /// Starts node `i` (again) from its data directory; its log lines are appended
     /// to DATA/NAME.log across restarts.
     pub fn spawn(&mut self, i: usize) {
-        let cluster: Vec<String> = self.names.iter().zip(&self.views[i]).map(|(n, p)| format!("{n}={p}")).collect();
+        // Every node knows the members at their own peer addresses, and dials them
+        // where its view says (a proxy of its own on each link, in a nemesis test).
+        let cluster: Vec<String> = self.names.iter().zip(&self.peers).map(|(n, p)| format!("{n}={p}")).collect();
+        let dial: Vec<String> = self.names.iter().zip(&self.views[i]).map(|(n, p)| format!("{n}={p}")).collect();
         let log = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
@@ -81,6 +84,7 @@ impl Procs {
         let child = Command::new(BIN)
             .args(["serve", "--name", &self.names[i], "--client-addr", &self.clients[i], "--peer-addr", &self.peers[i]])
             .args(["--initial-cluster", &cluster.join(",")])
+            .args(["--peer-dial", &dial.join(",")])
             .arg("--data-dir")
             .arg(self.data.path().join(&self.names[i]))
             // Small, so that kills and restarts go through checkpoints, and the log is
