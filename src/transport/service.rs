@@ -185,7 +185,9 @@ impl pb::raft_server::Raft for RaftService {
                     }
                     convert::check_term("term", chunk.term)?;
                     (term, leader) = (chunk.term, chunk.leader.clone());
-                    sender = Some(chunk.leader.clone());
+                    // A sender not yet a member here is "unknown": a forged name must
+                    // not grow the metric series.
+                    sender = names.knows(from).then(|| chunk.leader.clone());
                 }
                 if chunk.offset != offset || chunk.term != term || chunk.leader != leader {
                     return Err(Status::invalid_argument("snapshot chunks out of order"));
