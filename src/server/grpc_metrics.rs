@@ -157,7 +157,7 @@ where
             .get("grpc-timeout")
             .and_then(|v| v.to_str().ok())
             .and_then(crate::api::parse_grpc_timeout)
-            .map(|d| started + d);
+            .and_then(|d| started.checked_add(d));
         // Counted even if the call is dropped before it answers (the client left, or
         // its deadline passed first).
         let mut pending = Pending {
