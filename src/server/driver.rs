@@ -140,7 +140,12 @@ impl Driver {
             tokio::select! {
                 biased;
                 _ = self.shutdown.changed() => break,
-                _ = ticker.tick() => self.core.tick(),
+                _ = ticker.tick() => {
+                    self.core.tick();
+                    // A level, read by scrapes: once a tick, not in every batch.
+                    let leading = self.core.status().role == Role::Leader;
+                    self.update_lag(leading);
+                }
                 // Before new inputs: what waits for the disk goes out as soon as it may.
                 done = self.durable.recv() => {
                     let Some(done) = done else { break };
@@ -619,7 +624,6 @@ impl Driver {
             }
         }
         let new = self.node_status();
-        self.update_lag(new.role == Role::Leader);
         let voted_for_self = st.vote == Some(self.core.id());
         self.status.send_if_modified(|old| {
             if *old == new {
