@@ -111,6 +111,10 @@ fn conf_4_2_2_a_leader_that_removes_itself_steps_down_once_committed_and_hands_o
     c.elect(1);
     let term = c.nodes[&1].status().term;
     change(&mut c, 1, ConfChange::Remove(1)).unwrap();
+    // Until the removal commits it leads, but takes no new writes: it would learn
+    // nothing of their fate once it steps down.
+    let refused = c.nodes.get_mut(&1).unwrap().propose(bytes::Bytes::from_static(b"late"), true);
+    assert_eq!(refused, Err(crate::raft::ProposeError::Transferring));
     c.settle();
     assert_eq!(role(&c, 1), Role::Follower);
     let leaders: Vec<NodeId> = [2, 3].into_iter().filter(|&i| role(&c, i) == Role::Leader).collect();

@@ -437,7 +437,10 @@ impl RawNode {
         if self.role != Role::Leader {
             return Err(ProposeError::NotLeader { leader: self.leader });
         }
-        if self.transferee.is_some() {
+        // Handing over, or removing itself (it leads only until the removal commits,
+        // and then learns nothing more of what it appended after it): refused, not
+        // appended, so the client retries at the next leader.
+        if self.transferee.is_some() || !self.is_voter(self.cfg.id) {
             return Err(ProposeError::Transferring);
         }
         let index = self.log.last_index() + 1;

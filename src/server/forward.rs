@@ -8,6 +8,11 @@ pub(super) fn remote_error(s: tonic::Status) -> Error {
     let leader = s.metadata().get(crate::error::LEADER_METADATA).and_then(|v| v.to_str().ok());
     match (s.code(), leader) {
         (tonic::Code::Unavailable, Some(l)) => Error::NotLeader { leader: Some(l.to_string()) },
+        // The member taken for the leader cannot take it (stopping, or no longer
+        // leading and knowing no leader) and did not: asked again once a leader is known.
+        (tonic::Code::Unavailable, None) if s.metadata().contains_key(crate::error::NOT_APPLIED_METADATA) => {
+            Error::NoLeader
+        }
         (tonic::Code::Unknown | tonic::Code::Internal, _) => Error::LeaderUnreachable(s.message().to_string()),
         _ => Error::Remote(s),
     }

@@ -203,29 +203,50 @@ impl NodeHandle {
         R: Fn(NodeId, PeerClient) -> RF,
         RF: std::future::Future<Output = Result<T>>,
     {
+        let started = std::time::Instant::now();
+        // One more round needs a wait for an election, and the request again.
+        let round = self.0.election_timeout * 5;
         let work = async {
-            let mut waited = false;
             // Where to run next (None: here), and redirects left: a leader that has just
             // handed over names its successor.
             let mut target: Option<String> = None;
             let mut hops = 3;
+            let mut waited = false;
             loop {
                 let result = match &target {
                     None => here().await,
-                    Some(l) => {
-                        let (id, client) = self.client_of(l)?;
-                        remote(id, client).await
-                    }
+                    // A leader no longer in this node's configuration (it removed
+                    // itself) reads as none known.
+                    Some(l) => match self.client_of(l) {
+                        Ok((id, client)) => remote(id, client).await,
+                        Err(e) => Err(e),
+                    },
                 };
                 match result {
                     Err(Error::NotLeader { leader: Some(l) }) if hops > 0 => {
                         hops -= 1;
                         target = (l != self.0.name).then_some(l);
                     }
-                    Err(Error::NoLeader | Error::NotLeader { .. }) if !waited => {
+                    // No leader known, or the one taken for it knows none or is gone (a
+                    // stopped one refuses connections: nothing was sent): asked again once
+                    // a leader is known, for as long as the deadline leaves time for a
+                    // round. A leader that hands over, or removes itself, may be followed
+                    // by a second election before the request finds the new leader; a
+                    // minority never finds one, and says so before its deadline.
+                    Err(e @ (Error::NoLeader | Error::NotLeader { .. } | Error::LeaderUnreachable(_))) => {
+                        if waited && started.elapsed() + round > deadline {
+                            return Err(e);
+                        }
+                        // A pause first, unless this node has not waited yet and asked
+                        // itself: it may not have heard of the next leader yet either,
+                        // or it is the leader that removes itself (and says it is the
+                        // leader it knows).
+                        if target.take().is_some() || waited {
+                            tokio::time::sleep(self.0.election_timeout / 2).await;
+                        }
                         waited = true;
-                        target = None;
                         self.wait_for_leader(deadline).await;
+                        hops = 3;
                     }
                     other => return other,
                 }

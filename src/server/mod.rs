@@ -578,6 +578,20 @@ impl Node {
                 Err(_) => tracing::warn!("leadership handoff took longer than {budget:?}, stopping anyway"),
             }
         }
+        // Whatever its role: what it knows to be committed is applied first, so that the
+        // clients waiting here for those writes hear that they succeeded (a member
+        // that has just removed itself, say, learns of no commit after that).
+        // The published status may lag the core by a batch: asked twice, a moment apart.
+        let settle = async {
+            for _ in 0..2 {
+                h.wait_applied(h.status().commit).await?;
+                tokio::time::sleep(h.0.election_timeout / 2).await;
+            }
+            h.wait_applied(h.status().commit).await
+        };
+        if tokio::time::timeout(budget.min(Duration::from_secs(5)), settle).await.is_err() {
+            tracing::warn!(commit = h.status().commit, "stopping before applying every committed entry");
+        }
         self.shutdown().await
     }
 
