@@ -46,10 +46,19 @@ for ((i = 0; i < replicas; i++)); do
         *) echo "pod $i: expected name=raftkv-$i and $want"; exit 1 ;;
     esac
 done
+# A pod past the founding size (the StatefulSet scaled up) joins: the founders, then
+# itself, and it starts as a joining member.
+mapfile -t env < <(sts env "$replicas")
+out=$(env -i PATH="$PATH" "${env[@]}" "$bin" "${args[@]}" --check-config)
+echo "pod $replicas (scaled up): $out"
+case "$out" in
+    "config OK: name=raftkv-$replicas "*"initial-cluster-state=existing"*"$want,raftkv-$replicas=raftkv-$replicas.$service:7100") ;;
+    *) echo "pod $replicas: expected to join as raftkv-$replicas after $want"; exit 1 ;;
+esac
 # And a broken configuration is refused, not served.
-if env -i PATH="$PATH" RAFTKV_NAME=raftkv-9 RAFTKV_INITIAL_CLUSTER_SIZE="$replicas" \
+if env -i PATH="$PATH" RAFTKV_NAME=raftkv RAFTKV_INITIAL_CLUSTER_SIZE="$replicas" \
     RAFTKV_PEER_SERVICE="$service" "$bin" "${args[@]}" --check-config 2>"$tmp/err"; then
-    echo "an ordinal outside the cluster was accepted"; exit 1
+    echo "a name without an ordinal was accepted"; exit 1
 fi
 echo "refused as it should be: $(cat "$tmp/err")"
 echo "k8s manifests OK"

@@ -18,15 +18,20 @@
 #     bench`); `docker network disconnect` of two containers leaves the other three
 #     committing and the two not, and after reconnecting all five converge with
 #     nothing acknowledged lost; a rolling restart (highest ordinal first, each member
-#     ready before the next) under write load loses nothing.
+#     ready before the next) under write load loses nothing;
+#  4. scaling, under write load: replicas N -> N+2 (the new pods join as learners and
+#     are promoted once caught up) -> N (the two pods stopped remove themselves first),
+#     with no failed write and nothing acknowledged lost. The pods ask a stand-in for
+#     the Kubernetes API (scripts/fake-kube-api.py, HTTPS, a service-account token and
+#     CA mounted where Kubernetes mounts them) how many replicas the StatefulSet wants.
 #
 # Everything it creates (containers, volumes, networks, images) carries a label of
 # this run and is removed when it ends, whether it passes or fails; set
 # REHEARSAL_KEEP_BASE=1 to keep a base image it had to build, REHEARSAL_LOGS=DIR to
 # keep every container's log and the bench outputs there. REHEARSAL_BASE_PORT
 # (default 17000) moves the published ports (BASE+1 ... BASE+N on 127.0.0.1).
-# Needs: docker, cargo, kubectl, python3 with PyYAML, grpcurl, and debootstrap when
-# the base image is missing (.ci/run installs what is missing).
+# Needs: docker, cargo, kubectl, python3 with PyYAML, grpcurl, openssl, and debootstrap
+# when the base image is missing (.ci/run installs what is missing).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -40,6 +45,7 @@ peer_net="raftkv-peer-$$"
 tmp=$(mktemp -d)
 created_base=0
 bench_pid=
+api_pid=
 started=$(date +%s)
 
 log() { printf '[rehearsal +%3ss] %s\n' "$(($(date +%s) - started))" "$*"; }
@@ -51,13 +57,14 @@ die() {
 cleanup() {
     local rc=$?
     trap - EXIT INT TERM
-    [ -n "$bench_pid" ] && kill "$bench_pid" 2>/dev/null
+    if [ -n "$bench_pid" ]; then kill "$bench_pid" 2>/dev/null || true; fi
+    if [ -n "$api_pid" ]; then kill "$api_pid" 2>/dev/null || true; fi
     if [ -n "${REHEARSAL_LOGS:-}" ]; then
         mkdir -p "$REHEARSAL_LOGS"
         for c in $(docker ps -aq --filter "label=$label" 2>/dev/null); do
             docker logs "$c" >"$REHEARSAL_LOGS/$(docker inspect -f '{{.Name}}' "$c" | tr -d /).log" 2>&1
         done
-        cp "$tmp"/bench-*.log "$REHEARSAL_LOGS/" 2>/dev/null
+        cp "$tmp"/bench-*.log "$tmp"/kube-api.log "$REHEARSAL_LOGS/" 2>/dev/null
         log "container and bench logs kept in $REHEARSAL_LOGS"
     fi
     if [ "$rc" -ne 0 ]; then
@@ -84,7 +91,7 @@ cleanup() {
 trap cleanup EXIT
 trap 'exit 130' INT TERM
 
-for tool in docker cargo kubectl python3 grpcurl; do
+for tool in docker cargo kubectl python3 grpcurl openssl; do
     command -v "$tool" >/dev/null || die "$tool is not installed"
 done
 docker info >/dev/null 2>&1 || die "no Docker engine answers"
@@ -135,7 +142,8 @@ mount=$(sts mount)
 mapfile -t args < <(sts args)
 log "StatefulSet: $n replicas, peers at raftkv-i.$service, data on $mount, args: ${args[*]}"
 
-for ((i = 0; i < n; i++)); do
+# Two more for the scaling phase.
+for ((i = 0; i < n + 2; i++)); do
     if docker container inspect "raftkv-$i" >/dev/null 2>&1; then
         die "a container named raftkv-$i exists already (not this run's); remove it first"
     fi
@@ -144,6 +152,36 @@ docker network create --label "$label" "$client_net" >/dev/null
 docker network create --label "$label" "$peer_net" >/dev/null
 
 port() { echo $((base_port + 1 + $1)); }
+
+# ---- the Kubernetes API, as the pods see it ------------------------------------------
+
+# What a pod gets from Kubernetes: KUBERNETES_SERVICE_HOST/PORT (here the host, on the
+# client network that every container stays on) and a service account (token, the
+# cluster CA, the namespace) at the usual path. `--leave-on-scale-down` asks it, on
+# SIGTERM, for the StatefulSet's replicas.
+api_host=$(docker network inspect -f '{{(index .IPAM.Config 0).Gateway}}' "$client_net")
+api_port=$((base_port + 443))
+namespace=$(python3 -c 'import sys, yaml
+print(next(d for d in yaml.safe_load_all(open(sys.argv[1])) if d and d.get("kind") == "StatefulSet")["metadata"]["namespace"])' "$tmp/rendered.yaml")
+sa=$tmp/serviceaccount
+mkdir -p "$sa"
+openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -days 2 -subj /CN=rehearsal-kube-ca \
+    -addext basicConstraints=critical,CA:TRUE -addext keyUsage=critical,keyCertSign,cRLSign \
+    -keyout "$tmp/kube-ca.key" -out "$sa/ca.crt" 2>/dev/null
+openssl req -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -subj /CN=kubernetes \
+    -keyout "$tmp/kube-api.key" -out "$tmp/kube-api.csr" 2>/dev/null
+printf 'subjectAltName=IP:%s\nbasicConstraints=CA:FALSE\nextendedKeyUsage=serverAuth\n' "$api_host" >"$tmp/kube-api.ext"
+openssl x509 -req -in "$tmp/kube-api.csr" -CA "$sa/ca.crt" -CAkey "$tmp/kube-ca.key" -CAcreateserial -days 2 \
+    -extfile "$tmp/kube-api.ext" -out "$tmp/kube-api.crt" 2>/dev/null
+head -c 24 /dev/urandom | od -An -tx1 | tr -d ' \n' >"$sa/token"
+printf '%s' "$namespace" >"$sa/namespace"
+echo "$n" >"$tmp/replicas"
+chmod 755 "$sa" && chmod 644 "$sa"/*
+python3 scripts/fake-kube-api.py --listen "$api_host:$api_port" --cert "$tmp/kube-api.crt" --key "$tmp/kube-api.key" \
+    --token-file "$sa/token" --namespace "$namespace" --statefulset raftkv --replicas-file "$tmp/replicas" \
+    >"$tmp/kube-api.log" 2>&1 &
+api_pid=$!
+log "the Kubernetes API, faked: https://$api_host:$api_port (StatefulSet raftkv in $namespace, replicas from $tmp/replicas)"
 
 create() {
     local i=$1 envflags=()
@@ -155,6 +193,8 @@ create() {
         --network "$client_net" -p "127.0.0.1:$(port "$i"):7001" \
         -v "raftkv-data-$i-$$:$mount" --read-only --cap-drop ALL \
         --security-opt no-new-privileges --stop-timeout 30 \
+        -e KUBERNETES_SERVICE_HOST="$api_host" -e KUBERNETES_SERVICE_PORT="$api_port" \
+        -v "$sa:/var/run/secrets/kubernetes.io/serviceaccount:ro" \
         "${envflags[@]}" "$image" "${args[@]}" >/dev/null
     docker network connect --alias "raftkv-$i.$service" "$peer_net" "raftkv-$i"
 }
@@ -457,6 +497,94 @@ roll 0
 check_converged
 log "   every member restarted once; one leader (raftkv-$(wait_leader "${all[@]}")), nothing acknowledged lost"
 
+# Every SIGTERM so far (a handoff, a rolling restart) asked the API and stayed a member.
+stays=0
+for i in "${all[@]}"; do
+    logs=$(docker logs "raftkv-$i" 2>&1)
+    stays=$((stays + $(grep -c "the StatefulSet still wants this pod" <<<"$logs" || true)))
+    ! grep -q "removing this member" <<<"$logs" || die "raftkv-$i removed itself on a restart"
+done
+((stays >= n)) || die "only $stays of the SIGTERMs asked the Kubernetes API (expected at least $n)"
+log "   each of the $stays SIGTERMs asked the Kubernetes API, was still wanted and stayed a member"
+
+# ---- 6. scaling: N -> N+2 -> N under write load ---------------------------------------
+
+# "VOTERS LEARNERS NAMES" as raftkv-i lists the membership.
+members() {
+    grpc "$1" raftkv.v1.KeyValue/MemberList '{}' 2>/dev/null | python3 -c '
+import json, sys
+m = json.load(sys.stdin).get("members", [])
+print(sum(1 for x in m if not x.get("learner")), sum(1 for x in m if x.get("learner")), ",".join(sorted(x["name"] for x in m)))'
+}
+
+# Waits until raftkv-ORDINAL lists VOTERS voters and no learner; sets $names.
+wait_members() {
+    local i=$1 want=$2 deadline=$(($(date +%s) + 90)) voters learners
+    while (($(date +%s) < deadline)); do
+        read -r voters learners names < <(members "$i" 2>/dev/null || echo "0 0 -")
+        if [ "$voters" = "$want" ] && [ "$learners" = 0 ]; then
+            return
+        fi
+        sleep 0.5
+    done
+    die "raftkv-$i did not list $want voters and no learner within 90 s (last: $voters voters, $learners learners: $names)"
+}
+
+up=$((n + 2))
+new=($(seq "$n" $((up - 1))))
+founders=()
+for i in "${all[@]}"; do founders+=("127.0.0.1:$(port "$i")"); done
+"$bin" bench --clients 4 --duration-s 45 --value-size 16 --timeout-ms 5000 \
+    --endpoints "$(IFS=,; echo "${founders[*]}")" >"$tmp/bench.log" 2>&1 &
+bench_pid=$!
+sleep 2
+log "6. kubectl scale --replicas=$up (under write load through the $n founders): raftkv-${new[0]} ... raftkv-${new[-1]} start empty"
+echo "$up" >"$tmp/replicas"
+for i in "${new[@]}"; do create "$i"; done
+for i in "${new[@]}"; do docker start "raftkv-$i" >/dev/null; done
+wait_members 0 "$up"
+for i in "${new[@]}"; do
+    logs=$(docker logs "raftkv-$i" 2>&1)
+    grep -q "asking to be added as a learner" <<<"$logs" || die "raftkv-$i did not ask to join as a learner"
+    grep -q "promoted from learner to voting member" <<<"$logs" || die "raftkv-$i was not promoted by itself"
+    wait_ready "$i"
+    store "$i" "scaled-up-$i" "s$i" || die "Store through raftkv-$i failed"
+    wait_applied "$i" "$(last_acked)"
+    check_acked_on "$i"
+done
+log "   $up voters ($names): each new pod joined as a learner, caught up, promoted itself and holds every acknowledged write"
+
+log "   kubectl scale --replicas=$n: raftkv-${new[0]} ... raftkv-${new[-1]} get SIGTERM at once (Parallel pod management)"
+echo "$n" >"$tmp/replicas"
+stops=()
+for i in "${new[@]}"; do
+    docker stop -t 30 "raftkv-$i" >/dev/null &
+    stops+=($!)
+done
+for p in "${stops[@]}"; do wait "$p"; done
+# The load must cover both steps for the claim below.
+kill -0 "$bench_pid" 2>/dev/null || die "the write load ended before the scale-down did (the bench is too short)"
+for i in "${new[@]}"; do
+    logs=$(docker logs "raftkv-$i" 2>&1)
+    grep -q "removed from the membership" <<<"$logs" || die "raftkv-$i did not remove itself before stopping"
+done
+wait_members 0 "$n"
+for i in "${new[@]}"; do
+    # As `kubectl delete pvc data-raftkv-$i` after a scale-down (README "Kubernetes").
+    docker rm -f "raftkv-$i" >/dev/null
+    docker volume rm "raftkv-data-$i-$$" >/dev/null
+    rm -f "$tmp/history-$i.json"
+done
+log "   $n voters again ($names): the departing pods removed themselves before they stopped"
+bench_result
+failed=$(sed -n 's/^done: .* ok, \([0-9]*\) failed.*/\1/p' "$tmp/bench.log")
+[ "$failed" = 0 ] || die "writes failed while scaling: $result"
+scale_result=$result
+for i in "${all[@]}"; do store "$i" "scaled-down-$i" "d$i" || die "Store through raftkv-$i after scaling down failed"; done
+check_converged
+log "   bench through the founders while scaling: $scale_result"
+
 log "summary: $(wc -l <"$tmp/acked") acknowledged grpcurl writes, all present on every node"
 log "   docker kill of the leader: $kill_result"
 log "   docker stop of the leader: $stop_result"
+log "   scaling $n -> $up -> $n: $scale_result"

@@ -82,6 +82,9 @@ pub struct NodeConfig {
     /// Tests only (`serve --peer-dial`): where to dial members, by name, instead of
     /// their peer URLs — a process test's proxies on each directed link.
     pub peer_dial: std::collections::BTreeMap<String, String>,
+    /// `--join-as-learner`: a node the cluster does not list adds itself as a learner,
+    /// then promotes itself once it has caught up (a StatefulSet that scales up).
+    pub join_as_learner: bool,
 }
 
 /// etcd's `--initial-cluster-state`.
@@ -189,6 +192,7 @@ impl NodeConfig {
             session_ttl: Duration::from_secs(DEFAULT_SESSION_TTL_SECS),
             max_sessions: DEFAULT_MAX_SESSIONS,
             peer_dial: Default::default(),
+            join_as_learner: false,
         }
     }
 
@@ -244,26 +248,46 @@ pub fn parse_initial_cluster(s: &str) -> Result<Vec<Member>, ConfigError> {
 /// The members of a StatefulSet-style cluster: `size` nodes named `PREFIX-0` ...
 /// `PREFIX-(size-1)`, where PREFIX is `name` without its ordinal, each reached at the
 /// stable DNS name `PREFIX-i.SERVICE:PORT` (a Kubernetes headless service gives every
-/// pod of a StatefulSet such a name). `name` must be one of them.
-pub fn ordinal_members(name: &str, size: u32, service: &str, port: u16) -> Result<Vec<Member>, ConfigError> {
+/// pod of a StatefulSet such a name). `name` must be one of them, unless `beyond`
+/// allows a pod past the founding size (a StatefulSet scaled up, whose new pods join
+/// the cluster): it is then listed last. Also answers whether `name` is beyond.
+pub fn ordinal_members(
+    name: &str,
+    size: u32,
+    service: &str,
+    port: u16,
+    beyond: bool,
+) -> Result<(Vec<Member>, bool), ConfigError> {
     let bad = ConfigError::Ordinal;
-    let (prefix, ordinal) = name
-        .rsplit_once('-')
-        .and_then(|(p, o)| Some((p, o.parse::<u32>().ok()?)))
-        .filter(|(p, _)| !p.is_empty())
-        .ok_or_else(|| bad(format!("name {name:?} is not PREFIX-ORDINAL (as a StatefulSet pod's name is)")))?;
+    let ordinal = pod_ordinal(name)?;
+    let prefix = &name[..name.len() - ordinal.to_string().len() - 1];
     if size == 0 {
         return Err(bad("the cluster size must be positive".into()));
     }
-    if ordinal >= size {
-        return Err(bad(format!("{name:?} has ordinal {ordinal}, outside a cluster of {size}")));
+    if ordinal >= size && !beyond {
+        return Err(bad(format!(
+            "{name:?} has ordinal {ordinal}, outside a cluster of {size} (--join-as-learner lets it join)"
+        )));
     }
     if service.is_empty() || service.contains([':', '/', ' ']) {
         return Err(bad(format!("peer service {service:?} is not a DNS name")));
     }
-    Ok((0..size)
-        .map(|i| Member { name: format!("{prefix}-{i}"), peer_addr: format!("{prefix}-{i}.{service}:{port}") })
-        .collect())
+    let member = |i: u32| Member { name: format!("{prefix}-{i}"), peer_addr: format!("{prefix}-{i}.{service}:{port}") };
+    let mut members: Vec<Member> = (0..size).map(member).collect();
+    if ordinal >= size {
+        members.push(member(ordinal));
+    }
+    Ok((members, ordinal >= size))
+}
+
+/// The ordinal of a StatefulSet pod's name (`PREFIX-ORDINAL`).
+pub fn pod_ordinal(name: &str) -> Result<u32, ConfigError> {
+    name.rsplit_once('-')
+        .filter(|(p, o)| !p.is_empty() && !o.starts_with('+') && (o.len() == 1 || !o.starts_with('0')))
+        .and_then(|(_, o)| o.parse::<u32>().ok())
+        .ok_or_else(|| {
+            ConfigError::Ordinal(format!("name {name:?} is not PREFIX-ORDINAL (as a StatefulSet pod's name is)"))
+        })
 }
 
 impl NodeConfig {
@@ -342,17 +366,25 @@ mod tests {
 
     #[test]
     fn ordinal_members_follow_the_statefulset_names() {
-        let m = ordinal_members("raftkv-3", 5, "raftkv-peer", 7100).unwrap();
+        let (m, beyond) = ordinal_members("raftkv-3", 5, "raftkv-peer", 7100, false).unwrap();
+        assert!(!beyond);
         assert_eq!(m.len(), 5);
         assert_eq!(m[0].name, "raftkv-0");
         assert_eq!(m[4].peer_addr, "raftkv-4.raftkv-peer:7100");
-        let m = ordinal_members("my-db-0", 1, "db.ns.svc", 1).unwrap();
+        let (m, _) = ordinal_members("my-db-0", 1, "db.ns.svc", 1, false).unwrap();
         assert_eq!(m[0].peer_addr, "my-db-0.db.ns.svc:1");
-        assert!(ordinal_members("raftkv-5", 5, "s", 1).is_err(), "ordinal outside the cluster");
-        assert!(ordinal_members("raftkv", 5, "s", 1).is_err(), "no ordinal");
-        assert!(ordinal_members("-1", 5, "s", 1).is_err(), "no prefix");
-        assert!(ordinal_members("raftkv-0", 0, "s", 1).is_err(), "empty cluster");
-        assert!(ordinal_members("raftkv-0", 3, "", 1).is_err(), "no service");
+        assert!(ordinal_members("raftkv-5", 5, "s", 1, false).is_err(), "ordinal outside the cluster");
+        assert!(ordinal_members("raftkv", 5, "s", 1, false).is_err(), "no ordinal");
+        assert!(ordinal_members("-1", 5, "s", 1, false).is_err(), "no prefix");
+        assert!(ordinal_members("raftkv-05", 5, "s", 1, false).is_err(), "not a pod's ordinal");
+        assert!(ordinal_members("raftkv-0", 0, "s", 1, false).is_err(), "empty cluster");
+        assert!(ordinal_members("raftkv-0", 3, "", 1, false).is_err(), "no service");
+        // A pod past the founding size joins: the founders, then itself.
+        let (m, beyond) = ordinal_members("raftkv-6", 5, "raftkv-peer", 7100, true).unwrap();
+        assert!(beyond);
+        let names: Vec<&str> = m.iter().map(|m| m.name.as_str()).collect();
+        assert_eq!(names, ["raftkv-0", "raftkv-1", "raftkv-2", "raftkv-3", "raftkv-4", "raftkv-6"]);
+        assert_eq!(m[5].peer_addr, "raftkv-6.raftkv-peer:7100");
     }
 
     #[test]

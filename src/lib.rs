@@ -17,7 +17,9 @@ pub mod bridge;
 pub mod client;
 pub mod config;
 pub mod error;
+
 pub mod etcd;
+pub mod kube;
 pub mod mvcc;
 pub mod proto;
 pub mod raft;

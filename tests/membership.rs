@@ -21,15 +21,6 @@ fn named(name: &str) -> pb::MemberNameRequest {
     pb::MemberNameRequest { name: name.into() }
 }
 
-/// Waits until every running node's configuration satisfies `ok`.
-async fn wait_membership(c: &TestCluster, what: &str, ok: impl Fn(&raftkv::raft::Membership) -> bool) {
-    let deadline = tokio::time::Instant::now() + WAIT;
-    while !c.live().iter().all(|&i| ok(&c.handle(i).membership())) {
-        assert!(tokio::time::Instant::now() < deadline, "not every node saw {what} within {WAIT:?}");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-}
-
 enum Op {
     Add(pb::MemberAddRequest),
     Promote(&'static str),

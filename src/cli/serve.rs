@@ -44,6 +44,16 @@ pub struct ServeArgs {
     /// `raftkv member add`), learning the membership from the members it names.
     #[arg(long, env = "RAFTKV_INITIAL_CLUSTER_STATE", value_enum, default_value = "new")]
     pub initial_cluster_state: raftkv::config::ClusterState,
+    /// A node the cluster does not list adds itself as a learner through the members
+    /// --initial-cluster names, and promotes itself once it has caught up. With
+    /// --initial-cluster-size, a pod whose ordinal is past the size joins this way.
+    #[arg(long, env = "RAFTKV_JOIN_AS_LEARNER")]
+    pub join_as_learner: bool,
+    /// On SIGTERM, ask the Kubernetes API (in-cluster service account) for this pod's
+    /// StatefulSet's replicas; if this pod's ordinal is no longer among them (scaled
+    /// down), remove this member from the cluster before stopping.
+    #[arg(long, env = "RAFTKV_LEAVE_ON_SCALE_DOWN")]
+    pub leave_on_scale_down: bool,
     /// With an empty data directory: how long to wait for the other members' answers.
     #[arg(long, env = "RAFTKV_BOOTSTRAP_TIMEOUT_MS", default_value_t = 1000)]
     pub bootstrap_timeout_ms: u64,
@@ -174,15 +184,20 @@ fn config(args: &ServeArgs) -> Result<NodeConfig, String> {
             return Err(format!("--advertise-client-urls: {url:?} is not a URL like http://host:2379"));
         }
     }
-    let members = match (&args.initial_cluster, args.initial_cluster_size) {
-        (Some(list), _) => parse_initial_cluster(list),
+    // A pod past the founding size joins the running cluster.
+    let (members, beyond) = match (&args.initial_cluster, args.initial_cluster_size) {
+        (Some(list), _) => parse_initial_cluster(list).map(|m| (m, false)),
         (None, Some(size)) => {
             let port = args.peer_addr.rsplit_once(':').and_then(|(_, p)| p.parse().ok()).expect("checked above");
-            ordinal_members(&args.name, size, args.peer_service.as_deref().unwrap_or_default(), port)
+            let service = args.peer_service.as_deref().unwrap_or_default();
+            ordinal_members(&args.name, size, service, port, args.join_as_learner)
         }
         (None, None) => unreachable!("clap requires one of them"),
     }
     .map_err(|e| e.to_string())?;
+    if args.leave_on_scale_down {
+        raftkv::config::pod_ordinal(&args.name).map_err(|e| format!("--leave-on-scale-down: {e}"))?;
+    }
     if let Some(b) = &args.bridge_addr {
         check_listen_addr("--bridge-addr", b)?;
     }
@@ -237,7 +252,8 @@ fn config(args: &ServeArgs) -> Result<NodeConfig, String> {
             })?,
         session_ttl: std::time::Duration::from_secs(args.client_session_ttl),
         max_sessions: args.max_client_sessions,
-        initial_cluster_state: args.initial_cluster_state,
+        initial_cluster_state: if beyond { raftkv::config::ClusterState::Existing } else { args.initial_cluster_state },
+        join_as_learner: args.join_as_learner,
         peer_dial: match &args.peer_dial {
             Some(list) => parse_initial_cluster(list)
                 .map_err(|e| format!("--peer-dial: {e}"))?
@@ -302,7 +318,7 @@ pub async fn run(args: ServeArgs) -> CmdResult {
     if args.check_config {
         let members: Vec<String> = cfg.members.iter().map(|m| format!("{}={}", m.name, m.peer_addr)).collect();
         println!(
-            "config OK: name={} client={} ({}) peer={} ({}) bridge={} metrics={} data-dir={} election-timeout-ms={} heartbeat-ms={} members={}",
+            "config OK: name={} client={} ({}) peer={} ({}) bridge={} metrics={} data-dir={} election-timeout-ms={} heartbeat-ms={} initial-cluster-state={} join-as-learner={} leave-on-scale-down={} members={}",
             cfg.name,
             args.client_addr,
             tls_mode(cfg.client_tls.as_ref()),
@@ -313,11 +329,28 @@ pub async fn run(args: ServeArgs) -> CmdResult {
             cfg.data_dir.display(),
             cfg.election_timeout_ms,
             cfg.heartbeat_ms,
+            match cfg.initial_cluster_state {
+                raftkv::config::ClusterState::New => "new",
+                raftkv::config::ClusterState::Existing => "existing",
+            },
+            cfg.join_as_learner,
+            args.leave_on_scale_down,
             members.join(","),
         );
         return Ok(ExitCode::SUCCESS);
     }
     init_logging();
+    // Checked before anything starts: a pod that cannot ask the API would stop as a
+    // member when scaled down, and stay listed.
+    let leave = match args.leave_on_scale_down {
+        true => {
+            let ordinal = raftkv::config::pod_ordinal(&args.name).map_err(|e| e.to_string())?;
+            let sts =
+                raftkv::kube::StatefulSet::of_pod(&args.name).map_err(|e| format!("--leave-on-scale-down: {e}"))?;
+            Some((sts, ordinal))
+        }
+        false => None,
+    };
     let client = TcpListener::bind(&args.client_addr)
         .await
         .map_err(|e| format!("cannot listen on --client-addr {}: {e}", args.client_addr))?;
@@ -355,7 +388,12 @@ pub async fn run(args: ServeArgs) -> CmdResult {
     );
     let handle = node.handle().clone();
     tokio::select! {
-        _ = terminated() => {}
+        _ = terminated() => {
+            if let Some((sts, ordinal)) = &leave {
+                let budget = std::time::Duration::from_millis(args.shutdown_timeout_ms);
+                raftkv::server::scaling::leave_if_scaled_down(&handle, sts, *ordinal, budget).await;
+            }
+        }
         _ = handle.stopped() => {}
     }
     tracing::info!(name = %args.name, "stopping");

@@ -4,6 +4,7 @@
 //! start afresh as a member that has already started once (etcd's "member has already
 //! been bootstrapped"): an empty directory then means lost data, and a member that
 //! forgot its log and votes must not vote as if it were new.
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -28,6 +29,8 @@ pub enum BootstrapError {
     AlreadyBootstrapped { name: String, id: NodeId },
     #[error("{peer} says the cluster does not list {name}: add it first (raftkv member add {name}=PEER_URL)")]
     NotListed { name: String, peer: String },
+    #[error("--join-as-learner: {name} could not join the cluster: {error}")]
+    JoinFailed { name: String, error: String },
     #[error("--initial-cluster-state existing: no member of --initial-cluster answered within {0:?}")]
     NoAnswer(Duration),
 }
@@ -74,7 +77,10 @@ async fn ask_members(
 
 /// For a node whose data directory is empty: the membership it starts from and its id.
 /// The freshest answer (highest term, then commit index) decides: a member that lags
-/// may not know of a change yet.
+/// may not know of a change yet. With `--join-as-learner`, a node the cluster does not
+/// list asks to be added as a learner, then asks again. One listed as started is
+/// refused, whatever the flags: an empty directory then means lost data, or a mistake
+/// (a wrong volume) that removing it automatically would make worse.
 pub async fn prepare(
     cfg: &NodeConfig,
     founding: &Membership,
@@ -82,51 +88,107 @@ pub async fn prepare(
     faults: Option<&Faults>,
 ) -> Result<(Membership, NodeId), BootstrapError> {
     let name = cfg.name.clone();
-    match cfg.initial_cluster_state {
-        ClusterState::New => {
+    let give_up = Instant::now() + JOIN_WAIT;
+    let mut asked: Option<String> = None;
+    loop {
+        let answers = ask_members(cfg, tls.clone(), faults).await;
+        let listed = answers.first().map(|a| (a, a.membership.id_of(&name)));
+        let change = match (cfg.initial_cluster_state, listed) {
             // Members that do not answer are starting too (or down): the founding
             // membership. One that answers knows better (a cluster already running, a
             // member added to it since): its membership, if it lists this node.
-            match ask_members(cfg, tls, faults).await.into_iter().next() {
-                None => Ok((founding.clone(), founding.id_of(&name).expect("validated: in --initial-cluster"))),
-                Some(a) => {
-                    let id = a
-                        .membership
-                        .id_of(&name)
-                        .ok_or_else(|| BootstrapError::NotListed { name: name.clone(), peer: a.peer.clone() })?;
-                    if a.membership.members[&id].started {
-                        return Err(BootstrapError::AlreadyBootstrapped { name, id });
-                    }
-                    Ok((a.membership, id))
-                }
+            (ClusterState::New, None) => {
+                return Ok((founding.clone(), founding.id_of(&name).expect("validated: in --initial-cluster")))
+            }
+            (_, Some((a, Some(id)))) if !a.membership.members[&id].started => {
+                tracing::info!(from = %a.peer, id = format!("{id:x}"), members = a.membership.members.len(), "joining the cluster");
+                return Ok((a.membership.clone(), id));
+            }
+            (_, Some((_, Some(id)))) => return Err(BootstrapError::AlreadyBootstrapped { name, id }),
+            (_, Some((_, None))) if cfg.join_as_learner => {
+                let url = cfg.members.iter().find(|m| m.name == name).expect("validated: in --initial-cluster");
+                let scheme = if cfg.peer_tls.is_some() { "https" } else { "http" };
+                tracing::info!("the cluster does not list this node: asking to be added as a learner");
+                Some(ConfChange::Add {
+                    name: name.clone(),
+                    peer_url: format!("{scheme}://{}", url.peer_addr),
+                    learner: true,
+                })
+            }
+            (ClusterState::New, Some((a, None))) => {
+                return Err(BootstrapError::NotListed { name: name.clone(), peer: a.peer.clone() })
+            }
+            // `existing`, not listed yet (the member asked may not have the change
+            // yet), or nobody answered: asked again, for a while.
+            (ClusterState::Existing, _) => {
+                tracing::info!("waiting for a member of --initial-cluster that lists this node");
+                None
+            }
+        };
+        if let Some(change) = change {
+            asked = ask_change(cfg, &answers, &change, tls.clone(), faults).await.err();
+            if let Some(e) = &asked {
+                tracing::info!("{e}; asking again");
             }
         }
-        ClusterState::Existing => {
-            let give_up = Instant::now() + JOIN_WAIT;
-            loop {
-                let freshest = ask_members(cfg, tls.clone(), faults).await.into_iter().next();
-                if let Some(a) = &freshest {
-                    if let Some(id) = a.membership.id_of(&name) {
-                        if a.membership.members[&id].started {
-                            return Err(BootstrapError::AlreadyBootstrapped { name, id });
-                        }
-                        tracing::info!(from = %a.peer, id = format!("{id:x}"), members = a.membership.members.len(), "joining the cluster");
-                        return Ok((a.membership.clone(), id));
-                    }
+        if Instant::now() > give_up {
+            return Err(match (asked, answers.into_iter().next()) {
+                (Some(error), _) => BootstrapError::JoinFailed { name, error },
+                (None, Some(a)) => BootstrapError::NotListed { name, peer: a.peer },
+                (None, None) => BootstrapError::NoAnswer(JOIN_WAIT),
+            });
+        }
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+}
+
+/// Asks the members that answered, freshest first, to make `change`: only the leader
+/// does, and a member that is not names it, so the leader is asked next wherever it
+/// is (a member added since the founding, say). The last refusal if none made it.
+async fn ask_change(
+    cfg: &NodeConfig,
+    answers: &[Answer],
+    change: &ConfChange,
+    tls: Option<Arc<crate::tls::Reloading<rustls::ClientConfig>>>,
+    faults: Option<&Faults>,
+) -> Result<(), String> {
+    // Where each member is: --initial-cluster, else the freshest membership's URLs.
+    let mut addrs: BTreeMap<String, String> = answers
+        .first()
+        .map(|a| a.membership.members.values().map(|m| (m.name.clone(), super::peers::peer_addr(&m.peer_url).into())))
+        .into_iter()
+        .flatten()
+        .collect();
+    addrs.extend(cfg.members.iter().map(|m| (m.name.clone(), m.peer_addr.clone())));
+    let mut queue: VecDeque<String> = answers.iter().map(|a| a.peer.clone()).collect();
+    let mut tried = BTreeSet::new();
+    let mut refused = String::from("no member answered");
+    while let Some(peer) = queue.pop_front() {
+        let Some(addr) = addrs.get(&peer).filter(|_| tried.insert(peer.clone())) else { continue };
+        let addr = cfg.dial_addr(&peer, addr);
+        let mut client = match transport::connect(addr, &cfg.name, &peer, faults, tls.clone()) {
+            Ok(c) => c,
+            Err(e) => {
+                refused = format!("{peer}: {e}");
+                continue;
+            }
+        };
+        let mut req = tonic::Request::new(transport::convert::conf_change_to_pb(change));
+        req.set_timeout(cfg.bootstrap_timeout * 5);
+        match client.change_membership(req).await {
+            Ok(r) => {
+                tracing::info!(via = %peer, id = format!("{:x}", r.get_ref().id), "membership changed: {change:?}");
+                return Ok(());
+            }
+            Err(s) => {
+                if let Some(leader) = s.metadata().get(crate::error::LEADER_METADATA).and_then(|v| v.to_str().ok()) {
+                    queue.push_front(leader.to_string());
                 }
-                // Not listed yet (the member asked may not have the change yet), or
-                // nobody answered: asked again, for a while.
-                if Instant::now() > give_up {
-                    return Err(match freshest {
-                        Some(a) => BootstrapError::NotListed { name, peer: a.peer },
-                        None => BootstrapError::NoAnswer(JOIN_WAIT),
-                    });
-                }
-                tracing::info!("waiting for a member of --initial-cluster that lists this node");
-                tokio::time::sleep(Duration::from_secs(1)).await;
+                refused = format!("{peer} refused {change:?}: {}", s.message());
             }
         }
     }
+    Err(refused)
 }
 
 /// Once it knows a leader, a member records that it has started (`Publish`), retrying

@@ -15,6 +15,7 @@ pub mod metrics;
 mod peers;
 mod persister;
 mod rounds;
+pub mod scaling;
 
 pub use forwarder::to_outcome as batch_outcome;
 pub use handle::NodeHandle;
@@ -536,6 +537,9 @@ impl Node {
         }
         tasks.push(tokio::spawn(lessor::run(handle.clone())));
         tasks.push(tokio::spawn(bootstrap::publish(handle.clone(), shutdown_rx.clone())));
+        if cfg.join_as_learner {
+            tasks.push(tokio::spawn(scaling::promote(handle.clone(), shutdown_rx.clone())));
+        }
         tasks.push(tokio::spawn(health::report_health(handle.status_watch(), health_reporter, shutdown_rx.clone())));
         if let Some(mode) = cfg.auto_compaction {
             tasks.push(tokio::spawn(compactor::run(handle.clone(), mode, shutdown_rx.clone())));

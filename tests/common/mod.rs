@@ -348,6 +348,11 @@ impl TestCluster {
         self.cfgs[i].initial_cluster_state = state;
     }
 
+    /// Node `i` starts next time with `--join-as-learner` (or without).
+    pub fn set_join_as_learner(&mut self, i: usize, on: bool) {
+        self.cfgs[i].join_as_learner = on;
+    }
+
     /// Node `i` waits this long for the others' answers when its directory is empty.
     pub fn set_bootstrap_timeout(&mut self, i: usize, timeout: Duration) {
         self.cfgs[i].bootstrap_timeout = timeout;
@@ -402,6 +407,15 @@ pub async fn store(
     value: &str,
 ) -> Result<pb::StoreResponse, tonic::Status> {
     c.store(pb::StoreRequest { key: key.into(), value: value.into() }).await.map(|r| r.into_inner())
+}
+
+/// Waits until every running node's configuration satisfies `ok`.
+pub async fn wait_membership(c: &TestCluster, what: &str, ok: impl Fn(&raftkv::raft::Membership) -> bool) {
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while !c.live().iter().all(|&i| ok(&c.handle(i).membership())) {
+        assert!(tokio::time::Instant::now() < deadline, "not every node saw {what} within {WAIT:?}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
 }
 
 /// Acknowledged (key, index) pairs and the errors seen.
