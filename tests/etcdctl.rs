@@ -158,7 +158,7 @@ fn etcdctl_works_against_raftkv() {
     }
     // Membership changes: a learner added (named after its peer host and port, as
     // etcdctl sends no name), listed as a learner, refused promotion while it has not
-    // caught up (it never started), removed; bad input refused.
+    // caught up (it never started), moved, removed; bad input refused.
     let free = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap();
     let url = format!("http://{free}");
     let added = ctl.ok(&["member", "add", "newbie", &format!("--peer-urls={url}"), "--learner"]);
@@ -176,11 +176,23 @@ fn etcdctl_works_against_raftkv() {
     assert!(String::from_utf8_lossy(&again.stderr).contains("Peer URLs already exists"), "{again:?}");
     let bad = ctl.run(&["member", "add", "other", "--peer-urls=http://nohost:0"], None);
     assert!(String::from_utf8_lossy(&bad.stderr).contains("given member URLs are invalid"), "{bad:?}");
+    // It moved: etcd's member update (the name, so the id, stays); a URL another
+    // member has is refused.
+    let moved = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap();
+    let moved_url = format!("http://{moved}");
+    let updated = ctl.ok(&["member", "update", &id, &format!("--peer-urls={moved_url}")]);
+    assert!(updated.contains(" updated in cluster"), "{updated}");
+    let listed = ctl.ok(&["member", "list"]);
+    let line = listed.lines().find(|l| l.starts_with(&id)).unwrap_or_else(|| panic!("{listed}"));
+    assert!(line.contains(&moved_url) && !listed.contains(&url), "{listed}");
+    let taken = listed.lines().find(|l| !l.starts_with(&id)).and_then(|l| l.split(", ").nth(3)).unwrap().to_string();
+    let clash = ctl.run(&["member", "update", &id, &format!("--peer-urls={taken}")], None);
+    assert!(String::from_utf8_lossy(&clash.stderr).contains("Peer URLs already exists"), "{clash:?}");
     let removed = ctl.ok(&["member", "remove", &id]);
     assert!(removed.contains("removed from cluster"), "{removed}");
     let unknown = ctl.run(&["member", "remove", &id], None);
     assert!(String::from_utf8_lossy(&unknown.stderr).contains("member not found"), "{unknown:?}");
-    assert!(!ctl.ok(&["member", "list"]).contains(&url));
+    assert!(!ctl.ok(&["member", "list"]).contains(&moved_url));
 
     // Every member's hash, through the members' own endpoints (etcdctl 3.4's --cluster
     // sends a URL as the HTTP/2 authority, which raftkv's HTTP/2 server refuses).

@@ -25,6 +25,7 @@ enum Op {
     Add(pb::MemberAddRequest),
     Promote(&'static str),
     Remove(String),
+    Update(String, String),
 }
 
 /// A change through `client`, retried while another change (a member recording
@@ -37,6 +38,9 @@ async fn change(client: &KeyValueClient<Channel>, op: Op) -> pb::MemberListRespo
             Op::Add(req) => c.member_add(req.clone()).await,
             Op::Promote(name) => c.member_promote(named(name)).await,
             Op::Remove(name) => c.member_remove(named(name)).await,
+            Op::Update(name, peer_url) => {
+                c.member_update(pb::MemberUpdateRequest { name: name.clone(), peer_url: peer_url.clone() }).await
+            }
         };
         match r {
             Ok(r) => return r.into_inner(),
@@ -188,5 +192,45 @@ async fn a_start_is_recorded_only_once_every_member_can_read_it() {
     assert!(!c.handle(leader).membership().members[&r.id].started, "recorded while a member could not answer");
     c.restart(down).await;
     wait_membership(&c, "n4 recorded as started", |m| m.members.get(&r.id).is_some_and(|m| m.started)).await;
+    c.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_member_that_moved_is_reached_at_its_new_peer_url() {
+    let mut c = TestCluster::start(3).await;
+    let leader = c.wait_leader().await;
+    let mut client = c.client(leader).await;
+    let mover = (0..3).find(|&i| i != leader).unwrap();
+    let name = c.names[mover].clone();
+    let id = c.handle(mover).id();
+    c.stop(mover).await;
+    // Told first, then restarted at its new address with its data (etcd's procedure).
+    let new_addr = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap().local_addr().unwrap().to_string();
+    let url = format!("http://{new_addr}");
+    let r = change(&client, Op::Update(name.clone(), url.clone())).await;
+    assert!(r.members.iter().any(|m| m.name == name && m.peer_url == url && m.id == id), "{r:?}");
+    c.peer_addrs[mover] = new_addr;
+    c.restart(mover).await;
+    for i in 0..20 {
+        store(&mut client, &format!("after-move{i}"), "v").await.unwrap();
+    }
+    // It gets the writes made since: the others reach it at the new address.
+    let commit = c.handle(leader).status().commit;
+    c.wait_applied(&[mover], commit).await;
+    assert_eq!(c.handle(mover).id(), id, "the same member");
+    wait_membership(&c, "the new URL everywhere", |m| m.members.get(&id).is_some_and(|m| m.peer_url == url)).await;
+
+    // Bad updates change nothing.
+    let other_url = c.handle(mover).membership().members[&c.handle(leader).id()].peer_url.clone();
+    let mut kv = c.client(leader).await;
+    let update = |name: &str, url: &str| pb::MemberUpdateRequest { name: name.into(), peer_url: url.into() };
+    let e = kv.member_update(update(&name, &other_url)).await.expect_err("another member's URL");
+    assert_eq!(e.code(), Code::FailedPrecondition, "{e:?}");
+    let e = kv.member_update(update(&name, "http://nohost")).await.expect_err("a URL without a port");
+    assert_eq!(e.code(), Code::InvalidArgument, "{e:?}");
+    let e = kv.member_update(update("nobody", "http://a:1")).await.expect_err("no such member");
+    assert_eq!(e.code(), Code::NotFound, "{e:?}");
+    assert_eq!(c.handle(leader).membership().members[&id].peer_url, url);
+    c.assert_one_leader_per_term();
     c.shutdown().await;
 }

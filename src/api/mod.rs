@@ -297,6 +297,18 @@ impl pb::key_value_server::KeyValue for KvService {
         self.change_named(req, ConfChange::Remove).await
     }
 
+    async fn member_update(
+        &self,
+        req: Request<pb::MemberUpdateRequest>,
+    ) -> Result<Response<pb::MemberListResponse>, Status> {
+        self.check_admin(&req)?;
+        let deadline = deadline(&req);
+        let r = req.into_inner();
+        let id = self.node.member_named(&r.name)?;
+        let id = self.node.change_membership(ConfChange::Update { id, peer_url: r.peer_url }, deadline).await?;
+        Ok(Response::new(self.members(id)))
+    }
+
     async fn status(&self, _req: Request<pb::StatusRequest>) -> Result<Response<pb::StatusResponse>, Status> {
         Ok(Response::new(status::status_response(&self.node, &self.node.status())))
     }

@@ -1,4 +1,4 @@
-//! `raftkv member list|add|promote|remove`: the cluster's membership (raftkv's own
+//! `raftkv member list|add|promote|remove|update`: the cluster's membership (raftkv's own
 //! API; `etcdctl member ...` works too).
 use std::process::ExitCode;
 
@@ -38,6 +38,22 @@ pub enum MemberCmd {
         #[command(flatten)]
         conn: Conn,
     },
+    /// A member moved: the others reach it at PEER_URL from now on (NAME=PEER_URL).
+    /// Change it, then restart the member at its new address with its data.
+    Update {
+        /// NAME=PEER_URL
+        member: String,
+        #[command(flatten)]
+        conn: Conn,
+    },
+}
+
+/// NAME=PEER_URL, trimmed.
+fn name_and_url(member: &str) -> Result<(String, String), String> {
+    member
+        .split_once('=')
+        .map(|(n, u)| (n.trim().to_string(), u.trim().to_string()))
+        .ok_or_else(|| format!("{member:?} is not NAME=PEER_URL"))
 }
 
 /// One call of the membership API, through the first endpoint that answers.
@@ -46,6 +62,7 @@ enum Call {
     Add(pb::MemberAddRequest),
     Promote(pb::MemberNameRequest),
     Remove(pb::MemberNameRequest),
+    Update(pb::MemberUpdateRequest),
 }
 
 async fn call(conn: &Conn, call: Call) -> Result<pb::MemberListResponse, String> {
@@ -57,6 +74,7 @@ async fn call(conn: &Conn, call: Call) -> Result<pb::MemberListResponse, String>
                 Call::Add(req) => c.member_add(req.clone()).await,
                 Call::Promote(req) => c.member_promote(req.clone()).await,
                 Call::Remove(req) => c.member_remove(req.clone()).await,
+                Call::Update(req) => c.member_update(req.clone()).await,
             }
         })
         .await?;
@@ -67,10 +85,7 @@ pub async fn run(cmd: MemberCmd) -> CmdResult {
     let (r, what) = match cmd {
         MemberCmd::List { conn } => (call(&conn, Call::List).await?, None),
         MemberCmd::Add { member, learner, conn } => {
-            let (name, peer_url) = member
-                .split_once('=')
-                .map(|(n, u)| (n.trim().to_string(), u.trim().to_string()))
-                .ok_or_else(|| format!("{member:?} is not NAME=PEER_URL"))?;
+            let (name, peer_url) = name_and_url(&member)?;
             let req = pb::MemberAddRequest { name, peer_url, learner };
             (call(&conn, Call::Add(req)).await?, Some(if learner { "added as a learner" } else { "added" }))
         }
@@ -79,6 +94,10 @@ pub async fn run(cmd: MemberCmd) -> CmdResult {
         }
         MemberCmd::Remove { name, conn } => {
             (call(&conn, Call::Remove(pb::MemberNameRequest { name })).await?, Some("removed"))
+        }
+        MemberCmd::Update { member, conn } => {
+            let (name, peer_url) = name_and_url(&member)?;
+            (call(&conn, Call::Update(pb::MemberUpdateRequest { name, peer_url })).await?, Some("updated"))
         }
     };
     if let Some(what) = what {

@@ -139,12 +139,23 @@ impl Cluster for EtcdCluster {
         Ok(Response::new(epb::MemberRemoveResponse { header: self.0.header_now(), members }))
     }
 
-    /// Not supported: a member's peer URL is part of its identity here.
+    /// The member moved: the others reach it at its new peer URL (one; its name, and so
+    /// its etcd id, stay).
     async fn member_update(
         &self,
-        _req: Request<epb::MemberUpdateRequest>,
+        req: Request<epb::MemberUpdateRequest>,
     ) -> Result<Response<epb::MemberUpdateResponse>, Status> {
-        Err(Status::unimplemented("raftkv does not change a member's peer URL: remove the member and add it again"))
+        self.check_admin(&req)?;
+        let deadline = crate::api::deadline(&req);
+        let r = req.into_inner();
+        let id = self.member(r.id)?;
+        let [peer_url] = r.peer_ur_ls.as_slice() else {
+            return Err(Status::invalid_argument("etcdserver: given member URLs are invalid (raftkv takes one)"));
+        };
+        let change = ConfChange::Update { id, peer_url: peer_url.clone() };
+        self.0.node.change_membership(change, deadline).await.map_err(membership_status)?;
+        let members = self.members(std::time::Duration::from_millis(200)).await;
+        Ok(Response::new(epb::MemberUpdateResponse { header: self.0.header_now(), members }))
     }
 
     async fn member_promote(

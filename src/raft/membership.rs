@@ -48,6 +48,11 @@ pub enum ConfChange {
     },
     Promote(NodeId),
     Remove(NodeId),
+    /// The member moved: it is reached at a new peer URL (etcd's `member update`).
+    Update {
+        id: NodeId,
+        peer_url: String,
+    },
     /// The member has started (sent by the member itself once it knows a leader).
     Publish(NodeId),
 }
@@ -140,6 +145,15 @@ impl Membership {
             ConfChange::Publish(id) => {
                 let m = next.members.get_mut(id).ok_or(ConfChangeError::NotAMember(*id))?;
                 m.started = true;
+                Ok((next, *id))
+            }
+            ConfChange::Update { id, peer_url } => {
+                check_url(peer_url)?;
+                if self.members.iter().any(|(other, m)| other != id && m.peer_url == *peer_url) {
+                    return Err(ConfChangeError::PeerUrlExists(peer_url.clone()));
+                }
+                let m = next.members.get_mut(id).ok_or(ConfChangeError::NotAMember(*id))?;
+                m.peer_url = peer_url.clone();
                 Ok((next, *id))
             }
             ConfChange::Remove(id) => {
@@ -333,6 +347,24 @@ mod tests {
         let (m, id) = m.changed(&add("c", false)).unwrap();
         assert_eq!(id, 4, "the re-added member gets a new id");
         assert!(!m.contains(3));
+    }
+
+    #[test]
+    fn a_member_that_moved_keeps_its_id_name_and_role() {
+        let m = three();
+        let (moved, id) = m.changed(&ConfChange::Update { id: 2, peer_url: "http://b2:2380".into() }).unwrap();
+        assert_eq!(id, 2);
+        assert_eq!(moved.members[&2].peer_url, "http://b2:2380");
+        assert_eq!((moved.members[&2].name.as_str(), moved.voter_count()), ("b", 3));
+        // Its own URL again is no change; another member's, or one that does not parse, is refused.
+        let same = ConfChange::Update { id: 2, peer_url: m.members[&2].peer_url.clone() };
+        assert_eq!(m.changed(&same).map(|(m, _)| m), Ok(m.clone()));
+        let taken = ConfChange::Update { id: 2, peer_url: "http://a:2380".into() };
+        assert_eq!(m.changed(&taken), Err(ConfChangeError::PeerUrlExists("http://a:2380".into())));
+        let bad = ConfChange::Update { id: 2, peer_url: "http://b".into() };
+        assert_eq!(m.changed(&bad), Err(ConfChangeError::BadPeerUrl("http://b".into())));
+        let nobody = ConfChange::Update { id: 9, peer_url: "http://z:1".into() };
+        assert_eq!(m.changed(&nobody), Err(ConfChangeError::NotAMember(9)));
     }
 
     #[test]

@@ -328,6 +328,12 @@ pub fn conf_change_to_pb(change: &ConfChange) -> pb::ChangeMembershipRequest {
         ConfChange::Publish(id) => {
             pb::ChangeMembershipRequest { kind: Kind::Publish as i32, id: *id, ..Default::default() }
         }
+        ConfChange::Update { id, peer_url } => pb::ChangeMembershipRequest {
+            kind: Kind::Update as i32,
+            id: *id,
+            peer_url: peer_url.clone(),
+            ..Default::default()
+        },
     }
 }
 
@@ -339,6 +345,7 @@ pub fn conf_change_from_pb(r: pb::ChangeMembershipRequest) -> Result<ConfChange,
         Ok(Kind::Promote) => Ok(ConfChange::Promote(r.id)),
         Ok(Kind::Remove) => Ok(ConfChange::Remove(r.id)),
         Ok(Kind::Publish) => Ok(ConfChange::Publish(r.id)),
+        Ok(Kind::Update) => Ok(ConfChange::Update { id: r.id, peer_url: r.peer_url }),
         Err(_) => Err(Status::invalid_argument(format!("unknown configuration change kind {}", r.kind))),
     }
 }
