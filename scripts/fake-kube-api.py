@@ -52,7 +52,9 @@ def main():
     server = http.server.ThreadingHTTPServer((host, int(port)), Handler)
     ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
     ctx.load_cert_chain(a.cert, a.key)
-    server.socket = ctx.wrap_socket(server.socket, server_side=True)
+    # The handshake happens in each request's thread, not in accept(): one stalled
+    # client cannot hold up the others.
+    server.socket = ctx.wrap_socket(server.socket, server_side=True, do_handshake_on_connect=False)
     print(f"fake Kubernetes API on https://{a.listen}{path}", flush=True)
     try:
         server.serve_forever()

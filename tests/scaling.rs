@@ -148,10 +148,10 @@ async fn a_pod_scaled_away_removes_itself_and_one_restarted_stays() {
 
     // Still wanted (ordinal 3 of 4 replicas): a restart, it stays.
     let h = c.handle(3).clone();
-    assert_eq!(leave_if_scaled_down(&h, &api.sts, 3, budget).await, Leaving::Stays { replicas: 4 });
+    assert_eq!(leave_if_scaled_down(&h, &api.sts, (3, 2), budget).await, Leaving::Stays { replicas: 4 });
     // Scaled to 0: a pause, every pod stays a member.
     api.replicas.store(0, Ordering::SeqCst);
-    assert_eq!(leave_if_scaled_down(&h, &api.sts, 3, budget).await, Leaving::Stays { replicas: 0 });
+    assert_eq!(leave_if_scaled_down(&h, &api.sts, (3, 2), budget).await, Leaving::Stays { replicas: 0 });
     api.replicas.store(4, Ordering::SeqCst);
     // The API cannot be asked (a wrong token): it stays, and says why.
     let mut stranger = api.sts.clone();
@@ -161,7 +161,7 @@ async fn a_pod_scaled_away_removes_itself_and_one_restarted_stays() {
     }
     std::fs::write(wrong.path().join("token"), "not-the-token").unwrap();
     stranger.account_dir = wrong.path().into();
-    match leave_if_scaled_down(&h, &stranger, 3, budget).await {
+    match leave_if_scaled_down(&h, &stranger, (3, 2), budget).await {
         Leaving::Unknown(e) => assert!(e.contains("401"), "{e}"),
         other => panic!("{other:?}"),
     }
@@ -174,13 +174,18 @@ async fn a_pod_scaled_away_removes_itself_and_one_restarted_stays() {
         api.replicas.store(ordinal as u32, Ordering::SeqCst);
         let h = c.handle(ordinal).clone();
         let id = h.id();
-        let left = leave_if_scaled_down(&h, &api.sts, ordinal as u32, budget).await;
+        let left = leave_if_scaled_down(&h, &api.sts, (ordinal as u32, 2), budget).await;
         assert_eq!(left, Leaving::Left { replicas: ordinal as u32 });
         c.stop_gracefully(ordinal).await;
         gone.push(id);
         wait_membership(&c, "the departed member gone", |m| !m.contains(id)).await;
     }
     wait_membership(&c, "two voters left", |m| m.voter_count() == 2 && gone.iter().all(|&id| !m.contains(id))).await;
+    // Below the founding size (2 here), pods stop as members: shrinking further is
+    // done by hand.
+    api.replicas.store(1, Ordering::SeqCst);
+    assert_eq!(leave_if_scaled_down(c.handle(1), &api.sts, (1, 2), budget).await, Leaving::Founder);
+    assert_eq!(c.handle(0).membership().voter_count(), 2);
     let (acked, errors) = writers.finish().await;
     assert!(errors.is_empty(), "writes failed while members left: {errors:?}");
     let survivors = c.live();
@@ -188,6 +193,32 @@ async fn a_pod_scaled_away_removes_itself_and_one_restarted_stays() {
     for i in survivors {
         assert_all_present(&c, i, &acked).await;
     }
+    c.assert_one_leader_per_term();
+    c.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_joined_learner_votes_only_once_its_start_is_recorded() {
+    let mut c = TestCluster::start(3).await;
+    let leader = c.wait_leader().await;
+    c.wait_started().await;
+    // With a member down, the start of a new member cannot be recorded (every member
+    // must answer first), so it must stay a learner, caught up or not.
+    let down = (0..3).find(|&i| i != leader).unwrap();
+    c.stop(down).await;
+    let (n4, _) = c.new_member("n4").await;
+    c.set_join_as_learner(n4, true);
+    c.try_start(n4).await.expect("joins as a learner");
+    let id4 = c.handle(n4).id();
+    let commit = c.handle(leader).status().commit;
+    c.wait_applied(&[n4], commit).await;
+    // Several promotion rounds (two election timeouts each) after catching up.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let m = c.handle(leader).membership();
+    assert!(m.is_learner(id4) && !m.members[&id4].started, "promoted before its start was recorded: {m:?}");
+    // The member back: the start is recorded, then the promotion follows.
+    c.restart(down).await;
+    wait_membership(&c, "n4 started and voting", |m| m.is_voter(id4) && m.members[&id4].started).await;
     c.assert_one_leader_per_term();
     c.shutdown().await;
 }

@@ -24,7 +24,8 @@ pub struct BenchArgs {
     /// Total Store requests (ignored with --duration-s).
     #[arg(long, default_value_t = 50_000)]
     pub requests: u64,
-    /// Run for this many seconds instead of a request count.
+    /// Run for this many seconds instead of a request count. Either way, Ctrl-C or
+    /// SIGTERM stops it early: requests in flight finish and the summary is printed.
     #[arg(long)]
     pub duration_s: Option<u64>,
     /// Value size in bytes.
@@ -65,6 +66,9 @@ pub struct BenchArgs {
 
 struct Shared {
     start: Instant,
+    /// Ctrl-C or SIGTERM: no new requests; those in flight finish and the summary is
+    /// printed as at the end.
+    stopped: std::sync::atomic::AtomicBool,
     issued: AtomicU64,
     next_key: AtomicU64,
     ok: AtomicU64,
@@ -251,6 +255,7 @@ pub async fn run(args: BenchArgs) -> CmdResult {
     let started_at = std::time::SystemTime::now();
     let shared = Arc::new(Shared {
         start: Instant::now(),
+        stopped: Default::default(),
         issued: AtomicU64::new(0),
         next_key: AtomicU64::new(0),
         ok: AtomicU64::new(0),
@@ -260,6 +265,12 @@ pub async fn run(args: BenchArgs) -> CmdResult {
         last_ok_us: AtomicU64::new(0),
         max_gap_us: AtomicU64::new(0),
         max_gap_end_us: AtomicU64::new(0),
+    });
+    let stop = shared.clone();
+    let on_signal = tokio::spawn(async move {
+        super::serve::terminated().await;
+        eprintln!("\nstopping early: finishing the requests in flight");
+        stop.stopped.store(true, Ordering::Relaxed);
     });
     let value = "x".repeat(args.value_size);
     let timeout = args.conn.timeout();
@@ -293,7 +304,9 @@ pub async fn run(args: BenchArgs) -> CmdResult {
             // Open loop: clients start spread over one interval.
             let mut due = interval.map(|i| Instant::now() + i.mul_f64(c as f64 / clients as f64));
             loop {
-                if shared.issued.fetch_add(1, Ordering::Relaxed) >= total || until.is_some_and(|u| Instant::now() >= u)
+                if shared.issued.fetch_add(1, Ordering::Relaxed) >= total
+                    || until.is_some_and(|u| Instant::now() >= u)
+                    || shared.stopped.load(Ordering::Relaxed)
                 {
                     break;
                 }
@@ -367,6 +380,7 @@ pub async fn run(args: BenchArgs) -> CmdResult {
     }
     progress.abort();
     let _ = progress.await;
+    on_signal.abort();
     if live {
         println!();
     }

@@ -98,7 +98,9 @@ pub struct ServeArgs {
     #[arg(long, env = "RAFTKV_AUTO_COMPACTION_RETENTION", default_value = "0")]
     pub auto_compaction_retention: String,
     /// On SIGTERM a leader hands leadership over and lets its last writes finish, for
-    /// at most this long, before it stops (keep it below the supervisor's grace period).
+    /// at most this long, before it stops; any member then applies what it knows to be
+    /// committed (at most 5 s more), and with --leave-on-scale-down a departing pod may
+    /// first take this long to leave (keep the sum below the supervisor's grace period).
     #[arg(long, env = "RAFTKV_SHUTDOWN_TIMEOUT_MS", default_value_t = 5000)]
     pub shutdown_timeout_ms: u64,
     /// The largest client request accepted, in bytes (etcd's flag and default, 1.5 MiB);
@@ -305,7 +307,8 @@ fn init_logging() {
         .try_init();
 }
 
-async fn terminated() {
+/// Ctrl-C or SIGTERM.
+pub(super) async fn terminated() {
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
     tokio::select! {
         _ = tokio::signal::ctrl_c() => {}
@@ -347,7 +350,9 @@ pub async fn run(args: ServeArgs) -> CmdResult {
             let ordinal = raftkv::config::pod_ordinal(&args.name).map_err(|e| e.to_string())?;
             let sts =
                 raftkv::kube::StatefulSet::of_pod(&args.name).map_err(|e| format!("--leave-on-scale-down: {e}"))?;
-            Some((sts, ordinal))
+            // The founding members: --initial-cluster-size, or those --initial-cluster lists.
+            let founders = args.initial_cluster_size.unwrap_or(cfg.members.len() as u32);
+            Some((sts, (ordinal, founders)))
         }
         false => None,
     };

@@ -213,7 +213,8 @@ impl Driver {
     fn propose_error(&self, e: ProposeError) -> Error {
         match e {
             ProposeError::NotLeader { leader } => self.not_leader(leader),
-            // Only lazy proposals see this: others are parked during a transfer.
+            // Lazy proposals during a transfer (others are parked), and any proposal to a
+            // leader whose own removal is under way.
             ProposeError::Transferring => Error::NoLeader,
         }
     }

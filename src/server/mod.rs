@@ -593,7 +593,8 @@ impl Node {
             }
             h.wait_applied(h.status().commit).await
         };
-        if tokio::time::timeout(budget.min(Duration::from_secs(5)), settle).await.is_err() {
+        let failed = h.fatal_error().is_some();
+        if !failed && tokio::time::timeout(budget.min(Duration::from_secs(5)), settle).await.is_err() {
             tracing::warn!(commit = h.status().commit, "stopping before applying every committed entry");
         }
         self.shutdown().await

@@ -11,27 +11,35 @@ use crate::kube::StatefulSet;
 use crate::raft::ConfChange;
 
 /// `--join-as-learner`: while this member is a learner, asks the leader to promote it
-/// (refused until it has caught up: etcd's 90 % rule) every election timeout or so;
-/// done once it votes. A node still replaying older configurations, which do not list
-/// it yet, waits.
+/// (refused until it has caught up: etcd's 90 % rule) every two election timeouts;
+/// done once it votes. It first waits until its start is recorded (`Publish`): a voter
+/// never recorded as started that lost its data could start again as a fresh member
+/// and forget its votes. A node still replaying older configurations, which do not
+/// list it yet, waits.
 pub async fn promote(node: NodeHandle, mut shutdown: watch::Receiver<bool>) {
     let me = node.id();
     let pause = node.0.election_timeout * 2;
     let mut last_refusal = String::new();
+    let mut asked = false;
     loop {
         match node.membership().members.get(&me) {
-            Some(m) if !m.learner => return,
+            Some(m) if !m.learner => {
+                // Also when an attempt whose answer was lost made it.
+                if asked {
+                    tracing::info!("promoted from learner to voting member");
+                }
+                return;
+            }
+            Some(m) if !m.started => {}
             Some(_) => {
+                asked = true;
                 let attempt = node.change_membership(ConfChange::Promote(me), pause * 10);
                 let result = tokio::select! {
                     _ = shutdown.wait_for(|s| *s) => return,
                     r = attempt => r,
                 };
                 match result {
-                    Ok(_) => {
-                        tracing::info!("promoted from learner to voting member");
-                        return;
-                    }
+                    Ok(_) => continue,
                     Err(e) => {
                         // Said once per kind of refusal, not every round.
                         let refusal = e.to_string();
@@ -63,14 +71,29 @@ pub enum Leaving {
     Failed { replicas: u32, error: String },
     /// The API server could not tell: it stays a member.
     Unknown(String),
+    /// One of the founding members (`--initial-cluster-size`): it stays a member.
+    Founder,
 }
 
-/// `--leave-on-scale-down`, on SIGTERM: asks the API server how many replicas the
-/// StatefulSet wants; if `ordinal` is no longer among them, removes this member (through
+/// `--leave-on-scale-down`, on SIGTERM: unless `ordinal` is one of the first `founders`,
+/// asks the API server how many replicas the StatefulSet wants; if `ordinal` is no
+/// longer among them, removes this member (through
 /// the leader; a leader removing itself steps down once it commits), retrying within
 /// `budget` while another change is in progress.
-pub async fn leave_if_scaled_down(node: &NodeHandle, sts: &StatefulSet, ordinal: u32, budget: Duration) -> Leaving {
+pub async fn leave_if_scaled_down(
+    node: &NodeHandle,
+    sts: &StatefulSet,
+    (ordinal, founders): (u32, u32),
+    budget: Duration,
+) -> Leaving {
     let start = Instant::now();
+    // A founding member never leaves by itself: scaled below the founding size and back,
+    // a founder's pod would come back empty and, if nobody answered it at once, found a
+    // new cluster with the other founders. Shrinking below it is done by hand.
+    if ordinal < founders {
+        tracing::info!("a founding member: stopping as a member (remove it by hand to shrink the cluster)");
+        return Leaving::Founder;
+    }
     let replicas = match sts.replicas(budget.min(Duration::from_secs(5))).await {
         Ok(r) => r,
         Err(e) => {
