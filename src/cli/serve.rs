@@ -394,9 +394,9 @@ pub async fn run(args: ServeArgs) -> CmdResult {
     let handle = node.handle().clone();
     tokio::select! {
         _ = terminated() => {
-            if let Some((sts, ordinal)) = &leave {
+            if let Some((sts, pod)) = &leave {
                 let budget = std::time::Duration::from_millis(args.shutdown_timeout_ms);
-                raftkv::server::scaling::leave_if_scaled_down(&handle, sts, *ordinal, budget).await;
+                raftkv::server::scaling::leave_if_scaled_down(&handle, sts, *pod, budget).await;
             }
         }
         _ = handle.stopped() => {}
