@@ -46,6 +46,7 @@ tmp=$(mktemp -d)
 created_base=0
 bench_pid=
 api_pid=
+writer_pid=
 started=$(date +%s)
 
 log() { printf '[rehearsal +%3ss] %s\n' "$(($(date +%s) - started))" "$*"; }
@@ -59,6 +60,7 @@ cleanup() {
     trap - EXIT INT TERM
     if [ -n "$bench_pid" ]; then kill "$bench_pid" 2>/dev/null || true; fi
     if [ -n "$api_pid" ]; then kill "$api_pid" 2>/dev/null || true; fi
+    if [ -n "$writer_pid" ]; then kill "$writer_pid" 2>/dev/null || true; fi
     if [ -n "${REHEARSAL_LOGS:-}" ]; then
         mkdir -p "$REHEARSAL_LOGS"
         for c in $(docker ps -aq --filter "label=$label" 2>/dev/null); do
@@ -270,11 +272,12 @@ wait_applied() {
 
 last_acked() { sort -k3 -n "$tmp/acked" | tail -1 | cut -d' ' -f3; }
 
-# Every acknowledged write is in node i's history, at its index.
+# Every acknowledged write (of ACKED, default all so far) is in node i's history, at
+# its index.
 check_acked_on() {
-    local i=$1
+    local i=$1 acked=${2:-$tmp/acked}
     grpc "$i" raftkv.v1.KeyValue/Retrieve '{}' >"$tmp/history-$i.json"
-    python3 - "$tmp/history-$i.json" "$tmp/acked" "raftkv-$i" <<'PY' || die "raftkv-$i lost acknowledged writes"
+    python3 - "$tmp/history-$i.json" "$acked" "raftkv-$i" <<'PY' || die "raftkv-$i lost acknowledged writes"
 import json, sys
 entries = json.load(open(sys.argv[1])).get("entries", [])
 at = {int(e["index"]): (e.get("key"), e.get("value", "")) for e in entries}
@@ -540,6 +543,18 @@ for i in "${all[@]}"; do founders+=("127.0.0.1:$(port "$i")"); done
 "$bin" bench --clients 4 --duration-s 600 --value-size 16 --timeout-ms 5000 \
     --endpoints "$(IFS=,; echo "${founders[*]}")" >"$tmp/bench.log" 2>&1 &
 bench_pid=$!
+# And grpcurl writes through the founders in turn, each acknowledged one remembered:
+# every one must be on every member at the end (the bench's keys are not tracked).
+: >"$tmp/scaling-failed"
+(
+    i=0
+    while [ ! -e "$tmp/stop-writer" ]; do
+        i=$((i + 1))
+        store $((i % n)) "scaling-$i" "w$i" -max-time 5 || echo "scaling-$i" >>"$tmp/scaling-failed"
+        sleep 0.05
+    done
+) &
+writer_pid=$!
 sleep 2
 log "6. kubectl scale --replicas=$up (under write load through the $n founders): raftkv-${new[0]} ... raftkv-${new[-1]} start empty"
 echo "$up" >"$tmp/replicas"
@@ -557,8 +572,10 @@ for i in "${new[@]}"; do
     done
     wait_ready "$i"
     store "$i" "scaled-up-$i" "s$i" || die "Store through raftkv-$i failed"
-    wait_applied "$i" "$(last_acked)"
-    check_acked_on "$i"
+    # The writes acknowledged so far (the writer goes on meanwhile).
+    cp "$tmp/acked" "$tmp/acked-now"
+    wait_applied "$i" "$(sort -k3 -n "$tmp/acked-now" | tail -1 | cut -d' ' -f3)"
+    check_acked_on "$i" "$tmp/acked-now"
 done
 log "   $up voters ($names): each new pod joined as a learner, caught up, promoted itself and holds every acknowledged write"
 
@@ -585,6 +602,11 @@ for i in "${new[@]}"; do
 done
 log "   $n voters again ($names): the departing pods removed themselves before they stopped"
 kill -TERM "$bench_pid"
+touch "$tmp/stop-writer"
+wait "$writer_pid"
+writer_pid=
+[ ! -s "$tmp/scaling-failed" ] || die "grpcurl writes failed while scaling: $(head -5 "$tmp/scaling-failed" | paste -sd' ')"
+scaling_acked=$(grep -c '^scaling-' "$tmp/acked" || true)
 bench_result
 failed=$(sed -n 's/^done: .* ok, \([0-9]*\) failed.*/\1/p' "$tmp/bench.log")
 [ "$failed" = 0 ] || die "writes failed while scaling: $result"
@@ -592,6 +614,7 @@ scale_result=$result
 for i in "${all[@]}"; do store "$i" "scaled-down-$i" "d$i" || die "Store through raftkv-$i after scaling down failed"; done
 check_converged
 log "   bench through the founders while scaling: $scale_result"
+log "   $scaling_acked grpcurl writes through the founders while scaling: none failed, every one on all $n members"
 
 log "summary: $(wc -l <"$tmp/acked") acknowledged grpcurl writes, all present on every node"
 log "   docker kill of the leader: $kill_result"
