@@ -30,9 +30,20 @@ pub enum BootstrapError {
     #[error("{peer} says the cluster does not list {name}: add it first (raftkv member add {name}=PEER_URL)")]
     NotListed { name: String, peer: String },
     #[error("--join-as-learner: {name} could not join the cluster: {error}")]
-    JoinFailed { name: String, error: String },
+    JoinFailed { name: String, error: JoinRefused },
     #[error("--initial-cluster-state existing: no member of --initial-cluster answered within {0:?}")]
     NoAnswer(Duration),
+}
+
+/// Why a configuration change a joining node asked for was not made (the last answer).
+#[derive(Debug, thiserror::Error)]
+pub enum JoinRefused {
+    #[error("no member answered")]
+    NoAnswer,
+    #[error("{peer}: {error}")]
+    Unreachable { peer: String, error: String },
+    #[error("{peer} refused {change:?}: {message}")]
+    Refused { peer: String, change: ConfChange, message: String },
 }
 
 /// What a member answered: its name, the membership it knows, and its term and
@@ -89,7 +100,7 @@ pub async fn prepare(
 ) -> Result<(Membership, NodeId), BootstrapError> {
     let name = cfg.name.clone();
     let give_up = Instant::now() + JOIN_WAIT;
-    let mut asked: Option<String> = None;
+    let mut asked: Option<JoinRefused> = None;
     loop {
         let answers = ask_members(cfg, tls.clone(), faults).await;
         let listed = answers.first().map(|a| (a, a.membership.id_of(&name)));
@@ -151,7 +162,7 @@ async fn ask_change(
     change: &ConfChange,
     tls: Option<Arc<crate::tls::Reloading<rustls::ClientConfig>>>,
     faults: Option<&Faults>,
-) -> Result<(), String> {
+) -> Result<(), JoinRefused> {
     // Where each member is: --initial-cluster, else the freshest membership's URLs.
     let mut addrs: BTreeMap<String, String> = answers
         .first()
@@ -162,14 +173,14 @@ async fn ask_change(
     addrs.extend(cfg.members.iter().map(|m| (m.name.clone(), m.peer_addr.clone())));
     let mut queue: VecDeque<String> = answers.iter().map(|a| a.peer.clone()).collect();
     let mut tried = BTreeSet::new();
-    let mut refused = String::from("no member answered");
+    let mut refused = JoinRefused::NoAnswer;
     while let Some(peer) = queue.pop_front() {
         let Some(addr) = addrs.get(&peer).filter(|_| tried.insert(peer.clone())) else { continue };
         let addr = cfg.dial_addr(&peer, addr);
         let mut client = match transport::connect(addr, &cfg.name, &peer, faults, tls.clone()) {
             Ok(c) => c,
             Err(e) => {
-                refused = format!("{peer}: {e}");
+                refused = JoinRefused::Unreachable { peer, error: e.to_string() };
                 continue;
             }
         };
@@ -184,7 +195,7 @@ async fn ask_change(
                 if let Some(leader) = s.metadata().get(crate::error::LEADER_METADATA).and_then(|v| v.to_str().ok()) {
                     queue.push_front(leader.to_string());
                 }
-                refused = format!("{peer} refused {change:?}: {}", s.message());
+                refused = JoinRefused::Refused { peer, change: change.clone(), message: s.message().to_string() };
             }
         }
     }
