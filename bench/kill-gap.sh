@@ -2,10 +2,11 @@
 # kill -9 of the leader of a fresh 5-node `raftkv dev` under load (raftkv bench, 8
 # clients through the other four, 1 s timeout): the longest gap between successful
 # writes and the failed writes, RUNS times.
-#   bash bench/kill-gap.sh [RUNS]        (after cargo build --release; ~10 s per run)
+#   bash bench/kill-gap.sh [RUNS]        (after cargo build --release; ~10 s per run;
+#                                         RK=path/to/raftkv for another binary)
 set -uo pipefail
 cd "$(dirname "$0")/.."
-RK=$PWD/target/release/raftkv
+RK=${RK:-$PWD/target/release/raftkv}
 eps=127.0.0.1:7001,127.0.0.1:7002,127.0.0.1:7003,127.0.0.1:7004,127.0.0.1:7005
 dev=
 trap '[ -n "$dev" ] && kill -INT "$dev" 2>/dev/null; true' EXIT

@@ -172,6 +172,19 @@ impl NodeHandle {
         let _ = tokio::time::timeout(wait, self.ask(|reply| Input::WaitLeader { reply })).await;
     }
 
+    /// Waits up to `max` for this node to know a leader other than `failed`, or one
+    /// of a term after `term`.
+    async fn wait_leader_change(&self, failed: Option<NodeId>, term: Term, max: Duration) {
+        let mut status = self.0.status.clone();
+        let changed = async {
+            if status.wait_for(|s| s.leader.is_some() && (s.leader != failed || s.term > term)).await.is_err() {
+                // The driver stopped: no change will come.
+                std::future::pending::<()>().await;
+            }
+        };
+        let _ = tokio::time::timeout(max, changed).await;
+    }
+
     /// Runs a request forwarded here by another node. If no leader is known (an
     /// election or a handover is under way), waits for one and runs it once more, so
     /// that the forwarding node is pointed at the new leader instead of failing.
@@ -213,6 +226,8 @@ impl NodeHandle {
             let mut hops = 3;
             let mut waited = false;
             loop {
+                // What this node knew before asking: a failure waits for it to change.
+                let before = self.0.status.borrow().clone();
                 let result = match &target {
                     None => here().await,
                     // A leader no longer in this node's configuration (it removed
@@ -240,9 +255,13 @@ impl NodeHandle {
                         // A pause first, unless this node has not waited yet and asked
                         // itself: it may not have heard of the next leader yet either,
                         // or it is the leader that removes itself (and says it is the
-                        // leader it knows).
-                        if target.take().is_some() || waited {
-                            tokio::time::sleep(self.0.election_timeout / 2).await;
+                        // leader it knows). The pause ends as soon as another leader
+                        // (or a later term) is known: a write that met a dead leader
+                        // goes to the next one the moment it is elected.
+                        let tried = target.take();
+                        if tried.is_some() || waited {
+                            let failed = tried.map_or(before.leader, |l| self.0.peers.names.id(&l).ok());
+                            self.wait_leader_change(failed, before.term, self.0.election_timeout / 2).await;
                         }
                         waited = true;
                         self.wait_for_leader(deadline).await;
