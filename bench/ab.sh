@@ -1,20 +1,27 @@
 #!/usr/bin/env bash
-# A/B of raftkv binaries under the growth load: for each repetition, each binary gets a
-# fresh `raftkv dev --nodes 3` and one kvbench put run (64 clients over 8 connections,
-# 1 KiB values, 1M-key space); binaries alternate so drift hits them alike.
+# A/B of raftkv binaries: for each repetition, each binary gets a fresh
+# `raftkv dev --nodes 3` and one kvbench put run; binaries alternate so drift hits them
+# alike. Default load: the growth load (64 clients over 8 connections, 1 KiB values,
+# 1M-key space, all endpoints). Environment: CLIENTS, CONNS, VALUE (bytes), ROOT (where
+# the data goes: /dev/shm takes fsync out), LEADER=1 (send to the leader only).
 #   bash bench/ab.sh DURATION REPS BIN_A BIN_B [...]     e.g. bash bench/ab.sh 20s 2 /tmp/old /tmp/new
+#   CLIENTS=1 CONNS=1 VALUE=256 ROOT=/dev/shm LEADER=1 bash bench/ab.sh 10s 3 /tmp/old /tmp/new
 set -euo pipefail
 [ $# -ge 3 ] || { echo "usage: bench/ab.sh DURATION REPS BINARY..." >&2; exit 2; }
 K=$(../shared/bench/build-kvbench.sh)
 DUR=$1; REPS=$2; shift 2
+eps=127.0.0.1:7001,127.0.0.1:7002,127.0.0.1:7003
 for r in $(seq "$REPS"); do
   for b in "$@"; do
-    RD=$(mktemp -d /tmp/raftkv-ab.XXXX)
-    setsid "$b" dev --nodes 3 --fresh --data-root "$RD" >"$RD.log" 2>&1 & dp=$!
-    sleep 3
-    echo "run $r, $b: $("$K" put --conns 8 --duration "$DUR" --value-size 1024 --key-space 1000000 --clients 64 \
-      --backend raftkv --endpoints 127.0.0.1:7001,127.0.0.1:7002,127.0.0.1:7003 2>/dev/null \
-      | python3 -c 'import json,sys;d=json.load(sys.stdin);print("%.0f/s p50 %.1f ms p99 %.1f ms errors %d" % (d["ops_per_s"], d["p50_ms"], d["p99_ms"], d["errors"]))')"
+    RD=$(mktemp -d "${ROOT:-/tmp}/raftkv-ab.XXXX")
+    setsid "$b" dev --nodes 3 --fresh --no-view --data-root "$RD" >"$RD.log" 2>&1 & dp=$!
+    for _ in $(seq 100); do st=$("$b" status --endpoints $eps 2>/dev/null || true); [[ $st == *" leader "* ]] && break; sleep 0.1; done
+    sleep 1
+    to=$eps
+    [ "${LEADER:-0}" = 1 ] && to=$("$b" status --endpoints $eps | awk '$3=="leader"{print $2}')
+    echo "run $r, $b: $("$K" put --conns "${CONNS:-8}" --duration "$DUR" --value-size "${VALUE:-1024}" --key-space 1000000 \
+      --clients "${CLIENTS:-64}" --backend raftkv --endpoints "$to" 2>/dev/null \
+      | python3 -c 'import json,sys;d=json.load(sys.stdin);print("%.0f/s p50 %.2f ms p99 %.2f ms errors %d" % (d["ops_per_s"], d["p50_ms"], d["p99_ms"], d["errors"]))')"
     kill -INT "$dp"; wait "$dp" 2>/dev/null || true; rm -rf "$RD" "$RD.log"
   done
 done

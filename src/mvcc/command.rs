@@ -2,7 +2,8 @@
 use bytes::{BufMut, Bytes, BytesMut};
 
 use super::codec::{Dec, Enc};
-use super::txn::Txn;
+use super::read::KeyRange;
+use super::txn::{Txn, TxnOp};
 use super::Revision;
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -137,6 +138,34 @@ impl Command {
         b.freeze()
     }
 
+    /// Whether applying the encoded command touches a bounded number of keys: one
+    /// key's put or delete (alone, in a session, or as a transaction of single-key
+    /// puts, deletes and reads), a session opened or a lease granted. A range, a
+    /// compaction or a lease revocation may touch any number.
+    pub fn is_small(data: &[u8]) -> bool {
+        fn ops_small(ops: &[TxnOp]) -> bool {
+            ops.len() <= 16
+                && ops.iter().all(|op| match op {
+                    TxnOp::Put { .. } => true,
+                    TxnOp::Delete { range } | TxnOp::Range { range, .. } => matches!(range, KeyRange::Key(_)),
+                    TxnOp::Txn(_) => false,
+                })
+        }
+        match data.first() {
+            Some(&(OP_PUT | OP_PUT_JSON | OP_DELETE | OP_OPEN_SESSION | OP_LEASE_GRANT | OP_SESSION)) => true,
+            Some(&OP_TXN) => match Command::decode(data) {
+                Some(Command::Txn(t)) => {
+                    t.compares.len() <= 16
+                        && t.compares.iter().all(|c| matches!(c.range, KeyRange::Key(_)))
+                        && ops_small(&t.success)
+                        && ops_small(&t.failure)
+                }
+                _ => false,
+            },
+            _ => false,
+        }
+    }
+
     pub fn decode(data: &[u8]) -> Option<Command> {
         let (&op, rest) = data.split_first()?;
         match op {
@@ -261,6 +290,39 @@ mod tests {
             Command::LeaseRevoke { id: 0, since: 0 },
         ] {
             assert_eq!(Command::decode(&bad.encode()), None, "{bad:?}");
+        }
+    }
+
+    /// What the driver may apply itself: commands of a bounded number of keys.
+    #[test]
+    fn small_commands_touch_a_bounded_number_of_keys() {
+        use crate::mvcc::txn::{Cmp, Compare, Target};
+        let key = |k: &str| KeyRange::Key(k.as_bytes().to_vec());
+        let span = KeyRange::Span { start: b"a".to_vec(), end: None };
+        let put = TxnOp::Put { key: "k".into(), value: Some("v".into()), lease: None };
+        let txn =
+            |compares: Vec<Compare>, success: Vec<TxnOp>| Command::Txn(Txn { compares, success, failure: vec![] });
+        let cmp = |range| Compare { range, cmp: Cmp::Equal, target: Target::Version(1) };
+        for small in [
+            Command::Put { key: "k".into(), value: "v".into() },
+            Command::Delete { key: "k".into() },
+            Command::Session { client: 1, seq: 1, time_ms: 0, write: put_k() },
+            Command::LeaseGrant { id: 1, ttl: 9 },
+            txn(vec![], vec![put.clone()]),
+            txn(vec![cmp(key("k"))], vec![put.clone(), TxnOp::Delete { range: key("j") }]),
+        ] {
+            assert!(Command::is_small(&small.encode()), "{small:?}");
+        }
+        for large in [
+            Command::Compact { revision: 3 },
+            Command::LeaseRevoke { id: 1, since: 0 },
+            txn(vec![], vec![TxnOp::Delete { range: span.clone() }]),
+            txn(vec![cmp(span.clone())], vec![put.clone()]),
+            txn(vec![], vec![TxnOp::Range { range: span, revision: 0, limit: 0, keys_only: false }]),
+            txn(vec![], vec![put.clone(); 17]),
+            txn(vec![], vec![TxnOp::Txn(Box::default())]),
+        ] {
+            assert!(!Command::is_small(&large.encode()), "{large:?}");
         }
     }
 

@@ -493,6 +493,25 @@ impl Store {
         Ok(out)
     }
 
+    /// Whether a write may have to wait for the engine: a memtable is being flushed
+    /// (at four queued, writes halt until one is) or level 0 fills up (writes slow
+    /// down at 20 tables). Such writes belong on the applier's thread. (fjall 3.1
+    /// marks the two counts `doc(hidden)`; Cargo.lock pins the version.)
+    pub fn engine_busy(&self) -> bool {
+        let Ok(engine) = self.engine() else { return true };
+        [
+            &engine.keys,
+            &engine.revs,
+            &engine.key_revs,
+            &engine.meta,
+            &engine.sessions,
+            &engine.leases,
+            &engine.lease_keys,
+        ]
+        .iter()
+        .any(|k| k.sealed_memtable_count() > 0 || k.l0_table_count() >= 16)
+    }
+
     /// Whether history below the compacted revision is still to be removed.
     pub fn compaction_pending(&self) -> bool {
         self.compact_cursor.load(Ordering::Relaxed) < self.compacted.load(Ordering::Relaxed)

@@ -9,7 +9,7 @@ use std::time::Duration;
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio::time::MissedTickBehavior;
 
-use super::applier::{ProposalReply, Task};
+use super::applier::{self, ProposalReply, Task};
 use super::persister::{Durable, Job};
 use super::{metrics, Input, Metrics, NodeStatus};
 use crate::error::Error;
@@ -42,7 +42,9 @@ pub(super) enum Fatal {
     #[error("snapshot {0} accepted without its state machine")]
     SnapshotMissing(Index),
     #[error("installing the snapshot failed: {0}")]
-    Install(#[from] crate::mvcc::MvccError),
+    Install(crate::mvcc::MvccError),
+    #[error("applying committed entries failed: {0}")]
+    Apply(crate::mvcc::MvccError),
     #[error("installed snapshot holds {installed:?}, not the accepted {accepted:?}")]
     SnapshotMismatch { installed: (Index, Term), accepted: (Index, Term) },
 }
@@ -87,8 +89,9 @@ impl PeerSeries {
 pub(super) struct Driver {
     /// Per-peer metric series, by member id.
     pub peer_series: std::collections::HashMap<NodeId, PeerSeries>,
-    /// The state machine's writer, on its own thread.
-    pub applier: mpsc::UnboundedSender<Task>,
+    /// The state machine's writer, on its own thread (a small batch while it is idle
+    /// is applied here).
+    pub applier: applier::Queue,
     pub store: Arc<Store>,
     /// The durable applied index the log was last compacted for.
     pub compacted_for: Index,
@@ -526,8 +529,10 @@ impl Driver {
             return Err(Fatal::SnapshotMissing(index));
         };
         let (tx, rx) = oneshot::channel();
-        self.applier.send(Task::Install { built, reply: tx }).map_err(|_| Fatal::ApplierStopped)?;
-        let installed = tokio::task::block_in_place(|| rx.blocking_recv()).map_err(|_| Fatal::ApplierStopped)??;
+        self.applier.send(Task::Install { built, reply: tx })?;
+        let installed = tokio::task::block_in_place(|| rx.blocking_recv())
+            .map_err(|_| Fatal::ApplierStopped)?
+            .map_err(Fatal::Install)?;
         if installed != (index, term) {
             return Err(Fatal::SnapshotMismatch { installed, accepted: (index, term) });
         }
@@ -591,8 +596,7 @@ impl Driver {
                         None => {}
                     }
                 }
-                let task = Task::Apply { entries: rd.committed, replies };
-                self.applier.send(task).map_err(|_| Fatal::ApplierStopped)?;
+                self.applier.apply(rd.committed, replies)?;
             }
             for r in rd.reads {
                 if let Some((_, tx)) = self.reads.remove(&r.ctx) {

@@ -328,15 +328,13 @@ impl Node {
             client_urls,
             reads: Default::default(),
         }));
-        let (applier_tx, applier_rx) = mpsc::unbounded_channel();
-        let applier = applier::Applier {
-            store: store.clone(),
-            tasks: applier_rx,
-            checkpoints: applier::Checkpoints { every_entries: cfg.snapshot_entries, every_bytes: cfg.snapshot_bytes },
-            fatal: fatal.clone(),
-            shutdown: shutdown_tx.clone(),
-            metrics: metrics.clone(),
-        };
+        let (applier, applier_queue) = applier::new(
+            store.clone(),
+            applier::Checkpoints { every_entries: cfg.snapshot_entries, every_bytes: cfg.snapshot_bytes },
+            fatal.clone(),
+            shutdown_tx.clone(),
+            metrics.clone(),
+        );
         let (persister_tx, persister_rx) = mpsc::unbounded_channel();
         let (durable_tx, durable_rx) = mpsc::unbounded_channel();
         let persister = persister::Persister {
@@ -359,7 +357,7 @@ impl Node {
         ];
         let driver = driver::Driver {
             peer_series: Default::default(),
-            applier: applier_tx,
+            applier: applier_queue,
             store: store.clone(),
             compacted_for: applied,
             incoming_snapshot: None,
