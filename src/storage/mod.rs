@@ -167,6 +167,12 @@ impl Storage {
         self.wal.syncs
     }
 
+    /// Bytes of records in the segment being written (the file is preallocated).
+    #[cfg(test)]
+    fn log_bytes(&self) -> u64 {
+        self.wal.bytes()
+    }
+
     /// Once the state machine holds everything up to `base` durably: drops log
     /// segments at or below it.
     pub fn compact(&mut self, base: Index) -> Result<(), StorageError> {
@@ -197,11 +203,11 @@ mod tests {
         let (mut s, _) = Storage::open(dir, "a", &members()).unwrap();
         let mut sizes = Vec::new();
         s.persist(Some(HardState { term: 1, vote: Some(1), commit: 0 }), &[entry(1, 1), entry(2, 1)]).unwrap();
-        sizes.push(fs::metadata(segment(dir)).unwrap().len());
+        sizes.push(s.log_bytes());
         s.persist(Some(HardState { term: 2, vote: Some(2), commit: 2 }), &[entry(3, 2)]).unwrap();
-        sizes.push(fs::metadata(segment(dir)).unwrap().len());
+        sizes.push(s.log_bytes());
         s.persist(None, &[entry(4, 2)]).unwrap();
-        sizes.push(fs::metadata(segment(dir)).unwrap().len());
+        sizes.push(s.log_bytes());
         assert_eq!(s.syncs(), 3, "one fdatasync per batch");
         sizes
     }
@@ -228,7 +234,7 @@ mod tests {
             let (mut s, r) = Storage::open(t.path(), "a", &members()).unwrap();
             assert_eq!(r.entries.len(), 3, "cut at {cut}");
             assert_eq!(r.hard_state.term, 2);
-            assert_eq!(fs::metadata(segment(t.path())).unwrap().len(), sizes[1], "tail cut off");
+            assert_eq!(s.log_bytes(), sizes[1], "tail cut off");
             // And the log goes on from there.
             s.persist(None, &[entry(4, 3)]).unwrap();
             let (_, r) = Storage::open(t.path(), "a", &members()).unwrap();
@@ -240,7 +246,8 @@ mod tests {
     fn a_flipped_byte_before_the_tail_is_refused() {
         let d = tempfile::tempdir().unwrap();
         let sizes = write_three(d.path());
-        let full = fs::read(segment(d.path())).unwrap();
+        // The records alone (the preallocated zeros are the next test's).
+        let full = fs::read(segment(d.path())).unwrap()[..sizes[2] as usize].to_vec();
         // Every byte of the first two batches: headers, checksums, payloads.
         for at in 8..sizes[1] as usize {
             let mut bad = full.clone();
@@ -252,6 +259,79 @@ mod tests {
                 Ok(_) => panic!("byte {at}: damaged log accepted"),
             }
         }
+    }
+
+    /// A segment is preallocated: the records end where the zeros start; a restart
+    /// appends after them; a torn write into the zeros is cut off; damage that records
+    /// follow is refused.
+    #[test]
+    fn a_preallocated_segment_restarts_where_its_records_end() {
+        let d = tempfile::tempdir().unwrap();
+        let sizes = write_three(d.path());
+        let full = fs::read(segment(d.path())).unwrap();
+        assert_eq!(full.len() as u64, wal::SEGMENT_BYTES, "preallocated");
+        assert!(full[sizes[2] as usize..].iter().all(|&b| b == 0));
+        {
+            let (mut s, r) = Storage::open(d.path(), "a", &members()).unwrap();
+            assert_eq!(r.entries.len(), 4);
+            assert_eq!(s.log_bytes(), sizes[2], "nothing cut, nothing added");
+            s.persist(None, &[entry(5, 2)]).unwrap();
+        }
+        let (_, r) = Storage::open(d.path(), "a", &members()).unwrap();
+        assert_eq!(r.entries.iter().map(|e| e.index).collect::<Vec<_>>(), vec![1, 2, 3, 4, 5]);
+        // The last batch torn: a damaged record, then zeros.
+        let mut torn = full.clone();
+        torn[sizes[1] as usize + 20] ^= 0x40;
+        fs::write(segment(d.path()), &torn).unwrap();
+        let (s, r) = Storage::open(d.path(), "a", &members()).unwrap();
+        assert_eq!(r.entries.len(), 3);
+        assert_eq!(s.log_bytes(), sizes[1], "torn tail cut off");
+        let after = fs::read(segment(d.path())).unwrap();
+        assert!(after[sizes[1] as usize..].iter().all(|&b| b == 0), "the cut tail reads as zeros");
+        drop(s);
+        // A damaged record with a valid one after it is not a torn write.
+        let mut bad = full;
+        bad[sizes[0] as usize + 20] ^= 0x40;
+        fs::write(segment(d.path()), &bad).unwrap();
+        assert!(matches!(Storage::open(d.path(), "a", &members()), Err(StorageError::Corrupt { .. })));
+    }
+
+    /// A crash can leave a write's later sectors on disk and an earlier one not: a
+    /// damaged record holding a sector of zeros is torn, and the log is cut there; a
+    /// record damaged otherwise, with records after it, is refused.
+    #[test]
+    fn a_record_with_an_unwritten_sector_is_a_torn_write() {
+        let d = tempfile::tempdir().unwrap();
+        let (start, end);
+        {
+            let (mut s, _) = Storage::open(d.path(), "a", &members()).unwrap();
+            s.persist(Some(HardState { term: 1, vote: None, commit: 0 }), &[entry(1, 1), entry(2, 1)]).unwrap();
+            start = s.log_bytes() as usize;
+            let big = Entry { index: 3, term: 1, kind: EntryKind::Normal, data: Bytes::from(vec![7u8; 4096]) };
+            s.persist(None, &[big]).unwrap();
+            end = s.log_bytes() as usize;
+            s.persist(None, &[entry(4, 1)]).unwrap();
+        }
+        let full = fs::read(segment(d.path())).unwrap();
+        let sector = start.next_multiple_of(512) + 512;
+        assert!(sector + 512 <= end);
+        let mut torn = full.clone();
+        torn[sector..sector + 512].fill(0);
+        fs::write(segment(d.path()), &torn).unwrap();
+        let (s, r) = Storage::open(d.path(), "a", &members()).unwrap();
+        assert_eq!(r.entries.len(), 2, "cut at the torn record");
+        assert_eq!(s.log_bytes() as usize, start);
+        drop(s);
+        let mut bad = full;
+        bad[sector + 100] ^= 0x40;
+        fs::write(segment(d.path()), &bad).unwrap();
+        assert!(matches!(Storage::open(d.path(), "a", &members()), Err(StorageError::Corrupt { .. })));
+        // A preallocated segment whose magic never reached the disk holds nothing.
+        let t = tempfile::tempdir().unwrap();
+        Storage::open(t.path(), "a", &members()).unwrap();
+        fs::write(segment(t.path()), vec![0u8; 1 << 20]).unwrap();
+        let (_, r) = Storage::open(t.path(), "a", &members()).unwrap();
+        assert!(r.entries.is_empty());
     }
 
     #[test]
@@ -280,7 +360,7 @@ mod tests {
             s.persist(Some(HardState { term: 1, vote: None, commit: 0 }), &[entry(1, 1), entry(2, 1)]).unwrap();
             // The vote of term 5 is recorded after entry 2.
             s.persist(Some(HardState { term: 5, vote: Some(3), commit: 1 }), &[]).unwrap();
-            before = fs::metadata(segment(d.path())).unwrap().len();
+            before = s.log_bytes();
             s.persist(None, &[entry(2, 5), entry(3, 5)]).unwrap();
         }
         // The overwrite's batch is torn: only part of it reached the disk.
@@ -297,17 +377,18 @@ mod tests {
     #[test]
     fn a_torn_overwrite_never_commits_the_replaced_entries() {
         let d = tempfile::tempdir().unwrap();
-        let before;
+        let (before, end);
         {
             let (mut s, _) = Storage::open(d.path(), "a", &members()).unwrap();
             s.persist(Some(HardState { term: 1, vote: None, commit: 1 }), &[entry(1, 1), entry(2, 1), entry(3, 1)])
                 .unwrap();
-            before = fs::metadata(segment(d.path())).unwrap().len();
+            before = s.log_bytes();
             s.persist(Some(HardState { term: 2, vote: None, commit: 3 }), &[entry(2, 2), entry(3, 2)]).unwrap();
+            end = s.log_bytes();
         }
         let full = fs::read(segment(d.path())).unwrap();
         let mut kept_commit = false;
-        for cut in before..=full.len() as u64 {
+        for cut in before..=end {
             let t = tempfile::tempdir().unwrap();
             fs::create_dir_all(t.path().join("wal")).unwrap();
             fs::copy(d.path().join("meta"), t.path().join("meta")).unwrap();

@@ -10,9 +10,14 @@
 //! suffix from its index on (as etcd's WAL does). Nothing durable is ever cut off by
 //! a truncation, so no hard-state record can be lost to one.
 //!
+//! A segment is preallocated to the segment size when it is created (zeros after the
+//! records, as etcd does), so that an append does not grow the file and its fdatasync
+//! need not write the inode too; a segment is cut to its records when it is closed.
+//! Records end where only zeros follow (a record is never all zeros).
+//!
 //! Recovery keeps every valid record. A damaged record at the end of the last segment
-//! is a torn write (a crash in the middle of an append) and is cut off; damage
-//! anywhere else is refused, naming the file and offset.
+//! (followed by nothing or by zeros only) is a torn write (a crash in the middle of an
+//! append) and is cut off; damage anywhere else is refused, naming the file and offset.
 use std::fs::{self, File, OpenOptions};
 use std::io::{Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
@@ -127,10 +132,35 @@ fn decode(kind: u8, p: &[u8]) -> Option<Record> {
     }
 }
 
-/// What one segment holds, and where a torn tail starts if it has one.
+/// What one segment holds, where its records end, and whether what follows them is
+/// a torn write (else it is nothing, or the zeros of the preallocated rest).
 struct Scan {
     records: Vec<(u64, Record)>,
-    torn_at: Option<u64>,
+    end: u64,
+    torn: bool,
+}
+
+fn zeros(b: &[u8]) -> bool {
+    b.iter().all(|&b| b == 0)
+}
+
+/// The disk writes in sectors of this many bytes, in any order within one write.
+const SECTOR: usize = 512;
+
+/// Whether the damaged record at `data[from..to]` holds a sector that was never
+/// written (zeros, with a later one written): the tail of the last write, which a crash
+/// tore out of order (etcd's `isTornEntry`). A chunk between sector boundaries counts
+/// from 64 bytes, so that a value's few zero bytes do not.
+fn unwritten_sector(data: &[u8], from: usize, to: usize) -> bool {
+    let mut at = from;
+    while at < to {
+        let next = ((at / SECTOR + 1) * SECTOR).min(to);
+        if next - at >= 64.min(to - from) && zeros(&data[at..next]) {
+            return true;
+        }
+        at = next;
+    }
+    false
 }
 
 fn scan(path: &Path, data: &[u8]) -> Result<Scan, StorageError> {
@@ -139,39 +169,53 @@ fn scan(path: &Path, data: &[u8]) -> Result<Scan, StorageError> {
         offset: offset as u64,
         what: what.to_string(),
     };
+    let torn = |records, pos: usize| Ok(Scan { records, end: pos as u64, torn: true });
     if data.len() < MAGIC.len() {
         // A segment whose creation was cut short.
-        return Ok(Scan { records: Vec::new(), torn_at: Some(0) });
+        return torn(Vec::new(), 0);
     }
     if &data[..MAGIC.len()] != MAGIC {
+        // Preallocated, and its creation cut short before the magic reached the disk.
+        if zeros(data) {
+            return torn(Vec::new(), 0);
+        }
         return Err(StorageError::Format { path: path.to_path_buf(), what: "not a raftkv log segment".into() });
     }
     let mut records = Vec::new();
     let mut pos = MAGIC.len();
-    while pos < data.len() {
+    loop {
         let rest = &data[pos..];
+        // The end of the records: the end of the file, or the preallocated zeros.
+        if zeros(rest) {
+            return Ok(Scan { records, end: pos as u64, torn: false });
+        }
         if rest.len() < HEADER {
-            return Ok(Scan { records, torn_at: Some(pos as u64) });
+            return torn(records, pos);
         }
         let len = u32::from_le_bytes(rest[0..4].try_into().expect("4 bytes"));
         let hcrc = u32::from_le_bytes(rest[4..8].try_into().expect("4 bytes"));
         let crc = u32::from_le_bytes(rest[8..12].try_into().expect("4 bytes"));
         if crc32fast::hash(&rest[0..4]) != hcrc {
-            // A torn write leaves a prefix, possibly zero-filled; anything else is damage.
-            if rest.iter().all(|&b| b == 0) {
-                return Ok(Scan { records, torn_at: Some(pos as u64) });
+            // A header in a sector the last write never wrote (a record's length is
+            // never 0), with a later sector of that write on disk: torn.
+            if zeros(&rest[0..4])
+                || unwritten_sector(data, pos, (pos + HEADER).max(pos.next_multiple_of(SECTOR)).min(data.len()))
+            {
+                return torn(records, pos);
             }
             return Err(corrupt(pos, "record header checksum mismatch"));
         }
         let end = HEADER + len as usize;
         if rest.len() < end {
-            return Ok(Scan { records, torn_at: Some(pos as u64) });
+            return torn(records, pos);
         }
         let mut h = crc32fast::Hasher::new();
         h.update(&rest[12..end]);
         if h.finalize() != crc {
-            if pos + end == data.len() {
-                return Ok(Scan { records, torn_at: Some(pos as u64) });
+            // The last record, followed by nothing or zeros, or one with a sector never
+            // written: the tail of the last write.
+            if zeros(&rest[end..]) || unwritten_sector(data, pos, pos + end) {
+                return torn(records, pos);
             }
             return Err(corrupt(pos, "record checksum mismatch"));
         }
@@ -179,16 +223,36 @@ fn scan(path: &Path, data: &[u8]) -> Result<Scan, StorageError> {
         records.push((pos as u64, record));
         pos += end;
     }
-    Ok(Scan { records, torn_at: None })
 }
+
+/// Allocates `len` bytes for `f` (zeros after what it holds), so that writes within
+/// them do not change its size. Where the file system cannot, the file grows as written.
+#[cfg(target_os = "linux")]
+fn preallocate(f: &File, len: u64) {
+    use std::os::fd::AsRawFd;
+    let Ok(current) = f.metadata().map(|m| m.len()) else { return };
+    if current >= len {
+        return;
+    }
+    // SAFETY: fallocate on a file descriptor this File owns; mode 0 only allocates
+    // (and extends the size to) `len`, reading back as zeros.
+    let r = unsafe { libc::fallocate(f.as_raw_fd(), 0, 0, len as libc::off_t) };
+    if r != 0 {
+        tracing::debug!("preallocating a log segment failed: {}", std::io::Error::last_os_error());
+    }
+}
+
+#[cfg(not(target_os = "linux"))]
+fn preallocate(_: &File, _: u64) {}
 
 fn sync_dir(dir: &Path) -> Result<(), StorageError> {
     File::open(dir).and_then(|d| d.sync_all()).map_err(|e| io(dir, e))
 }
 
-fn create_segment(dir: &Path, seq: u64) -> Result<File, StorageError> {
+fn create_segment(dir: &Path, seq: u64, segment_bytes: u64) -> Result<File, StorageError> {
     let path = segment_path(dir, seq);
     let mut f = OpenOptions::new().create_new(true).read(true).write(true).open(&path).map_err(|e| io(&path, e))?;
+    preallocate(&f, segment_bytes);
     f.write_all(MAGIC).and_then(|_| f.sync_all()).map_err(|e| io(&path, e))?;
     sync_dir(dir)?;
     Ok(f)
@@ -209,7 +273,7 @@ impl Wal {
         }
         segments.sort_unstable();
         if segments.is_empty() {
-            let file = create_segment(dir, 1)?;
+            let file = create_segment(dir, 1, segment_bytes)?;
             let wal = Wal {
                 dir: dir.to_path_buf(),
                 segments: vec![(1, 0)],
@@ -261,27 +325,29 @@ impl Wal {
                     }
                 }
             }
-            size = data.len() as u64;
+            size = scan.end;
             segment_max.push((seq, max_index));
-            if let Some(at) = scan.torn_at {
+            if scan.torn || (seq != last_seq && scan.end < data.len() as u64) {
                 if seq != last_seq {
+                    // Closed segments are cut to their records: nothing may follow them.
                     return Err(StorageError::Corrupt {
                         path,
-                        offset: at,
+                        offset: scan.end,
                         what: "damaged record before the last segment".into(),
                     });
                 }
+                let at = scan.end;
                 tracing::warn!(file = %path.display(), offset = at, "cutting off a torn write at the log's tail");
-                let f = OpenOptions::new().write(true).open(&path).map_err(|e| io(&path, e))?;
+                let mut f = OpenOptions::new().write(true).open(&path).map_err(|e| io(&path, e))?;
                 if at == 0 {
-                    let mut f = f;
+                    f.set_len(0).map_err(|e| io(&path, e))?;
                     f.write_all(MAGIC).map_err(|e| io(&path, e))?;
                     size = MAGIC.len() as u64;
-                    f.set_len(size).and_then(|_| f.sync_all()).map_err(|e| io(&path, e))?;
                 } else {
-                    f.set_len(at).and_then(|_| f.sync_all()).map_err(|e| io(&path, e))?;
-                    size = at;
+                    f.set_len(at).map_err(|e| io(&path, e))?;
                 }
+                preallocate(&f, segment_bytes);
+                f.sync_all().map_err(|e| io(&path, e))?;
             }
         }
         // A batch writes its entries before its hard state, so a hard state that survived
@@ -292,7 +358,8 @@ impl Wal {
         hs.commit = hs.commit.min(base + entries.len() as Index);
         let path = segment_path(dir, last_seq);
         let mut file = OpenOptions::new().read(true).write(true).open(&path).map_err(|e| io(&path, e))?;
-        file.seek(SeekFrom::End(0)).map_err(|e| io(&path, e))?;
+        // Appends go after the records, over the preallocated zeros.
+        file.seek(SeekFrom::Start(size)).map_err(|e| io(&path, e))?;
         let wal = Wal {
             dir: dir.to_path_buf(),
             segments: segment_max,
@@ -311,6 +378,12 @@ impl Wal {
 
     fn current_path(&self) -> PathBuf {
         segment_path(&self.dir, self.segments.last().expect("a segment").0)
+    }
+
+    /// Bytes of records in the segment being written.
+    #[cfg(test)]
+    pub(crate) fn bytes(&self) -> u64 {
+        self.size
     }
 
     pub fn last_index(&self) -> Index {
@@ -376,15 +449,14 @@ impl Wal {
             self.positions.truncate((first.index - self.base - 1) as usize);
         }
         if self.size >= self.segment_bytes && (hs.is_some() || !entries.is_empty()) {
-            // A closed segment is complete on disk: only the last one may end torn.
-            if self.unsynced {
-                let path = self.current_path();
-                self.file.sync_data().map_err(|e| io(&path, e))?;
-                self.syncs += 1;
-                self.unsynced = false;
-            }
+            // A closed segment is complete on disk, cut to its records: only the last
+            // one may end torn or in zeros.
+            let path = self.current_path();
+            self.file.set_len(self.size).and_then(|_| self.file.sync_all()).map_err(|e| io(&path, e))?;
+            self.syncs += 1;
+            self.unsynced = false;
             let seq = self.segments.last().expect("a segment").0 + 1;
-            self.file = create_segment(&self.dir, seq)?;
+            self.file = create_segment(&self.dir, seq, self.segment_bytes)?;
             self.segments.push((seq, 0));
             self.size = MAGIC.len() as u64;
             // Each segment starts with the hard state, so older ones can be dropped later.
