@@ -260,7 +260,9 @@ impl NodeHandle {
                         // goes to the next one the moment it is elected.
                         let tried = target.take();
                         if tried.is_some() || waited {
-                            let failed = tried.map_or(before.leader, |l| self.0.peers.names.id(&l).ok());
+                            // A leader named but no longer known by name: the one the
+                            // status shows (without one, any leader known ends the wait).
+                            let failed = tried.and_then(|l| self.0.peers.names.id(&l).ok()).or(before.leader);
                             self.wait_leader_change(failed, before.term, self.0.election_timeout / 2).await;
                         }
                         waited = true;
