@@ -279,6 +279,17 @@ mod tests {
         }
         let (_, r) = Storage::open(d.path(), "a", &members()).unwrap();
         assert_eq!(r.entries.iter().map(|e| e.index).collect::<Vec<_>>(), vec![1, 2, 3, 4, 5]);
+        // A segment an older version wrote (records only) is preallocated when opened.
+        let f = fs::OpenOptions::new().write(true).open(segment(d.path())).unwrap();
+        f.set_len(sizes[2]).unwrap();
+        drop(f);
+        let (mut s, r) = Storage::open(d.path(), "a", &members()).unwrap();
+        assert_eq!(r.entries.len(), 4);
+        assert_eq!(fs::metadata(segment(d.path())).unwrap().len(), wal::SEGMENT_BYTES);
+        s.persist(None, &[entry(5, 2)]).unwrap();
+        drop(s);
+        let (_, r) = Storage::open(d.path(), "a", &members()).unwrap();
+        assert_eq!(r.entries.len(), 5);
         // The last batch torn: a damaged record, then zeros.
         let mut torn = full.clone();
         torn[sizes[1] as usize + 20] ^= 0x40;

@@ -358,7 +358,9 @@ impl Wal {
         hs.commit = hs.commit.min(base + entries.len() as Index);
         let path = segment_path(dir, last_seq);
         let mut file = OpenOptions::new().read(true).write(true).open(&path).map_err(|e| io(&path, e))?;
-        // Appends go after the records, over the preallocated zeros.
+        // Appends go after the records, over the preallocated zeros (a segment an older
+        // version wrote, never preallocated, is now).
+        preallocate(&file, segment_bytes);
         file.seek(SeekFrom::Start(size)).map_err(|e| io(&path, e))?;
         let wal = Wal {
             dir: dir.to_path_buf(),
