@@ -56,7 +56,7 @@ struct Since {
 
 /// The turn to apply, shared by the applier thread and the driver.
 #[derive(Default)]
-pub struct Turn {
+struct Turn {
     /// Held while a batch, checkpoint, install or compaction runs.
     since: Mutex<Since>,
     /// Tasks handed to the applier and not yet finished.

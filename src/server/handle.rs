@@ -227,7 +227,10 @@ impl NodeHandle {
             let mut waited = false;
             loop {
                 // What this node knew before asking: a failure waits for it to change.
-                let before = self.0.status.borrow().clone();
+                let (leader_before, term_before) = {
+                    let s = self.0.status.borrow();
+                    (s.leader, s.term)
+                };
                 let result = match &target {
                     None => here().await,
                     // A leader no longer in this node's configuration (it removed
@@ -262,8 +265,8 @@ impl NodeHandle {
                         if tried.is_some() || waited {
                             // A leader named but no longer known by name: the one the
                             // status shows (without one, any leader known ends the wait).
-                            let failed = tried.and_then(|l| self.0.peers.names.id(&l).ok()).or(before.leader);
-                            self.wait_leader_change(failed, before.term, self.0.election_timeout / 2).await;
+                            let failed = tried.and_then(|l| self.0.peers.names.id(&l).ok()).or(leader_before);
+                            self.wait_leader_change(failed, term_before, self.0.election_timeout / 2).await;
                         }
                         waited = true;
                         self.wait_for_leader(deadline).await;
