@@ -5,8 +5,24 @@ use std::time::{Duration, Instant};
 pub const BIN: &str = env!("CARGO_BIN_EXE_raftkv");
 pub const WAIT: Duration = Duration::from_secs(30);
 
+/// A port for a node to bind later. Taken below the kernel's ephemeral range (32768
+/// and up by default), where outgoing connections never get their local ports: a port
+/// from `bind(0)`, released for the child to bind, could meanwhile become the local port
+/// of one of the many connections the tests (and their proxies) open, and the node then
+/// fails to start. Each test binary counts from its own place; a port something holds
+/// is skipped.
 pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+    use std::sync::atomic::{AtomicU32, Ordering};
+    const LOW: u32 = 10_000;
+    const SPAN: u32 = 22_000;
+    static NEXT: AtomicU32 = AtomicU32::new(0);
+    let start = std::process::id() % 100 * 200;
+    loop {
+        let port = (LOW + (start + NEXT.fetch_add(1, Ordering::Relaxed)) % SPAN) as u16;
+        if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
 }
 
 /// Child processes, killed when dropped (also when a test fails).
@@ -27,12 +43,27 @@ pub struct Procs {
 impl Drop for Procs {
     /// Kills the children; after a failed test, keeps the data directory (node logs
     /// included) and says where it is.
+    /// After a failure, also prints which nodes had exited by themselves and the end of
+    /// every node's log (CI keeps no files).
     fn drop(&mut self) {
-        for c in self.children.iter_mut().flatten() {
+        let panicking = std::thread::panicking();
+        for (i, c) in self.children.iter_mut().enumerate() {
+            let Some(c) = c else { continue };
+            if let (true, Ok(Some(status))) = (panicking, c.try_wait()) {
+                eprintln!("{} had exited by itself: {status}", self.names[i]);
+            }
             let _ = c.kill();
             let _ = c.wait();
         }
-        if std::thread::panicking() {
+        if panicking {
+            for i in 0..self.names.len() {
+                let log = self.log(i);
+                let lines: Vec<&str> = log.lines().collect();
+                eprintln!("--- the last lines of {}'s log", self.names[i]);
+                for line in &lines[lines.len().saturating_sub(15)..] {
+                    eprintln!("{line}");
+                }
+            }
             let data = std::mem::replace(&mut self.data, tempfile::tempdir().unwrap());
             eprintln!("node logs and data kept in {}", data.keep().display());
         }
