@@ -141,11 +141,11 @@ impl TestCluster {
                 max_sessions: opts.max_sessions,
                 watch_progress_interval: opts.watch_progress_interval,
                 health_addr: opts.health.then(|| {
-                    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+                    let port = procs::free_port();
                     format!("127.0.0.1:{port}")
                 }),
                 metrics_addr: opts.metrics.then(|| {
-                    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+                    let port = procs::free_port();
                     format!("127.0.0.1:{port}")
                 }),
                 ..NodeConfig::new(name, members.clone(), data.path().join(name))
@@ -324,8 +324,8 @@ impl TestCluster {
     /// not started: add it as a member first, then `try_start` it. Returns its index and
     /// peer URL.
     pub async fn new_member(&mut self, name: &str) -> (usize, String) {
-        let client = TcpListener::bind("127.0.0.1:0").await.unwrap().local_addr().unwrap().to_string();
-        let peer = TcpListener::bind("127.0.0.1:0").await.unwrap().local_addr().unwrap().to_string();
+        let client = format!("127.0.0.1:{}", procs::free_port());
+        let peer = format!("127.0.0.1:{}", procs::free_port());
         let mut members = self.cfgs[0].members.clone();
         members.push(Member { name: name.into(), peer_addr: peer.clone() });
         let cfg = NodeConfig {
