@@ -95,6 +95,21 @@ async fn forged_and_out_of_range_peer_requests_are_refused_and_change_nothing() 
     let e = peer.append_entries(bad).await.unwrap_err();
     assert_eq!(e.code(), Code::InvalidArgument, "prev_log_index u64::MAX: {e:?}");
 
+    // The same on the appends stream: the stream ends with the refusal.
+    let mut bad_entry = forged_append(&c.names[leader]);
+    bad_entry.entries = vec![entry(1, term + 21)];
+    let streamed = [
+        (forged_append("mallory"), Code::PermissionDenied),
+        (forged_append(&c.names[follower]), Code::PermissionDenied),
+        (bad_entry, Code::InvalidArgument),
+    ];
+    for (bad, code) in streamed {
+        let leader_named = bad.leader.clone();
+        let mut answers = peer.append_stream(futures::stream::iter([bad])).await.unwrap().into_inner();
+        let e = answers.message().await.unwrap_err();
+        assert_eq!(e.code(), code, "streamed as {leader_named}: {e:?}");
+    }
+
     // Nothing changed: the same leader, no forged term anywhere, and writes go on.
     for i in 0..3 {
         let st = c.handle(i).status();

@@ -101,6 +101,14 @@ impl NodeHandle {
         self.ask(|reply| Input::Raft { msg, reply: Some(reply) }).await
     }
 
+    /// Feeds a peer request to the core and returns where its answer will come:
+    /// requests fed one after another, each awaited, reach the core in that order.
+    pub async fn step_queued(&self, msg: Message) -> Result<oneshot::Receiver<Message>> {
+        let (reply, answer) = oneshot::channel();
+        self.0.input.send(Input::Raft { msg, reply: Some(reply) }).await.map_err(|_| Error::Shutdown)?;
+        Ok(answer)
+    }
+
     /// Feeds a peer message that has no answer.
     pub async fn step_oneway(&self, msg: Message) -> Result<()> {
         self.0.input.send(Input::Raft { msg, reply: None }).await.map_err(|_| Error::Shutdown)

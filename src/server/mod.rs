@@ -461,6 +461,7 @@ impl Node {
             handle.clone(),
             max_snapshot_bytes(cfg.quota_backend_bytes),
             certified_peers,
+            faults.clone().map(|f| (f, cfg.name.clone())),
         ))
         .max_decoding_message_size(transport::MAX_MESSAGE_BYTES)
         .max_encoding_message_size(transport::MAX_MESSAGE_BYTES);

@@ -80,15 +80,15 @@ impl Peers {
                     }
                 };
             tracing::info!(member = %member.name, id = format!("{id:x}"), url = %member.peer_url, learner = member.learner, "connected to a member");
-            let queue = transport::spawn_peer(
-                self.me,
-                id,
-                client.clone(),
-                self.my_name.clone(),
-                self.input.clone(),
-                self.rpc_timeout,
-                self.store.clone(),
-            );
+            let ends = transport::Ends {
+                me: self.me,
+                peer: id,
+                my_name: self.my_name.clone(),
+                peer_name: member.name.clone(),
+                faults: self.faults.clone(),
+            };
+            let queue =
+                transport::spawn_peer(ends, client.clone(), self.input.clone(), self.rpc_timeout, self.store.clone());
             queues.insert(id, queue);
             let forwarder = forwarder::spawn(client.clone(), self.shutdown.subscribe());
             links.insert(id, Link { client, forwarder, peer_url: member.peer_url.clone() });

@@ -81,7 +81,8 @@ impl Faults {
         self.0.lock().unwrap().isolated.contains(node)
     }
 
-    fn check(&self, from: &str, to: &str) -> Result<(), PeerError> {
+    /// Whether a request from `from` to `to` may go now.
+    pub fn check(&self, from: &str, to: &str) -> Result<(), PeerError> {
         let s = self.0.lock().unwrap();
         if s.isolated.contains(from) || s.isolated.contains(to) {
             return Err(PeerError(format!("fault injection: {from} -> {to}: a node is isolated")));
@@ -92,7 +93,8 @@ impl Faults {
         Ok(())
     }
 
-    fn answer_lost(&self, from: &str, to: &str) -> bool {
+    /// Whether the answers on the link `from` → `to` are lost now.
+    pub fn answer_lost(&self, from: &str, to: &str) -> bool {
         self.0.lock().unwrap().deaf.contains(&(from.to_string(), to.to_string()))
     }
 

@@ -4,11 +4,13 @@ pub mod convert;
 pub mod fault;
 pub mod service;
 
+use std::collections::VecDeque;
 use std::sync::Arc;
 use std::time::Duration;
 
 use futures::stream::{FuturesUnordered, StreamExt};
 use tokio::sync::mpsc;
+use tokio::time::Instant;
 use tonic::transport::Endpoint;
 use tower::util::BoxCloneSyncService;
 use tower::{Layer, ServiceExt};
@@ -57,36 +59,174 @@ pub fn connect(
     Ok(RaftClient::new(svc).max_decoding_message_size(MAX_MESSAGE_BYTES).max_encoding_message_size(MAX_MESSAGE_BYTES))
 }
 
-/// Starts the sender task of one peer and returns its queue. Answers (or the failure
-/// to get one) go back to the driver as `Input::Raft`.
+/// The two ends of a peer queue, and the faults injected on that link (tests).
+pub struct Ends {
+    pub me: NodeId,
+    pub peer: NodeId,
+    pub my_name: String,
+    pub peer_name: String,
+    pub faults: Option<Faults>,
+}
+
+/// How long appends go as single calls after a peer refused the stream (an older
+/// version), before the stream is tried again.
+const UNARY_APPENDS_FOR: Duration = Duration::from_secs(60);
+
+/// Starts the sender task of one peer and returns its queue. Appends go on one stream
+/// (`Raft.AppendStream`), so that the peer's core takes them in the order sent; other
+/// messages as calls of their own. Answers (or the failure to get one) go back to the
+/// driver as `Input::Raft`.
 pub fn spawn_peer(
-    me: NodeId,
-    peer: NodeId,
+    ends: Ends,
     client: PeerClient,
-    my_name: String,
     driver: mpsc::Sender<Input>,
     rpc_timeout: Duration,
     store: Arc<Store>,
 ) -> mpsc::Sender<Message> {
     let (tx, mut rx) = mpsc::channel::<Message>(PEER_QUEUE);
+    let Ends { me, peer, .. } = ends;
     tokio::spawn(async move {
         let mut inflight = FuturesUnordered::new();
+        let mut appends: Option<AppendStream> = None;
+        let mut unary_until: Option<Instant> = None;
+        let unreachable = Message { from: peer, to: me, term: 0, body: MessageBody::Unreachable };
         loop {
-            tokio::select! {
-                m = rx.recv(), if inflight.len() < PEER_CONCURRENCY => match m {
-                    Some(m) => inflight.push(call(client.clone(), m, &my_name, me, peer, rpc_timeout, store.clone())),
-                    None => break,
-                },
-                Some(answer) = inflight.next() => {
-                    let Some(answer) = answer else { continue };
-                    if driver.send(Input::Raft { msg: answer, reply: None }).await.is_err() {
-                        break;
+            let room = inflight.len() < PEER_CONCURRENCY
+                && appends.as_ref().is_none_or(|s| s.deadlines.len() < service::STREAM_WINDOW);
+            let due = appends.as_ref().and_then(|s| s.deadlines.front().copied());
+            let answer = tokio::select! {
+                m = rx.recv(), if room => {
+                    let Some(m) = m else { break };
+                    let streamed = matches!(m.body, MessageBody::AppendEntries { .. })
+                        && unary_until.is_none_or(|t| Instant::now() >= t);
+                    if !streamed {
+                        inflight.push(call(client.clone(), m, &ends.my_name, me, peer, rpc_timeout, store.clone()));
+                        continue;
+                    }
+                    match send_streamed(&mut appends, &client, m, &ends, rpc_timeout) {
+                        Ok(()) => continue,
+                        Err(why) => {
+                            tracing::debug!(peer, "appends stream: {why}");
+                            appends = None;
+                            Some(unreachable.clone())
+                        }
                     }
                 }
+                Some(answer) = inflight.next() => answer,
+                answer = next_answer(&mut appends) => match streamed_answer(answer, &mut appends, &ends) {
+                    Ok(answer) => Some(answer),
+                    Err(failure) => {
+                        let outstanding = appends.take().is_some_and(|s| !s.deadlines.is_empty());
+                        if failure.refused {
+                            tracing::info!(peer, "the peer serves no appends stream; sending appends one call each");
+                            unary_until = Some(Instant::now() + UNARY_APPENDS_FOR);
+                        } else if outstanding {
+                            tracing::debug!(peer, "appends stream: {}", failure.why);
+                        }
+                        outstanding.then(|| unreachable.clone())
+                    }
+                },
+                _ = tokio::time::sleep_until(due.unwrap_or_else(Instant::now)), if due.is_some() => {
+                    tracing::debug!(peer, "appends stream: no answer within {rpc_timeout:?}");
+                    appends = None;
+                    Some(unreachable.clone())
+                }
+            };
+            let Some(answer) = answer else { continue };
+            if driver.send(Input::Raft { msg: answer, reply: None }).await.is_err() {
+                break;
             }
         }
     });
     tx
+}
+
+/// A peer's answers to the appends sent on the current stream, once it opened.
+type Answers = std::pin::Pin<Box<dyn futures::Stream<Item = Result<pb::AppendEntriesResponse, tonic::Status>> + Send>>;
+
+/// The appends to one peer on one stream, answered in the order sent.
+struct AppendStream {
+    requests: mpsc::Sender<pb::AppendEntriesRequest>,
+    answers: Answers,
+    /// When each unanswered append is given up, oldest first.
+    deadlines: VecDeque<Instant>,
+}
+
+impl AppendStream {
+    /// Opens the stream; appends may be sent at once (they wait for the connection).
+    fn open(mut client: PeerClient) -> AppendStream {
+        let (requests, queued) = mpsc::channel(service::STREAM_WINDOW);
+        let opened = async move { client.append_stream(tokio_stream::wrappers::ReceiverStream::new(queued)).await };
+        let answers = futures::stream::once(opened)
+            .flat_map(|opened| match opened {
+                Ok(answers) => answers.into_inner().boxed(),
+                Err(refused) => futures::stream::once(std::future::ready(Err(refused))).boxed(),
+            })
+            .boxed();
+        AppendStream { requests, answers, deadlines: VecDeque::new() }
+    }
+}
+
+/// Sends an append on the stream, opening one if there is none.
+fn send_streamed(
+    appends: &mut Option<AppendStream>,
+    client: &PeerClient,
+    m: Message,
+    ends: &Ends,
+    rpc_timeout: Duration,
+) -> Result<(), String> {
+    if let Some(faults) = &ends.faults {
+        faults.check(&ends.my_name, &ends.peer_name).map_err(|e| e.0)?;
+    }
+    let Some(Request::Append(r)) = convert::request_to_pb(m, &ends.my_name) else {
+        return Err("not an append".into());
+    };
+    let s = appends.get_or_insert_with(|| AppendStream::open(client.clone()));
+    // Never full: it holds at most the unanswered appends, fewer than its capacity.
+    s.requests.try_send(r).map_err(|e| format!("the stream is gone: {e}"))?;
+    s.deadlines.push_back(Instant::now() + rpc_timeout);
+    Ok(())
+}
+
+async fn next_answer(appends: &mut Option<AppendStream>) -> Option<Result<pb::AppendEntriesResponse, tonic::Status>> {
+    match appends {
+        Some(s) => s.answers.next().await,
+        None => std::future::pending().await,
+    }
+}
+
+/// Why the appends stream is given up.
+struct StreamFailure {
+    why: String,
+    /// The peer does not serve the stream.
+    refused: bool,
+}
+
+/// The driver's message for the next answer on the appends stream.
+fn streamed_answer(
+    answer: Option<Result<pb::AppendEntriesResponse, tonic::Status>>,
+    appends: &mut Option<AppendStream>,
+    ends: &Ends,
+) -> Result<Message, StreamFailure> {
+    let fail = |why: String| StreamFailure { why, refused: false };
+    let r = match answer {
+        Some(Ok(r)) => r,
+        Some(Err(e)) => {
+            return Err(StreamFailure { refused: e.code() == tonic::Code::Unimplemented, why: e.message().to_string() })
+        }
+        None => return Err(fail("the peer ended it".into())),
+    };
+    let s = appends.as_mut().ok_or_else(|| fail("no stream".into()))?;
+    s.deadlines.pop_front().ok_or_else(|| fail("an answer to no append".into()))?;
+    if let Some(faults) = &ends.faults {
+        if faults.answer_lost(&ends.my_name, &ends.peer_name) {
+            return Err(fail("fault injection: the answer was lost".into()));
+        }
+    }
+    convert::append_response_from_pb(r, ends.me, ends.peer).map_err(|e| {
+        tracing::warn!(peer = ends.peer, "refused a peer's answer: {}", e.message());
+        fail(e.message().to_string())
+    })
 }
 
 /// Snapshot files go to followers in chunks of this size.

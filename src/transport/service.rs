@@ -1,10 +1,16 @@
 //! The peer gRPC service `raftkv.v1.Raft`.
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+
+use futures::stream::{FuturesOrdered, Stream, StreamExt};
 use tokio::io::AsyncWriteExt;
 use tonic::{Request, Response, Status, Streaming};
 
 use rustls::pki_types::CertificateDer;
 
 use super::convert::{self, Names};
+use super::Faults;
 use crate::proto as pb;
 use crate::server::NodeHandle;
 
@@ -27,11 +33,19 @@ pub struct RaftService {
     /// Peers present certificates of the cluster's CA (`--peer-client-cert-auth`): a
     /// certificate that names a member may speak only as that member.
     certified_peers: bool,
+    /// With fault injection: this node's name, to refuse streamed appends while it is
+    /// isolated (the `IsolationLayer` refuses calls only as they open).
+    isolation: Option<(Faults, String)>,
 }
 
 impl RaftService {
-    pub fn new(node: NodeHandle, max_snapshot_bytes: u64, certified_peers: bool) -> Self {
-        RaftService { node, max_snapshot_bytes, certified_peers }
+    pub fn new(
+        node: NodeHandle,
+        max_snapshot_bytes: u64,
+        certified_peers: bool,
+        isolation: Option<(Faults, String)>,
+    ) -> Self {
+        RaftService { node, max_snapshot_bytes, certified_peers, isolation }
     }
 
     /// Refuses a request that claims to come from `claimed` while its certificate
@@ -79,6 +93,36 @@ impl RaftService {
     }
 }
 
+/// Appends read from one stream and not yet answered, at most: the stream reads no
+/// more until answers go (the leader keeps fewer than this in flight).
+pub const STREAM_WINDOW: usize = 64;
+
+type Answer = Pin<Box<dyn Future<Output = Result<pb::AppendEntriesResponse, Status>> + Send>>;
+
+/// Checks one streamed append as `append_entries` does and feeds it to the core; the
+/// answer comes later. Refused: the stream ends with why.
+async fn step_streamed(
+    node: &NodeHandle,
+    r: pb::AppendEntriesRequest,
+    certs: Option<&Option<Arc<Vec<CertificateDer<'static>>>>>,
+    isolation: Option<&(Faults, String)>,
+) -> Result<Answer, Status> {
+    if let Some((faults, me)) = isolation {
+        if faults.is_isolated(me) {
+            return Err(Status::unavailable(format!("fault injection: {me} is isolated")));
+        }
+    }
+    if let Some(certs) = certs {
+        speaks_for(certs.as_deref(), node.names(), &r.leader)?;
+    }
+    let msg = convert::append_request_from_pb(r, node.id(), node.names())?;
+    let answer = node.step_queued(msg).await?;
+    Ok(Box::pin(async move {
+        let m = answer.await.map_err(|_| Status::from(crate::error::Error::Shutdown))?;
+        convert::append_response_to_pb(m)
+    }))
+}
+
 /// A request that claims to come from `claimed` is refused unless its certificate
 /// names that member (a DNS name `NAME` or `NAME.<domain>`): a client certificate of the
 /// same CA, or one certificate shared by all nodes, cannot speak for a member.
@@ -121,6 +165,55 @@ impl pb::raft_server::Raft for RaftService {
         let msg = convert::append_request_from_pb(req.into_inner(), self.node.id(), self.node.names())?;
         let answer = self.node.step_request(msg).await?;
         Ok(Response::new(convert::append_response_to_pb(answer)?))
+    }
+
+    type AppendStreamStream = Pin<Box<dyn Stream<Item = Result<pb::AppendEntriesResponse, Status>> + Send>>;
+
+    /// Appends are fed to the core in the order they arrive on the stream (one task
+    /// reads them), and answered in that order once the core answers each.
+    async fn append_stream(
+        &self,
+        req: Request<Streaming<pb::AppendEntriesRequest>>,
+    ) -> Result<Response<Self::AppendStreamStream>, Status> {
+        let certs = if self.certified_peers { Some(req.peer_certs()) } else { None };
+        let mut inbound = req.into_inner();
+        let (node, isolation) = (self.node.clone(), self.isolation.clone());
+        let (tx, rx) = tokio::sync::mpsc::channel(STREAM_WINDOW);
+        tokio::spawn(async move {
+            let mut answers: FuturesOrdered<Answer> = FuturesOrdered::new();
+            // A stopping node ends its streams: its server waits for every call to end.
+            let stopped = node.stopped();
+            tokio::pin!(stopped);
+            let refused = loop {
+                tokio::select! {
+                    biased;
+                    _ = &mut stopped => break None,
+                    Some(answer) = answers.next() => {
+                        if tx.send(answer).await.is_err() {
+                            return;
+                        }
+                    }
+                    next = inbound.message(), if answers.len() < STREAM_WINDOW => {
+                        // The leader closed the stream, or it broke: nobody waits for more.
+                        let Ok(Some(r)) = next else { break None };
+                        match step_streamed(&node, r, certs.as_ref(), isolation.as_ref()).await {
+                            Ok(answer) => answers.push_back(answer),
+                            Err(refused) => break Some(refused),
+                        }
+                    }
+                }
+            };
+            // What was fed to the core is answered first, then why the stream ended.
+            while let Some(answer) = answers.next().await {
+                if tx.send(answer).await.is_err() {
+                    return;
+                }
+            }
+            if let Some(refused) = refused {
+                let _ = tx.send(Err(refused)).await;
+            }
+        });
+        Ok(Response::new(Box::pin(tokio_stream::wrappers::ReceiverStream::new(rx))))
     }
 
     async fn propose(&self, req: Request<pb::ProposeRequest>) -> Result<Response<pb::ProposeResponse>, Status> {
