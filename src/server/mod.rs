@@ -467,7 +467,11 @@ impl Node {
         .max_encoding_message_size(transport::MAX_MESSAGE_BYTES);
         // With fault injection (tests, `raftkv dev`), an isolated node refuses its peers.
         let isolation = transport::fault::IsolationLayer(faults.clone().map(|f| (f, cfg.name.clone())));
+        // Pings find a peer gone without closing its connection (its appends stream
+        // then ends), as the peer channels' own keepalive does from the other side.
         let peer_router = Server::builder()
+            .http2_keepalive_interval(Some(Duration::from_secs(5)))
+            .http2_keepalive_timeout(Some(Duration::from_secs(5)))
             .layer(isolation)
             .add_service(health)
             .add_service(r2)

@@ -217,16 +217,22 @@ fn streamed_answer(
         None => return Err(fail("the peer ended it".into())),
     };
     let s = appends.as_mut().ok_or_else(|| fail("no stream".into()))?;
-    s.deadlines.pop_front().ok_or_else(|| fail("an answer to no append".into()))?;
+    if s.deadlines.is_empty() {
+        return Err(fail("an answer to no append".into()));
+    }
+    // The append stays outstanding until its answer is taken: a lost or refused
+    // answer makes the peer unreachable, as for a single call.
     if let Some(faults) = &ends.faults {
         if faults.answer_lost(&ends.my_name, &ends.peer_name) {
             return Err(fail("fault injection: the answer was lost".into()));
         }
     }
-    convert::append_response_from_pb(r, ends.me, ends.peer).map_err(|e| {
+    let m = convert::append_response_from_pb(r, ends.me, ends.peer).map_err(|e| {
         tracing::warn!(peer = ends.peer, "refused a peer's answer: {}", e.message());
         fail(e.message().to_string())
-    })
+    })?;
+    s.deadlines.pop_front();
+    Ok(m)
 }
 
 /// Snapshot files go to followers in chunks of this size.

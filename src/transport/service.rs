@@ -94,7 +94,7 @@ impl RaftService {
 }
 
 /// Appends read from one stream and not yet answered, at most: the stream reads no
-/// more until answers go (the leader keeps fewer than this in flight).
+/// more until answers go (the leader keeps at most this many in flight).
 pub const STREAM_WINDOW: usize = 64;
 
 type Answer = Pin<Box<dyn Future<Output = Result<pb::AppendEntriesResponse, Status>> + Send>>;
