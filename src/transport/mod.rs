@@ -182,7 +182,7 @@ fn send_streamed(
         return Err("not an append".into());
     };
     let s = appends.get_or_insert_with(|| AppendStream::open(client.clone()));
-    // Never full: it holds at most the unanswered appends, fewer than its capacity.
+    // Never full: it holds at most the unanswered appends, no more than its capacity.
     s.requests.try_send(r).map_err(|e| format!("the stream is gone: {e}"))?;
     s.deadlines.push_back(Instant::now() + rpc_timeout);
     Ok(())
