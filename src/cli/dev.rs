@@ -82,9 +82,10 @@ impl Fleet {
 
     /// Starts `node`'s process (again), its log lines prefixed with its name.
     fn spawn(&self, node: &mut DevNode) -> Result<(), String> {
+        // RUST_LOG, if set, is inherited; else `serve`'s own default (info, the storage
+        // engine's chatter at warn).
         let mut child = Command::new(&self.exe)
             .args(&node.cmd)
-            .env("RUST_LOG", std::env::var("RUST_LOG").unwrap_or_else(|_| "info".into()))
             .stdin(Stdio::piped())
             .stdout(Stdio::null())
             .stderr(Stdio::piped())

@@ -123,7 +123,9 @@ impl Procs {
             .args(["--snapshot-entries", "40", "--wal-segment-bytes", "16384"])
             .args(&self.extra)
             .args(&self.own[i])
-            .env("RUST_LOG", "info")
+            // The storage engine's info lines (one per table written) would crowd out
+            // the node's own in the log tails a failed test prints.
+            .env("RUST_LOG", "info,fjall=warn,lsm_tree=warn")
             .stdout(Stdio::null())
             .stderr(log)
             .spawn()
