@@ -6,11 +6,11 @@ pub const BIN: &str = env!("CARGO_BIN_EXE_raftkv");
 pub const WAIT: Duration = Duration::from_secs(30);
 
 /// A port for a node to bind later. Taken below the kernel's ephemeral range (32768
-/// and up by default), where outgoing connections never get their local ports: a port
-/// from `bind(0)`, released for the child to bind, could meanwhile become the local port
-/// of one of the many connections the tests (and their proxies) open, and the node then
-/// fails to start. Each test binary counts from its own place; a port something holds
-/// is skipped.
+/// and up by default), where neither `bind(0)` nor outgoing connections take ports: a
+/// port from `bind(0)`, released for the child to bind, could meanwhile be bound by a
+/// test running alongside (its proxies bind that way) or become the local port of a
+/// connection, and the node then fails to start. Each test binary counts from its own
+/// place; a port something holds is skipped.
 pub fn free_port() -> u16 {
     use std::sync::atomic::{AtomicU32, Ordering};
     const LOW: u32 = 10_000;
