@@ -3,7 +3,9 @@
 # `raftkv dev --nodes 3` and one kvbench put run; binaries alternate so drift hits them
 # alike. Default load: the growth load (64 clients over 8 connections, 1 KiB values,
 # 1M-key space, all endpoints). Environment: CLIENTS, CONNS, VALUE (bytes), ROOT (where
-# the data goes: /dev/shm takes fsync out), LEADER=1 (send to the leader only).
+# the data goes: /dev/shm takes fsync out), LEADER=1 (send to the leader only),
+# BACKEND=etcd (kvbench's etcd client, through raftkv's etcd API; default raftkv's own).
+# Each run prints kvbench's figures and the CPU time the three nodes spent per write.
 #   bash bench/ab.sh DURATION REPS BIN_A BIN_B [...]     e.g. bash bench/ab.sh 20s 2 /tmp/old /tmp/new
 #   CLIENTS=1 CONNS=1 VALUE=256 ROOT=/dev/shm LEADER=1 bash bench/ab.sh 10s 3 /tmp/old /tmp/new
 set -euo pipefail
@@ -11,6 +13,8 @@ set -euo pipefail
 K=$(../shared/bench/build-kvbench.sh)
 DUR=$1; REPS=$2; shift 2
 eps=127.0.0.1:7001,127.0.0.1:7002,127.0.0.1:7003
+# User and system CPU ticks of the processes named (the dev nodes), summed.
+cpu_ticks() { local t=0 p; for p in "$@"; do t=$((t + $(awk '{print $14 + $15}' "/proc/$p/stat"))); done; echo "$t"; }
 for r in $(seq "$REPS"); do
   for b in "$@"; do
     RD=$(mktemp -d "${ROOT:-/tmp}/raftkv-ab.XXXX")
@@ -19,9 +23,12 @@ for r in $(seq "$REPS"); do
     sleep 1
     to=$eps
     [ "${LEADER:-0}" = 1 ] && to=$("$b" status --endpoints $eps | awk '$3=="leader"{print $2}')
-    echo "run $r, $b: $("$K" put --conns "${CONNS:-8}" --duration "$DUR" --value-size "${VALUE:-1024}" --key-space 1000000 \
-      --clients "${CLIENTS:-64}" --backend raftkv --endpoints "$to" 2>/dev/null \
-      | python3 -c 'import json,sys;d=json.load(sys.stdin);print("%.0f/s p50 %.2f ms p99 %.2f ms errors %d" % (d["ops_per_s"], d["p50_ms"], d["p99_ms"], d["errors"]))')"
+    nodes=$(pgrep -P "$dp" | tr '\n' ' ')
+    before=$(cpu_ticks $nodes)
+    out=$("$K" put --conns "${CONNS:-8}" --duration "$DUR" --value-size "${VALUE:-1024}" --key-space 1000000 \
+      --clients "${CLIENTS:-64}" --backend "${BACKEND:-raftkv}" --endpoints "$to" 2>/dev/null)
+    ticks=$(( $(cpu_ticks $nodes) - before ))
+    echo "run $r, $b: $(echo "$out" | TICKS=$ticks HZ=$(getconf CLK_TCK) python3 -c 'import json,os,sys;d=json.load(sys.stdin);print("%.0f/s p50 %.2f ms p99 %.2f ms errors %d, servers %.0f us CPU/op" % (d["ops_per_s"], d["p50_ms"], d["p99_ms"], d["errors"], 1e6*int(os.environ["TICKS"])/int(os.environ["HZ"])/max(d["ops"],1)))')"
     kill -INT "$dp"; wait "$dp" 2>/dev/null || true; rm -rf "$RD" "$RD.log"
   done
 done

@@ -404,24 +404,43 @@ impl Store {
                     }
                 }
                 Command::Txn(txn) => {
-                    // The transaction reads the engine: everything applied before it goes
-                    // in first, its meta included (a compaction writes nothing else, yet
-                    // changes what the transaction may read). Else members that batch
-                    // entries differently would decide differently.
-                    flush_before(&engine, &mut batch, &meta, (e.index, prev_term), &mut committed, &mut written)?;
+                    // A transaction reads the engine. One that writes single keys none of
+                    // this batch's writes touched, and cannot be refused, reads only what
+                    // the engine holds already: it joins the batch (an etcd Put is one).
+                    // Any other goes after everything applied before it, its meta included
+                    // (a compaction writes nothing else, yet changes what the transaction
+                    // may read). Else members that batch entries differently would decide
+                    // differently.
+                    let joins =
+                        txn.blind_keys(&leases).is_some_and(|keys| keys.iter().all(|k| !written.contains_key(*k)));
+                    if !joins {
+                        flush_before(&engine, &mut batch, &meta, (e.index, prev_term), &mut committed, &mut written)?;
+                    }
                     let mut txn_meta = meta;
                     let view = ReadView::new(engine.clone())?;
                     let mut applying = Applying::new(&engine, view, &mut batch, &mut txn_meta, e, &leases);
                     match applying.run(&txn) {
                         Ok(result) => {
-                            let revision = applying.finish();
+                            let (revision, metas) = applying.finish();
                             meta = txn_meta;
-                            // Later entries of this batch read the engine for what it wrote.
-                            commit_with(&engine, &mut batch, &meta)?;
-                            committed = e.index;
+                            if joins {
+                                // Later entries of this batch find what it wrote here.
+                                written.extend(metas);
+                            } else {
+                                // Later entries of this batch read the engine for what it wrote.
+                                commit_with(&engine, &mut batch, &meta)?;
+                                committed = e.index;
+                            }
                             Ok(Applied { index: e.index, term: e.term, revision, txn: Some(Arc::new(result)) })
                         }
                         Err(e @ MvccError::Engine(_)) => return Err(e),
+                        // Its writes cannot be taken out of the batch it joined.
+                        Err(refused) if joins => {
+                            return Err(MvccError::Engine(format!(
+                                "entry {}: a transaction that cannot be refused was: {refused}",
+                                e.index
+                            )))
+                        }
                         Err(refused) => {
                             // Nothing of it is kept.
                             batch = engine.db.batch();
@@ -458,7 +477,7 @@ impl Store {
                     let mut txn_meta = meta;
                     let mut applying = Applying::new(&engine, view, &mut batch, &mut txn_meta, e, &leases);
                     applying.run(&txn)?;
-                    let revision = applying.finish();
+                    let (revision, _) = applying.finish();
                     meta = txn_meta;
                     for k in stale {
                         batch.remove(&engine.lease_keys, k);

@@ -501,7 +501,7 @@ fn any_grouping_of_the_same_entries_gives_the_same_state() {
         for i in 0..300u64 {
             // At most this many revisions exist before entry i.
             let revision_guess = i + 1;
-            let c = match rng.gen_range(0..12) {
+            let c = match rng.gen_range(0..14) {
                 0..=3 => put(&key(&mut rng), &format!("v{i}")),
                 4 => del(&key(&mut rng)),
                 5 => Command::Compact { revision: rng.gen_range(1..=revision_guess.max(1)) },
@@ -514,6 +514,22 @@ fn any_grouping_of_the_same_entries_gives_the_same_state() {
                 },
                 8 => Command::LeaseGrant { id: rng.gen_range(1..4), ttl: 10 },
                 9 => Command::LeaseRevoke { id: rng.gen_range(1..4), since: 0 },
+                // Single-key writes without compares (an etcd Put or Delete of one key):
+                // with a lease granted or not, a value or none (ignore_value).
+                10 | 11 => Command::Txn(Txn {
+                    success: (0..rng.gen_range(1..3))
+                        .map(|_| match rng.gen_range(0..5) {
+                            0 => TxnOp::Delete { range: KeyRange::Key(key(&mut rng).into_bytes()) },
+                            1 => TxnOp::Put { key: key(&mut rng), value: None, lease: Some(0) },
+                            _ => TxnOp::Put {
+                                key: key(&mut rng),
+                                value: Some(format!("b{i}")),
+                                lease: Some([0, 0, 1, 2, 3][rng.gen_range(0..5)]),
+                            },
+                        })
+                        .collect(),
+                    ..Txn::default()
+                }),
                 _ => {
                     let compare = Compare {
                         range: range(&mut rng),
@@ -558,7 +574,12 @@ fn any_grouping_of_the_same_entries_gives_the_same_state() {
                     _ => rng.gen_range(1..40),
                 };
                 let batch = &commands[at..(at + n).min(commands.len())];
-                outcomes.extend(s.apply(batch).unwrap().into_iter().map(|(i, r)| (i, r.map(|a| a.revision))));
+                outcomes.extend(
+                    s.apply(batch)
+                        .unwrap()
+                        .into_iter()
+                        .map(|(i, r)| (i, r.map(|a| (a.revision, a.txn.as_deref().cloned())))),
+                );
                 at += n;
             }
             let v = s.read().unwrap();

@@ -109,6 +109,26 @@ impl Txn {
         })
     }
 
+    /// The keys of a transaction that only writes single keys and cannot be refused:
+    /// no compares, puts that carry their value and no lease or one that exists,
+    /// deletes of one key (an etcd Put or DeleteRange of one key is one). It reads
+    /// nothing but the current state of those keys. None for any other.
+    pub(super) fn blind_keys(&self, leases: &Leases) -> Option<Vec<&str>> {
+        if !self.compares.is_empty() {
+            return None;
+        }
+        self.success
+            .iter()
+            .map(|op| match op {
+                TxnOp::Put { key, value: Some(_), lease: Some(l) } if *l == 0 || leases.exists(*l) => {
+                    Some(key.as_str())
+                }
+                TxnOp::Delete { range: KeyRange::Key(k) } => std::str::from_utf8(k).ok(),
+                _ => None,
+            })
+            .collect()
+    }
+
     /// Whether any write may add data (for the quota).
     pub fn grows_the_store(&self) -> bool {
         self.ops().any(|op| match op {
@@ -184,6 +204,8 @@ pub(super) struct Applying<'a> {
     pub leases: &'a Leases,
     /// Keys this transaction wrote: their state now (None: deleted).
     written: BTreeMap<Vec<u8>, Option<KeyValue>>,
+    /// The same as the engine holds it, in the order written.
+    metas: Vec<(String, Option<KeyMeta>)>,
     /// The revision its writes get, and the next sub-revision.
     revision: Revision,
     sub: u32,
@@ -199,7 +221,18 @@ impl<'a> Applying<'a> {
         leases: &'a Leases,
     ) -> Self {
         let revision = meta.revision + 1;
-        Applying { engine, view, batch, meta, entry, leases, written: BTreeMap::new(), revision, sub: 0 }
+        Applying {
+            engine,
+            view,
+            batch,
+            meta,
+            entry,
+            leases,
+            written: BTreeMap::new(),
+            metas: Vec::new(),
+            revision,
+            sub: 0,
+        }
     }
 
     /// Runs `txn`; Err(refusal) leaves the batch to be dropped by the caller.
@@ -243,12 +276,13 @@ impl<'a> Applying<'a> {
         Ok(TxnResult { succeeded, results })
     }
 
-    /// The revision the store is at after this transaction.
-    pub fn finish(self) -> Revision {
+    /// The revision the store is at after this transaction, and the metadata of the
+    /// keys it wrote (None: deleted), a key written twice as it was last.
+    pub fn finish(self) -> (Revision, Vec<(String, Option<KeyMeta>)>) {
         if self.sub > 0 {
             self.meta.revision = self.revision;
         }
-        self.meta.revision
+        (self.meta.revision, self.metas)
     }
 
     fn current(&self, key: &str) -> Result<Option<KeyValue>, MvccError> {
@@ -309,13 +343,12 @@ impl<'a> Applying<'a> {
             lease,
         };
         let k = key.as_bytes();
-        match &value {
+        let m = value.as_ref().map(|_| KeyMeta { create_revision, mod_revision: rev, mod_sub: sub, version, lease });
+        match &m {
             None => self.batch.remove(&self.engine.keys, k),
-            Some(_) => {
-                let m = KeyMeta { create_revision, mod_revision: rev, mod_sub: sub, version, lease };
-                self.batch.insert(&self.engine.keys, k, m.encode().as_slice());
-            }
+            Some(m) => self.batch.insert(&self.engine.keys, k, m.encode().as_slice()),
         }
+        self.metas.push((key.to_string(), m));
         attach(self.engine, self.batch, k, prev.map_or(0, |p| p.lease), lease);
         self.batch.insert(&self.engine.revs, rev_key(rev, sub).as_slice(), encode_event(&event));
         self.batch.insert(&self.engine.key_revs, key_rev_key(k, rev, sub), [].as_slice());
