@@ -64,9 +64,23 @@ struct DevNode {
     isolated: bool,
 }
 
+/// The variable tokio's runtime takes its worker thread count from.
+const WORKERS_VAR: &str = "TOKIO_WORKER_THREADS";
+
+/// The worker threads of each of `nodes` nodes sharing this machine: its cores split
+/// between them, at least one. Each node's runtime would otherwise start one per core,
+/// and on a small machine the nodes' idle workers woken to steal work cost more than
+/// they bring (README, "Benchmarks": 3 nodes on 2 cores).
+fn node_workers(nodes: usize) -> usize {
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    (cores / nodes.max(1)).max(1)
+}
+
 /// The nodes' processes: the supervisor loop and the view's buttons share them.
 struct Fleet {
     exe: std::path::PathBuf,
+    /// Each node's tokio worker threads, unless TOKIO_WORKER_THREADS says otherwise.
+    workers: usize,
     nodes: std::sync::Mutex<Vec<DevNode>>,
     /// Set once the page has acted on a process: `dev` then keeps running with every
     /// node down, since the page can restart them.
@@ -83,8 +97,13 @@ impl Fleet {
     /// Starts `node`'s process (again), its log lines prefixed with its name.
     fn spawn(&self, node: &mut DevNode) -> Result<(), String> {
         // RUST_LOG, if set, is inherited; else `serve`'s own default (info, the storage
-        // engine's chatter at warn).
-        let mut child = Command::new(&self.exe)
+        // engine's chatter at warn). So is TOKIO_WORKER_THREADS; else each node's runtime
+        // gets its share of the cores (see `node_workers`).
+        let mut command = Command::new(&self.exe);
+        if std::env::var_os(WORKERS_VAR).is_none() {
+            command.env(WORKERS_VAR, self.workers.to_string());
+        }
+        let mut child = command
             .args(&node.cmd)
             .stdin(Stdio::piped())
             .stdout(Stdio::null())
@@ -279,8 +298,14 @@ pub async fn run(args: DevArgs) -> CmdResult {
     } else {
         None
     };
+    let workers = node_workers(args.nodes.into());
+    match std::env::var(WORKERS_VAR) {
+        Ok(n) => println!("raftkv dev: each node's runtime: {WORKERS_VAR}={n} worker threads (from the environment)"),
+        Err(_) => println!("raftkv dev: each node's runtime: {workers} worker thread(s), its share of the cores"),
+    }
     let fleet = std::sync::Arc::new(Fleet {
         exe,
+        workers,
         nodes: std::sync::Mutex::new(Vec::new()),
         acted: Default::default(),
         stopping: Default::default(),
