@@ -5,7 +5,8 @@
 # 1M-key space, all endpoints). Environment: CLIENTS, CONNS, VALUE (bytes), ROOT (where
 # the data goes: /dev/shm takes fsync out), LEADER=1 (send to the leader only),
 # BACKEND=etcd (kvbench's etcd client, through raftkv's etcd API; default raftkv's own).
-# Each run prints kvbench's figures and the CPU time the three nodes spent per write.
+# Each run prints kvbench's figures, the CPU time the three nodes spent per write, and
+# the appends the leader sent its followers and how many they refused (from /metrics).
 #   bash bench/ab.sh DURATION REPS BIN_A BIN_B [...]     e.g. bash bench/ab.sh 20s 2 /tmp/old /tmp/new
 #   CLIENTS=1 CONNS=1 VALUE=256 ROOT=/dev/shm LEADER=1 bash bench/ab.sh 10s 3 /tmp/old /tmp/new
 set -euo pipefail
@@ -28,7 +29,13 @@ for r in $(seq "$REPS"); do
     out=$("$K" put --conns "${CONNS:-8}" --duration "$DUR" --value-size "${VALUE:-1024}" --key-space 1000000 \
       --clients "${CLIENTS:-64}" --backend "${BACKEND:-raftkv}" --endpoints "$to" 2>/dev/null)
     ticks=$(( $(cpu_ticks $nodes) - before ))
-    echo "run $r, $b: $(echo "$out" | TICKS=$ticks HZ=$(getconf CLK_TCK) python3 -c 'import json,os,sys;d=json.load(sys.stdin);print("%.0f/s p50 %.2f ms p99 %.2f ms errors %d, servers %.0f us CPU/op" % (d["ops_per_s"], d["p50_ms"], d["p99_ms"], d["errors"], 1e6*int(os.environ["TICKS"])/int(os.environ["HZ"])/max(d["ops"],1)))')"
+    # The leader's appends to its followers, and how many they refused (its /metrics).
+    appends=""
+    for p in 7301 7302 7303; do
+      appends+=$(curl -s "127.0.0.1:$p/metrics" | awk '/^raftkv_network_peer_appends_sent_total/ {s += $2}
+        /^raftkv_network_peer_appends_rejected_total/ {j += $2} END {if (s > 0) printf ", appends %d, refused %d", s, j}')
+    done
+    echo "run $r, $b: $(echo "$out" | TICKS=$ticks HZ=$(getconf CLK_TCK) python3 -c 'import json,os,sys;d=json.load(sys.stdin);print("%.0f/s p50 %.2f ms p99 %.2f ms errors %d, servers %.0f us CPU/op" % (d["ops_per_s"], d["p50_ms"], d["p99_ms"], d["errors"], 1e6*int(os.environ["TICKS"])/int(os.environ["HZ"])/max(d["ops"],1)))')$appends"
     kill -INT "$dp"; wait "$dp" 2>/dev/null || true; rm -rf "$RD" "$RD.log"
   done
 done

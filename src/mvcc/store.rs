@@ -405,8 +405,9 @@ impl Store {
                 }
                 Command::Txn(txn) => {
                     // A transaction reads the engine. One that writes single keys none of
-                    // this batch's writes touched, and cannot be refused, reads only what
-                    // the engine holds already: it joins the batch (an etcd Put is one).
+                    // the writes since the batch's last engine commit touched, and cannot
+                    // be refused, reads only what the engine holds already: it joins the
+                    // batch (an etcd Put is one).
                     // Any other goes after everything applied before it, its meta included
                     // (a compaction writes nothing else, yet changes what the transaction
                     // may read). Else members that batch entries differently would decide

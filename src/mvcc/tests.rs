@@ -627,7 +627,7 @@ fn a_key_deleted_between_two_compactions_stays_deleted_in_the_past() {
 
 mod leases {
     use super::*;
-    use crate::mvcc::txn::{Cmp, Compare, Target, Txn, TxnOp};
+    use crate::mvcc::txn::{Cmp, Compare, OpResult, Target, Txn, TxnOp};
 
     fn put_with(k: &str, v: Option<&str>, lease: Option<i64>) -> Command {
         let op = TxnOp::Put { key: k.into(), value: v.map(str::to_string), lease };
@@ -636,6 +636,65 @@ mod leases {
 
     fn lease_of(s: &Store, k: &str) -> Option<i64> {
         s.read().unwrap().get(k, 0).unwrap().map(|kv| kv.lease)
+    }
+
+    /// An etcd Put or one-key delete joins its apply batch unless a write of its key
+    /// is pending there (README, "etcd's v3 API"): in one batch or one entry each, the
+    /// same answers (previous values included) and the same keys, leases and index.
+    #[test]
+    fn single_key_writes_decide_alike_in_one_batch_or_one_entry_each() {
+        let del_one = |k: &str| {
+            Command::Txn(Txn { success: vec![TxnOp::Delete { range: KeyRange::Key(k.into()) }], ..Txn::default() })
+        };
+        let commands = || {
+            vec![
+                put("c", "old"),
+                Command::LeaseGrant { id: 5, ttl: 30 },
+                put_with("c", Some("leased"), Some(5)), // c pending: after a commit
+                put("a", "1"),
+                put_with("b", Some("2"), Some(5)), // joins, a pending
+                put("b", "plain"),                 // finds the joined put's b
+                del_one("c"),                      // c committed since: joins
+                put_with("d", Some("4"), Some(5)),
+                Command::LeaseRevoke { id: 5, since: 0 }, // deletes d only
+                Command::Compact { revision: 3 },
+                put_with("e", Some("5"), Some(0)),
+                put_with("a", Some("again"), Some(0)), // a pending: after a commit
+                put_with("f", Some("6"), Some(9)),     // no lease 9: refused
+            ]
+        };
+        let mut seen = Vec::new();
+        for together in [true, false] {
+            let (_d, s) = store();
+            let out = if together {
+                apply(&s, commands())
+            } else {
+                commands().into_iter().flat_map(|c| apply(&s, vec![c])).collect()
+            };
+            let answers: Vec<_> = out.into_iter().map(|r| r.map(|a| (a.revision, a.txn.as_deref().cloned()))).collect();
+            let v = s.read().unwrap();
+            let keys: Vec<_> = ["a", "b", "c", "d", "e", "f"].iter().map(|k| v.get(k, 0).unwrap()).collect();
+            let index = v.raw_prefix(&v.engine().lease_keys, b"").count();
+            seen.push((answers, keys, index, v.hash(0).unwrap(), s.status().stored_bytes));
+        }
+        assert_eq!(seen[0], seen[1], "one batch against one entry each");
+        let (answers, keys, index, ..) = &seen[0];
+        let prev = |i: usize| match &answers[i] {
+            Ok((_, Some(t))) => match &t.results[0] {
+                OpResult::Put { prev } => prev.as_ref().map(|kv| kv.value.clone()),
+                OpResult::Delete { prevs } => prevs.first().map(|kv| kv.value.clone()),
+                other => panic!("{other:?}"),
+            },
+            other => panic!("{other:?}"),
+        };
+        assert_eq!(prev(2), Some("old".into()), "c's put found the pending write");
+        assert_eq!(prev(6), Some("leased".into()), "c's delete found the leased value");
+        assert_eq!(prev(11), Some("1".into()), "a's put found the pending write");
+        assert_eq!(answers[12], Err(MvccError::LeaseNotFound));
+        let live: Vec<_> =
+            keys.iter().map(|kv| kv.as_ref().map(|kv| (kv.value.as_str(), kv.version, kv.lease))).collect();
+        assert_eq!(live, [Some(("again", 2, 0)), Some(("plain", 2, 0)), None, None, Some(("5", 1, 0)), None]);
+        assert_eq!(*index, 0, "no key is left attached to the revoked lease");
     }
 
     #[test]

@@ -126,6 +126,24 @@ pub enum MessageBody {
     SnapshotFailed,
 }
 
+impl Message {
+    /// What the transport tells node `me` when a request to `peer` was not delivered
+    /// or not answered.
+    pub fn unreachable(peer: NodeId, me: NodeId) -> Message {
+        Message { from: peer, to: me, term: 0, body: MessageBody::Unreachable }
+    }
+
+    /// `unreachable` for the request `sent`; `SnapshotFailed` for a snapshot.
+    pub fn undelivered(sent: &MessageBody, peer: NodeId, me: NodeId) -> Message {
+        match sent {
+            MessageBody::InstallSnapshot { .. } => {
+                Message { from: peer, to: me, term: 0, body: MessageBody::SnapshotFailed }
+            }
+            _ => Message::unreachable(peer, me),
+        }
+    }
+}
+
 impl MessageBody {
     /// A successful AppendEntries (or InstallSnapshot) answer.
     pub fn append_ok(match_index: Index, round: u64) -> MessageBody {

@@ -447,15 +447,9 @@ impl Driver {
                 }
                 _ => {}
             }
-            let to = m.to;
-            let body = match m.body {
-                MessageBody::InstallSnapshot { .. } => MessageBody::SnapshotFailed,
-                _ => MessageBody::Unreachable,
-            };
-            let delivered = self.peers.get(&to).is_some_and(|q| q.try_send(m).is_ok());
+            let failed = Message::undelivered(&m.body, m.to, self.core.id());
+            let delivered = self.peers.get(&m.to).is_some_and(|q| q.try_send(m).is_ok());
             if !delivered {
-                let me = self.core.id();
-                let failed = Message { from: to, to: me, term: 0, body };
                 self.count_peer_message(&failed);
                 self.core.step(failed);
             }

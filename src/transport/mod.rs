@@ -89,7 +89,7 @@ pub fn spawn_peer(
         let mut inflight = FuturesUnordered::new();
         let mut appends: Option<AppendStream> = None;
         let mut unary_until: Option<Instant> = None;
-        let unreachable = Message { from: peer, to: me, term: 0, body: MessageBody::Unreachable };
+        let unreachable = Message::unreachable(peer, me);
         loop {
             let room = inflight.len() < PEER_CONCURRENCY
                 && appends.as_ref().is_none_or(|s| s.deadlines.len() < service::STREAM_WINDOW);
@@ -286,14 +286,10 @@ fn call(
     rpc_timeout: Duration,
     store: Arc<Store>,
 ) -> impl std::future::Future<Output = Option<Message>> {
+    let unreachable = Message::undelivered(&m.body, peer, me);
     let req = convert::request_to_pb(m, my_name);
     let timeout = if matches!(req, Some(Request::Snapshot { .. })) { SNAPSHOT_TIMEOUT } else { rpc_timeout };
     async move {
-        let body = match req {
-            Some(Request::Snapshot { .. }) => MessageBody::SnapshotFailed,
-            _ => MessageBody::Unreachable,
-        };
-        let unreachable = Message { from: peer, to: me, term: 0, body };
         // Some(None): delivered, and the request has no answer.
         let answer = async {
             match req? {
