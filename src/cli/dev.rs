@@ -299,9 +299,12 @@ pub async fn run(args: DevArgs) -> CmdResult {
         None
     };
     let workers = node_workers(args.nodes.into());
-    match std::env::var(WORKERS_VAR) {
-        Ok(n) => println!("raftkv dev: each node's runtime: {WORKERS_VAR}={n} worker threads (from the environment)"),
-        Err(_) => println!("raftkv dev: each node's runtime: {workers} worker thread(s), its share of the cores"),
+    match std::env::var_os(WORKERS_VAR) {
+        Some(n) => println!(
+            "raftkv dev: each node's runtime: {WORKERS_VAR}={} worker threads (from the environment)",
+            n.to_string_lossy()
+        ),
+        None => println!("raftkv dev: each node's runtime: {workers} worker thread(s), its share of the cores"),
     }
     let fleet = std::sync::Arc::new(Fleet {
         exe,

@@ -276,8 +276,9 @@ impl<'a> Applying<'a> {
         Ok(TxnResult { succeeded, results })
     }
 
-    /// The revision the store is at after this transaction, and the metadata of the
-    /// keys it wrote (None: deleted), a key written twice as it was last.
+    /// The revision the store is at after this transaction, and the metadata of each
+    /// key it wrote (None: deleted), in the order written: a key written twice comes
+    /// twice, the later as the engine holds it.
     pub fn finish(self) -> (Revision, Vec<(String, Option<KeyMeta>)>) {
         if self.sub > 0 {
             self.meta.revision = self.revision;
