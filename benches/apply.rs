@@ -6,7 +6,8 @@
 //! three. A figure for comparing two builds on one machine, not a throughput claim.
 //! `cargo bench --bench apply -- WORD` runs only the kinds whose name holds WORD;
 //! `APPLY_ENTRIES=N` and `APPLY_RUNS=N` change the counts (for a run under
-//! `valgrind --tool=callgrind`, whose instruction counts the machine's noise does not move).
+//! `valgrind --tool=callgrind`, whose instruction counts the machine's noise does not move);
+//! `APPLY_UNANSWERED=1` applies as a follower does, with nobody waiting for the answers.
 use std::time::{Duration, Instant};
 
 use raftkv::mvcc::txn::{Cmp, Compare, Target, Txn, TxnOp};
@@ -48,7 +49,7 @@ const KINDS: [Kind; 3] = [
     }),
 ];
 
-fn run(make: fn(u64, &str) -> Command, n: u64) -> Duration {
+fn run(make: fn(u64, &str) -> Command, n: u64, answered: bool) -> Duration {
     let dir = tempfile::tempdir().expect("a temporary directory");
     let store = Store::open(dir.path(), 64 << 20).expect("a fresh store");
     store.found_membership(&Membership::of_voters(&[1, 2, 3])).expect("the founding membership");
@@ -58,21 +59,23 @@ fn run(make: fn(u64, &str) -> Command, n: u64) -> Duration {
         .collect();
     let started = Instant::now();
     for batch in entries.chunks(BATCH) {
-        store.apply(batch).expect("applied");
+        store.apply_answering(batch, |_| answered).expect("applied");
     }
     started.elapsed()
 }
 
 fn main() {
     let (n, runs) = (count("APPLY_ENTRIES", 60_000).max(1), count("APPLY_RUNS", 3).max(1));
+    let answered = count("APPLY_UNANSWERED", 0) == 0;
     // cargo bench passes --bench; any other argument picks kinds.
     let words: Vec<String> = std::env::args().skip(1).filter(|a| !a.starts_with("--")).collect();
-    println!("applying {n} entries in batches of {BATCH}, best of {runs}:");
+    let whose = if answered { "answered, as on the leader" } else { "unanswered, as on a follower" };
+    println!("applying {n} entries in batches of {BATCH} ({whose}), best of {runs}:");
     for (name, make) in KINDS {
         if !words.is_empty() && !words.iter().any(|w| name.contains(w.as_str())) {
             continue;
         }
-        let best = (0..runs).map(|_| run(make, n)).min().expect("at least one run");
+        let best = (0..runs).map(|_| run(make, n, answered)).min().expect("at least one run");
         println!("  {name:<42} {:>6.1} us/entry", best.as_secs_f64() * 1e6 / n as f64);
     }
 }

@@ -174,11 +174,15 @@ impl ReadView {
         decode_event(rev, &raw)
     }
 
+    /// A live key's metadata at the latest revision (its value unread).
+    pub(super) fn key_meta(&self, key: &str) -> Result<Option<KeyMeta>, MvccError> {
+        self.snap.get(&self.engine.keys, key.as_bytes())?.map(|m| KeyMeta::decode(&m)).transpose()
+    }
+
     /// `key` at revision `at` (0: the latest).
     pub fn get(&self, key: &str, at: Revision) -> Result<Option<KeyValue>, MvccError> {
         if at == 0 || at == self.meta.revision {
-            let Some(m) = self.snap.get(&self.engine.keys, key.as_bytes())? else { return Ok(None) };
-            let m = KeyMeta::decode(&m)?;
+            let Some(m) = self.key_meta(key)? else { return Ok(None) };
             return Ok(self.event(m.mod_revision, m.mod_sub)?.key_value());
         }
         self.check_revision(at)?;

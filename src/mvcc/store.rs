@@ -337,6 +337,19 @@ impl Store {
     /// compaction that asks for a compacted or future revision fails without effect.
     #[allow(clippy::type_complexity)]
     pub fn apply(&self, entries: &[Entry]) -> Result<Vec<(Index, Result<Applied, MvccError>)>, MvccError> {
+        self.apply_answering(entries, |_| true)
+    }
+
+    /// `apply`, where only the entries `answered` holds for have anyone waiting here:
+    /// the others change the store alike, but a transaction's put among them does not
+    /// read the value it replaces, and its answer holds no previous key (a follower
+    /// applies most entries for nobody).
+    #[allow(clippy::type_complexity)]
+    pub fn apply_answering(
+        &self,
+        entries: &[Entry],
+        answered: impl Fn(Index) -> bool,
+    ) -> Result<Vec<(Index, Result<Applied, MvccError>)>, MvccError> {
         let engine = self.engine()?;
         let mut meta_guard = self.meta.lock().unwrap();
         let mut meta = *meta_guard;
@@ -412,14 +425,14 @@ impl Store {
                     // (a compaction writes nothing else, yet changes what the transaction
                     // may read). Else members that batch entries differently would decide
                     // differently.
-                    let joins =
-                        txn.blind_keys(&leases).is_some_and(|keys| keys.iter().all(|k| !written.contains_key(*k)));
+                    let joins = txn.blind(&leases, |k| !written.contains_key(k));
                     if !joins {
                         flush_before(&engine, &mut batch, &meta, (e.index, prev_term), &mut committed, &mut written)?;
                     }
                     let mut txn_meta = meta;
                     let view = ReadView::new(engine.clone())?;
-                    let mut applying = Applying::new(&engine, view, &mut batch, &mut txn_meta, e, &leases);
+                    let mut applying =
+                        Applying::new(&engine, view, &mut batch, &mut txn_meta, e, &leases, answered(e.index));
                     match applying.run(&txn) {
                         Ok(result) => {
                             let (revision, metas) = applying.finish();
@@ -476,7 +489,7 @@ impl Store {
                         ..Txn::default()
                     };
                     let mut txn_meta = meta;
-                    let mut applying = Applying::new(&engine, view, &mut batch, &mut txn_meta, e, &leases);
+                    let mut applying = Applying::new(&engine, view, &mut batch, &mut txn_meta, e, &leases, false);
                     applying.run(&txn)?;
                     let (revision, _) = applying.finish();
                     meta = txn_meta;

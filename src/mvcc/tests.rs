@@ -743,6 +743,50 @@ mod leases {
         assert_eq!(s.status().stored_bytes + lease::LEASE_BYTES, bytes);
     }
 
+    /// A node applies most entries for nobody (a follower's): a put among them does
+    /// not read the value it replaces, answers no previous key, yet changes the store
+    /// exactly as when answered: creation revision, version, a lease kept under
+    /// `ignore_lease`, a value kept under `ignore_value`.
+    #[test]
+    fn an_entry_nobody_waits_for_changes_the_store_alike_without_reading_the_old_value() {
+        let commands = || {
+            let mut c = vec![Command::LeaseGrant { id: 4, ttl: 30 }, put_with("k", Some("1"), Some(4))];
+            c.extend([
+                put_with("k", Some("2"), None),
+                put_with("k", None, Some(0)),
+                put_with("n", Some("new"), Some(4)),
+            ]);
+            c
+        };
+        let mut seen = Vec::new();
+        for answer in [true, false] {
+            let (_d, s) = store();
+            let first = s.applied() + 1;
+            let entries: Vec<Entry> =
+                commands().into_iter().enumerate().map(|(i, c)| entry(first + i as u64, c)).collect();
+            let out = s.apply_answering(&entries, |_| answer).unwrap();
+            let prevs: Vec<_> = out[2..]
+                .iter()
+                .map(|(_, r)| match &r.as_ref().unwrap().txn.as_ref().unwrap().results[0] {
+                    OpResult::Put { prev } => prev.as_ref().map(|kv| (kv.value.clone(), kv.version)),
+                    other => panic!("{other:?}"),
+                })
+                .collect();
+            let v = s.read().unwrap();
+            let k = v.get("k", 0).unwrap().unwrap();
+            let state = (k.value, k.create_revision, k.version, k.lease, v.lease_keys(4).unwrap(), v.hash(0).unwrap());
+            seen.push((prevs, state, s.status().stored_bytes));
+        }
+        let (answered, unanswered) = (&seen[0], &seen[1]);
+        assert_eq!(answered.0, [Some(("1".into(), 1)), Some(("2".into(), 2)), None]);
+        assert_eq!(unanswered.0, [None, Some(("2".into(), 2)), None], "read only to keep the value");
+        assert_eq!(unanswered.1, answered.1);
+        assert_eq!(unanswered.2, answered.2);
+        assert_eq!((answered.1).0, "2");
+        assert_eq!(((answered.1).2, (answered.1).3), (3, 0));
+        assert_eq!((answered.1).4, ["n"]);
+    }
+
     #[test]
     fn a_transaction_compares_leases_and_a_missing_lease_fails_it_whole() {
         let (_d, s) = store();

@@ -67,7 +67,7 @@ pub struct Txn {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum OpResult {
     Range(RangeResult),
-    /// The key before the put.
+    /// The key before the put (None also when nobody on this node waits for the answer).
     Put {
         prev: Option<KeyValue>,
     },
@@ -109,24 +109,17 @@ impl Txn {
         })
     }
 
-    /// The keys of a transaction that only writes single keys and cannot be refused:
-    /// no compares, puts that carry their value and no lease or one that exists,
-    /// deletes of one key (an etcd Put or DeleteRange of one key is one). It reads
-    /// nothing but the current state of those keys. None for any other.
-    pub(super) fn blind_keys(&self, leases: &Leases) -> Option<Vec<&str>> {
-        if !self.compares.is_empty() {
-            return None;
-        }
-        self.success
-            .iter()
-            .map(|op| match op {
-                TxnOp::Put { key, value: Some(_), lease: Some(l) } if *l == 0 || leases.exists(*l) => {
-                    Some(key.as_str())
-                }
-                TxnOp::Delete { range: KeyRange::Key(k) } => std::str::from_utf8(k).ok(),
-                _ => None,
+    /// Whether the transaction only writes single keys, cannot be refused, and writes
+    /// only keys for which `untouched` holds: no compares, puts that carry their value
+    /// and no lease or one that exists, deletes of one key (an etcd Put or DeleteRange
+    /// of one key is one). It reads nothing but the current state of those keys.
+    pub(super) fn blind(&self, leases: &Leases, untouched: impl Fn(&str) -> bool) -> bool {
+        self.compares.is_empty()
+            && self.success.iter().all(|op| match op {
+                TxnOp::Put { key, value: Some(_), lease: Some(l) } => (*l == 0 || leases.exists(*l)) && untouched(key),
+                TxnOp::Delete { range: KeyRange::Key(k) } => std::str::from_utf8(k).is_ok_and(&untouched),
+                _ => false,
             })
-            .collect()
     }
 
     /// Whether any write may add data (for the quota).
@@ -202,10 +195,12 @@ pub(super) struct Applying<'a> {
     pub meta: &'a mut Meta,
     pub entry: &'a Entry,
     pub leases: &'a Leases,
-    /// Keys this transaction wrote: their state now (None: deleted).
-    written: BTreeMap<Vec<u8>, Option<KeyValue>>,
-    /// The same as the engine holds it, in the order written.
-    metas: Vec<(String, Option<KeyMeta>)>,
+    /// Whether anyone on this node waits for the answer: if not, a put does not read
+    /// the value it replaces.
+    answer: bool,
+    /// Keys this transaction wrote: their state now and the sub-revision that wrote it
+    /// (None: deleted).
+    written: BTreeMap<String, Option<(KeyValue, u32)>>,
     /// The revision its writes get, and the next sub-revision.
     revision: Revision,
     sub: u32,
@@ -219,20 +214,10 @@ impl<'a> Applying<'a> {
         meta: &'a mut Meta,
         entry: &'a Entry,
         leases: &'a Leases,
+        answer: bool,
     ) -> Self {
         let revision = meta.revision + 1;
-        Applying {
-            engine,
-            view,
-            batch,
-            meta,
-            entry,
-            leases,
-            written: BTreeMap::new(),
-            metas: Vec::new(),
-            revision,
-            sub: 0,
-        }
+        Applying { engine, view, batch, meta, entry, leases, answer, written: BTreeMap::new(), revision, sub: 0 }
     }
 
     /// Runs `txn`; Err(refusal) leaves the batch to be dropped by the caller.
@@ -246,13 +231,16 @@ impl<'a> Applying<'a> {
                     OpResult::Range(self.range(range, *revision, *limit as usize, *keys_only)?)
                 }
                 TxnOp::Put { key, value, lease } => {
-                    let prev = self.current(key)?;
+                    // The value it replaces is read only if answered or kept.
+                    let needs_value = self.answer || value.is_none();
+                    let prev = if needs_value { self.current(key)? } else { None };
+                    let prior = if needs_value { prev.as_ref().map(Prior::from) } else { self.prior(key)? };
                     let value = match (value, &prev) {
                         (Some(v), _) => v.clone(),
                         (None, Some(p)) => p.value.clone(),
                         (None, None) => return Err(MvccError::KeyNotFound),
                     };
-                    let lease = match (lease, &prev) {
+                    let lease = match (lease, prior) {
                         (Some(l), _) => *l,
                         (None, Some(p)) => p.lease,
                         (None, None) => return Err(MvccError::KeyNotFound),
@@ -260,13 +248,13 @@ impl<'a> Applying<'a> {
                     if lease != 0 && !self.leases.exists(lease) {
                         return Err(MvccError::LeaseNotFound);
                     }
-                    self.write(key, Some((value, lease)), prev.as_ref());
+                    self.write(key, Some((value, lease)), prior);
                     OpResult::Put { prev }
                 }
                 TxnOp::Delete { range } => {
                     let prevs = self.range(range, 0, 0, false)?.kvs;
                     for kv in &prevs {
-                        self.write(&kv.key, None, Some(kv));
+                        self.write(&kv.key, None, Some(Prior::from(kv)));
                     }
                     OpResult::Delete { prevs }
                 }
@@ -276,20 +264,42 @@ impl<'a> Applying<'a> {
         Ok(TxnResult { succeeded, results })
     }
 
-    /// The revision the store is at after this transaction, and the metadata of each
-    /// key it wrote (None: deleted), in the order written: a key written twice comes
-    /// twice, the later as the engine holds it.
-    pub fn finish(self) -> (Revision, Vec<(String, Option<KeyMeta>)>) {
+    /// The revision the store is at after this transaction, and each key it wrote as
+    /// the engine now holds it (None: deleted).
+    pub fn finish(self) -> (Revision, impl Iterator<Item = (String, Option<KeyMeta>)> + use<>) {
         if self.sub > 0 {
             self.meta.revision = self.revision;
         }
-        (self.meta.revision, self.metas)
+        let metas = self.written.into_iter().map(|(key, w)| {
+            let meta = w.map(|(kv, mod_sub)| KeyMeta {
+                create_revision: kv.create_revision,
+                mod_revision: kv.mod_revision,
+                mod_sub,
+                version: kv.version,
+                lease: kv.lease,
+            });
+            (key, meta)
+        });
+        (self.meta.revision, metas)
     }
 
+    /// `key` as this transaction sees it.
     fn current(&self, key: &str) -> Result<Option<KeyValue>, MvccError> {
-        match self.written.get(key.as_bytes()) {
-            Some(kv) => Ok(kv.clone()),
+        match self.written.get(key) {
+            Some(w) => Ok(w.as_ref().map(|(kv, _)| kv.clone())),
             None => self.view.get(key, 0),
+        }
+    }
+
+    /// What a write of `key` needs of it, as this transaction sees it (its value unread).
+    fn prior(&self, key: &str) -> Result<Option<Prior>, MvccError> {
+        match self.written.get(key) {
+            Some(w) => Ok(w.as_ref().map(|(kv, _)| Prior::from(kv))),
+            None => Ok(self.view.key_meta(key)?.map(|m| Prior {
+                create_revision: m.create_revision,
+                version: m.version,
+                lease: m.lease,
+            })),
         }
     }
 
@@ -302,10 +312,10 @@ impl<'a> Applying<'a> {
         }
         let mut all: BTreeMap<Vec<u8>, KeyValue> =
             self.view.range(range, 0, 0, false)?.kvs.into_iter().map(|kv| (kv.key.clone().into_bytes(), kv)).collect();
-        for (k, kv) in self.written.iter().filter(|(k, _)| range.contains(k)) {
-            match kv {
-                Some(kv) => all.insert(k.clone(), kv.clone()),
-                None => all.remove(k),
+        for (k, w) in self.written.iter().filter(|(k, _)| range.contains(k.as_bytes())) {
+            match w {
+                Some((kv, _)) => all.insert(k.clone().into_bytes(), kv.clone()),
+                None => all.remove(k.as_bytes()),
             };
         }
         let limit = if limit == 0 { usize::MAX } else { limit };
@@ -319,7 +329,7 @@ impl<'a> Applying<'a> {
     }
 
     /// Writes `key` (a put of `(value, lease)`, or a delete) as the next sub-revision.
-    fn write(&mut self, key: &str, put: Option<(String, i64)>, prev: Option<&KeyValue>) {
+    fn write(&mut self, key: &str, put: Option<(String, i64)>, prev: Option<Prior>) {
         let (rev, sub) = (self.revision, self.sub);
         self.sub += 1;
         let e = self.entry;
@@ -349,12 +359,25 @@ impl<'a> Applying<'a> {
             None => self.batch.remove(&self.engine.keys, k),
             Some(m) => self.batch.insert(&self.engine.keys, k, m.encode().as_slice()),
         }
-        self.metas.push((key.to_string(), m));
         attach(self.engine, self.batch, k, prev.map_or(0, |p| p.lease), lease);
         self.batch.insert(&self.engine.revs, rev_key(rev, sub).as_slice(), encode_event(&event));
         self.batch.insert(&self.engine.key_revs, key_rev_key(k, rev, sub), [].as_slice());
         self.meta.stored_bytes += event.stored_bytes();
-        self.written.insert(k.to_vec(), event.key_value());
+        self.written.insert(event.key.clone(), event.key_value().map(|kv| (kv, sub)));
+    }
+}
+
+/// What a write needs of the key it replaces.
+#[derive(Clone, Copy)]
+struct Prior {
+    create_revision: Revision,
+    version: u64,
+    lease: i64,
+}
+
+impl From<&KeyValue> for Prior {
+    fn from(kv: &KeyValue) -> Prior {
+        Prior { create_revision: kv.create_revision, version: kv.version, lease: kv.lease }
     }
 }
 
