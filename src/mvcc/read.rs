@@ -7,6 +7,7 @@ use super::lease::lease_key;
 use super::record::{decode_event, decode_key_rev_key, decode_rev_key, key_prefix, key_rev_key, rev_key, KeyMeta};
 use super::store::{Engine, Meta};
 use super::{Event, KeyValue, MvccError, Revision};
+use crate::config::MAX_KEY_BYTES;
 use crate::raft::Membership;
 use crate::raft::{Index, Term};
 
@@ -45,15 +46,28 @@ impl KeyRange {
         }
     }
 
-    /// Bounds for the engine: (first, one past the last) in `keys`' order.
-    fn bounds(&self) -> (Vec<u8>, Option<Vec<u8>>) {
+    /// Bounds for the engine: (first, one past the last) in `keys`' order; None when
+    /// no key can be in the range (one key that is empty or longer than any stored).
+    /// The engine takes no key past 64 KiB: a bound longer than any stored key is cut
+    /// to its first `MAX_KEY_BYTES` bytes and a 0, and the same stored keys fall
+    /// within it.
+    fn bounds(&self) -> Option<(Vec<u8>, Option<Vec<u8>>)> {
+        let cut = |b: &[u8]| {
+            if b.len() <= MAX_KEY_BYTES {
+                return b.to_vec();
+            }
+            let mut c = b[..MAX_KEY_BYTES].to_vec();
+            c.push(0);
+            c
+        };
         match self {
+            KeyRange::Key(k) if k.is_empty() || k.len() > MAX_KEY_BYTES => None,
             KeyRange::Key(k) => {
                 let mut next = k.clone();
                 next.push(0);
-                (k.clone(), Some(next))
+                Some((k.clone(), Some(next)))
             }
-            KeyRange::Span { start, end } => (start.clone(), end.clone()),
+            KeyRange::Span { start, end } => Some((cut(start), end.as_deref().map(cut))),
         }
     }
 }
@@ -181,11 +195,19 @@ impl ReadView {
 
     /// `key` at revision `at` (0: the latest).
     pub fn get(&self, key: &str, at: Revision) -> Result<Option<KeyValue>, MvccError> {
+        // None is stored (and the engine takes no key past 64 KiB).
+        let unstorable = key.is_empty() || key.len() > MAX_KEY_BYTES;
         if at == 0 || at == self.meta.revision {
+            if unstorable {
+                return Ok(None);
+            }
             let Some(m) = self.key_meta(key)? else { return Ok(None) };
             return Ok(self.event(m.mod_revision, m.mod_sub)?.key_value());
         }
         self.check_revision(at)?;
+        if unstorable {
+            return Ok(None);
+        }
         let k = key.as_bytes();
         let versions = key_prefix(k)..=key_rev_key(k, at, u32::MAX);
         let Some(newest) = self.snap.range(&self.engine.key_revs, versions).next_back() else { return Ok(None) };
@@ -217,8 +239,21 @@ impl ReadView {
                 }
             }
         };
-        let (start, end) = range.bounds();
-        if at == 0 || at == self.meta.revision {
+        let latest = at == 0 || at == self.meta.revision;
+        if !latest {
+            self.check_revision(at)?;
+        }
+        let Some((start, end)) = range.bounds() else { return Ok(out) };
+        if let (true, KeyRange::Key(k)) = (latest, range) {
+            // A point read: the engine's filters skip the tables without the key, which
+            // a scan of one key's range would still search.
+            if let Some(m) = self.snap.get(&self.engine.keys, k)? {
+                let m = KeyMeta::decode(&m)?;
+                take(&mut out, self.event(m.mod_revision, m.mod_sub)?.key_value());
+            }
+            return Ok(out);
+        }
+        if latest {
             let items = match &end {
                 Some(e) if *e <= start => return Ok(out),
                 Some(e) => self.snap.range(&self.engine.keys, start.clone()..e.clone()),
@@ -230,7 +265,6 @@ impl ReadView {
             }
             return Ok(out);
         }
-        self.check_revision(at)?;
         if end.as_ref().is_some_and(|e| *e <= start) {
             return Ok(out);
         }

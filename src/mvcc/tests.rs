@@ -479,6 +479,61 @@ mod txns {
         let inverted = KeyRange::Span { start: b"z".to_vec(), end: Some(b"a".to_vec()) };
         assert_eq!(v.range(&inverted, 0, 0, false).unwrap(), RangeResult::default());
     }
+
+    /// A one-key read at the latest revision (a point read in the engine) finds what a
+    /// scan of that key's range finds: live, replaced, deleted and never-written keys,
+    /// with limits and keys only; an empty key and one longer than any stored, nothing.
+    #[test]
+    fn a_one_key_read_finds_what_a_scan_of_its_range_finds() {
+        let (_d, s) = store();
+        apply(&s, (0..6).map(|i| put(&format!("k{i}"), &i.to_string())).collect());
+        apply(&s, vec![del("k3"), put("k4", "four"), put("k", "short")]);
+        let v = s.read().unwrap();
+        for at in [0, v.revision()] {
+            for k in ["k", "k0", "k3", "k4", "k5", "k9", "j"] {
+                let span = KeyRange::Span { start: k.into(), end: Some(format!("{k}\0").into()) };
+                for (limit, keys_only) in [(0, false), (1, true), (0, true)] {
+                    let point = v.range(&KeyRange::Key(k.into()), at, limit, keys_only).unwrap();
+                    assert_eq!(point, v.range(&span, at, limit, keys_only).unwrap(), "{k} at {at}");
+                }
+            }
+        }
+        let k4 = v.range(&KeyRange::Key(b"k4".to_vec()), 0, 0, false).unwrap();
+        assert_eq!((k4.count, k4.kvs[0].value.as_str(), k4.kvs[0].version), (1, "four", 2));
+        for k in [vec![], vec![b'k'; 70_000]] {
+            for at in [0, 2] {
+                assert_eq!(v.range(&KeyRange::Key(k.clone()), at, 0, false).unwrap(), RangeResult::default());
+            }
+        }
+    }
+
+    /// Keys longer than any stored one (the engine takes none past 64 KiB) in a read, a
+    /// compare or a delete: an answer, the same keys as the range cut to storable
+    /// bounds, never a failure of the node.
+    #[test]
+    fn ranges_and_compares_bounded_by_overlong_keys_are_answered() {
+        let (_d, s) = store();
+        apply(&s, ["k", "kk", "kz", "l"].iter().map(|k| put(k, "v")).collect());
+        let long = |c: u8| [b"k".as_slice(), &[c; 70_000]].concat();
+        let names = |r: RangeResult| r.kvs.into_iter().map(|kv| kv.key).collect::<Vec<_>>();
+        let v = s.read().unwrap();
+        for at in [0, v.revision()] {
+            let span = KeyRange::Span { start: long(b'k'), end: Some(long(b'z')) };
+            assert_eq!(names(v.range(&span, at, 0, false).unwrap()), ["kz"], "at {at}");
+            let from = KeyRange::Span { start: b"k".to_vec(), end: Some(long(b'k')) };
+            assert_eq!(names(v.range(&from, at, 0, false).unwrap()), ["k", "kk"], "at {at}");
+            assert_eq!(v.get(&String::from_utf8(long(b'k')).unwrap(), at).unwrap(), None);
+        }
+        let over = KeyRange::Key(long(b'k'));
+        let t = Txn {
+            compares: vec![Compare { range: over.clone(), cmp: Cmp::Equal, target: Target::Version(0) }],
+            success: vec![TxnOp::Delete { range: over }, TxnOp::Delete { range: KeyRange::Key(b"l".to_vec()) }],
+            failure: vec![],
+        };
+        let r = txn(&s, t).unwrap();
+        assert!(r.txn.as_ref().unwrap().succeeded, "no such key: version 0");
+        assert_eq!(s.read().unwrap().get("l", 0).unwrap(), None);
+    }
 }
 
 /// Members apply the same committed entries, but group them into apply batches
