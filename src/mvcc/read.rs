@@ -61,7 +61,7 @@ impl KeyRange {
             c
         };
         match self {
-            KeyRange::Key(k) if k.is_empty() || k.len() > MAX_KEY_BYTES => None,
+            KeyRange::Key(k) if !storable(k) => None,
             KeyRange::Key(k) => {
                 let mut next = k.clone();
                 next.push(0);
@@ -70,6 +70,11 @@ impl KeyRange {
             KeyRange::Span { start, end } => Some((cut(start), end.as_deref().map(cut))),
         }
     }
+}
+
+/// Whether a key can be stored (puts refuse others); the engine takes none past 64 KiB.
+fn storable(key: &[u8]) -> bool {
+    !key.is_empty() && key.len() <= MAX_KEY_BYTES
 }
 
 /// What a range read found.
@@ -195,8 +200,7 @@ impl ReadView {
 
     /// `key` at revision `at` (0: the latest).
     pub fn get(&self, key: &str, at: Revision) -> Result<Option<KeyValue>, MvccError> {
-        // None is stored (and the engine takes no key past 64 KiB).
-        let unstorable = key.is_empty() || key.len() > MAX_KEY_BYTES;
+        let unstorable = !storable(key.as_bytes());
         if at == 0 || at == self.meta.revision {
             if unstorable {
                 return Ok(None);
@@ -243,16 +247,19 @@ impl ReadView {
         if !latest {
             self.check_revision(at)?;
         }
-        let Some((start, end)) = range.bounds() else { return Ok(out) };
         if let (true, KeyRange::Key(k)) = (latest, range) {
             // A point read: the engine's filters skip the tables without the key, which
             // a scan of one key's range would still search.
+            if !storable(k) {
+                return Ok(out);
+            }
             if let Some(m) = self.snap.get(&self.engine.keys, k)? {
                 let m = KeyMeta::decode(&m)?;
                 take(&mut out, self.event(m.mod_revision, m.mod_sub)?.key_value());
             }
             return Ok(out);
         }
+        let Some((start, end)) = range.bounds() else { return Ok(out) };
         if latest {
             let items = match &end {
                 Some(e) if *e <= start => return Ok(out),
