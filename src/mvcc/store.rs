@@ -342,8 +342,8 @@ impl Store {
 
     /// `apply`, where only the entries `answered` holds for have anyone waiting here:
     /// the others change the store alike, but a transaction's put among them does not
-    /// read the value it replaces, and its answer holds no previous key (a follower
-    /// applies most entries for nobody).
+    /// read the value it replaces, and its answer holds no previous key, unless the put
+    /// keeps that value (`ignore_value`). A follower applies most entries for nobody.
     #[allow(clippy::type_complexity)]
     pub fn apply_answering(
         &self,

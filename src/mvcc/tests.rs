@@ -514,10 +514,13 @@ mod txns {
     fn ranges_and_compares_bounded_by_overlong_keys_are_answered() {
         let (_d, s) = store();
         apply(&s, ["k", "kk", "kz", "l"].iter().map(|k| put(k, "v")).collect());
+        let past = s.status().revision;
+        apply(&s, vec![put("m", "v")]);
         let long = |c: u8| [b"k".as_slice(), &[c; 70_000]].concat();
         let names = |r: RangeResult| r.kvs.into_iter().map(|kv| kv.key).collect::<Vec<_>>();
         let v = s.read().unwrap();
-        for at in [0, v.revision()] {
+        // The latest revision (scans of `keys`) and a past one (of `key_revs`).
+        for at in [0, past] {
             let span = KeyRange::Span { start: long(b'k'), end: Some(long(b'z')) };
             assert_eq!(names(v.range(&span, at, 0, false).unwrap()), ["kz"], "at {at}");
             let from = KeyRange::Span { start: b"k".to_vec(), end: Some(long(b'k')) };
@@ -570,12 +573,14 @@ fn any_grouping_of_the_same_entries_gives_the_same_state() {
                 8 => Command::LeaseGrant { id: rng.gen_range(1..4), ttl: 10 },
                 9 => Command::LeaseRevoke { id: rng.gen_range(1..4), since: 0 },
                 // Single-key writes without compares (an etcd Put or Delete of one key):
-                // with a lease granted or not, a value or none (ignore_value).
+                // with a lease granted or not or kept, a value or none (ignore_value).
                 10 | 11 => Command::Txn(Txn {
                     success: (0..rng.gen_range(1..3))
-                        .map(|_| match rng.gen_range(0..5) {
+                        .map(|_| match rng.gen_range(0..6) {
                             0 => TxnOp::Delete { range: KeyRange::Key(key(&mut rng).into_bytes()) },
                             1 => TxnOp::Put { key: key(&mut rng), value: None, lease: Some(0) },
+                            // Keeps the key's lease (ignore_lease): not one that joins.
+                            2 => TxnOp::Put { key: key(&mut rng), value: Some(format!("c{i}")), lease: None },
                             _ => TxnOp::Put {
                                 key: key(&mut rng),
                                 value: Some(format!("b{i}")),
@@ -617,8 +622,12 @@ fn any_grouping_of_the_same_entries_gives_the_same_state() {
             };
             commands.push(entry(i + 1, c));
         }
+        // The fourth grouping applies as a member with nobody waiting for some entries
+        // (a follower's): these answer no previous key of a put, the rest is alike.
+        let waited: std::collections::HashSet<u64> =
+            (1..=commands.len() as u64).filter(|_| rng.gen_bool(0.5)).collect();
         let mut results = Vec::new();
-        for grouping in 0..3 {
+        for grouping in 0..4 {
             let (_d, s) = store();
             let mut outcomes = Vec::new();
             let mut at = 0;
@@ -630,7 +639,7 @@ fn any_grouping_of_the_same_entries_gives_the_same_state() {
                 };
                 let batch = &commands[at..(at + n).min(commands.len())];
                 outcomes.extend(
-                    s.apply(batch)
+                    s.apply_answering(batch, |i| grouping < 3 || waited.contains(&i))
                         .unwrap()
                         .into_iter()
                         .map(|(i, r)| (i, r.map(|a| (a.revision, a.txn.as_deref().cloned())))),
@@ -650,7 +659,7 @@ fn any_grouping_of_the_same_entries_gives_the_same_state() {
                 })
                 .collect();
             let granted = s.leases();
-            let state = (outcomes, v.revision(), v.compacted(), hashes, leases, s.status().stored_bytes);
+            let state = (outcomes, (v.revision(), v.compacted(), hashes, leases, s.status().stored_bytes));
             s.checkpoint().unwrap();
             drop(v);
             s.close();
@@ -661,6 +670,9 @@ fn any_grouping_of_the_same_entries_gives_the_same_state() {
         }
         assert_eq!(results[0], results[1], "seed {seed}: one batch against one entry per batch");
         assert_eq!(results[0], results[2], "seed {seed}: one batch against random batches");
+        assert_eq!(results[0].1, results[3].1, "seed {seed}: answering some entries only, the same state");
+        let answered = |r: &[(u64, _)]| r.iter().filter(|(i, _)| waited.contains(i)).cloned().collect::<Vec<_>>();
+        assert_eq!(answered(&results[0].0), answered(&results[3].0), "seed {seed}: the entries answered");
     }
 }
 
@@ -830,13 +842,17 @@ mod leases {
             let v = s.read().unwrap();
             let k = v.get("k", 0).unwrap().unwrap();
             let state = (k.value, k.create_revision, k.version, k.lease, v.lease_keys(4).unwrap(), v.hash(0).unwrap());
-            seen.push((prevs, state, s.status().stored_bytes));
+            // The lease kept under ignore_lease (revision 3), and the lease index, raw.
+            let kept = (v.get("k", 3).unwrap().map(|kv| kv.lease), v.raw_prefix(&v.engine().lease_keys, b"").count());
+            seen.push((prevs, state, s.status().stored_bytes, kept));
         }
         let (answered, unanswered) = (&seen[0], &seen[1]);
         assert_eq!(answered.0, [Some(("1".into(), 1)), Some(("2".into(), 2)), None]);
         assert_eq!(unanswered.0, [None, Some(("2".into(), 2)), None], "read only to keep the value");
         assert_eq!(unanswered.1, answered.1);
         assert_eq!(unanswered.2, answered.2);
+        assert_eq!(unanswered.3, answered.3);
+        assert_eq!(answered.3, (Some(4), 1), "k kept lease 4 at revision 3; the index holds n only");
         assert_eq!((answered.1).0, "2");
         assert_eq!(((answered.1).2, (answered.1).3), (3, 0));
         assert_eq!((answered.1).4, ["n"]);

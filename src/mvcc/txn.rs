@@ -67,7 +67,8 @@ pub struct Txn {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum OpResult {
     Range(RangeResult),
-    /// The key before the put (None also when nobody on this node waits for the answer).
+    /// The key before the put (None also when nobody on this node waits for the answer,
+    /// unless the put keeps the value, `ignore_value`).
     Put {
         prev: Option<KeyValue>,
     },
@@ -196,7 +197,7 @@ pub(super) struct Applying<'a> {
     pub entry: &'a Entry,
     pub leases: &'a Leases,
     /// Whether anyone on this node waits for the answer: if not, a put does not read
-    /// the value it replaces.
+    /// the value it replaces (unless it keeps it, `ignore_value`).
     answer: bool,
     /// Keys this transaction wrote: their state now and the sub-revision that wrote it
     /// (None: deleted).
