@@ -194,8 +194,8 @@ impl ReadView {
     }
 
     /// A live key's metadata at the latest revision (its value unread).
-    pub(super) fn key_meta(&self, key: &str) -> Result<Option<KeyMeta>, MvccError> {
-        self.snap.get(&self.engine.keys, key.as_bytes())?.map(|m| KeyMeta::decode(&m)).transpose()
+    pub(super) fn key_meta(&self, key: &[u8]) -> Result<Option<KeyMeta>, MvccError> {
+        self.snap.get(&self.engine.keys, key)?.map(|m| KeyMeta::decode(&m)).transpose()
     }
 
     /// `key` at revision `at` (0: the latest).
@@ -205,7 +205,7 @@ impl ReadView {
             if unstorable {
                 return Ok(None);
             }
-            let Some(m) = self.key_meta(key)? else { return Ok(None) };
+            let Some(m) = self.key_meta(key.as_bytes())? else { return Ok(None) };
             return Ok(self.event(m.mod_revision, m.mod_sub)?.key_value());
         }
         self.check_revision(at)?;
@@ -253,8 +253,7 @@ impl ReadView {
             if !storable(k) {
                 return Ok(out);
             }
-            if let Some(m) = self.snap.get(&self.engine.keys, k)? {
-                let m = KeyMeta::decode(&m)?;
+            if let Some(m) = self.key_meta(k)? {
                 take(&mut out, self.event(m.mod_revision, m.mod_sub)?.key_value());
             }
             return Ok(out);

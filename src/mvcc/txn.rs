@@ -296,7 +296,7 @@ impl<'a> Applying<'a> {
     fn prior(&self, key: &str) -> Result<Option<Prior>, MvccError> {
         match self.written.get(key) {
             Some(w) => Ok(w.as_ref().map(|(kv, _)| Prior::from(kv))),
-            None => Ok(self.view.key_meta(key)?.map(|m| Prior {
+            None => Ok(self.view.key_meta(key.as_bytes())?.map(|m| Prior {
                 create_revision: m.create_revision,
                 version: m.version,
                 lease: m.lease,
