@@ -2,6 +2,7 @@
 //! handle through which the services reach the core.
 mod applier;
 mod bootstrap;
+mod coalesce;
 mod compactor;
 mod driver;
 mod forward;
@@ -28,6 +29,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
+use futures::TryStreamExt;
 use tokio::net::{TcpListener, UdpSocket};
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio::task::JoinHandle;
@@ -45,6 +47,7 @@ use crate::storage::Storage;
 use crate::transport::convert::Names;
 use crate::transport::service::RaftService;
 use crate::transport::{self, Faults};
+use coalesce::Coalesced;
 
 /// What the driver is asked to do.
 pub enum Input {
@@ -445,15 +448,17 @@ impl Node {
             .add_service(etcd_cluster)
             .add_service(etcd_watch)
             .add_service(etcd_maintenance);
+        // Coalesced: an answer's frames leave in one write (see `coalesce`).
         let client_server: futures::future::BoxFuture<'static, Result<(), tonic::transport::Error>> =
             match client_tls {
                 Some(tls) => Box::pin(client_router.serve_with_incoming_shutdown(
-                    crate::tls::incoming(client_listener, tls),
+                    crate::tls::incoming(client_listener, tls).map_ok(Coalesced),
                     stop(shutdown_rx.clone()),
                 )),
-                None => Box::pin(
-                    client_router.serve_with_incoming_shutdown(incoming(client_listener)?, stop(shutdown_rx.clone())),
-                ),
+                None => Box::pin(client_router.serve_with_incoming_shutdown(
+                    incoming(client_listener)?.map_ok(Coalesced),
+                    stop(shutdown_rx.clone()),
+                )),
             };
         let (r2, r2a) = reflection()?;
         let certified_peers = cfg.peer_tls.as_ref().is_some_and(|f| f.client_cert_auth);

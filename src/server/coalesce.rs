@@ -1,0 +1,216 @@
+//! A served connection whose answers go out in one write each.
+//!
+//! HTTP/2 (h2) writes a frame's payload from its own buffer, not copied, when the
+//! connection takes vectored writes and the payload passes 256 bytes; it then sends
+//! what it has before it takes the next frame. A gRPC answer is three frames (headers,
+//! the message, the trailers), so any answer of more than about 250 bytes — a Range of
+//! one 256-byte value — went out as two writes, the trailers alone in the second: two
+//! system calls and two TCP segments for the client to take in. Over a connection that
+//! says it takes no vectored writes, h2 copies payloads up to 1 KiB into its buffer and
+//! the three frames leave in one write.
+
+use std::io::IoSlice;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tonic::transport::server::Connected;
+
+/// `IO`, saying that it takes no vectored writes (it takes them all the same, one
+/// buffer at a time).
+pub struct Coalesced<IO>(pub IO);
+
+impl<IO: Connected> Connected for Coalesced<IO> {
+    type ConnectInfo = IO::ConnectInfo;
+
+    fn connect_info(&self) -> Self::ConnectInfo {
+        self.0.connect_info()
+    }
+}
+
+impl<IO: AsyncRead + Unpin> AsyncRead for Coalesced<IO> {
+    fn poll_read(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.0).poll_read(cx, buf)
+    }
+}
+
+impl<IO: AsyncWrite + Unpin> AsyncWrite for Coalesced<IO> {
+    fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.0).poll_write(cx, buf)
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[IoSlice<'_>],
+    ) -> Poll<std::io::Result<usize>> {
+        let buf = bufs.iter().find(|b| !b.is_empty()).map_or(&[][..], |b| &**b);
+        Pin::new(&mut self.0).poll_write(cx, buf)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        false
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.0).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.0).poll_shutdown(cx)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::convert::Infallible;
+    use std::future::{ready, Ready};
+    use std::sync::{Arc, Mutex};
+
+    use bytes::Bytes;
+    use http_body_util::{BodyExt, Full};
+    use hyper_util::rt::TokioIo;
+    use tonic::body::BoxBody;
+    use tonic::transport::{Endpoint, Server};
+    use tower::{Service, ServiceExt};
+
+    use super::*;
+
+    /// A connection that keeps every write it is asked for (a vectored one as one
+    /// write, as the system call does) and, like a TCP stream, takes vectored writes.
+    struct Recording {
+        io: tokio::io::DuplexStream,
+        writes: Arc<Mutex<Vec<Vec<u8>>>>,
+    }
+
+    impl Connected for Recording {
+        type ConnectInfo = ();
+
+        fn connect_info(&self) {}
+    }
+
+    impl AsyncRead for Recording {
+        fn poll_read(
+            mut self: Pin<&mut Self>,
+            cx: &mut Context<'_>,
+            buf: &mut ReadBuf<'_>,
+        ) -> Poll<std::io::Result<()>> {
+            Pin::new(&mut self.io).poll_read(cx, buf)
+        }
+    }
+
+    impl AsyncWrite for Recording {
+        fn poll_write(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<std::io::Result<usize>> {
+            self.poll_write_vectored(cx, &[IoSlice::new(buf)])
+        }
+
+        fn poll_write_vectored(
+            mut self: Pin<&mut Self>,
+            cx: &mut Context<'_>,
+            bufs: &[IoSlice<'_>],
+        ) -> Poll<std::io::Result<usize>> {
+            let all: Vec<u8> = bufs.iter().flat_map(|b| b.iter().copied()).collect();
+            let n = std::task::ready!(Pin::new(&mut self.io).poll_write(cx, &all))?;
+            self.writes.lock().unwrap().push(all[..n].to_vec());
+            Poll::Ready(Ok(n))
+        }
+
+        fn is_write_vectored(&self) -> bool {
+            true
+        }
+
+        fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+            Pin::new(&mut self.io).poll_flush(cx)
+        }
+
+        fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+            Pin::new(&mut self.io).poll_shutdown(cx)
+        }
+    }
+
+    /// Answers every call with `message` and gRPC's trailers, as a unary call does.
+    #[derive(Clone)]
+    struct Answer(Bytes);
+
+    impl tonic::server::NamedService for Answer {
+        const NAME: &'static str = "test.Answer";
+    }
+
+    impl Service<http::Request<BoxBody>> for Answer {
+        type Response = http::Response<BoxBody>;
+        type Error = Infallible;
+        type Future = Ready<Result<Self::Response, Infallible>>;
+
+        fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
+            Poll::Ready(Ok(()))
+        }
+
+        fn call(&mut self, _: http::Request<BoxBody>) -> Self::Future {
+            let mut trailers = http::HeaderMap::new();
+            trailers.insert("grpc-status", http::HeaderValue::from_static("0"));
+            let body = Full::new(self.0.clone()).with_trailers(async move { Some(Ok(trailers)) });
+            let mut answer = http::Response::new(tonic::body::boxed(body));
+            answer.headers_mut().insert("content-type", http::HeaderValue::from_static("application/grpc"));
+            ready(Ok(answer))
+        }
+    }
+
+    /// The HTTP/2 frames in `bytes`: (type, flags, stream, payload length).
+    fn frames(mut bytes: &[u8]) -> Vec<(u8, u8, u32, usize)> {
+        let mut out = Vec::new();
+        while bytes.len() >= 9 {
+            let len = usize::from(bytes[0]) << 16 | usize::from(bytes[1]) << 8 | usize::from(bytes[2]);
+            let stream = u32::from_be_bytes([bytes[5], bytes[6], bytes[7], bytes[8]]) & 0x7fff_ffff;
+            out.push((bytes[3], bytes[4], stream, len));
+            bytes = &bytes[(9 + len).min(bytes.len())..];
+        }
+        out
+    }
+
+    #[tokio::test]
+    async fn an_answer_of_a_few_hundred_bytes_leaves_in_one_write_with_its_trailers() {
+        const DATA: u8 = 0;
+        const HEADERS: u8 = 1;
+        const END_STREAM: u8 = 1;
+        // A Range answer carrying one 256-byte value is about this size.
+        let message: Bytes = (0..300u32).map(|i| (i % 251) as u8).collect::<Vec<u8>>().into();
+        let (client_io, server_io) = tokio::io::duplex(1 << 20);
+        let writes = Arc::new(Mutex::new(Vec::new()));
+        let served = Coalesced(Recording { io: server_io, writes: writes.clone() });
+        let server = Server::builder()
+            .add_service(Answer(message.clone()))
+            .serve_with_incoming(futures::stream::iter([Ok::<_, std::io::Error>(served)]));
+        let server = tokio::spawn(server);
+
+        let mut client_io = Some(client_io);
+        let channel = Endpoint::from_static("http://in-memory")
+            .connect_with_connector(tower::service_fn(move |_: http::Uri| {
+                let io = client_io.take().map(TokioIo::new).ok_or_else(|| std::io::Error::other("connected once"));
+                ready(io)
+            }))
+            .await
+            .unwrap();
+        let call = http::Request::builder()
+            .method("POST")
+            .uri("http://in-memory/test.Answer/Get")
+            .header("content-type", "application/grpc")
+            .header("te", "trailers")
+            .body(tonic::body::empty_body())
+            .unwrap();
+        let answer = channel.oneshot(call).await.unwrap().into_body().collect().await.unwrap();
+        assert_eq!(answer.trailers().and_then(|t| t.get("grpc-status")).map(|v| v.as_bytes()), Some(&b"0"[..]));
+        assert_eq!(answer.to_bytes(), message);
+
+        let writes = writes.lock().unwrap();
+        let with_message: Vec<&Vec<u8>> =
+            writes.iter().filter(|w| w.windows(message.len()).any(|s| s == &message[..])).collect();
+        assert_eq!(with_message.len(), 1, "the message was written once");
+        let frames = frames(with_message[0]);
+        let (_, _, stream, _) = *frames.iter().find(|f| f.0 == DATA && f.3 == message.len()).expect("a DATA frame");
+        assert!(
+            frames.iter().any(|&(kind, flags, s, _)| kind == HEADERS && flags & END_STREAM != 0 && s == stream),
+            "the trailers leave in the write that carries the message: {frames:?}"
+        );
+        server.abort();
+    }
+}
