@@ -126,7 +126,7 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let rt = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
         Ok(rt) => rt,
-        Err(e) => return cli::fail(format!("cannot start the runtime: {e}")),
+        Err(e) => return cli::fail(cli::CliError::io("cannot start the runtime", e)),
     };
     let result = rt.block_on(async move {
         match cli.cmd {
@@ -156,6 +156,6 @@ fn main() -> ExitCode {
     });
     match result {
         Ok(code) => code,
-        Err(msg) => cli::fail(msg),
+        Err(e) => cli::fail(e),
     }
 }

@@ -14,7 +14,7 @@ use tonic::transport::Channel;
 
 use super::bench_svg::Second;
 use super::client::Conn;
-use super::CmdResult;
+use super::{CliError, CmdResult};
 
 #[derive(Args, Debug)]
 pub struct BenchArgs {
@@ -221,11 +221,11 @@ fn sample(shared: &Shared, seconds: &std::sync::Mutex<Vec<Second>>) -> Second {
 
 pub async fn run(args: BenchArgs) -> CmdResult {
     if args.clients == 0 || args.key_space == 0 {
-        return Err("--clients and --key-space must be positive".into());
+        return Err(CliError::Usage("--clients and --key-space must be positive".into()));
     }
     let chans = channels(&args.conn, args.conns).await;
     if chans.is_empty() {
-        return Err("no usable endpoint".into());
+        return Err(CliError::Unreachable("no usable endpoint".into()));
     }
     let per_ep = args.conns.max(1);
     let leader = leader_endpoint(&args.conn).await;
@@ -376,7 +376,7 @@ pub async fn run(args: BenchArgs) -> CmdResult {
     };
     let mut hist = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3).expect("histogram bounds");
     for t in tasks {
-        hist.add(t.await.map_err(|e| e.to_string())?).map_err(|e| e.to_string())?;
+        hist.add(t.await.map_err(|e| CliError::Internal(e.into()))?).map_err(|e| CliError::Internal(e.into()))?;
     }
     progress.abort();
     let _ = progress.await;
@@ -435,11 +435,11 @@ pub async fn run(args: BenchArgs) -> CmdResult {
         );
         let seconds = seconds.lock().unwrap_or_else(|e| e.into_inner());
         std::fs::write(path, super::bench_svg::render(&title, &seconds, &hist))
-            .map_err(|e| format!("cannot write {}: {e}", path.display()))?;
+            .map_err(|e| CliError::io(format!("cannot write {}", path.display()), e))?;
         println!("chart: {}", path.display());
     }
     if ok == 0 {
-        return Err("no request succeeded".into());
+        return Err(CliError::Failed("no request succeeded".into()));
     }
     Ok(ExitCode::SUCCESS)
 }

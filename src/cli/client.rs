@@ -3,12 +3,12 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::Args;
-use raftkv::client::{describe, never_applied, Options, Session};
+use raftkv::client::{never_applied, Options, Session};
 use raftkv::proto::{self as pb, key_value_client::KeyValueClient};
 use tonic::transport::{Channel, Endpoint};
 use tonic::{Code, Status};
 
-use super::CmdResult;
+use super::{CliError, CmdResult};
 
 /// The endpoints of `raftkv dev` with its default 5 nodes.
 pub const DEV_ENDPOINTS: &str = "127.0.0.1:7001,127.0.0.1:7002,127.0.0.1:7003,127.0.0.1:7004,127.0.0.1:7005";
@@ -38,7 +38,7 @@ impl Conn {
     }
 
     /// A lazily connected channel to `endpoint`, over TLS if --cacert is given.
-    pub fn channel(&self, endpoint: &str, connect_timeout: Duration) -> Result<Channel, String> {
+    pub fn channel(&self, endpoint: &str, connect_timeout: Duration) -> Result<Channel, CliError> {
         self.channel_with(endpoint, connect_timeout, None)
     }
 
@@ -47,9 +47,9 @@ impl Conn {
         endpoint: &str,
         connect_timeout: Duration,
         deadline: Option<Duration>,
-    ) -> Result<Channel, String> {
+    ) -> Result<Channel, CliError> {
         let mut ep = Endpoint::from_shared(format!("http://{endpoint}"))
-            .map_err(|e| format!("bad endpoint {endpoint:?}: {e}"))?
+            .map_err(|source| CliError::BadEndpoint { endpoint: endpoint.to_string(), source })?
             .connect_timeout(connect_timeout)
             .tcp_nodelay(true)
             // A connection to a host that vanished (no reset) is noticed within seconds:
@@ -62,27 +62,27 @@ impl Conn {
         match &self.cacert {
             Some(ca) => {
                 let pair = self.cert.as_deref().zip(self.tls_key.as_deref());
-                let cfg = raftkv::tls::client_config(ca, pair).map_err(|e| e.to_string())?;
-                raftkv::tls::channel(ep, endpoint, cfg).map_err(|e| e.to_string())
+                let cfg = raftkv::tls::client_config(ca, pair)?;
+                Ok(raftkv::tls::channel(ep, endpoint, cfg)?)
             }
             None => Ok(ep.connect_lazy()),
         }
     }
 
-    async fn client(&self, endpoint: &str) -> Result<KeyValueClient<Channel>, String> {
+    async fn client(&self, endpoint: &str) -> Result<KeyValueClient<Channel>, CliError> {
         Ok(KeyValueClient::new(self.connected(endpoint).await?))
     }
 
-    async fn connected(&self, endpoint: &str) -> Result<Channel, String> {
+    async fn connected(&self, endpoint: &str) -> Result<Channel, CliError> {
         let mut ch = self.channel_with(endpoint, Duration::from_millis(1000), Some(self.timeout()))?;
         // Connect now, so that an unreachable endpoint is told apart from a refusal.
         futures::future::poll_fn(|cx| tower::Service::poll_ready(&mut ch, cx))
             .await
-            .map_err(|e| format!("{endpoint}: cannot connect: {}", raftkv::error::with_causes(&e)))?;
+            .map_err(|source| CliError::Connect { endpoint: endpoint.to_string(), source })?;
         Ok(ch)
     }
 
-    pub(super) async fn first<T, F, Fut>(&self, call: F) -> Result<T, String>
+    pub(super) async fn first<T, F, Fut>(&self, call: F) -> Result<T, CliError>
     where
         F: Fn(KeyValueClient<Channel>) -> Fut,
         Fut: std::future::Future<Output = Result<T, Status>>,
@@ -94,12 +94,12 @@ impl Conn {
     /// than "unreachable" or a node's own "unavailable" (which says it applied nothing).
     /// A request whose answer was lost on the way is not retried: it may have been
     /// applied, and a retry could apply it twice.
-    pub async fn first_channel<T, F, Fut>(&self, call: F) -> Result<T, String>
+    pub async fn first_channel<T, F, Fut>(&self, call: F) -> Result<T, CliError>
     where
         F: Fn(Channel) -> Fut,
         Fut: std::future::Future<Output = Result<T, Status>>,
     {
-        let mut last = String::from("no endpoints given");
+        let mut last = CliError::Usage("no endpoints given".into());
         for ep in &self.endpoints {
             let client = match self.connected(ep).await {
                 Ok(c) => c,
@@ -110,10 +110,10 @@ impl Conn {
             };
             match call(client).await {
                 Ok(v) => return Ok(v),
-                Err(s) if s.code() == Code::Unavailable && never_applied(&s) => {
-                    last = format!("{ep}: {}", describe(&s))
+                Err(status) if status.code() == Code::Unavailable && never_applied(&status) => {
+                    last = CliError::Rpc { endpoint: ep.clone(), status }
                 }
-                Err(s) => return Err(format!("{ep}: {}", describe(&s))),
+                Err(status) => return Err(CliError::Rpc { endpoint: ep.clone(), status }),
             }
         }
         Err(last)
@@ -122,7 +122,7 @@ impl Conn {
 
 /// An exactly-once writer over the endpoints (a client session on the cluster): a
 /// write whose outcome is unknown is retried, and applied at most once.
-async fn session(conn: &Conn) -> Result<Session, String> {
+async fn session(conn: &Conn) -> Result<Session, CliError> {
     let mut endpoints = Vec::new();
     for ep in &conn.endpoints {
         let ch = conn.channel_with(ep, Duration::from_millis(1000), Some(conn.timeout()))?;
@@ -134,17 +134,17 @@ async fn session(conn: &Conn) -> Result<Session, String> {
         // Long enough for this command's retries; idle sessions should not pile up.
         ttl: Some(Duration::from_secs(60)),
     };
-    Session::open(endpoints, options).await.map_err(|e| e.to_string())
+    Ok(Session::open(endpoints, options).await?)
 }
 
 pub async fn put(conn: &Conn, key: String, value: String) -> CmdResult {
-    let r = session(conn).await?.store(&key, &value).await.map_err(|e| e.to_string())?;
+    let r = session(conn).await?.store(&key, &value).await?;
     println!("OK revision={} index={} term={}", r.revision, r.index, r.term);
     Ok(ExitCode::SUCCESS)
 }
 
 pub async fn delete(conn: &Conn, key: String) -> CmdResult {
-    let r = session(conn).await?.delete(&key).await.map_err(|e| e.to_string())?;
+    let r = session(conn).await?.delete(&key).await?;
     println!("OK revision={} index={} term={}", r.revision, r.index, r.term);
     Ok(ExitCode::SUCCESS)
 }
@@ -187,7 +187,7 @@ pub async fn retrieve(conn: &Conn, node: Option<String>, from_revision: u64) -> 
                 }
             }
         }
-        let ep = found.ok_or_else(|| format!("no reachable endpoint is node {name:?}"))?;
+        let ep = found.ok_or_else(|| CliError::Unreachable(format!("no reachable endpoint is node {name:?}")))?;
         conn.endpoints = vec![ep];
     }
     // Page through the history so that any size works.
@@ -245,11 +245,11 @@ pub async fn status(conn: &Conn) -> CmdResult {
     let mut membership = None;
     for ep in &conn.endpoints {
         let st = match conn.client(ep).await {
-            Ok(mut c) => c.status(pb::StatusRequest {}).await.map(|r| r.into_inner()).map_err(|s| describe(&s)),
-            Err(e) => Err(e),
+            Ok(mut c) => c.status(pb::StatusRequest {}).await.map(|r| r.into_inner()).ok(),
+            Err(_) => None,
         };
         match st {
-            Ok(s) => {
+            Some(s) => {
                 reachable += 1;
                 membership.get_or_insert_with(|| (s.members.join(", "), s.learners.join(", ")));
                 let role = pb::Role::try_from(s.role).map_or("?".into(), |r| format!("{r:?}").to_lowercase());
@@ -268,11 +268,11 @@ pub async fn status(conn: &Conn) -> CmdResult {
                     s.db_size_in_use
                 );
             }
-            Err(_) => println!("{:<12} {:<22} {:<10}", "-", ep, "unreachable"),
+            None => println!("{:<12} {:<22} {:<10}", "-", ep, "unreachable"),
         }
     }
     if reachable == 0 {
-        return Err("no endpoint answered".into());
+        return Err(CliError::Unreachable("no endpoint answered".into()));
     }
     if let Some((voters, learners)) = membership {
         println!("voters: {voters}");

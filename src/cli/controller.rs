@@ -6,7 +6,7 @@ use clap::Args;
 use serde_json::{json, Value};
 use tokio::net::{lookup_host, UdpSocket};
 
-use super::CmdResult;
+use super::{CliError, CmdResult};
 
 #[derive(Args, Debug)]
 pub struct ControllerArgs {
@@ -31,11 +31,11 @@ pub async fn run(args: ControllerArgs) -> CmdResult {
     };
     let addr = lookup_host(&target)
         .await
-        .map_err(|e| format!("cannot resolve {target}: {e}"))?
+        .map_err(|e| CliError::io(format!("cannot resolve {target}"), e))?
         .next()
-        .ok_or_else(|| format!("{target} resolves to no address"))?;
+        .ok_or_else(|| CliError::Unreachable(format!("{target} resolves to no address")))?;
     let local = if addr.is_ipv4() { "0.0.0.0:0" } else { "[::]:0" };
-    let socket = UdpSocket::bind(local).await.map_err(|e| format!("cannot open a UDP socket: {e}"))?;
+    let socket = UdpSocket::bind(local).await.map_err(|e| CliError::io("cannot open a UDP socket", e))?;
     let request = args.request.to_uppercase();
     let value = args.value.map_or(Value::Null, |v| serde_json::from_str(&v).unwrap_or(Value::String(v)));
     let msg = json!({
@@ -45,19 +45,19 @@ pub async fn run(args: ControllerArgs) -> CmdResult {
         "key": args.key,
         "value": value,
     });
-    let bytes = serde_json::to_vec(&msg).map_err(|e| e.to_string())?;
-    socket.send_to(&bytes, addr).await.map_err(|e| format!("cannot send to {addr}: {e}"))?;
+    let bytes = serde_json::to_vec(&msg).map_err(|e| CliError::Internal(e.into()))?;
+    socket.send_to(&bytes, addr).await.map_err(|e| CliError::io(format!("cannot send to {addr}"), e))?;
     let mut buf = vec![0u8; 65_536];
     match tokio::time::timeout(Duration::from_millis(args.wait_ms), socket.recv_from(&mut buf)).await {
         Ok(Ok((n, _))) => {
             println!("{}", String::from_utf8_lossy(&buf[..n]));
             Ok(ExitCode::SUCCESS)
         }
-        Ok(Err(e)) => Err(format!("receive failed: {e}")),
+        Ok(Err(e)) => Err(CliError::io("receive failed", e)),
         Err(_) => {
             let expects_reply = matches!(request.as_str(), "LEADER_INFO" | "RETRIEVE");
             if expects_reply {
-                Err(format!("no reply from {addr} within {} ms", args.wait_ms))
+                Err(CliError::Unreachable(format!("no reply from {addr} within {} ms", args.wait_ms)))
             } else {
                 eprintln!("sent {request} to {addr}; no reply within {} ms (none is expected)", args.wait_ms);
                 Ok(ExitCode::SUCCESS)

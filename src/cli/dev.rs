@@ -6,7 +6,7 @@ use clap::Args;
 use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::process::{Child, Command};
 
-use super::CmdResult;
+use super::{CliError, CmdResult};
 
 #[derive(Args, Debug)]
 pub struct DevArgs {
@@ -95,7 +95,7 @@ impl Fleet {
     }
 
     /// Starts `node`'s process (again), its log lines prefixed with its name.
-    fn spawn(&self, node: &mut DevNode) -> Result<(), String> {
+    fn spawn(&self, node: &mut DevNode) -> Result<(), CliError> {
         // RUST_LOG, if set, is inherited; else `serve`'s own default (info, the storage
         // engine's chatter at warn). So is TOKIO_WORKER_THREADS; else each node's runtime
         // gets its share of the cores (see `node_workers`).
@@ -110,7 +110,7 @@ impl Fleet {
             .stderr(Stdio::piped())
             .kill_on_drop(true)
             .spawn()
-            .map_err(|e| format!("cannot start {}: {e}", node.name))?;
+            .map_err(|e| CliError::io(format!("cannot start {}", node.name), e))?;
         node.faults = child.stdin.take().map(|mut stdin| {
             let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<&'static str>();
             tokio::spawn(async move {
@@ -212,7 +212,8 @@ impl raftkv::view::Control for Fleet {
                 format!("resumed {name} (SIGCONT to {pid})")
             }
             (Action::Restart, None) => {
-                self.spawn(node)?;
+                // `Control::act` answers the page with text (the view's contract).
+                self.spawn(node).map_err(|e| e.to_string())?;
                 format!("restarted {name} (pid {})", node.pid)
             }
             (Action::Isolate | Action::Heal, Some(_)) => {
@@ -254,11 +255,14 @@ impl raftkv::view::Control for Fleet {
 pub async fn run(args: DevArgs) -> CmdResult {
     // Client, peer, bridge and metrics ports: BASE+i, +100, +200, +300; the view BASE+400.
     if args.nodes == 0 || args.base_port as u32 + 400.max(300 + args.nodes as u32) > 65535 {
-        return Err(format!("--nodes {} with --base-port {} does not fit the port range", args.nodes, args.base_port));
+        return Err(CliError::Usage(format!(
+            "--nodes {} with --base-port {} does not fit the port range",
+            args.nodes, args.base_port
+        )));
     }
-    let exe = std::env::current_exe().map_err(|e| format!("cannot find my own executable: {e}"))?;
+    let exe = std::env::current_exe().map_err(|e| CliError::io("cannot find my own executable", e))?;
     if args.classic && args.nodes > 245 {
-        return Err("--classic supports at most 245 nodes".into());
+        return Err(CliError::Usage("--classic supports at most 245 nodes".into()));
     }
     let spec: Vec<(String, String, String, Option<String>)> = (1..=args.nodes)
         .map(|i| {
@@ -281,13 +285,12 @@ pub async fn run(args: DevArgs) -> CmdResult {
     let cluster = cluster.join(",");
     if args.fresh && args.data_root.exists() {
         std::fs::remove_dir_all(&args.data_root)
-            .map_err(|e| format!("--fresh: cannot remove {}: {e}", args.data_root.display()))?;
+            .map_err(|e| CliError::io(format!("--fresh: cannot remove {}", args.data_root.display()), e))?;
     }
     println!("raftkv dev: starting {} nodes, data under {}", args.nodes, args.data_root.display());
     let pki = if args.tls {
-        let pki = raftkv::tls::dev::DevPki::create(&args.data_root.join("pki"), "raftkv dev CA")
-            .map_err(|e| e.to_string())?;
-        let (cert, key) = pki.issue("client", &[]).map_err(|e| e.to_string())?;
+        let pki = raftkv::tls::dev::DevPki::create(&args.data_root.join("pki"), "raftkv dev CA")?;
+        let (cert, key) = pki.issue("client", &[])?;
         println!(
             "raftkv dev: TLS on; CA {}, a client certificate {} (key {})",
             pki.ca().display(),
@@ -318,7 +321,7 @@ pub async fn run(args: DevArgs) -> CmdResult {
         let mut args2 = |a: &[&dyn AsRef<std::ffi::OsStr>]| cmd.extend(a.iter().map(|a| a.as_ref().to_owned()));
         if let Some(pki) = &pki {
             let host = client.rsplit_once(':').map_or("127.0.0.1", |(h, _)| h);
-            let (cert, key) = pki.issue(&name, &[host, "localhost"]).map_err(|e| e.to_string())?;
+            let (cert, key) = pki.issue(&name, &[host, "localhost"])?;
             let ca = pki.ca();
             for (flag, path) in [("--cert-file", &cert), ("--key-file", &key), ("--trusted-ca-file", &ca)] {
                 args2(&[&flag, path]);
@@ -368,9 +371,9 @@ pub async fn run(args: DevArgs) -> CmdResult {
                 "raftkv dev: warning: the cluster view on {addr} lets anyone who reaches it kill and restart the nodes"
             );
         }
-        let listener = tokio::net::TcpListener::bind(addr)
-            .await
-            .map_err(|e| format!("cannot serve the cluster view on {addr} (--view-addr, --no-view): {e}"))?;
+        let listener = tokio::net::TcpListener::bind(addr).await.map_err(|e| {
+            CliError::io(format!("cannot serve the cluster view on {addr} (--view-addr, --no-view)"), e)
+        })?;
         // The view talks to the nodes as a client would (with the dev client certificate).
         let conn = super::client::Conn {
             endpoints: Vec::new(),
@@ -388,7 +391,7 @@ pub async fn run(args: DevArgs) -> CmdResult {
                     channel: conn.channel(&n.client, Duration::from_secs(1))?,
                 })
             })
-            .collect::<Result<Vec<_>, String>>()?;
+            .collect::<Result<Vec<_>, CliError>>()?;
         let control: std::sync::Arc<dyn raftkv::view::Control> = fleet.clone();
         let nodes = raftkv::view::Nodes::new(slots, Some(control), Duration::from_secs(5));
         tokio::spawn(raftkv::view::serve(listener, nodes));
@@ -399,14 +402,14 @@ pub async fn run(args: DevArgs) -> CmdResult {
     // SIGTERM (a supervisor, `kill PID`) stops the cluster as Ctrl-C does: no node is
     // left running without its parent.
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-        .map_err(|e| format!("cannot watch for SIGTERM: {e}"))?;
+        .map_err(|e| CliError::io("cannot watch for SIGTERM", e))?;
     loop {
         tokio::select! {
             _ = tokio::signal::ctrl_c() => break,
             _ = term.recv() => break,
             _ = tokio::time::sleep(Duration::from_millis(200)) => {
                 if !fleet.reap() {
-                    return Err("every node exited".into());
+                    return Err(CliError::Failed("every node exited".into()));
                 }
             }
         }

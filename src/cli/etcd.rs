@@ -8,7 +8,7 @@ use raftkv::proto::etcd::etcdserverpb::{
 };
 
 use super::client::Conn;
-use super::CmdResult;
+use super::{CliError, CmdResult};
 
 /// etcd's prefix convention: the range end is the prefix with its last byte below
 /// 0xff incremented (and what follows cut); all 0xff (or empty): every key from it on.
@@ -33,7 +33,7 @@ pub async fn get_prefix(conn: &Conn, prefix: String, serializable: bool, rev: u6
         serializable,
         ..Default::default()
     };
-    let mut last = String::from("no endpoints given");
+    let mut last = CliError::Usage("no endpoints given".into());
     for ep in &conn.endpoints {
         let mut kv = KvClient::new(conn.channel(ep, Duration::from_millis(1000))?);
         let mut r = tonic::Request::new(req.clone());
@@ -50,8 +50,8 @@ pub async fn get_prefix(conn: &Conn, prefix: String, serializable: bool, rev: u6
                 }
                 return Ok(ExitCode::SUCCESS);
             }
-            Err(s) if never_applied(&s) => last = format!("{ep}: {}", describe(&s)),
-            Err(s) => return Err(format!("{ep}: {}", describe(&s))),
+            Err(status) if never_applied(&status) => last = CliError::Rpc { endpoint: ep.clone(), status },
+            Err(status) => return Err(CliError::Rpc { endpoint: ep.clone(), status }),
         }
     }
     Err(last)
@@ -91,7 +91,7 @@ pub async fn watch(conn: &Conn, key: String, prefix: bool, rev: u64) -> CmdResul
                 next = r.header.map_or(0, |h| h.revision) + 1;
             }
             if r.canceled {
-                return Err(format!("the watch was canceled: {}", r.cancel_reason));
+                return Err(CliError::Failed(format!("the watch was canceled: {}", r.cancel_reason)));
             }
             for e in r.events {
                 let kv = e.kv.unwrap_or_default();

@@ -7,7 +7,7 @@ use clap::Subcommand;
 use raftkv::proto::etcd::etcdserverpb::{self as epb, kv_client::KvClient, lease_client::LeaseClient};
 
 use super::client::Conn;
-use super::CmdResult;
+use super::{CliError, CmdResult};
 
 #[derive(Subcommand, Debug)]
 pub enum LeaseCmd {
@@ -46,13 +46,6 @@ pub enum LeaseCmd {
 #[error("{0:?} is not a lease id (hexadecimal, as `raftkv lease grant` prints it)")]
 pub struct BadLeaseId(String);
 
-/// The CLI's commands answer with a message (`CmdResult`).
-impl From<BadLeaseId> for String {
-    fn from(e: BadLeaseId) -> String {
-        e.to_string()
-    }
-}
-
 /// A lease id as etcdctl prints it: hexadecimal.
 pub fn parse_id(id: &str) -> Result<i64, BadLeaseId> {
     u64::from_str_radix(id.trim_start_matches("0x"), 16)
@@ -66,7 +59,7 @@ pub async fn run(cmd: LeaseCmd) -> CmdResult {
     match cmd {
         LeaseCmd::Grant { ttl, conn } => {
             if ttl <= 0 {
-                return Err(format!("the TTL must be a positive number of seconds, not {ttl}"));
+                return Err(CliError::Usage(format!("the TTL must be a positive number of seconds, not {ttl}")));
             }
             let req = epb::LeaseGrantRequest { ttl, id: 0 };
             let r = conn

@@ -6,7 +6,7 @@ use clap::Subcommand;
 use raftkv::proto as pb;
 
 use super::client::Conn;
-use super::CmdResult;
+use super::{CliError, CmdResult};
 
 #[derive(Subcommand, Debug)]
 pub enum MemberCmd {
@@ -49,11 +49,11 @@ pub enum MemberCmd {
 }
 
 /// NAME=PEER_URL, trimmed.
-fn name_and_url(member: &str) -> Result<(String, String), String> {
+fn name_and_url(member: &str) -> Result<(String, String), CliError> {
     member
         .split_once('=')
         .map(|(n, u)| (n.trim().to_string(), u.trim().to_string()))
-        .ok_or_else(|| format!("{member:?} is not NAME=PEER_URL"))
+        .ok_or_else(|| CliError::Usage(format!("{member:?} is not NAME=PEER_URL")))
 }
 
 /// One call of the membership API, through the first endpoint that answers.
@@ -65,7 +65,7 @@ enum Call {
     Update(pb::MemberUpdateRequest),
 }
 
-async fn call(conn: &Conn, call: Call) -> Result<pb::MemberListResponse, String> {
+async fn call(conn: &Conn, call: Call) -> Result<pb::MemberListResponse, CliError> {
     let call = &call;
     let r = conn
         .first(|mut c| async move {

@@ -4,6 +4,7 @@ mod bench_svg;
 pub mod client;
 pub mod controller;
 pub mod dev;
+mod error;
 pub mod etcd;
 pub mod lease;
 pub mod member;
@@ -13,10 +14,12 @@ pub mod view;
 
 use std::process::ExitCode;
 
+pub use error::CliError;
+
 /// Prints one line to stderr and returns the failure exit code.
-pub fn fail(msg: String) -> ExitCode {
-    eprintln!("raftkv: error: {msg}");
+pub fn fail(err: CliError) -> ExitCode {
+    eprintln!("raftkv: error: {err}");
     ExitCode::FAILURE
 }
 
-pub type CmdResult = Result<ExitCode, String>;
+pub type CmdResult = Result<ExitCode, CliError>;

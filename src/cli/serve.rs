@@ -7,7 +7,7 @@ use raftkv::server::Node;
 use raftkv::tls::TlsFiles;
 use tokio::net::TcpListener;
 
-use super::CmdResult;
+use super::{CliError, CmdResult};
 
 #[derive(Args, Debug)]
 pub struct ServeArgs {
@@ -168,22 +168,24 @@ pub struct ServeArgs {
 }
 
 /// A listen address: `HOST:PORT` with a numeric port (HOST may be a name or an IP).
-fn check_listen_addr(flag: &str, addr: &str) -> Result<(), String> {
+fn check_listen_addr(flag: &str, addr: &str) -> Result<(), CliError> {
     match addr.rsplit_once(':') {
         Some((host, port)) if !host.is_empty() && port.parse::<u16>().is_ok() => Ok(()),
-        _ => Err(format!("{flag} {addr:?} is not HOST:PORT")),
+        _ => Err(CliError::Usage(format!("{flag} {addr:?} is not HOST:PORT"))),
     }
 }
 
 /// The node's configuration from flags and environment, validated.
-fn config(args: &ServeArgs) -> Result<NodeConfig, String> {
+fn config(args: &ServeArgs) -> Result<NodeConfig, CliError> {
     check_listen_addr("--client-addr", &args.client_addr)?;
     check_listen_addr("--peer-addr", &args.peer_addr)?;
     for url in &args.advertise_client_urls {
         let rest = url.strip_prefix("http://").or_else(|| url.strip_prefix("https://"));
         let port = rest.and_then(|r| r.rsplit_once(':')).and_then(|(host, p)| (!host.is_empty()).then_some(p));
         if port.and_then(|p| p.trim_end_matches('/').parse::<u16>().ok()).is_none() {
-            return Err(format!("--advertise-client-urls: {url:?} is not a URL like http://host:2379"));
+            return Err(CliError::Usage(format!(
+                "--advertise-client-urls: {url:?} is not a URL like http://host:2379"
+            )));
         }
     }
     // A pod past the founding size joins the running cluster.
@@ -195,10 +197,10 @@ fn config(args: &ServeArgs) -> Result<NodeConfig, String> {
             ordinal_members(&args.name, size, service, port, args.join_as_learner)
         }
         (None, None) => unreachable!("clap requires one of them"),
-    }
-    .map_err(|e| e.to_string())?;
+    }?;
     if args.leave_on_scale_down {
-        raftkv::config::pod_ordinal(&args.name).map_err(|e| format!("--leave-on-scale-down: {e}"))?;
+        raftkv::config::pod_ordinal(&args.name)
+            .map_err(|source| CliError::ConfigFlag { flag: "--leave-on-scale-down", source })?;
     }
     if let Some(b) = &args.bridge_addr {
         check_listen_addr("--bridge-addr", b)?;
@@ -209,7 +211,9 @@ fn config(args: &ServeArgs) -> Result<NodeConfig, String> {
     let metrics_addr = match &args.listen_metrics_urls {
         Some(url) => {
             let addr = url.strip_prefix("http://").map(|a| a.trim_end_matches('/')).ok_or_else(|| {
-                format!("--listen-metrics-urls: {url:?} is not http://HOST:PORT (one URL; TLS is not served there)")
+                CliError::Usage(format!(
+                    "--listen-metrics-urls: {url:?} is not http://HOST:PORT (one URL; TLS is not served there)"
+                ))
             })?;
             check_listen_addr("--listen-metrics-urls", addr)?;
             Some(addr.to_string())
@@ -217,13 +221,13 @@ fn config(args: &ServeArgs) -> Result<NodeConfig, String> {
         None => None,
     };
     if args.client_session_ttl == 0 || args.max_client_sessions == 0 {
-        return Err("--client-session-ttl and --max-client-sessions must be positive".into());
+        return Err(CliError::Usage("--client-session-ttl and --max-client-sessions must be positive".into()));
     }
     if args.shutdown_timeout_ms == 0 {
-        return Err("--shutdown-timeout-ms must be positive".into());
+        return Err(CliError::Usage("--shutdown-timeout-ms must be positive".into()));
     }
     if args.client_cert_auth && args.cert_file.is_none() {
-        return Err("--client-cert-auth needs --cert-file and --key-file".into());
+        return Err(CliError::Usage("--client-cert-auth needs --cert-file and --key-file".into()));
     }
     let data_dir = args.data_dir.clone().unwrap_or_else(|| format!("{}.raftkv", args.name).into());
     let cfg = NodeConfig {
@@ -237,8 +241,7 @@ fn config(args: &ServeArgs) -> Result<NodeConfig, String> {
         auto_compaction: raftkv::config::parse_auto_compaction(
             &args.auto_compaction_mode,
             &args.auto_compaction_retention,
-        )
-        .map_err(|e| e.to_string())?,
+        )?,
         max_request_bytes: args.max_request_bytes,
         max_concurrent_streams: args.max_concurrent_streams,
         health_addr: args.listen_health_addr.clone(),
@@ -247,10 +250,10 @@ fn config(args: &ServeArgs) -> Result<NodeConfig, String> {
         watch_progress_interval: raftkv::config::parse_duration(&args.experimental_watch_progress_notify_interval)
             .filter(|d| !d.is_zero())
             .ok_or_else(|| {
-                format!(
+                CliError::Usage(format!(
                     "--experimental-watch-progress-notify-interval: {:?} is not a duration like 10m, 30s or 500ms",
                     args.experimental_watch_progress_notify_interval
-                )
+                ))
             })?,
         session_ttl: std::time::Duration::from_secs(args.client_session_ttl),
         max_sessions: args.max_client_sessions,
@@ -258,7 +261,7 @@ fn config(args: &ServeArgs) -> Result<NodeConfig, String> {
         join_as_learner: args.join_as_learner,
         peer_dial: match &args.peer_dial {
             Some(list) => parse_initial_cluster(list)
-                .map_err(|e| format!("--peer-dial: {e}"))?
+                .map_err(|source| CliError::ConfigFlag { flag: "--peer-dial", source })?
                 .into_iter()
                 .map(|m| (m.name, m.peer_addr))
                 .collect(),
@@ -274,7 +277,7 @@ fn config(args: &ServeArgs) -> Result<NodeConfig, String> {
         ),
         ..NodeConfig::new(&args.name, members, data_dir)
     };
-    cfg.validate().map_err(|e| e.to_string())?;
+    cfg.validate()?;
     Ok(cfg)
 }
 
@@ -347,9 +350,8 @@ pub async fn run(args: ServeArgs) -> CmdResult {
     // member when scaled down, and stay listed.
     let leave = match args.leave_on_scale_down {
         true => {
-            let ordinal = raftkv::config::pod_ordinal(&args.name).map_err(|e| e.to_string())?;
-            let sts =
-                raftkv::kube::StatefulSet::of_pod(&args.name).map_err(|e| format!("--leave-on-scale-down: {e}"))?;
+            let ordinal = raftkv::config::pod_ordinal(&args.name)?;
+            let sts = raftkv::kube::StatefulSet::of_pod(&args.name)?;
             // The founding members: --initial-cluster-size, or those --initial-cluster lists.
             let founders = args.initial_cluster_size.unwrap_or(cfg.members.len() as u32);
             Some((sts, (ordinal, founders)))
@@ -358,13 +360,15 @@ pub async fn run(args: ServeArgs) -> CmdResult {
     };
     let client = TcpListener::bind(&args.client_addr)
         .await
-        .map_err(|e| format!("cannot listen on --client-addr {}: {e}", args.client_addr))?;
+        .map_err(|e| CliError::io(format!("cannot listen on --client-addr {}", args.client_addr), e))?;
     let peer = TcpListener::bind(&args.peer_addr)
         .await
-        .map_err(|e| format!("cannot listen on --peer-addr {}: {e}", args.peer_addr))?;
+        .map_err(|e| CliError::io(format!("cannot listen on --peer-addr {}", args.peer_addr), e))?;
     let bridge = match &args.bridge_addr {
         Some(addr) => Some(
-            tokio::net::UdpSocket::bind(addr).await.map_err(|e| format!("cannot bind --bridge-addr {addr}: {e}"))?,
+            tokio::net::UdpSocket::bind(addr)
+                .await
+                .map_err(|e| CliError::io(format!("cannot bind --bridge-addr {addr}"), e))?,
         ),
         None => None,
     };
@@ -377,7 +381,7 @@ pub async fn run(args: ServeArgs) -> CmdResult {
         std::thread::spawn(move || fault_control(control, me));
         faults
     });
-    let node = Node::start(cfg.clone(), client, peer, bridge, faults).await.map_err(|e| e.to_string())?;
+    let node = Node::start(cfg.clone(), client, peer, bridge, faults).await?;
     let members: Vec<String> = cfg.members.iter().map(|m| format!("{}={}", m.name, m.peer_addr)).collect();
     tracing::info!(
         name = %args.name,
@@ -404,7 +408,7 @@ pub async fn run(args: ServeArgs) -> CmdResult {
     tracing::info!(name = %args.name, "stopping");
     node.graceful_shutdown(std::time::Duration::from_millis(args.shutdown_timeout_ms)).await;
     match handle.fatal_error() {
-        Some(e) => Err(format!("stopped on a storage failure: {e}")),
+        Some(e) => Err(CliError::Failed(format!("stopped on a storage failure: {e}"))),
         None => Ok(ExitCode::SUCCESS),
     }
 }

@@ -22,7 +22,7 @@ use raftkv::proto::etcd::etcdserverpb::{
 
 use super::client::Conn;
 use super::etcd::prefix_end;
-use super::CmdResult;
+use super::{CliError, CmdResult};
 
 /// Why a line of `raftkv txn`'s input was refused.
 #[derive(Debug, PartialEq, Eq, thiserror::Error)]
@@ -215,8 +215,8 @@ pub fn parse(input: &str) -> Parsed<epb::TxnRequest> {
 
 pub async fn run(conn: &Conn) -> CmdResult {
     let mut input = String::new();
-    std::io::stdin().read_to_string(&mut input).map_err(|e| format!("reading stdin: {e}"))?;
-    let req = parse(&input).map_err(|e| e.to_string())?;
+    std::io::stdin().read_to_string(&mut input).map_err(|e| CliError::io("reading stdin", e))?;
+    let req = parse(&input)?;
     let r = conn
         .first_channel(|ch| {
             let req = req.clone();

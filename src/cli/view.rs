@@ -5,7 +5,7 @@ use std::time::Duration;
 use clap::Args;
 
 use super::client::Conn;
-use super::CmdResult;
+use super::{CliError, CmdResult};
 
 #[derive(Args, Debug)]
 pub struct ViewArgs {
@@ -20,13 +20,13 @@ pub struct ViewArgs {
 pub async fn run(args: ViewArgs) -> CmdResult {
     let listener = tokio::net::TcpListener::bind(args.listen)
         .await
-        .map_err(|e| format!("cannot serve the cluster view on {} (--listen): {e}", args.listen))?;
+        .map_err(|e| CliError::io(format!("cannot serve the cluster view on {} (--listen)", args.listen), e))?;
     let slots = args
         .conn
         .endpoints
         .iter()
         .map(|e| Ok(raftkv::view::Slot { endpoint: e.clone(), channel: args.conn.channel(e, Duration::from_secs(1))? }))
-        .collect::<Result<Vec<_>, String>>()?;
+        .collect::<Result<Vec<_>, CliError>>()?;
     let n = slots.len();
     if !args.listen.ip().is_loopback() {
         println!("raftkv view: warning: anyone who reaches {} can put keys and hand over leadership", args.listen);
