@@ -327,6 +327,27 @@ async fn reflection_lists_both_services() {
     c.shutdown().await;
 }
 
+/// Members that serve no appends stream (a version before it, during a rolling
+/// upgrade): the leader sends appends one call each, and every write reaches every
+/// member.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn members_without_the_appends_stream_are_sent_appends_one_call_each() {
+    let c = TestCluster::start_with(3, common::Opts { appends_stream: false, ..Default::default() }).await;
+    let leader = c.wait_leader().await;
+    let mut client = c.client(leader).await;
+    let mut acked = Vec::new();
+    for i in 0..30 {
+        let key = format!("old-{i}");
+        let r = store(&mut client, &key, "v").await.expect("a write commits without the stream");
+        acked.push((key, r.index));
+    }
+    for i in 0..3 {
+        common::assert_all_present(&c, i, &acked).await;
+    }
+    c.assert_one_leader_per_term();
+    c.shutdown().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn single_node_cluster_commits_alone() {
     let c = TestCluster::start(1).await;

@@ -37,6 +37,8 @@ struct State {
     /// Nodes cut off from every other: their requests fail, and requests to them are
     /// refused (`IsolationLayer`, for a node whose peers run in other processes).
     isolated: HashSet<String>,
+    /// Nodes that refuse `Raft.AppendStream` as a version without it does.
+    no_appends_stream: HashSet<String>,
 }
 
 /// Shared fault settings for a whole test cluster.
@@ -75,6 +77,16 @@ impl Faults {
     /// Cuts `node` off from every other node.
     pub fn isolate(&self, node: &str) {
         self.0.lock().unwrap().isolated.insert(node.into());
+    }
+
+    /// `node` refuses streams of appends opened from now on (`Unimplemented`, as a
+    /// version before the stream does); its peers must send appends one call each.
+    pub fn refuse_appends_stream(&self, node: &str) {
+        self.0.lock().unwrap().no_appends_stream.insert(node.into());
+    }
+
+    pub fn refuses_appends_stream(&self, node: &str) -> bool {
+        self.0.lock().unwrap().no_appends_stream.contains(node)
     }
 
     pub fn is_isolated(&self, node: &str) -> bool {

@@ -34,7 +34,8 @@ pub struct RaftService {
     /// certificate that names a member may speak only as that member.
     certified_peers: bool,
     /// With fault injection: this node's name, to refuse streamed appends while it is
-    /// isolated (the `IsolationLayer` refuses calls only as they open).
+    /// isolated (the `IsolationLayer` refuses calls only as they open), or the stream
+    /// itself (as a version without it).
     isolation: Option<(Faults, String)>,
 }
 
@@ -175,6 +176,11 @@ impl pb::raft_server::Raft for RaftService {
         &self,
         req: Request<Streaming<pb::AppendEntriesRequest>>,
     ) -> Result<Response<Self::AppendStreamStream>, Status> {
+        if let Some((faults, me)) = &self.isolation {
+            if faults.refuses_appends_stream(me) {
+                return Err(Status::unimplemented("fault injection: this node serves no appends stream"));
+            }
+        }
         let certs = if self.certified_peers { Some(req.peer_certs()) } else { None };
         let mut inbound = req.into_inner();
         let (node, isolation) = (self.node.clone(), self.isolation.clone());

@@ -42,6 +42,9 @@ pub struct Opts {
     pub watch_progress_interval: Duration,
     /// Serve `/metrics` and the HTTP health endpoints (`metrics_addrs`).
     pub metrics: bool,
+    /// Members serve `Raft.AppendStream`; without it, they refuse it as a version
+    /// before the stream does.
+    pub appends_stream: bool,
 }
 
 impl Default for Opts {
@@ -59,6 +62,7 @@ impl Default for Opts {
             max_sessions: raftkv::config::DEFAULT_MAX_SESSIONS,
             watch_progress_interval: raftkv::config::DEFAULT_WATCH_PROGRESS_NOTIFY_INTERVAL,
             metrics: false,
+            appends_stream: true,
         }
     }
 }
@@ -102,6 +106,9 @@ impl TestCluster {
             .map(|(name, l)| Member { name: name.clone(), peer_addr: l.local_addr().unwrap().to_string() })
             .collect();
         let faults = Faults::default();
+        for name in names.iter().filter(|_| !opts.appends_stream) {
+            faults.refuse_appends_stream(name);
+        }
         let data = tempfile::tempdir().expect("a temporary directory");
         let leaders = Arc::new(Mutex::new(BTreeMap::new()));
         let mut nodes = Vec::new();
