@@ -4,11 +4,14 @@
 # alike. Default load: the growth load (64 clients over 8 connections, 1 KiB values,
 # 1M-key space, all endpoints). Environment: CLIENTS, CONNS, VALUE (bytes), ROOT (where
 # the data goes: /dev/shm takes fsync out), LEADER=1 (send to the leader only),
-# BACKEND=etcd (kvbench's etcd client, through raftkv's etcd API; default raftkv's own).
+# BACKEND=etcd (kvbench's etcd client, through raftkv's etcd API; default raftkv's own),
+# OP=get (linearizable gets of a 100,000-key space, filled first by `kvbench --prefill`,
+# instead of puts).
 # Each run prints kvbench's figures, the CPU time the three nodes spent per write, and
 # the appends the leader sent its followers and how many they refused (from /metrics).
 #   bash bench/ab.sh DURATION REPS BIN_A BIN_B [...]     e.g. bash bench/ab.sh 20s 2 /tmp/old /tmp/new
 #   CLIENTS=1 CONNS=1 VALUE=256 ROOT=/dev/shm LEADER=1 bash bench/ab.sh 10s 3 /tmp/old /tmp/new
+#   OP=get BACKEND=etcd bash bench/ab.sh 10s 3 /tmp/old /tmp/new
 set -euo pipefail
 [ $# -ge 3 ] || { echo "usage: bench/ab.sh DURATION REPS BINARY..." >&2; exit 2; }
 K=$(../shared/bench/build-kvbench.sh)
@@ -24,9 +27,15 @@ for r in $(seq "$REPS"); do
     sleep 1
     to=$eps
     [ "${LEADER:-0}" = 1 ] && to=$("$b" status --endpoints $eps | awk '$3=="leader"{print $2}')
+    load=(put --value-size "${VALUE:-1024}" --key-space 1000000)
+    if [ "${OP:-put}" = get ]; then
+      load=(get --key-space 100000)
+      "$K" get --backend "${BACKEND:-raftkv}" --endpoints "$to" --clients 64 --duration 1s --key-space 100000 \
+        --value-size "${VALUE:-256}" --prefill >/dev/null 2>&1 || true
+    fi
     nodes=$(pgrep -P "$dp" | tr '\n' ' ')
     before=$(cpu_ticks $nodes)
-    out=$("$K" put --conns "${CONNS:-8}" --duration "$DUR" --value-size "${VALUE:-1024}" --key-space 1000000 \
+    out=$("$K" "${load[@]}" --conns "${CONNS:-8}" --duration "$DUR" \
       --clients "${CLIENTS:-64}" --backend "${BACKEND:-raftkv}" --endpoints "$to" 2>/dev/null)
     ticks=$(( $(cpu_ticks $nodes) - before ))
     # The leader's appends to its followers, and how many they refused (its /metrics).
