@@ -1,63 +1,114 @@
 //! A served connection whose answers go out in one write each.
 //!
-//! HTTP/2 (h2) writes a frame's payload from its own buffer, not copied, when the
-//! connection takes vectored writes and the payload passes 256 bytes; it then sends
-//! what it has before it takes the next frame. A gRPC answer is three frames (headers,
-//! the message, the trailers), so any answer of more than about 250 bytes — a Range of
-//! one 256-byte value — went out as two writes, the trailers alone in the second: two
-//! system calls and two TCP segments for the client to take in. Over a connection that
-//! says it takes no vectored writes, h2 copies payloads up to 1 KiB into its buffer and
-//! the three frames leave in one write.
+//! HTTP/2 (h2) writes a DATA frame's payload of 256 bytes or more from where it lies,
+//! not copied into its buffer, when the connection takes vectored writes; it then
+//! writes out what it holds before it takes the next frame. A gRPC answer is three
+//! frames (headers, the message, the trailers), so an answer of more than about 250
+//! bytes (a Range of one 256-byte value) went out as two writes, the trailers alone in
+//! the second: two system calls, and two TCP segments for the client to take in. Over a
+//! connection that says it takes no vectored writes, h2 copies payloads under 1 KiB
+//! into its buffer, and the three frames leave in one write. A larger payload is still
+//! left where it lies, h2's buffer (its frames and the payload's first KiB) written
+//! first: that buffer is held here and goes out with the payload, in one vectored write,
+//! as before.
 
 use std::io::IoSlice;
 use std::pin::Pin;
-use std::task::{Context, Poll};
+use std::task::{ready, Context, Poll};
 
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tonic::transport::server::Connected;
 
-/// `IO`, saying that it takes no vectored writes (it takes them all the same, one
-/// buffer at a time).
-pub struct Coalesced<IO>(pub IO);
+/// Writes held back for the next one, at most (h2's buffer ahead of a large payload
+/// holds about 1 KiB).
+const HOLD_BYTES: usize = 4096;
+
+/// `IO`, saying that it takes no vectored writes. Small writes are held and go out
+/// together, with the next larger one or at the flush (h2 flushes after every round of
+/// writes).
+pub struct Coalesced<IO> {
+    io: IO,
+    /// Taken and not yet written.
+    held: Vec<u8>,
+}
+
+impl<IO> Coalesced<IO> {
+    pub fn new(io: IO) -> Self {
+        Coalesced { io, held: Vec::new() }
+    }
+}
+
+impl<IO: AsyncWrite + Unpin> Coalesced<IO> {
+    /// Writes out what is held.
+    fn poll_release(&mut self, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        while !self.held.is_empty() {
+            let n = ready!(Pin::new(&mut self.io).poll_write(cx, &self.held))?;
+            if n == 0 {
+                return Poll::Ready(Err(std::io::ErrorKind::WriteZero.into()));
+            }
+            self.held.drain(..n);
+        }
+        Poll::Ready(Ok(()))
+    }
+}
 
 impl<IO: Connected> Connected for Coalesced<IO> {
     type ConnectInfo = IO::ConnectInfo;
 
     fn connect_info(&self) -> Self::ConnectInfo {
-        self.0.connect_info()
+        self.io.connect_info()
     }
 }
 
 impl<IO: AsyncRead + Unpin> AsyncRead for Coalesced<IO> {
     fn poll_read(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<std::io::Result<()>> {
-        Pin::new(&mut self.0).poll_read(cx, buf)
+        Pin::new(&mut self.io).poll_read(cx, buf)
     }
 }
 
 impl<IO: AsyncWrite + Unpin> AsyncWrite for Coalesced<IO> {
-    fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<std::io::Result<usize>> {
-        Pin::new(&mut self.0).poll_write(cx, buf)
-    }
-
-    fn poll_write_vectored(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        bufs: &[IoSlice<'_>],
-    ) -> Poll<std::io::Result<usize>> {
-        let buf = bufs.iter().find(|b| !b.is_empty()).map_or(&[][..], |b| &**b);
-        Pin::new(&mut self.0).poll_write(cx, buf)
+    fn poll_write(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<std::io::Result<usize>> {
+        let me = self.get_mut();
+        if me.held.len() + buf.len() <= HOLD_BYTES {
+            me.held.extend_from_slice(buf);
+            return Poll::Ready(Ok(buf.len()));
+        }
+        if me.held.is_empty() {
+            return Pin::new(&mut me.io).poll_write(cx, buf);
+        }
+        // What is held goes out with `buf`, in one system call.
+        loop {
+            let held = me.held.len();
+            let n = ready!(Pin::new(&mut me.io).poll_write_vectored(cx, &[IoSlice::new(&me.held), IoSlice::new(buf)]))?;
+            if n == 0 {
+                return Poll::Ready(Err(std::io::ErrorKind::WriteZero.into()));
+            }
+            if n > held {
+                me.held.clear();
+                return Poll::Ready(Ok(n - held));
+            }
+            me.held.drain(..n);
+            if me.held.is_empty() {
+                // Nothing of `buf` went: it goes on its own.
+                return Pin::new(&mut me.io).poll_write(cx, buf);
+            }
+        }
     }
 
     fn is_write_vectored(&self) -> bool {
         false
     }
 
-    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-        Pin::new(&mut self.0).poll_flush(cx)
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        let me = self.get_mut();
+        ready!(me.poll_release(cx))?;
+        Pin::new(&mut me.io).poll_flush(cx)
     }
 
-    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-        Pin::new(&mut self.0).poll_shutdown(cx)
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        let me = self.get_mut();
+        ready!(me.poll_release(cx))?;
+        Pin::new(&mut me.io).poll_shutdown(cx)
     }
 }
 
@@ -167,16 +218,22 @@ mod tests {
         out
     }
 
-    #[tokio::test]
-    async fn an_answer_of_a_few_hundred_bytes_leaves_in_one_write_with_its_trailers() {
-        const DATA: u8 = 0;
-        const HEADERS: u8 = 1;
-        const END_STREAM: u8 = 1;
-        // A Range answer carrying one 256-byte value is about this size.
-        let message: Bytes = (0..300u32).map(|i| (i % 251) as u8).collect::<Vec<u8>>().into();
+    const DATA: u8 = 0;
+    const HEADERS: u8 = 1;
+    const END_STREAM: u8 = 1;
+
+    /// A message of `len` distinct-looking bytes.
+    fn message(len: u32) -> Bytes {
+        (0..len).map(|i| (i % 251) as u8).collect::<Vec<u8>>().into()
+    }
+
+    /// Serves one call answered with `message` over a `Coalesced` recording connection;
+    /// the writes it made, each parsed into HTTP/2 frames, for those that carry the
+    /// message whole.
+    async fn served_writes(message: Bytes) -> Vec<Vec<(u8, u8, u32, usize)>> {
         let (client_io, server_io) = tokio::io::duplex(1 << 20);
         let writes = Arc::new(Mutex::new(Vec::new()));
-        let served = Coalesced(Recording { io: server_io, writes: writes.clone() });
+        let served = Coalesced::new(Recording { io: server_io, writes: writes.clone() });
         let server = Server::builder()
             .add_service(Answer(message.clone()))
             .serve_with_incoming(futures::stream::iter([Ok::<_, std::io::Error>(served)]));
@@ -200,17 +257,37 @@ mod tests {
         let answer = channel.oneshot(call).await.unwrap().into_body().collect().await.unwrap();
         assert_eq!(answer.trailers().and_then(|t| t.get("grpc-status")).map(|v| v.as_bytes()), Some(&b"0"[..]));
         assert_eq!(answer.to_bytes(), message);
-
+        server.abort();
         let writes = writes.lock().unwrap();
-        let with_message: Vec<&Vec<u8>> =
-            writes.iter().filter(|w| w.windows(message.len()).any(|s| s == &message[..])).collect();
-        assert_eq!(with_message.len(), 1, "the message was written once");
-        let frames = frames(with_message[0]);
-        let (_, _, stream, _) = *frames.iter().find(|f| f.0 == DATA && f.3 == message.len()).expect("a DATA frame");
+        writes.iter().filter(|w| w.windows(message.len()).any(|s| s == &message[..])).map(|w| frames(w)).collect()
+    }
+
+    // One thread: the answer's frames are queued in one poll of its task, before the
+    // connection's task writes (on more threads the two could interleave).
+    #[tokio::test(flavor = "current_thread")]
+    async fn an_answer_of_a_few_hundred_bytes_leaves_in_one_write_with_its_trailers() {
+        // A Range answer carrying one 256-byte value is about this size.
+        let with_message = served_writes(message(300)).await;
+        assert_eq!(with_message.len(), 1, "the message is written once, whole");
+        let frames = &with_message[0];
+        let (_, _, stream, _) = *frames.iter().find(|f| f.0 == DATA && f.3 == 300).expect("a DATA frame");
         assert!(
             frames.iter().any(|&(kind, flags, s, _)| kind == HEADERS && flags & END_STREAM != 0 && s == stream),
             "the trailers leave in the write that carries the message: {frames:?}"
         );
-        server.abort();
+    }
+
+    #[tokio::test(flavor = "current_thread")]
+    async fn a_large_answer_leaves_in_one_write_with_the_frames_ahead_of_it() {
+        // h2 writes its buffer (the answer's headers and the first KiB) before the rest.
+        let with_message = served_writes(message(5000)).await;
+        assert_eq!(with_message.len(), 1, "the message is written once, whole");
+        let frames = &with_message[0];
+        let data = frames.iter().position(|f| f.0 == DATA && f.3 == 5000).expect("a DATA frame");
+        let stream = frames[data].2;
+        assert!(
+            frames[..data].iter().any(|&(kind, flags, s, _)| kind == HEADERS && flags & END_STREAM == 0 && s == stream),
+            "the answer's headers leave in the write that carries the message: {frames:?}"
+        );
     }
 }

@@ -449,17 +449,16 @@ impl Node {
             .add_service(etcd_watch)
             .add_service(etcd_maintenance);
         // Coalesced: an answer's frames leave in one write (see `coalesce`).
-        let client_server: futures::future::BoxFuture<'static, Result<(), tonic::transport::Error>> =
-            match client_tls {
-                Some(tls) => Box::pin(client_router.serve_with_incoming_shutdown(
-                    crate::tls::incoming(client_listener, tls).map_ok(Coalesced),
-                    stop(shutdown_rx.clone()),
-                )),
-                None => Box::pin(client_router.serve_with_incoming_shutdown(
-                    incoming(client_listener)?.map_ok(Coalesced),
-                    stop(shutdown_rx.clone()),
-                )),
-            };
+        let client_server: futures::future::BoxFuture<'static, Result<(), tonic::transport::Error>> = match client_tls {
+            Some(tls) => Box::pin(client_router.serve_with_incoming_shutdown(
+                crate::tls::incoming(client_listener, tls).map_ok(Coalesced::new),
+                stop(shutdown_rx.clone()),
+            )),
+            None => Box::pin(client_router.serve_with_incoming_shutdown(
+                incoming(client_listener)?.map_ok(Coalesced::new),
+                stop(shutdown_rx.clone()),
+            )),
+        };
         let (r2, r2a) = reflection()?;
         let certified_peers = cfg.peer_tls.as_ref().is_some_and(|f| f.client_cert_auth);
         let raft_server = pb::raft_server::RaftServer::new(RaftService::new(
