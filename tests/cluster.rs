@@ -344,6 +344,7 @@ async fn members_without_the_appends_stream_are_sent_appends_one_call_each() {
     for i in 0..3 {
         common::assert_all_present(&c, i, &acked).await;
     }
+    assert!(c.faults.appends_streams_refused() > 0, "the leader tried the stream first, and was refused");
     c.assert_one_leader_per_term();
     c.shutdown().await;
 }

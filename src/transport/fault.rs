@@ -39,6 +39,8 @@ struct State {
     isolated: HashSet<String>,
     /// Nodes that refuse `Raft.AppendStream` as a version without it does.
     no_appends_stream: HashSet<String>,
+    /// Streams of appends refused so far.
+    appends_streams_refused: usize,
 }
 
 /// Shared fault settings for a whole test cluster.
@@ -85,8 +87,17 @@ impl Faults {
         self.0.lock().unwrap().no_appends_stream.insert(node.into());
     }
 
+    /// Whether `node` refuses a stream of appends opened now (counted if it does).
     pub fn refuses_appends_stream(&self, node: &str) -> bool {
-        self.0.lock().unwrap().no_appends_stream.contains(node)
+        let mut s = self.0.lock().unwrap();
+        let refused = s.no_appends_stream.contains(node);
+        s.appends_streams_refused += usize::from(refused);
+        refused
+    }
+
+    /// How many streams of appends were refused so far.
+    pub fn appends_streams_refused(&self) -> usize {
+        self.0.lock().unwrap().appends_streams_refused
     }
 
     pub fn is_isolated(&self, node: &str) -> bool {

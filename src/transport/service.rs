@@ -36,7 +36,7 @@ pub struct RaftService {
     /// With fault injection: this node's name, to refuse streamed appends while it is
     /// isolated (the `IsolationLayer` refuses calls only as they open), or the stream
     /// itself (as a version without it).
-    isolation: Option<(Faults, String)>,
+    faults: Option<(Faults, String)>,
 }
 
 impl RaftService {
@@ -44,9 +44,9 @@ impl RaftService {
         node: NodeHandle,
         max_snapshot_bytes: u64,
         certified_peers: bool,
-        isolation: Option<(Faults, String)>,
+        faults: Option<(Faults, String)>,
     ) -> Self {
-        RaftService { node, max_snapshot_bytes, certified_peers, isolation }
+        RaftService { node, max_snapshot_bytes, certified_peers, faults }
     }
 
     /// Refuses a request that claims to come from `claimed` while its certificate
@@ -176,14 +176,14 @@ impl pb::raft_server::Raft for RaftService {
         &self,
         req: Request<Streaming<pb::AppendEntriesRequest>>,
     ) -> Result<Response<Self::AppendStreamStream>, Status> {
-        if let Some((faults, me)) = &self.isolation {
+        if let Some((faults, me)) = &self.faults {
             if faults.refuses_appends_stream(me) {
                 return Err(Status::unimplemented("fault injection: this node serves no appends stream"));
             }
         }
         let certs = if self.certified_peers { Some(req.peer_certs()) } else { None };
         let mut inbound = req.into_inner();
-        let (node, isolation) = (self.node.clone(), self.isolation.clone());
+        let (node, isolation) = (self.node.clone(), self.faults.clone());
         let (tx, rx) = tokio::sync::mpsc::channel(STREAM_WINDOW);
         tokio::spawn(async move {
             let mut answers: FuturesOrdered<Answer> = FuturesOrdered::new();

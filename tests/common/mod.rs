@@ -106,8 +106,10 @@ impl TestCluster {
             .map(|(name, l)| Member { name: name.clone(), peer_addr: l.local_addr().unwrap().to_string() })
             .collect();
         let faults = Faults::default();
-        for name in names.iter().filter(|_| !opts.appends_stream) {
-            faults.refuse_appends_stream(name);
+        if !opts.appends_stream {
+            for name in &names {
+                faults.refuse_appends_stream(name);
+            }
         }
         let data = tempfile::tempdir().expect("a temporary directory");
         let leaders = Arc::new(Mutex::new(BTreeMap::new()));
