@@ -1,13 +1,13 @@
 #!/usr/bin/env bash
 # A/B of raftkv binaries: for each repetition, each binary gets a fresh
-# `raftkv dev --nodes 3` and one kvbench put run; binaries alternate so drift hits them
+# `raftkv dev --nodes 3` and one kvbench run; binaries alternate so drift hits them
 # alike. Default load: the growth load (64 clients over 8 connections, 1 KiB values,
 # 1M-key space, all endpoints). Environment: CLIENTS, CONNS, VALUE (bytes), ROOT (where
 # the data goes: /dev/shm takes fsync out), LEADER=1 (send to the leader only),
 # BACKEND=etcd (kvbench's etcd client, through raftkv's etcd API; default raftkv's own),
-# OP=get (linearizable gets of a 100,000-key space, filled first by `kvbench --prefill`,
-# instead of puts).
-# Each run prints kvbench's figures, the CPU time the three nodes spent per write, and
+# OP=get (linearizable gets of a 100,000-key space, filled first by `kvbench --prefill`
+# with VALUE-byte values, 256 by default, instead of puts).
+# Each run prints kvbench's figures, the CPU time the three nodes spent per operation, and
 # the appends the leader sent its followers and how many they refused (from /metrics).
 #   bash bench/ab.sh DURATION REPS BIN_A BIN_B [...]     e.g. bash bench/ab.sh 20s 2 /tmp/old /tmp/new
 #   CLIENTS=1 CONNS=1 VALUE=256 ROOT=/dev/shm LEADER=1 bash bench/ab.sh 10s 3 /tmp/old /tmp/new
@@ -30,8 +30,10 @@ for r in $(seq "$REPS"); do
     load=(put --value-size "${VALUE:-1024}" --key-space 1000000)
     if [ "${OP:-put}" = get ]; then
       load=(get --key-space 100000)
-      "$K" get --backend "${BACKEND:-raftkv}" --endpoints "$to" --clients 64 --duration 1s --key-space 100000 \
-        --value-size "${VALUE:-256}" --prefill >/dev/null 2>&1 || true
+      if ! "$K" get --backend "${BACKEND:-raftkv}" --endpoints "$to" --clients 64 --duration 1s --key-space 100000 \
+        --value-size "${VALUE:-256}" --prefill >/dev/null; then
+        echo "run $r, $b: the prefill failed" >&2; kill -INT "$dp"; wait "$dp" 2>/dev/null || true; rm -rf "$RD"; exit 1
+      fi
     fi
     nodes=$(pgrep -P "$dp" | tr '\n' ' ')
     before=$(cpu_ticks $nodes)
