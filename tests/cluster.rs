@@ -349,6 +349,36 @@ async fn members_without_the_appends_stream_are_sent_appends_one_call_each() {
     c.shutdown().await;
 }
 
+/// One follower on a version without the appends stream, the others with it (a
+/// rolling upgrade half done): the leader falls back for that follower alone, and
+/// every write reaches every member.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_follower_without_the_appends_stream_is_sent_appends_one_call_each() {
+    let c = TestCluster::start(3).await;
+    let leader = c.wait_leader().await;
+    let old = (0..3).find(|&i| i != leader).unwrap();
+    let mut client = c.client(leader).await;
+    store(&mut client, "before", "v").await.expect("a write commits");
+    // The follower is restarted as an older version, in effect: its link is cut (the
+    // leader drops its stream to it) and comes back refusing streams.
+    c.faults.refuse_appends_stream(&c.names[old]);
+    c.faults.cut(&c.names[leader], &c.names[old]);
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    c.faults.heal();
+    let mut acked = Vec::new();
+    for i in 0..30 {
+        let key = format!("mixed-{i}");
+        let r = store(&mut client, &key, "v").await.expect("a write commits");
+        acked.push((key, r.index));
+    }
+    for i in 0..3 {
+        common::assert_all_present(&c, i, &acked).await;
+    }
+    assert!(c.faults.appends_streams_refused() > 0, "the leader tried the stream again, and was refused");
+    c.assert_one_leader_per_term();
+    c.shutdown().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn single_node_cluster_commits_alone() {
     let c = TestCluster::start(1).await;
