@@ -49,7 +49,7 @@ impl Conn {
         deadline: Option<Duration>,
     ) -> Result<Channel, CliError> {
         let mut ep = Endpoint::from_shared(format!("http://{endpoint}"))
-            .map_err(|source| CliError::BadEndpoint { endpoint: endpoint.to_string(), source })?
+            .map_err(|error| CliError::BadEndpoint { endpoint: endpoint.to_string(), error })?
             .connect_timeout(connect_timeout)
             .tcp_nodelay(true)
             // A connection to a host that vanished (no reset) is noticed within seconds:
@@ -78,7 +78,7 @@ impl Conn {
         // Connect now, so that an unreachable endpoint is told apart from a refusal.
         futures::future::poll_fn(|cx| tower::Service::poll_ready(&mut ch, cx))
             .await
-            .map_err(|source| CliError::Connect { endpoint: endpoint.to_string(), source })?;
+            .map_err(|error| CliError::Connect { endpoint: endpoint.to_string(), error })?;
         Ok(ch)
     }
 

@@ -21,8 +21,8 @@ pub enum CliError {
     #[error(transparent)]
     Config(#[from] ConfigError),
     /// A flag's value refused by the configuration's parser, which does not name the flag.
-    #[error("{flag}: {source}")]
-    ConfigFlag { flag: &'static str, source: ConfigError },
+    #[error("{flag}: {error}")]
+    ConfigFlag { flag: &'static str, error: ConfigError },
     /// The Kubernetes API that --leave-on-scale-down needs.
     #[error("--leave-on-scale-down: {0}")]
     Kube(#[from] KubeError),
@@ -36,11 +36,11 @@ pub enum CliError {
     #[error(transparent)]
     Txn(#[from] TxnSyntaxError),
     /// An endpoint that is not a HOST:PORT a channel can be made to.
-    #[error("bad endpoint {endpoint:?}: {source}")]
-    BadEndpoint { endpoint: String, source: tonic::transport::Error },
+    #[error("bad endpoint {endpoint:?}: {error}")]
+    BadEndpoint { endpoint: String, error: tonic::transport::Error },
     /// An endpoint that could not be connected to.
-    #[error("{endpoint}: cannot connect: {}", with_causes(source))]
-    Connect { endpoint: String, source: tonic::transport::Error },
+    #[error("{endpoint}: cannot connect: {}", with_causes(error))]
+    Connect { endpoint: String, error: tonic::transport::Error },
     /// A node's answer (or the transport's) to a call at `endpoint`.
     #[error("{endpoint}: {}", describe(status))]
     Rpc { endpoint: String, status: tonic::Status },
@@ -51,8 +51,8 @@ pub enum CliError {
     #[error("{0}")]
     Unreachable(String),
     /// A local resource: a file, socket, signal, process or the runtime.
-    #[error("{what}: {source}")]
-    Io { what: String, source: std::io::Error },
+    #[error("{what}: {error}")]
+    Io { what: String, error: std::io::Error },
     /// The node could not start.
     #[error(transparent)]
     Start(#[from] StartError),
@@ -66,8 +66,8 @@ pub enum CliError {
 
 impl CliError {
     /// A local I/O failure, with what was being done.
-    pub fn io(what: impl Into<String>, source: std::io::Error) -> CliError {
-        CliError::Io { what: what.into(), source }
+    pub fn io(what: impl Into<String>, error: std::io::Error) -> CliError {
+        CliError::Io { what: what.into(), error }
     }
 }
 
@@ -87,12 +87,24 @@ mod tests {
         let bad = || raftkv::config::parse_initial_cluster("a").unwrap_err();
         assert_eq!(CliError::from(bad()).to_string(), bad().to_string());
         assert_eq!(
-            CliError::ConfigFlag { flag: "--peer-dial", source: bad() }.to_string(),
+            CliError::ConfigFlag { flag: "--peer-dial", error: bad() }.to_string(),
             format!("--peer-dial: {}", bad())
         );
         let lease = || super::super::lease::parse_id("xyz").unwrap_err();
         assert_eq!(CliError::from(lease()).to_string(), lease().to_string());
         let usage = CliError::Usage("--clients and --key-space must be positive".into());
         assert_eq!(usage.to_string(), "--clients and --key-space must be positive");
+    }
+
+    #[test]
+    fn an_error_that_prints_its_cause_does_not_also_give_it_as_its_source() {
+        // Else a chain of causes (`with_causes`) would print the cause twice.
+        use std::error::Error;
+        let io = CliError::io("cannot read stdin", std::io::Error::other("gone"));
+        assert!(io.source().is_none(), "{io}");
+        let bad = raftkv::config::parse_initial_cluster("a").unwrap_err();
+        let flag = CliError::ConfigFlag { flag: "--peer-dial", error: bad };
+        assert!(flag.source().is_none(), "{flag}");
+        assert_eq!(raftkv::error::with_causes(&io), "cannot read stdin: gone");
     }
 }

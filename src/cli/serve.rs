@@ -200,7 +200,7 @@ fn config(args: &ServeArgs) -> Result<NodeConfig, CliError> {
     }?;
     if args.leave_on_scale_down {
         raftkv::config::pod_ordinal(&args.name)
-            .map_err(|source| CliError::ConfigFlag { flag: "--leave-on-scale-down", source })?;
+            .map_err(|error| CliError::ConfigFlag { flag: "--leave-on-scale-down", error })?;
     }
     if let Some(b) = &args.bridge_addr {
         check_listen_addr("--bridge-addr", b)?;
@@ -261,7 +261,7 @@ fn config(args: &ServeArgs) -> Result<NodeConfig, CliError> {
         join_as_learner: args.join_as_learner,
         peer_dial: match &args.peer_dial {
             Some(list) => parse_initial_cluster(list)
-                .map_err(|source| CliError::ConfigFlag { flag: "--peer-dial", source })?
+                .map_err(|error| CliError::ConfigFlag { flag: "--peer-dial", error })?
                 .into_iter()
                 .map(|m| (m.name, m.peer_addr))
                 .collect(),
