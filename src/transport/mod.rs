@@ -41,15 +41,15 @@ pub fn connect(
     to: &str,
     faults: Option<&Faults>,
     tls: Option<Arc<crate::tls::Reloading<rustls::ClientConfig>>>,
-) -> Result<PeerClient, String> {
+) -> Result<PeerClient, PeerError> {
     let ep = Endpoint::from_shared(format!("http://{addr}"))
-        .map_err(|e| format!("peer {to} address {addr:?}: {e}"))?
+        .map_err(|e| PeerError(format!("peer {to} address {addr:?}: {e}")))?
         .connect_timeout(Duration::from_millis(500))
         .tcp_nodelay(true)
         .http2_keep_alive_interval(Duration::from_secs(5))
         .keep_alive_timeout(Duration::from_secs(5));
     let channel = match tls {
-        Some(cfg) => crate::tls::reloading_channel(ep, addr, cfg).map_err(|e| format!("peer {to}: {e}"))?,
+        Some(cfg) => crate::tls::reloading_channel(ep, addr, cfg).map_err(|e| PeerError(format!("peer {to}: {e}")))?,
         None => ep.connect_lazy(),
     };
     let svc: PeerChannel = match faults {
@@ -174,16 +174,16 @@ fn send_streamed(
     m: Message,
     ends: &Ends,
     rpc_timeout: Duration,
-) -> Result<(), String> {
+) -> Result<(), PeerError> {
     if let Some(faults) = &ends.faults {
-        faults.check(&ends.my_name, &ends.peer_name).map_err(|e| e.0)?;
+        faults.check(&ends.my_name, &ends.peer_name)?;
     }
     let Some(Request::Append(r)) = convert::request_to_pb(m, &ends.my_name) else {
-        return Err("not an append".into());
+        return Err(PeerError("not an append".into()));
     };
     let s = appends.get_or_insert_with(|| AppendStream::open(client.clone()));
     // Never full: it holds at most the unanswered appends, no more than its capacity.
-    s.requests.try_send(r).map_err(|e| format!("the stream is gone: {e}"))?;
+    s.requests.try_send(r).map_err(|e| PeerError(format!("the stream is gone: {e}")))?;
     s.deadlines.push_back(Instant::now() + rpc_timeout);
     Ok(())
 }
