@@ -198,6 +198,23 @@ impl ReadView {
         self.snap.get(&self.engine.keys, key)?.map(|m| KeyMeta::decode(&m)).transpose()
     }
 
+    /// The live key `key` whose record is `record`, as the latest revision holds it:
+    /// its value from the record if kept there, else from its history event.
+    fn live(&self, key: &[u8], record: &[u8]) -> Result<Option<KeyValue>, MvccError> {
+        let (m, inline) = KeyMeta::decode_record(record)?;
+        let Some(inline) = inline else { return Ok(self.event(m.mod_revision, m.mod_sub)?.key_value()) };
+        let key = std::str::from_utf8(key).map_err(|_| MvccError::Engine("damaged key record in the store".into()))?;
+        Ok(Some(KeyValue {
+            key: key.to_string(),
+            value: inline.value.to_string(),
+            json: inline.json,
+            create_revision: m.create_revision,
+            mod_revision: m.mod_revision,
+            version: m.version,
+            lease: m.lease,
+        }))
+    }
+
     /// `key` at revision `at` (0: the latest).
     pub fn get(&self, key: &str, at: Revision) -> Result<Option<KeyValue>, MvccError> {
         let unstorable = !storable(key.as_bytes());
@@ -205,8 +222,8 @@ impl ReadView {
             if unstorable {
                 return Ok(None);
             }
-            let Some(m) = self.key_meta(key.as_bytes())? else { return Ok(None) };
-            return Ok(self.event(m.mod_revision, m.mod_sub)?.key_value());
+            let Some(record) = self.snap.get(&self.engine.keys, key)? else { return Ok(None) };
+            return self.live(key.as_bytes(), &record);
         }
         self.check_revision(at)?;
         if unstorable {
@@ -253,8 +270,8 @@ impl ReadView {
             if !storable(k) {
                 return Ok(out);
             }
-            if let Some(m) = self.key_meta(k)? {
-                take(&mut out, self.event(m.mod_revision, m.mod_sub)?.key_value());
+            if let Some(record) = self.snap.get(&self.engine.keys, k)? {
+                take(&mut out, self.live(k, &record)?);
             }
             return Ok(out);
         }
@@ -266,8 +283,8 @@ impl ReadView {
                 None => self.snap.range(&self.engine.keys, start.clone()..),
             };
             for item in items {
-                let m = KeyMeta::decode(&item.value()?)?;
-                take(&mut out, self.event(m.mod_revision, m.mod_sub)?.key_value());
+                let (k, record) = item.into_inner()?;
+                take(&mut out, self.live(&k, &record)?);
             }
             return Ok(out);
         }

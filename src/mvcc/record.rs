@@ -147,6 +147,14 @@ impl KeyMetaBytes {
     }
 }
 
+/// Values of at most this many bytes are kept in their key's record as well as in the
+/// history: a read of the latest revision then takes one engine lookup, not two (the
+/// key's record, then its event), and a put finds the value it replaces with the
+/// record it reads anyway. Larger values are read from the history: for them the
+/// second lookup costs less than writing them twice. (TiKV keeps short values in its
+/// write records for the same reason.)
+pub(super) const INLINE_VALUE_MAX: usize = 512;
+
 /// A live key's metadata: where its current value is in the history.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(super) struct KeyMeta {
@@ -157,6 +165,18 @@ pub(super) struct KeyMeta {
     /// 0 for none.
     pub lease: i64,
 }
+
+/// The current value a key's record holds (one of at most `INLINE_VALUE_MAX` bytes).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) struct InlineValue<'a> {
+    /// A JSON text (`EventKind::PutJson`).
+    pub json: bool,
+    pub value: &'a str,
+}
+
+/// The tags that follow the metadata in a record holding its value.
+const INLINE_PUT: u8 = 1;
+const INLINE_PUT_JSON: u8 = 3;
 
 impl KeyMeta {
     /// 28 bytes, and 8 more for a lease (on the stack: this is on every write's path).
@@ -170,17 +190,64 @@ impl KeyMeta {
         KeyMetaBytes { buf, len: if self.lease != 0 { 36 } else { 28 } }
     }
 
+    /// The record of a key whose current value (a put's) is `value`: the metadata
+    /// alone (`encode`) for a value over `INLINE_VALUE_MAX` bytes, else all 36 bytes of
+    /// it, a tag saying whether the value is JSON text, and the value (on the stack:
+    /// this is on every write's path too).
+    pub fn encode_record(&self, json: bool, value: &str) -> KeyRecordBytes {
+        let meta = self.encode();
+        let mut buf = [0u8; KEY_RECORD_MAX];
+        if value.len() > INLINE_VALUE_MAX {
+            buf[..meta.len].copy_from_slice(meta.as_slice());
+            return KeyRecordBytes { buf, len: meta.len };
+        }
+        buf[..36].copy_from_slice(&meta.buf);
+        buf[36] = if json { INLINE_PUT_JSON } else { INLINE_PUT };
+        buf[37..37 + value.len()].copy_from_slice(value.as_bytes());
+        KeyRecordBytes { buf, len: 37 + value.len() }
+    }
+
+    /// The metadata of a key's record (a value it holds is not read).
     pub fn decode(b: &[u8]) -> Result<KeyMeta, MvccError> {
-        if b.len() != 28 && b.len() != 36 {
-            return Err(damaged("key"));
+        match b.len() {
+            28 | 36 => {}
+            n if n > 36 && matches!(b[36], INLINE_PUT | INLINE_PUT_JSON) => {}
+            _ => return Err(damaged("key")),
         }
         Ok(KeyMeta {
             create_revision: u64_at(b, 0),
             mod_revision: u64_at(b, 8),
             mod_sub: u32::from_le_bytes(b[16..20].try_into().expect("4 bytes")),
             version: u64_at(b, 20),
-            lease: if b.len() == 36 { u64_at(b, 28) as i64 } else { 0 },
+            lease: if b.len() >= 36 { u64_at(b, 28) as i64 } else { 0 },
         })
+    }
+
+    /// A key's record: its metadata, and its value if the record holds it. Records of
+    /// 28 or 36 bytes hold none (values too large, and stores written before values
+    /// were kept with their keys).
+    pub fn decode_record(b: &[u8]) -> Result<(KeyMeta, Option<InlineValue<'_>>), MvccError> {
+        let meta = KeyMeta::decode(b)?;
+        if b.len() <= 36 {
+            return Ok((meta, None));
+        }
+        let value = std::str::from_utf8(&b[37..]).map_err(|_| damaged("key"))?;
+        Ok((meta, Some(InlineValue { json: b[36] == INLINE_PUT_JSON, value })))
+    }
+}
+
+/// The longest key record: the metadata, its tag and a value of `INLINE_VALUE_MAX` bytes.
+const KEY_RECORD_MAX: usize = 37 + INLINE_VALUE_MAX;
+
+/// An encoded key record (`KeyMeta::encode_record`).
+pub(super) struct KeyRecordBytes {
+    buf: [u8; KEY_RECORD_MAX],
+    len: usize,
+}
+
+impl KeyRecordBytes {
+    pub fn as_slice(&self) -> &[u8] {
+        &self.buf[..self.len]
     }
 }
 
@@ -218,6 +285,44 @@ mod tests {
         let leased = KeyMeta { lease: 12, ..m };
         assert_eq!(KeyMeta::decode(leased.encode().as_slice()).unwrap(), leased);
         assert!(KeyMeta::decode(&[0; 27]).is_err());
+    }
+
+    #[test]
+    fn a_key_record_holds_a_value_of_at_most_the_inline_limit() {
+        let m = KeyMeta { create_revision: 1, mod_revision: 5, mod_sub: 2, version: 3, lease: 0 };
+        let small = m.encode_record(false, "v").as_slice().to_vec();
+        assert_eq!(KeyMeta::decode_record(&small).unwrap(), (m, Some(InlineValue { json: false, value: "v" })));
+        let leased = KeyMeta { lease: -4, ..m };
+        let json = leased.encode_record(true, "{}");
+        assert_eq!(
+            KeyMeta::decode_record(json.as_slice()).unwrap(),
+            (leased, Some(InlineValue { json: true, value: "{}" }))
+        );
+        let empty = m.encode_record(false, "");
+        assert_eq!(
+            KeyMeta::decode_record(empty.as_slice()).unwrap(),
+            (m, Some(InlineValue { json: false, value: "" }))
+        );
+        let at_limit = "x".repeat(INLINE_VALUE_MAX);
+        assert_eq!(
+            KeyMeta::decode_record(m.encode_record(false, &at_limit).as_slice()).unwrap().1.unwrap().value,
+            at_limit
+        );
+        // Over the limit the record is the metadata alone, as a store from before holds.
+        let over = m.encode_record(false, &"x".repeat(INLINE_VALUE_MAX + 1));
+        assert_eq!(over.as_slice(), m.encode().as_slice());
+        assert_eq!(
+            KeyMeta::decode_record(leased.encode_record(false, &"y".repeat(INLINE_VALUE_MAX + 1)).as_slice()).unwrap(),
+            (leased, None)
+        );
+        // Damage: an unknown tag, a value that is not UTF-8, a cut metadata.
+        let mut bad_tag = small.clone();
+        bad_tag[36] = 2;
+        assert!(KeyMeta::decode_record(&bad_tag).is_err());
+        let mut bad_text = small.clone();
+        bad_text[37] = 0xff;
+        assert!(KeyMeta::decode_record(&bad_text).is_err());
+        assert!(KeyMeta::decode_record(&small[..30]).is_err());
     }
 }
 

@@ -202,7 +202,11 @@ fn build_into(engine: &Engine, file: &Path) -> Result<(Index, Term, Membership),
                         version: event.version,
                         lease: event.lease,
                     };
-                    batch.insert(&engine.keys, key, m.encode().as_slice());
+                    batch.insert(
+                        &engine.keys,
+                        key,
+                        m.encode_record(event.kind == EventKind::PutJson, &event.value).as_slice(),
+                    );
                 }
             }
             TAG_SESSION if payload.len() == 8 + 48 => {

@@ -152,7 +152,7 @@ impl Engine {
         let ks = |name: &str| {
             db.keyspace(name, || {
                 KeyspaceCreateOptions::default()
-                    .max_memtable_size(memtable)
+                    .max_memtable_size(if name == "keys" { 2 * memtable } else { memtable })
                     .filter_block_pinning_policy(PinningPolicy::all(false))
                     .index_block_pinning_policy(PinningPolicy::all(false))
             })
@@ -768,7 +768,7 @@ fn write_one(
         written.insert(event.key.clone(), None);
     } else {
         let m = KeyMeta { create_revision, mod_revision: revision, mod_sub: 0, version, lease: 0 };
-        batch.insert(&engine.keys, key, m.encode().as_slice());
+        batch.insert(&engine.keys, key, m.encode_record(kind == EventKind::PutJson, &event.value).as_slice());
         written.insert(event.key.clone(), Some(m));
     }
     batch.insert(&engine.revs, rev_key(revision, 0).as_slice(), encode_event(&event));

@@ -458,3 +458,48 @@ fn a_key_deleted_between_two_compactions_stays_deleted_in_the_past() {
 }
 
 mod leases;
+
+#[test]
+fn values_read_alike_from_their_key_record_or_from_the_history() {
+    use super::record::{KeyMeta, INLINE_VALUE_MAX};
+    let (_d, s) = store();
+    let big = "b".repeat(INLINE_VALUE_MAX + 1);
+    apply(
+        &s,
+        vec![put("a", "1"), put("big", &big), Command::PutJson { key: "j".into(), json: "[1]".into() }, put("a", "2")],
+    );
+    // Small values are kept with their key; a larger one only in the history.
+    let engine = s.engine().unwrap();
+    let record = |k: &str| engine.keys.get(k).unwrap().unwrap();
+    let (a, inline) = KeyMeta::decode_record(&record("a")).map(|(m, v)| (m, v.map(|v| v.value.to_string()))).unwrap();
+    assert_eq!(inline.as_deref(), Some("2"));
+    assert!(KeyMeta::decode_record(&record("big")).unwrap().1.is_none());
+    let expect = |v: &ReadView| {
+        let a = v.get("a", 0).unwrap().unwrap();
+        assert_eq!((a.value.as_str(), a.version, a.mod_revision, a.create_revision), ("2", 2, 5, 2));
+        assert_eq!(v.get("big", 0).unwrap().unwrap().value, big);
+        let j = v.get("j", 0).unwrap().unwrap();
+        assert_eq!((j.value.as_str(), j.json), ("[1]", true));
+        let all = v.range(&KeyRange::Span { start: b"a".to_vec(), end: None }, 0, 0, false).unwrap();
+        let values: Vec<&str> = all.kvs.iter().map(|kv| kv.value.as_str()).collect();
+        assert_eq!(values, ["2", big.as_str(), "[1]"]);
+        let point = v.range(&KeyRange::Key(b"j".to_vec()), 0, 0, false).unwrap();
+        assert!(point.kvs[0].json);
+    };
+    expect(&s.read().unwrap());
+    // A store written before values were kept with their keys holds the metadata
+    // alone: its values are read from the history, the same.
+    let legacy = |k: &str| {
+        let m = KeyMeta::decode(&record(k)).unwrap();
+        engine.keys.insert(k, m.encode().as_slice()).unwrap();
+    };
+    legacy("a");
+    legacy("j");
+    assert_eq!(KeyMeta::decode(&record("a")).unwrap(), a);
+    assert!(KeyMeta::decode_record(&record("a")).unwrap().1.is_none());
+    expect(&s.read().unwrap());
+    // Its next write keeps the value with the key again.
+    apply(&s, vec![put("a", "3")]);
+    assert_eq!(KeyMeta::decode_record(&record("a")).unwrap().1.map(|v| v.value), Some("3"));
+    assert_eq!(s.read().unwrap().get("a", 0).unwrap().unwrap().version, 3);
+}

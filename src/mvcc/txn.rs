@@ -358,7 +358,7 @@ impl<'a> Applying<'a> {
         let m = value.as_ref().map(|_| KeyMeta { create_revision, mod_revision: rev, mod_sub: sub, version, lease });
         match &m {
             None => self.batch.remove(&self.engine.keys, k),
-            Some(m) => self.batch.insert(&self.engine.keys, k, m.encode().as_slice()),
+            Some(m) => self.batch.insert(&self.engine.keys, k, m.encode_record(false, &event.value).as_slice()),
         }
         attach(self.engine, self.batch, k, prev.map_or(0, |p| p.lease), lease);
         self.batch.insert(&self.engine.revs, rev_key(rev, sub).as_slice(), encode_event(&event));
