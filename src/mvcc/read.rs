@@ -284,6 +284,13 @@ impl ReadView {
             };
             for item in items {
                 let (k, record) = item.into_inner()?;
+                if out.kvs.len() >= limit {
+                    // Past the limit a live key is only counted: its value is not read.
+                    KeyMeta::decode(&record)?;
+                    out.count += 1;
+                    out.more = true;
+                    continue;
+                }
                 take(&mut out, self.live(&k, &record)?);
             }
             return Ok(out);

@@ -324,8 +324,11 @@ fn any_grouping_of_the_same_entries_gives_the_same_state() {
         for i in 0..300u64 {
             // At most this many revisions exist before entry i.
             let revision_guess = i + 1;
-            let c = match rng.gen_range(0..14) {
+            let c = match rng.gen_range(0..16) {
                 0..=3 => put(&key(&mut rng), &format!("v{i}")),
+                // A JSON text, and a value too large to keep in its key's record.
+                14 => Command::PutJson { key: key(&mut rng), json: format!("[{i}]") },
+                15 => put(&key(&mut rng), &format!("{i}{}", "x".repeat(super::record::INLINE_VALUE_MAX))),
                 4 => del(&key(&mut rng)),
                 5 => Command::Compact { revision: rng.gen_range(1..=revision_guess.max(1)) },
                 6 => Command::OpenSession { time_ms: i * 10, ttl_ms: rng.gen_range(50..500), max_sessions: 3 },
@@ -412,6 +415,16 @@ fn any_grouping_of_the_same_entries_gives_the_same_state() {
                 at += n;
             }
             let v = s.read().unwrap();
+            let live = live_as_in_the_history(&v);
+            if grouping == 0 {
+                // A member built from a snapshot of it reads the same.
+                let (_c, copy) = installed_copy(&s);
+                assert_eq!(
+                    live_as_in_the_history(&copy.read().unwrap()),
+                    live,
+                    "seed {seed}: installed from a snapshot"
+                );
+            }
             let hashes: Vec<_> = (v.compacted().max(1)..=v.revision()).map(|r| v.hash(r).ok()).collect();
             // Leases as granted, the keys attached (and the index of them, raw), and the
             // bytes counted, the same too; and after a restart.
@@ -424,7 +437,7 @@ fn any_grouping_of_the_same_entries_gives_the_same_state() {
                 })
                 .collect();
             let granted = s.leases();
-            let state = (outcomes, (v.revision(), v.compacted(), hashes, leases, s.status().stored_bytes));
+            let state = (outcomes, (v.revision(), v.compacted(), hashes, leases, s.status().stored_bytes, live));
             s.checkpoint().unwrap();
             drop(v);
             s.close();
@@ -439,6 +452,26 @@ fn any_grouping_of_the_same_entries_gives_the_same_state() {
         let answered = |r: &[(u64, _)]| r.iter().filter(|(i, _)| waited.contains(i)).cloned().collect::<Vec<_>>();
         assert_eq!(answered(&results[0].0), answered(&results[3].0), "seed {seed}: the entries answered");
     }
+}
+
+/// The live keys as a read of the latest revision finds them, after checking that each
+/// reads as the history's last event of it says (its value kept with the key or not).
+fn live_as_in_the_history(v: &ReadView) -> Vec<KeyValue> {
+    let mut last = std::collections::BTreeMap::new();
+    for item in v.raw_history() {
+        let (rev, _, raw) = item.unwrap();
+        let e = record::decode_event(rev, &raw).unwrap();
+        last.insert(e.key.clone(), e);
+    }
+    let expected: Vec<KeyValue> = last.into_values().filter_map(|e| e.key_value()).collect();
+    let all = v.range(&KeyRange::Span { start: vec![0], end: None }, 0, 0, false).unwrap().kvs;
+    assert_eq!(all, expected, "a range of every key against the history");
+    for kv in &all {
+        assert_eq!(v.get(&kv.key, 0).unwrap().as_ref(), Some(kv), "a get of {}", kv.key);
+        let point = v.range(&KeyRange::Key(kv.key.clone().into_bytes()), 0, 0, false).unwrap();
+        assert_eq!(point.kvs, std::slice::from_ref(kv), "a point read of {}", kv.key);
+    }
+    all
 }
 
 /// A version kept by one compaction (its delete came later) is removed with that delete
