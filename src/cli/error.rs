@@ -23,9 +23,9 @@ pub enum CliError {
     /// A flag's value refused by the configuration's parser, which does not name the flag.
     #[error("{flag}: {error}")]
     ConfigFlag { flag: &'static str, error: ConfigError },
-    /// The Kubernetes API that --leave-on-scale-down needs.
-    #[error("--leave-on-scale-down: {0}")]
-    Kube(#[from] KubeError),
+    /// The Kubernetes API that --leave-on-scale-down needs (its one use).
+    #[error("--leave-on-scale-down: {error}")]
+    Kube { error: KubeError },
     /// Certificates and keys (--cacert, --cert, --key; `dev --tls`).
     #[error(transparent)]
     Tls(#[from] TlsError),
@@ -62,6 +62,12 @@ pub enum CliError {
     /// What should not fail did (a task of the command panicked, say).
     #[error(transparent)]
     Internal(Box<dyn std::error::Error + Send + Sync>),
+}
+
+impl From<KubeError> for CliError {
+    fn from(error: KubeError) -> CliError {
+        CliError::Kube { error }
+    }
 }
 
 impl CliError {
@@ -105,6 +111,9 @@ mod tests {
         let bad = raftkv::config::parse_initial_cluster("a").unwrap_err();
         let flag = CliError::ConfigFlag { flag: "--peer-dial", error: bad };
         assert!(flag.source().is_none(), "{flag}");
+        let kube = CliError::from(KubeError::NotInCluster("no service account".into()));
+        assert!(kube.source().is_none(), "{kube}");
+        assert_eq!(kube.to_string(), "--leave-on-scale-down: not in a Kubernetes pod: no service account");
         assert_eq!(raftkv::error::with_causes(&io), "cannot read stdin: gone");
     }
 }
