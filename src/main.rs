@@ -8,7 +8,10 @@ mod cli;
 
 /// mimalloc rather than glibc's malloc: a node that built a 2 GB snapshot held 329 MB of
 /// heap with 54 MB in use (glibc keeps freed memory in its arenas), and allocation is
-/// on every request's path.
+/// on every request's path. Built with `no_thp` (Cargo.toml): with transparent huge
+/// pages, memory mimalloc had returned to the OS came back as 2 MiB pages that the
+/// kernel zeroes whole on the first touch (3.8 % of the nodes' CPU under puts); without,
+/// the puts' CPU fell 6-7 % (README, "Benchmarks").
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
