@@ -145,7 +145,15 @@ pub(super) struct Engine {
 impl Engine {
     pub fn open(dir: &Path, cache_bytes: usize) -> Result<Engine, MvccError> {
         let cache = cache_bytes as u64;
-        let db = Database::builder(dir).cache_size(cache / 2).max_journaling_size(64 << 20).open()?;
+        // A batch's journal bytes stay in the journal's buffer until it fills or a
+        // checkpoint syncs it: the Raft log is the write-ahead log, and a crash loses at
+        // most what was applied since the last checkpoint however much reached the OS
+        // (fjall's recovery cuts a torn tail; rotating a journal syncs it).
+        let db = Database::builder(dir)
+            .cache_size(cache / 2)
+            .max_journaling_size(64 << 20)
+            .manual_journal_persist(true)
+            .open()?;
         let memtable = (cache / 8).max(1 << 20);
         // Filter and index blocks go through the block cache rather than being pinned,
         // so memory is bounded by the cache, not by the amount of data.
