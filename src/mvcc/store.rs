@@ -371,6 +371,9 @@ impl Store {
         let before = meta.applied;
         // The applied index the engine holds (what a transaction's read view sees).
         let mut committed = meta.applied;
+        // A read view of the engine as of `committed`, shared by the transactions
+        // until the next commit.
+        let mut view: Option<(Index, ReadView)> = None;
         for e in entries {
             if e.index <= meta.applied {
                 continue;
@@ -437,10 +440,13 @@ impl Store {
                     if !joins {
                         flush_before(&engine, &mut batch, &meta, (e.index, prev_term), &mut committed, &mut written)?;
                     }
+                    if view.as_ref().is_none_or(|(at, _)| *at != committed) {
+                        view = Some((committed, ReadView::new(engine.clone())?));
+                    }
+                    let (_, txn_view) = view.as_ref().expect("made above");
                     let mut txn_meta = meta;
-                    let view = ReadView::new(engine.clone())?;
                     let mut applying =
-                        Applying::new(&engine, view, &mut batch, &mut txn_meta, e, &leases, answered(e.index));
+                        Applying::new(&engine, txn_view, &mut batch, &mut txn_meta, e, &leases, answered(e.index));
                     match applying.run(&txn) {
                         Ok(result) => {
                             let (revision, metas) = applying.finish();
@@ -497,7 +503,7 @@ impl Store {
                         ..Txn::default()
                     };
                     let mut txn_meta = meta;
-                    let mut applying = Applying::new(&engine, view, &mut batch, &mut txn_meta, e, &leases, false);
+                    let mut applying = Applying::new(&engine, &view, &mut batch, &mut txn_meta, e, &leases, false);
                     applying.run(&txn)?;
                     let (revision, _) = applying.finish();
                     meta = txn_meta;

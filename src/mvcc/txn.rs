@@ -191,7 +191,7 @@ pub fn read_only(view: &ReadView, txn: &Txn) -> Result<TxnResult, MvccError> {
 /// A transaction being applied: the engine as of before it, and its own writes.
 pub(super) struct Applying<'a> {
     pub engine: &'a Engine,
-    pub view: ReadView,
+    pub view: &'a ReadView,
     pub batch: &'a mut fjall::OwnedWriteBatch,
     pub meta: &'a mut Meta,
     pub entry: &'a Entry,
@@ -210,7 +210,7 @@ pub(super) struct Applying<'a> {
 impl<'a> Applying<'a> {
     pub fn new(
         engine: &'a Engine,
-        view: ReadView,
+        view: &'a ReadView,
         batch: &'a mut fjall::OwnedWriteBatch,
         meta: &'a mut Meta,
         entry: &'a Entry,
@@ -223,7 +223,7 @@ impl<'a> Applying<'a> {
 
     /// Runs `txn`; Err(refusal) leaves the batch to be dropped by the caller.
     pub fn run(&mut self, txn: &Txn) -> Result<TxnResult, MvccError> {
-        let succeeded = compares_hold(&self.view, &txn.compares)?;
+        let succeeded = compares_hold(self.view, &txn.compares)?;
         let ops = if succeeded { &txn.success } else { &txn.failure };
         let mut results = Vec::with_capacity(ops.len());
         for op in ops {
