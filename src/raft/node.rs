@@ -60,7 +60,7 @@ impl Config {
             membership: None,
             election_ticks: 15,
             heartbeat_ticks: 5,
-            max_inflight: 8,
+            max_inflight: 2,
             keep_entries: 5000,
             max_batch_bytes: 1 << 20,
             max_batch_entries: 4096,
