@@ -17,7 +17,7 @@ use crate::transport::PeerClient;
 /// Writes per batch at most.
 const MAX_BATCH: usize = 256;
 /// Batches on their way to one leader at once; while all are, new writes queue.
-const MAX_IN_FLIGHT: usize = 8;
+const MAX_IN_FLIGHT: usize = 2;
 /// Writes queued per leader before callers wait.
 const QUEUE: usize = 4096;
 /// Bytes of commands per batch at most (a larger write goes alone), well below the
