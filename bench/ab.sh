@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # A/B of raftkv binaries: for each repetition, each binary gets a fresh
-# `raftkv dev --nodes 3` and one kvbench run; binaries alternate so drift hits them
+# `raftkv dev --nodes 3` (NODES=5 for five) and one kvbench run; binaries alternate so drift hits them
 # alike. Default load: the growth load (64 clients over 8 connections, 1 KiB values,
 # 1M-key space, all endpoints). Environment: CLIENTS, CONNS, VALUE (bytes), ROOT (where
 # the data goes: /dev/shm takes fsync out), LEADER=1 (send to the leader only),
@@ -17,14 +17,15 @@ set -euo pipefail
 [ $# -ge 3 ] || { echo "usage: bench/ab.sh DURATION REPS BINARY..." >&2; exit 2; }
 K=$(../shared/bench/build-kvbench.sh)
 DUR=$1; REPS=$2; shift 2
-eps=127.0.0.1:7001,127.0.0.1:7002,127.0.0.1:7003
+NODES=${NODES:-3}
+eps=$(seq -s, -f '127.0.0.1:%g' 7001 $((7000 + NODES)))
 # User and system CPU ticks of the processes named (the dev nodes), summed.
 cpu_ticks() { local t=0 p; for p in "$@"; do t=$((t + $(awk '{print $14 + $15}' "/proc/$p/stat"))); done; echo "$t"; }
 runs=$(mktemp); trap 'rm -f "$runs"' EXIT
 for r in $(seq "$REPS"); do
   for b in "$@"; do
     RD=$(mktemp -d "${ROOT:-/tmp}/raftkv-ab.XXXX")
-    setsid "$b" dev --nodes 3 --fresh --no-view --data-root "$RD" >"$RD.log" 2>&1 & dp=$!
+    setsid "$b" dev --nodes "$NODES" --fresh --no-view --data-root "$RD" >"$RD.log" 2>&1 & dp=$!
     for _ in $(seq 100); do st=$("$b" status --endpoints $eps 2>/dev/null || true); [[ $st == *" leader "* ]] && break; sleep 0.1; done
     sleep 1
     to=$eps
@@ -44,7 +45,7 @@ for r in $(seq "$REPS"); do
     ticks=$(( $(cpu_ticks $nodes) - before ))
     # The leader's appends to its followers, and how many they refused (its /metrics).
     appends=""
-    for p in 7301 7302 7303; do
+    for p in $(seq 7301 $((7300 + NODES))); do
       appends+=$(curl -s "127.0.0.1:$p/metrics" | awk '/^raftkv_network_peer_appends_sent_total/ {s += $2}
         /^raftkv_network_peer_appends_rejected_total/ {j += $2} END {if (s > 0) printf ", appends %d, refused %d", s, j}')
     done
