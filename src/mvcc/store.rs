@@ -145,10 +145,11 @@ pub(super) struct Engine {
 impl Engine {
     pub fn open(dir: &Path, cache_bytes: usize) -> Result<Engine, MvccError> {
         let cache = cache_bytes as u64;
-        // A batch's journal bytes stay in the journal's buffer until it fills or a
-        // checkpoint syncs it: the Raft log is the write-ahead log, and a crash loses at
-        // most what was applied since the last checkpoint however much reached the OS
-        // (fjall's recovery cuts a torn tail; rotating a journal syncs it).
+        // A batch's journal bytes stay in the journal's buffer until it fills, a
+        // memtable flush syncs the journal first (so no table holds what the journal
+        // lacks) or a checkpoint does: the Raft log is the write-ahead log, and a crash
+        // loses at most what was applied since the last checkpoint however much reached
+        // the OS (fjall's recovery cuts a torn tail).
         let db = Database::builder(dir)
             .cache_size(cache / 2)
             .max_journaling_size(64 << 20)
@@ -524,6 +525,8 @@ impl Store {
         if meta.applied == before {
             return Ok(out);
         }
+        // Its engine snapshot need not outlive the batch.
+        drop(view);
         commit_with(&engine, &mut batch, &meta)?;
         *meta_guard = meta;
         drop(meta_guard);
