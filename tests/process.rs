@@ -466,3 +466,82 @@ fn cli_get_prefix_and_watch_follow_the_keyspace_across_a_kill() {
     let _ = watch.wait();
     assert!(lines.recv_timeout(Duration::from_millis(200)).is_err(), "no change printed twice");
 }
+
+/// A paused leader (SIGSTOP: its connections stay open, nothing answers) holds the
+/// batches of writes a follower had forwarded to it until their deadlines. Writes that
+/// reach the follower meanwhile queue behind those batches; once the follower knows the
+/// next leader they go there and succeed while the old one is still paused, rather
+/// than waiting out its batches and failing at their own deadlines.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn writes_queued_behind_a_paused_leader_go_to_the_next_one() {
+    use raftkv::proto::{self as pb, key_value_client::KeyValueClient};
+
+    // Elections take a second at least, so the writes below reach the follower before
+    // it can know another leader.
+    let p = Procs::start_with(3, &["--election-timeout-ms", "1000", "--heartbeat-ms", "100"]);
+    tokio::task::block_in_place(|| p.wait_leader(None));
+    let client_of = |i: usize| {
+        let ch = tonic::transport::Endpoint::from_shared(format!("http://{}", p.clients[i])).unwrap().connect_lazy();
+        KeyValueClient::new(ch)
+    };
+    let put = |i: usize, key: String| {
+        let mut c = client_of(i);
+        async move {
+            let mut req = tonic::Request::new(pb::StoreRequest { key, value: "v".into() });
+            req.set_timeout(Duration::from_secs(10));
+            c.store(req).await
+        }
+    };
+    // A follower, and the leader it knows (and has forwarded a write to).
+    let deadline = Instant::now() + WAIT;
+    let (f, old) = loop {
+        let stored = put(0, "before".into()).await;
+        let st = client_of(0).status(pb::StatusRequest {}).await.map(|r| r.into_inner());
+        if let (Ok(_), Ok(st)) = (&stored, &st) {
+            match p.names.iter().position(|n| *n == st.leader) {
+                Some(0) => break (1, 0),
+                Some(l) => break (0, l),
+                None => {}
+            }
+        }
+        assert!(Instant::now() < deadline, "no leader known: {stored:?} {st:?}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    let forwarded = put(f, "forwarded".into()).await;
+    assert!(forwarded.is_ok(), "{forwarded:?}");
+
+    p.signal(old, libc::SIGSTOP);
+    // One write at a time, each while the ones before wait: the first two fill the
+    // batches the follower sends at once (they stay with the paused leader), the rest
+    // queue behind them.
+    let mut writes = Vec::new();
+    for n in 0..5 {
+        writes.push(tokio::spawn(put(f, format!("during-{n}"))));
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let mut outcomes = Vec::new();
+    for w in writes.drain(2..) {
+        outcomes.push(w.await.unwrap());
+    }
+    p.signal(old, libc::SIGCONT);
+    for (n, o) in outcomes.iter().enumerate() {
+        assert!(o.is_ok(), "during-{}, queued behind the paused leader's batches, failed: {o:?}", n + 2);
+    }
+
+    // Every write reported done is there for everyone: linearizable reads through the
+    // third node.
+    let other = (0..3).find(|&i| i != old && i != f).unwrap();
+    let read = |key: String| {
+        let mut c = client_of(other);
+        async move { c.get(pb::GetRequest { key, ..Default::default() }).await.map(|r| r.into_inner()) }
+    };
+    for w in writes {
+        outcomes.insert(0, w.await.unwrap());
+    }
+    for (n, o) in outcomes.iter().enumerate() {
+        if o.is_ok() {
+            let got = read(format!("during-{n}")).await;
+            assert!(got.as_ref().is_ok_and(|r| r.found), "during-{n} was acknowledged: {got:?}");
+        }
+    }
+}

@@ -622,6 +622,7 @@ impl Driver {
                 let _ = tx.send(());
             }
         }
+        self.links.leader.send_if_modified(|l| std::mem::replace(l, st.leader) != st.leader);
         let new = self.node_status();
         let voted_for_self = st.vote == Some(self.core.id());
         self.status.send_if_modified(|old| {

@@ -12,6 +12,7 @@ use crate::error::{Error, Result, LEADER_METADATA, NOT_APPLIED_METADATA};
 use crate::mvcc::txn::TxnResult;
 use crate::mvcc::Applied;
 use crate::proto as pb;
+use crate::raft::NodeId;
 use crate::transport::PeerClient;
 
 /// Writes per batch at most.
@@ -31,13 +32,24 @@ pub(super) struct Forward {
     pub reply: oneshot::Sender<Result<Applied>>,
 }
 
-/// Starts the batching task for the peer `client` reaches; it ends at shutdown.
-pub(super) fn spawn(client: PeerClient, mut shutdown: watch::Receiver<bool>) -> mpsc::Sender<Forward> {
+/// Starts the batching task for the peer `client` reaches (member `peer`); it ends at
+/// shutdown. `leader` is the leader this node knows: writes not yet sent when another
+/// member leads are given back as never sent, and their callers ask the new leader. A
+/// leader that hangs (paused, or cut off with its connection still open) answers no
+/// batch until the writes' deadlines, and writes queued behind those batches would
+/// otherwise wait as long.
+pub(super) fn spawn(
+    client: PeerClient,
+    peer: NodeId,
+    mut leader: watch::Receiver<Option<NodeId>>,
+    mut shutdown: watch::Receiver<bool>,
+) -> mpsc::Sender<Forward> {
     let (tx, mut rx) = mpsc::channel::<Forward>(QUEUE);
     tokio::spawn(async move {
         let slots = Arc::new(Semaphore::new(MAX_IN_FLIGHT));
         // A write that did not fit the last batch starts the next.
         let mut carried: Option<Forward> = None;
+        let moved = |l: &Option<NodeId>| matches!(*l, Some(l) if l != peer);
         loop {
             let first = match carried.take() {
                 Some(f) => f,
@@ -47,7 +59,17 @@ pub(super) fn spawn(client: PeerClient, mut shutdown: watch::Receiver<bool>) -> 
                 },
             };
             // While every slot is taken, more writes queue and join this batch.
-            let Ok(slot) = slots.clone().acquire_owned().await else { break };
+            let slot = tokio::select! {
+                biased;
+                slot = slots.clone().acquire_owned() => match slot { Ok(s) => s, Err(_) => break },
+                Ok(_) = leader.wait_for(moved) => {
+                    give_back(first);
+                    while let Ok(f) = rx.try_recv() {
+                        give_back(f);
+                    }
+                    continue;
+                }
+            };
             let mut bytes = first.command.len();
             let mut batch = vec![first];
             while batch.len() < MAX_BATCH {
@@ -63,6 +85,10 @@ pub(super) fn spawn(client: PeerClient, mut shutdown: watch::Receiver<bool>) -> 
                     Err(_) => break,
                 }
             }
+            if moved(&leader.borrow()) {
+                batch.into_iter().for_each(give_back);
+                continue;
+            }
             let client = client.clone();
             tokio::spawn(async move {
                 send(client, batch).await;
@@ -71,6 +97,12 @@ pub(super) fn spawn(client: PeerClient, mut shutdown: watch::Receiver<bool>) -> 
         }
     });
     tx
+}
+
+/// A write not sent because its leader no longer leads: the caller retries it with the
+/// leader it knows now.
+fn give_back(f: Forward) {
+    let _ = f.reply.send(Err(Error::LeaderUnreachable("the leader changed before the write was sent to it".into())));
 }
 
 async fn send(mut client: PeerClient, mut batch: Vec<Forward>) {

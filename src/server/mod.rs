@@ -282,6 +282,7 @@ impl Node {
             last_index: st.last_index,
             first_index: core.log().first_index(),
         };
+        let initial_leader = initial.leader;
         let (status_tx, status_rx) = watch::channel(initial);
         let (shutdown_tx, shutdown_rx) = watch::channel(false);
         let fatal = Arc::new(std::sync::Mutex::new(None));
@@ -300,6 +301,7 @@ impl Node {
             rpc_timeout,
             store: store.clone(),
             shutdown: shutdown_tx.clone(),
+            leader: watch::channel(initial_leader).0,
             links: Default::default(),
             dial: cfg.peer_dial.clone(),
         });

@@ -33,6 +33,9 @@ pub struct Peers {
     pub rpc_timeout: Duration,
     pub store: Arc<Store>,
     pub shutdown: watch::Sender<bool>,
+    /// The leader this node knows (the driver publishes changes only): a forwarder
+    /// gives back the writes it has not sent once another member leads.
+    pub leader: watch::Sender<Option<NodeId>>,
     pub links: RwLock<BTreeMap<NodeId, Link>>,
     /// Tests only: where to dial members, by name, instead of their peer URLs.
     pub dial: BTreeMap<String, String>,
@@ -90,7 +93,7 @@ impl Peers {
             let queue =
                 transport::spawn_peer(ends, client.clone(), self.input.clone(), self.rpc_timeout, self.store.clone());
             queues.insert(id, queue);
-            let forwarder = forwarder::spawn(client.clone(), self.shutdown.subscribe());
+            let forwarder = forwarder::spawn(client.clone(), id, self.leader.subscribe(), self.shutdown.subscribe());
             links.insert(id, Link { client, forwarder, peer_url: member.peer_url.clone() });
         }
     }
