@@ -57,7 +57,7 @@ async fn five_nodes_store_through_a_follower_and_read_linearizably_from_another(
     c.shutdown().await;
 }
 
-/// Writes forwarded together travel in batches (`ProposeBatch`); each caller must get
+/// Writes forwarded together travel in batches (`ProposeStream`); each caller must get
 /// its own write's answer: the revision it is told is the one its key was written at.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn concurrent_writes_through_a_follower_each_get_their_own_answer() {
@@ -372,6 +372,31 @@ async fn a_follower_without_the_appends_stream_is_sent_appends_one_call_each() {
     tokio::time::sleep(Duration::from_millis(500)).await;
     c.faults.heal();
     writes_reach_every_member_by_single_appends(&c, leader, "mixed").await;
+    c.shutdown().await;
+}
+
+/// A leader that serves no stream of forwarded writes (a version before it): the
+/// follower sends its batches as `ProposeBatch` calls, and every write it acknowledges
+/// reaches every member.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_leader_without_the_forwarding_stream_is_sent_batches_one_call_each() {
+    let c = TestCluster::start(3).await;
+    for name in &c.names {
+        c.faults.refuse_propose_stream(name);
+    }
+    let leader = c.wait_leader().await;
+    let via = (0..3).find(|&i| i != leader).unwrap();
+    let mut client = c.client(via).await;
+    let mut acked = Vec::new();
+    for i in 0..30 {
+        let key = format!("fwd-{i}");
+        let r = store(&mut client, &key, "v").await.expect("a forwarded write commits");
+        acked.push((key, r.index));
+    }
+    for i in 0..c.names.len() {
+        common::assert_all_present(&c, i, &acked).await;
+    }
+    assert!(c.faults.propose_streams_refused() > 0, "the follower tried the stream, and was refused");
     c.shutdown().await;
 }
 

@@ -172,6 +172,9 @@ async fn a_certificate_that_names_no_member_is_refused_on_the_peer_port() {
     assert_eq!(e.code(), Code::PermissionDenied, "{e:?}");
     let e = peer.propose(pb::ProposeRequest { command: vec![9].into() }).await.expect_err("refused");
     assert_eq!(e.code(), Code::PermissionDenied, "{e:?}");
+    let batch = pb::ProposeBatchRequest { commands: vec![vec![9].into()], timeout_ms: 0 };
+    let e = peer.propose_stream(tokio_stream::iter([batch])).await.expect_err("refused");
+    assert_eq!(e.code(), Code::PermissionDenied, "{e:?}");
     let e = peer.transfer_leader(pb::TransferLeaderRequest { target: String::new() }).await.expect_err("refused");
     assert_eq!(e.code(), Code::PermissionDenied, "{e:?}");
     assert_eq!(c.handle(follower).status().term, term, "nothing changed");

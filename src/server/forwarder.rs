@@ -1,11 +1,15 @@
 //! Writes a follower forwards to the leader travel in batches: every write that
-//! queued while earlier batches were on their way goes in the next `ProposeBatch`
-//! call, so that under load one RPC carries many writes instead of one each.
+//! queued while earlier batches were on their way goes in the next batch, so that
+//! under load one message carries many writes instead of one each. Batches go on one
+//! long-lived stream per leader (`Raft.ProposeStream`), or as `ProposeBatch` calls to a
+//! leader of an older version.
+use std::collections::VecDeque;
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use tokio::sync::{mpsc, oneshot, watch, Semaphore};
+use futures::stream::{BoxStream, StreamExt};
+use tokio::sync::{mpsc, oneshot, watch};
 
 use super::forward;
 use crate::error::{Error, Result, LEADER_METADATA, NOT_APPLIED_METADATA};
@@ -13,7 +17,7 @@ use crate::mvcc::txn::TxnResult;
 use crate::mvcc::Applied;
 use crate::proto as pb;
 use crate::raft::NodeId;
-use crate::transport::PeerClient;
+use crate::transport::{Faults, PeerClient};
 
 /// Writes per batch at most.
 const MAX_BATCH: usize = 256;
@@ -32,71 +36,227 @@ pub(super) struct Forward {
     pub reply: oneshot::Sender<Result<Applied>>,
 }
 
-/// Starts the batching task for the peer `client` reaches (member `peer`); it ends at
-/// shutdown. `leader` is the leader this node knows: writes not yet sent when another
+/// Where a forwarder sends: the member, its client, and (tests) the faults on the link
+/// from this node (`me`) to it, checked on the stream as the channel checks calls.
+pub(super) struct Route {
+    pub peer: NodeId,
+    pub client: PeerClient,
+    pub faults: Option<(Faults, String, String)>,
+}
+
+/// How long batches go as `ProposeBatch` calls after the leader refused the stream (an
+/// older version), before the stream is tried again.
+const UNARY_BATCHES_FOR: Duration = Duration::from_secs(60);
+
+/// Batches sent on the stream and not answered yet, oldest first (answers come in order).
+struct Sent {
+    batch: Vec<Forward>,
+    deadline: Instant,
+}
+
+/// One stream of batches to the leader.
+struct BatchStream {
+    requests: mpsc::Sender<pb::ProposeBatchRequest>,
+    answers: BoxStream<'static, Result<pb::ProposeBatchResponse, tonic::Status>>,
+    sent: VecDeque<Sent>,
+    /// Whether any batch was answered on it (a refusal to open comes first).
+    answered: bool,
+}
+
+impl BatchStream {
+    /// Opens the stream; batches may be sent at once (they wait for the connection).
+    fn open(mut client: PeerClient) -> BatchStream {
+        let (requests, queued) = mpsc::channel(MAX_IN_FLIGHT);
+        let opened = async move { client.propose_stream(tokio_stream::wrappers::ReceiverStream::new(queued)).await };
+        let answers = futures::stream::once(opened)
+            .flat_map(|opened| match opened {
+                Ok(answers) => answers.into_inner().boxed(),
+                Err(refused) => futures::stream::once(std::future::ready(Err(refused))).boxed(),
+            })
+            .boxed();
+        BatchStream { requests, answers, sent: VecDeque::new(), answered: false }
+    }
+}
+
+/// Starts the batching task for the member `route` leads to; it ends at shutdown.
+/// Batches go on one stream (`Raft.ProposeStream`), at most `MAX_IN_FLIGHT` of them
+/// unanswered. `leader` is the leader this node knows: writes not yet sent when another
 /// member leads are given back as never sent, and their callers ask the new leader. A
 /// leader that hangs (paused, or cut off with its connection still open) answers no
 /// batch until the writes' deadlines, and writes queued behind those batches would
 /// otherwise wait as long.
 pub(super) fn spawn(
-    client: PeerClient,
-    peer: NodeId,
+    route: Route,
     mut leader: watch::Receiver<Option<NodeId>>,
     mut shutdown: watch::Receiver<bool>,
 ) -> mpsc::Sender<Forward> {
     let (tx, mut rx) = mpsc::channel::<Forward>(QUEUE);
     tokio::spawn(async move {
-        let slots = Arc::new(Semaphore::new(MAX_IN_FLIGHT));
+        let peer = route.peer;
+        let moved = |l: &Option<NodeId>| matches!(*l, Some(l) if l != peer);
+        // The leader now, read while `leader` waits for a change in the select below.
+        let now = leader.clone();
+        let mut stream: Option<BatchStream> = None;
+        // Batches sent as single calls, while the leader serves no stream.
+        let mut calls = tokio::task::JoinSet::new();
+        let mut unary_until: Option<Instant> = None;
         // A write that did not fit the last batch starts the next.
         let mut carried: Option<Forward> = None;
-        let moved = |l: &Option<NodeId>| matches!(*l, Some(l) if l != peer);
         loop {
-            let first = match carried.take() {
-                Some(f) => f,
-                None => tokio::select! {
-                    _ = shutdown.wait_for(|s| *s) => break,
-                    f = rx.recv() => match f { Some(f) => f, None => break },
-                },
-            };
-            // While every slot is taken, more writes queue and join this batch.
-            let slot = tokio::select! {
+            let in_flight = stream.as_ref().map_or(0, |s| s.sent.len()) + calls.len();
+            let due = stream.as_ref().and_then(|s| s.sent.front()).map(|s| s.deadline);
+            let moved_now = moved(&now.borrow());
+            tokio::select! {
                 biased;
-                slot = slots.clone().acquire_owned() => match slot { Ok(s) => s, Err(_) => break },
-                Ok(_) = leader.wait_for(moved) => {
-                    give_back(first);
-                    while let Ok(f) = rx.try_recv() {
-                        give_back(f);
+                _ = shutdown.wait_for(|s| *s) => break,
+                answer = next_answer(&mut stream) => {
+                    if let Some(back) = answered(&mut stream, answer, &route) {
+                        // The leader serves no stream: nothing on it was proposed.
+                        tracing::info!(peer, "the leader serves no stream of forwarded writes; one call per batch");
+                        unary_until = Some(Instant::now() + UNARY_BATCHES_FOR);
+                        for batch in back {
+                            calls.spawn(send(route.client.clone(), batch));
+                        }
                     }
-                    continue;
                 }
-            };
-            let mut bytes = first.command.len();
-            let mut batch = vec![first];
-            while batch.len() < MAX_BATCH {
-                match rx.try_recv() {
-                    Ok(f) if bytes + f.command.len() > MAX_BATCH_BYTES => {
-                        carried = Some(f);
-                        break;
-                    }
-                    Ok(f) => {
-                        bytes += f.command.len();
-                        batch.push(f);
-                    }
-                    Err(_) => break,
+                _ = tokio::time::sleep_until(due.unwrap_or_else(Instant::now).into()), if due.is_some() => {
+                    let s = stream.take().expect("a batch is due");
+                    fail_sent(s.sent, "no answer from the leader within the writes' deadline");
                 }
+                Some(_) = calls.join_next(), if !calls.is_empty() => {}
+                // With every slot taken, writes are taken off the queue only to be
+                // given back: the slots may be held by a hung leader until the
+                // deadlines of its batches, and another member leads now.
+                first = next_write(&mut carried, &mut rx), if in_flight < MAX_IN_FLIGHT || moved_now => {
+                    let Some(first) = first else { break };
+                    if in_flight >= MAX_IN_FLIGHT {
+                        if moved(&now.borrow()) {
+                            give_back(first);
+                        } else {
+                            carried = Some(first);
+                        }
+                        continue;
+                    }
+                    let mut bytes = first.command.len();
+                    let mut batch = vec![first];
+                    while batch.len() < MAX_BATCH {
+                        match rx.try_recv() {
+                            Ok(f) if bytes + f.command.len() > MAX_BATCH_BYTES => {
+                                carried = Some(f);
+                                break;
+                            }
+                            Ok(f) => {
+                                bytes += f.command.len();
+                                batch.push(f);
+                            }
+                            Err(_) => break,
+                        }
+                    }
+                    // A caller that gave up (its deadline passed) was told the write may
+                    // still commit: not sending it keeps that true.
+                    batch.retain(|f| !f.reply.is_closed());
+                    if moved(&now.borrow()) {
+                        batch.into_iter().for_each(give_back);
+                    } else if batch.is_empty() {
+                    } else if unary_until.is_some_and(|t| Instant::now() < t) {
+                        calls.spawn(send(route.client.clone(), batch));
+                    } else {
+                        unary_until = None;
+                        send_streamed(&mut stream, &route, batch);
+                    }
+                }
+                // Woken when another member starts leading, so that the writes
+                // queued meanwhile go back (the branch above).
+                Ok(_) = leader.wait_for(moved), if in_flight >= MAX_IN_FLIGHT && !moved_now => {}
             }
-            if moved(&leader.borrow()) {
-                batch.into_iter().for_each(give_back);
-                continue;
-            }
-            let client = client.clone();
-            tokio::spawn(async move {
-                send(client, batch).await;
-                drop(slot);
-            });
         }
     });
     tx
+}
+
+async fn next_write(carried: &mut Option<Forward>, rx: &mut mpsc::Receiver<Forward>) -> Option<Forward> {
+    match carried.take() {
+        Some(f) => Some(f),
+        None => rx.recv().await,
+    }
+}
+
+async fn next_answer(stream: &mut Option<BatchStream>) -> Option<Result<pb::ProposeBatchResponse, tonic::Status>> {
+    match stream {
+        Some(s) if !s.sent.is_empty() => s.answers.next().await,
+        _ => std::future::pending().await,
+    }
+}
+
+/// Sends `batch` on the stream, opening one if there is none.
+fn send_streamed(stream: &mut Option<BatchStream>, route: &Route, batch: Vec<Forward>) {
+    let deadline = batch.iter().map(|f| f.deadline).max().expect("a batch holds a write");
+    if let Some((faults, me, peer)) = &route.faults {
+        if let Err(e) = faults.check(me, peer) {
+            return fail(batch, &format!("the leader's answer to a batch of forwarded writes was lost ({e})"));
+        }
+    }
+    let timeout_ms = deadline.saturating_duration_since(Instant::now()).as_millis().max(1) as u64;
+    let req = pb::ProposeBatchRequest { commands: batch.iter().map(|f| f.command.clone()).collect(), timeout_ms };
+    let s = stream.get_or_insert_with(|| BatchStream::open(route.client.clone()));
+    if s.requests.try_send(req).is_err() {
+        // The stream ended (its answers will say how); this batch was not sent.
+        return batch.into_iter().for_each(give_back);
+    }
+    s.sent.push_back(Sent { batch, deadline });
+}
+
+/// Takes an answer off the stream: the oldest batch's outcomes, or the end of the
+/// stream, which fails what it still holds. Returns the batches to send again when the
+/// leader refused the stream itself (an older version: nothing on it was proposed).
+fn answered(
+    stream: &mut Option<BatchStream>,
+    answer: Option<Result<pb::ProposeBatchResponse, tonic::Status>>,
+    route: &Route,
+) -> Option<Vec<Vec<Forward>>> {
+    let s = stream.as_mut()?;
+    match answer {
+        Some(Ok(r)) => {
+            s.answered = true;
+            let Sent { batch, .. } = s.sent.pop_front()?;
+            let lost = route.faults.as_ref().and_then(|(f, me, peer)| f.answer_lost(me, peer).then_some(peer));
+            if let Some(peer) = lost {
+                fail(batch, &format!("the leader's answer to a batch of forwarded writes was lost (fault injection: the answer {peer} -> me was lost)"));
+            } else {
+                deliver(batch, r.outcomes);
+            }
+            None
+        }
+        Some(Err(status)) if status.code() == tonic::Code::Unimplemented && !s.answered => {
+            let s = stream.take()?;
+            Some(s.sent.into_iter().map(|s| s.batch).collect())
+        }
+        Some(Err(status)) => {
+            let s = stream.take()?;
+            for Sent { batch, .. } in s.sent {
+                failed(batch, &status);
+            }
+            None
+        }
+        None => {
+            let s = stream.take()?;
+            fail_sent(s.sent, "the leader ended the stream of forwarded writes");
+            None
+        }
+    }
+}
+
+fn fail_sent(sent: VecDeque<Sent>, why: &str) {
+    for Sent { batch, .. } in sent {
+        fail(batch, why);
+    }
+}
+
+/// Every write in `batch` has an unknown outcome, for `why`.
+fn fail(batch: Vec<Forward>, why: &str) {
+    for f in batch {
+        let _ = f.reply.send(Err(Error::OutcomeUnknown(why.to_string())));
+    }
 }
 
 /// A write not sent because its leader no longer leads: the caller retries it with the
@@ -105,30 +265,44 @@ fn give_back(f: Forward) {
     let _ = f.reply.send(Err(Error::LeaderUnreachable("the leader changed before the write was sent to it".into())));
 }
 
-async fn send(mut client: PeerClient, mut batch: Vec<Forward>) {
-    // A caller that gave up (its deadline passed) was told the write may still commit:
-    // not sending it keeps that true.
-    batch.retain(|f| !f.reply.is_closed());
+/// The leader's answer to a batch: one outcome per write, in order.
+fn deliver(batch: Vec<Forward>, outcomes: Vec<pb::ProposeOutcome>) {
+    if outcomes.len() != batch.len() {
+        let why = format!("the leader answered {} of {} forwarded writes", outcomes.len(), batch.len());
+        return fail(batch, &why);
+    }
+    for (f, o) in batch.into_iter().zip(outcomes) {
+        let _ = f.reply.send(outcome(o));
+    }
+}
+
+/// The whole call (or stream) failed. Only a refusal before anything was proposed (the
+/// leader checks the sender and every command first) or a call never sent says nothing
+/// was applied; otherwise (a lost answer, one too large to send back) the writes may
+/// have been.
+fn failed(batch: Vec<Forward>, s: &tonic::Status) {
+    use tonic::Code;
+    let refused = matches!(s.code(), Code::PermissionDenied | Code::Unauthenticated | Code::InvalidArgument)
+        || s.metadata().contains_key(NOT_APPLIED_METADATA)
+        || crate::error::is_connect_failure(s);
+    if refused {
+        batch.into_iter().for_each(|f| drop(f.reply.send(Err(forward::remote_write_error(s.clone())))));
+    } else {
+        fail(batch, &format!("the leader's answer to a batch of forwarded writes was lost ({})", s.message()));
+    }
+}
+
+/// One batch as one `ProposeBatch` call (a leader without the stream).
+async fn send(mut client: PeerClient, batch: Vec<Forward>) {
     let Some(last) = batch.iter().map(|f| f.deadline).max() else { return };
-    let deadline = last.saturating_duration_since(Instant::now());
-    let mut req =
-        tonic::Request::new(pb::ProposeBatchRequest { commands: batch.iter().map(|f| f.command.clone()).collect() });
-    req.set_timeout(deadline);
+    let mut req = tonic::Request::new(pb::ProposeBatchRequest {
+        commands: batch.iter().map(|f| f.command.clone()).collect(),
+        timeout_ms: 0,
+    });
+    req.set_timeout(last.saturating_duration_since(Instant::now()));
     match client.propose_batch(req).await {
-        Ok(r) => {
-            let outcomes = r.into_inner().outcomes;
-            if outcomes.len() != batch.len() {
-                let why = format!("the leader answered {} of {} forwarded writes", outcomes.len(), batch.len());
-                for f in batch {
-                    let _ = f.reply.send(Err(Error::OutcomeUnknown(why.clone())));
-                }
-                return;
-            }
-            for (f, o) in batch.into_iter().zip(outcomes) {
-                let _ = f.reply.send(outcome(o));
-            }
-        }
-        // A leader of an older version (during a rolling upgrade): one call each.
+        Ok(r) => deliver(batch, r.into_inner().outcomes),
+        // A leader of an older version still (during a rolling upgrade): one call each.
         Err(s) if s.code() == tonic::Code::Unimplemented => {
             futures::future::join_all(batch.into_iter().map(|f| {
                 let mut c = client.clone();
@@ -144,27 +318,7 @@ async fn send(mut client: PeerClient, mut batch: Vec<Forward>) {
             }))
             .await;
         }
-        // The whole call failed. Only a refusal before anything was proposed (the
-        // leader checks the sender and every command first) or a call never sent says
-        // nothing was applied; otherwise (a lost answer, one too large to send back) the
-        // writes may have been.
-        Err(s) => {
-            use tonic::Code;
-            let refused = matches!(s.code(), Code::PermissionDenied | Code::Unauthenticated | Code::InvalidArgument)
-                || s.metadata().contains_key(NOT_APPLIED_METADATA)
-                || crate::error::is_connect_failure(&s);
-            for f in batch {
-                let e = if refused {
-                    forward::remote_write_error(s.clone())
-                } else {
-                    Error::OutcomeUnknown(format!(
-                        "the leader's answer to a batch of forwarded writes was lost ({})",
-                        s.message()
-                    ))
-                };
-                let _ = f.reply.send(Err(e));
-            }
-        }
+        Err(s) => failed(batch, &s),
     }
 }
 

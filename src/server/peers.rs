@@ -93,7 +93,12 @@ impl Peers {
             let queue =
                 transport::spawn_peer(ends, client.clone(), self.input.clone(), self.rpc_timeout, self.store.clone());
             queues.insert(id, queue);
-            let forwarder = forwarder::spawn(client.clone(), id, self.leader.subscribe(), self.shutdown.subscribe());
+            let route = forwarder::Route {
+                peer: id,
+                client: client.clone(),
+                faults: self.faults.clone().map(|f| (f, self.my_name.clone(), member.name.clone())),
+            };
+            let forwarder = forwarder::spawn(route, self.leader.subscribe(), self.shutdown.subscribe());
             links.insert(id, Link { client, forwarder, peer_url: member.peer_url.clone() });
         }
     }

@@ -41,6 +41,10 @@ struct State {
     no_appends_stream: HashSet<String>,
     /// Streams of appends refused so far.
     appends_streams_refused: usize,
+    /// Nodes that refuse `Raft.ProposeStream` as a version without it does.
+    no_propose_stream: HashSet<String>,
+    /// Streams of forwarded writes refused so far.
+    propose_streams_refused: usize,
 }
 
 /// Shared fault settings for a whole test cluster.
@@ -93,6 +97,25 @@ impl Faults {
         let refused = s.no_appends_stream.contains(node);
         s.appends_streams_refused += usize::from(refused);
         refused
+    }
+
+    /// `node` refuses streams of forwarded writes opened from now on (`Unimplemented`,
+    /// as a version before the stream does); its peers must call `ProposeBatch`.
+    pub fn refuse_propose_stream(&self, node: &str) {
+        self.0.lock().unwrap().no_propose_stream.insert(node.into());
+    }
+
+    /// Whether `node` refuses a stream of forwarded writes opened now (counted if it does).
+    pub fn refuses_propose_stream(&self, node: &str) -> bool {
+        let mut s = self.0.lock().unwrap();
+        let refused = s.no_propose_stream.contains(node);
+        s.propose_streams_refused += usize::from(refused);
+        refused
+    }
+
+    /// How many streams of forwarded writes were refused so far.
+    pub fn propose_streams_refused(&self) -> usize {
+        self.0.lock().unwrap().propose_streams_refused
     }
 
     /// How many streams of appends were refused so far.

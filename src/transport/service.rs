@@ -2,6 +2,7 @@
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
+use std::time::Duration;
 
 use futures::stream::{FuturesOrdered, Stream, StreamExt};
 use tokio::io::AsyncWriteExt;
@@ -99,6 +100,79 @@ impl RaftService {
 pub const STREAM_WINDOW: usize = 64;
 
 type Answer = Pin<Box<dyn Future<Output = Result<pb::AppendEntriesResponse, Status>> + Send>>;
+type BatchAnswer = Pin<Box<dyn Future<Output = Result<pb::ProposeBatchResponse, Status>> + Send>>;
+type Answers<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send>>;
+
+/// Serves a stream of requests in order: one task reads them and hands each to `step`
+/// (which checks it and starts its work), and the answers go back in that order as
+/// each is ready. A request `step` refuses ends the stream, after the answers to those
+/// before it, with why; so does a stopping node (its server waits for every call to
+/// end), or a sender that closed its side.
+fn in_order<Req, T, S, F>(node: NodeHandle, mut inbound: Streaming<Req>, mut step: S) -> Answers<T>
+where
+    Req: Send + 'static,
+    T: Send + 'static,
+    S: FnMut(Req) -> F + Send + 'static,
+    F: Future<Output = Result<Pin<Box<dyn Future<Output = Result<T, Status>> + Send>>, Status>> + Send,
+{
+    let (tx, rx) = tokio::sync::mpsc::channel(STREAM_WINDOW);
+    tokio::spawn(async move {
+        let mut answers = FuturesOrdered::new();
+        let stopped = node.stopped();
+        tokio::pin!(stopped);
+        let refused = loop {
+            tokio::select! {
+                biased;
+                _ = &mut stopped => break None,
+                Some(answer) = answers.next() => {
+                    if tx.send(answer).await.is_err() {
+                        return;
+                    }
+                }
+                next = inbound.message(), if answers.len() < STREAM_WINDOW => {
+                    let Ok(Some(r)) = next else { break None };
+                    match step(r).await {
+                        Ok(answer) => answers.push_back(answer),
+                        Err(refused) => break Some(refused),
+                    }
+                }
+            }
+        };
+        // What was started is answered first, then why the stream ended.
+        while let Some(answer) = answers.next().await {
+            if tx.send(answer).await.is_err() {
+                return;
+            }
+        }
+        if let Some(refused) = refused {
+            let _ = tx.send(Err(refused)).await;
+        }
+    });
+    Box::pin(tokio_stream::wrappers::ReceiverStream::new(rx))
+}
+
+/// Checks a batch of forwarded writes, then proposes them together (the driver takes
+/// them in one batch); the answer, in order, once each is applied or has failed.
+fn propose_forwarded(node: NodeHandle, commands: Vec<bytes::Bytes>, deadline: Duration) -> Result<BatchAnswer, Status> {
+    if commands.len() > MAX_FORWARDED_BATCH {
+        return Err(Status::invalid_argument(format!(
+            "a batch of {} forwarded writes (at most {MAX_FORWARDED_BATCH})",
+            commands.len()
+        )));
+    }
+    commands.iter().try_for_each(|c| check_forwarded(c))?;
+    Ok(Box::pin(async move {
+        let outcomes = futures::future::join_all(commands.into_iter().map(|command| {
+            let node = node.clone();
+            async move {
+                let r = node.forwarded(deadline, || node.propose_here(command.clone(), deadline)).await;
+                crate::server::batch_outcome(r)
+            }
+        }))
+        .await;
+        Ok(pb::ProposeBatchResponse { outcomes })
+    }))
+}
 
 /// Checks one streamed append as `append_entries` does and feeds it to the core; the
 /// answer comes later. Refused: the stream ends with why.
@@ -168,7 +242,7 @@ impl pb::raft_server::Raft for RaftService {
         Ok(Response::new(convert::append_response_to_pb(answer)?))
     }
 
-    type AppendStreamStream = Pin<Box<dyn Stream<Item = Result<pb::AppendEntriesResponse, Status>> + Send>>;
+    type AppendStreamStream = Answers<pb::AppendEntriesResponse>;
 
     /// Appends are fed to the core in the order they arrive on the stream (one task
     /// reads them), and answered in that order once the core answers each.
@@ -182,44 +256,12 @@ impl pb::raft_server::Raft for RaftService {
             }
         }
         let certs = if self.certified_peers { Some(req.peer_certs()) } else { None };
-        let mut inbound = req.into_inner();
         let (node, isolation) = (self.node.clone(), self.faults.clone());
-        let (tx, rx) = tokio::sync::mpsc::channel(STREAM_WINDOW);
-        tokio::spawn(async move {
-            let mut answers: FuturesOrdered<Answer> = FuturesOrdered::new();
-            // A stopping node ends its streams: its server waits for every call to end.
-            let stopped = node.stopped();
-            tokio::pin!(stopped);
-            let refused = loop {
-                tokio::select! {
-                    biased;
-                    _ = &mut stopped => break None,
-                    Some(answer) = answers.next() => {
-                        if tx.send(answer).await.is_err() {
-                            return;
-                        }
-                    }
-                    next = inbound.message(), if answers.len() < STREAM_WINDOW => {
-                        // The leader closed the stream, or it broke: nobody waits for more.
-                        let Ok(Some(r)) = next else { break None };
-                        match step_streamed(&node, r, certs.as_ref(), isolation.as_ref()).await {
-                            Ok(answer) => answers.push_back(answer),
-                            Err(refused) => break Some(refused),
-                        }
-                    }
-                }
-            };
-            // What was fed to the core is answered first, then why the stream ended.
-            while let Some(answer) = answers.next().await {
-                if tx.send(answer).await.is_err() {
-                    return;
-                }
-            }
-            if let Some(refused) = refused {
-                let _ = tx.send(Err(refused)).await;
-            }
+        let answers = in_order(self.node.clone(), req.into_inner(), move |r| {
+            let (node, certs, isolation) = (node.clone(), certs.clone(), isolation.clone());
+            async move { step_streamed(&node, r, certs.as_ref(), isolation.as_ref()).await }
         });
-        Ok(Response::new(Box::pin(tokio_stream::wrappers::ReceiverStream::new(rx))))
+        Ok(Response::new(answers))
     }
 
     async fn propose(&self, req: Request<pb::ProposeRequest>) -> Result<Response<pb::ProposeResponse>, Status> {
@@ -238,21 +280,42 @@ impl pb::raft_server::Raft for RaftService {
     ) -> Result<Response<pb::ProposeBatchResponse>, Status> {
         self.check_member(&req)?;
         let deadline = crate::api::deadline(&req);
-        let commands = req.into_inner().commands;
-        if commands.len() > MAX_FORWARDED_BATCH {
-            return Err(Status::invalid_argument(format!(
-                "a batch of {} forwarded writes (at most {MAX_FORWARDED_BATCH})",
-                commands.len()
-            )));
+        let answer = propose_forwarded(self.node.clone(), req.into_inner().commands, deadline)?;
+        Ok(Response::new(answer.await?))
+    }
+
+    type ProposeStreamStream = Answers<pb::ProposeBatchResponse>;
+
+    async fn propose_stream(
+        &self,
+        req: Request<Streaming<pb::ProposeBatchRequest>>,
+    ) -> Result<Response<Self::ProposeStreamStream>, Status> {
+        if let Some((faults, me)) = &self.faults {
+            if faults.refuses_propose_stream(me) {
+                return Err(Status::unimplemented("fault injection: this node serves no stream of forwarded writes"));
+            }
         }
-        commands.iter().try_for_each(|c| check_forwarded(c))?;
-        // Proposed together (the driver takes them in one batch), answered in order.
-        let outcomes = futures::future::join_all(commands.into_iter().map(|command| async move {
-            let r = self.node.forwarded(deadline, || self.node.propose_here(command.clone(), deadline)).await;
-            crate::server::batch_outcome(r)
-        }))
-        .await;
-        Ok(Response::new(pb::ProposeBatchResponse { outcomes }))
+        // The sender is a member for the stream's whole life (its certificate is the
+        // connection's).
+        self.check_member(&req)?;
+        let (node, isolation) = (self.node.clone(), self.faults.clone());
+        let answers = in_order(self.node.clone(), req.into_inner(), move |batch: pb::ProposeBatchRequest| {
+            let (node, isolation) = (node.clone(), isolation.clone());
+            async move {
+                if let Some((faults, me)) = &isolation {
+                    if faults.is_isolated(me) {
+                        return Err(Status::unavailable(format!("fault injection: {me} is isolated")));
+                    }
+                }
+                let limit = crate::config::MAX_REQUEST_WAIT;
+                let deadline = match batch.timeout_ms {
+                    0 => limit,
+                    ms => Duration::from_millis(ms).min(limit),
+                };
+                propose_forwarded(node, batch.commands, deadline)
+            }
+        });
+        Ok(Response::new(answers))
     }
 
     async fn install_snapshot(
