@@ -545,3 +545,43 @@ async fn writes_queued_behind_a_paused_leader_go_to_the_next_one() {
         }
     }
 }
+
+/// A leader killed, restarted and leading again (as in a rolling restart): the
+/// follower's stream of forwarded writes to it broke while idle, and is replaced, so
+/// writes through the follower reach it again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn forwarding_to_a_restarted_leader_opens_a_new_stream() {
+    use raftkv::proto::{self as pb, key_value_client::KeyValueClient};
+
+    let mut p = Procs::start(3);
+    let leader = tokio::task::block_in_place(|| p.wait_leader(None));
+    let f = (leader + 1) % 3;
+    let ch = tonic::transport::Endpoint::from_shared(format!("http://{}", p.clients[f])).unwrap().connect_lazy();
+    let client = KeyValueClient::new(ch);
+    let put = |key: &str| {
+        let mut c = client.clone();
+        let mut req = tonic::Request::new(pb::StoreRequest { key: key.into(), value: "v".into() });
+        req.set_timeout(Duration::from_secs(10));
+        async move { c.store(req).await }
+    };
+    let first = put("before").await;
+    assert!(first.is_ok(), "{first:?}");
+
+    p.kill(leader);
+    tokio::task::block_in_place(|| p.wait_leader(Some(&p.names[leader])));
+    p.spawn(leader);
+    // Leadership back to the restarted node, once it has caught up enough to take it.
+    let deadline = Instant::now() + WAIT;
+    tokio::task::block_in_place(|| loop {
+        let out = p.cli(&["transfer-leader", "--to", &p.names[leader]]);
+        if out.status.success() && p.wait_leader(None) == leader {
+            break;
+        }
+        assert!(Instant::now() < deadline, "no transfer to the restarted node: {}", stderr(&out));
+        std::thread::sleep(Duration::from_millis(200));
+    });
+    let after = put("after").await;
+    assert!(after.is_ok(), "a write forwarded to the restarted leader failed: {after:?}");
+    let got = client.clone().get(pb::GetRequest { key: "after".into(), ..Default::default() }).await;
+    assert_eq!(got.map(|r| r.into_inner().value).ok(), Some("v".to_string()));
+}

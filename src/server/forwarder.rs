@@ -114,8 +114,13 @@ pub(super) fn spawn(
                         // The leader serves no stream: nothing on it was proposed.
                         tracing::info!(peer, "the leader serves no stream of forwarded writes; one call per batch");
                         unary_until = Some(Instant::now() + UNARY_BATCHES_FOR);
-                        for batch in back {
-                            calls.spawn(send(route.client.clone(), batch));
+                        for mut batch in back {
+                            batch.retain(|f| !f.reply.is_closed());
+                            if moved(&now.borrow()) {
+                                batch.into_iter().for_each(give_back);
+                            } else if !batch.is_empty() {
+                                calls.spawn(send(route.client.clone(), batch));
+                            }
                         }
                     }
                 }
@@ -181,10 +186,12 @@ async fn next_write(carried: &mut Option<Forward>, rx: &mut mpsc::Receiver<Forwa
     }
 }
 
+/// The stream's next answer, read whenever there is a stream (so that one that ends
+/// while idle is noticed and replaced).
 async fn next_answer(stream: &mut Option<BatchStream>) -> Option<Result<pb::ProposeBatchResponse, tonic::Status>> {
     match stream {
-        Some(s) if !s.sent.is_empty() => s.answers.next().await,
-        _ => std::future::pending().await,
+        Some(s) => s.answers.next().await,
+        None => std::future::pending().await,
     }
 }
 
@@ -198,9 +205,14 @@ fn send_streamed(stream: &mut Option<BatchStream>, route: &Route, batch: Vec<For
     }
     let timeout_ms = deadline.saturating_duration_since(Instant::now()).as_millis().max(1) as u64;
     let req = pb::ProposeBatchRequest { commands: batch.iter().map(|f| f.command.clone()).collect(), timeout_ms };
+    // A stream whose end is not read yet: what it holds has an unknown outcome, and the
+    // batch goes on a new one.
+    if let Some(s) = stream.take_if(|s| s.requests.is_closed()) {
+        fail_sent(s.sent, "the stream of forwarded writes to the leader broke");
+    }
     let s = stream.get_or_insert_with(|| BatchStream::open(route.client.clone()));
+    // Never full: it holds at most the unanswered batches, no more than its capacity.
     if s.requests.try_send(req).is_err() {
-        // The stream ended (its answers will say how); this batch was not sent.
         return batch.into_iter().for_each(give_back);
     }
     s.sent.push_back(Sent { batch, deadline });
@@ -218,10 +230,15 @@ fn answered(
     match answer {
         Some(Ok(r)) => {
             s.answered = true;
-            let Sent { batch, .. } = s.sent.pop_front()?;
+            let Some(Sent { batch, .. }) = s.sent.pop_front() else {
+                // An answer to nothing sent: the stream is not to be trusted.
+                *stream = None;
+                return None;
+            };
             let lost = route.faults.as_ref().and_then(|(f, me, peer)| f.answer_lost(me, peer).then_some(peer));
             if let Some(peer) = lost {
-                fail(batch, &format!("the leader's answer to a batch of forwarded writes was lost (fault injection: the answer {peer} -> me was lost)"));
+                let why = format!("the leader's answer to a batch of forwarded writes was lost (fault injection: the answer {peer} -> me was lost)");
+                fail(batch, &why);
             } else {
                 deliver(batch, r.outcomes);
             }
@@ -232,9 +249,16 @@ fn answered(
             Some(s.sent.into_iter().map(|s| s.batch).collect())
         }
         Some(Err(status)) => {
-            let s = stream.take()?;
-            for Sent { batch, .. } in s.sent {
-                failed(batch, &status);
+            let mut sent = stream.take()?.sent.into_iter();
+            if status.metadata().contains_key(NOT_APPLIED_METADATA) {
+                // The leader refused the oldest batch before proposing any of it, and
+                // read none after it.
+                if let Some(refused) = sent.next() {
+                    failed(refused.batch, &status);
+                }
+                sent.flat_map(|s| s.batch).for_each(give_back);
+            } else {
+                sent.for_each(|s| failed(s.batch, &status));
             }
             None
         }

@@ -151,6 +151,14 @@ where
     Box::pin(tokio_stream::wrappers::ReceiverStream::new(rx))
 }
 
+/// A batch refused on a stream of forwarded writes ends the stream: neither it nor any
+/// after it was proposed, which its status says.
+fn not_applied(mut refused: Status) -> Status {
+    let v = tonic::metadata::MetadataValue::from_static("1");
+    refused.metadata_mut().insert(crate::error::NOT_APPLIED_METADATA, v);
+    refused
+}
+
 /// Checks a batch of forwarded writes, then proposes them together (the driver takes
 /// them in one batch); the answer, in order, once each is applied or has failed.
 fn propose_forwarded(node: NodeHandle, commands: Vec<bytes::Bytes>, deadline: Duration) -> Result<BatchAnswer, Status> {
@@ -304,7 +312,7 @@ impl pb::raft_server::Raft for RaftService {
             async move {
                 if let Some((faults, me)) = &isolation {
                     if faults.is_isolated(me) {
-                        return Err(Status::unavailable(format!("fault injection: {me} is isolated")));
+                        return Err(not_applied(Status::unavailable(format!("fault injection: {me} is isolated"))));
                     }
                 }
                 let limit = crate::config::MAX_REQUEST_WAIT;
@@ -312,7 +320,7 @@ impl pb::raft_server::Raft for RaftService {
                     0 => limit,
                     ms => Duration::from_millis(ms).min(limit),
                 };
-                propose_forwarded(node, batch.commands, deadline)
+                propose_forwarded(node, batch.commands, deadline).map_err(not_applied)
             }
         });
         Ok(Response::new(answers))
