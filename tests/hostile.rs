@@ -200,3 +200,39 @@ async fn a_leader_that_cannot_commit_refuses_writes_past_the_uncommitted_bound()
     }
     c.shutdown().await;
 }
+
+/// A batch of forwarded writes that does not decode, on the stream a follower forwards
+/// batches on: the batch before it is proposed and answered, then the stream ends with
+/// INVALID_ARGUMENT marked "not applied", and nothing of the refused batch, nor of the
+/// one sent after it, is written.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_forwarded_batch_that_does_not_decode_ends_the_stream_and_writes_nothing() {
+    use futures::StreamExt;
+    use raftkv::mvcc::Command;
+
+    let c = TestCluster::start(3).await;
+    let leader = c.wait_leader().await;
+    let mut peer = RaftClient::connect(format!("http://{}", c.peer_addrs[leader])).await.unwrap();
+    let put = |key: &str| Command::Put { key: key.into(), value: "v".into() }.encode();
+    let batches = vec![
+        pb::ProposeBatchRequest { commands: vec![put("first")], timeout_ms: 5000 },
+        pb::ProposeBatchRequest { commands: vec![put("refused"), vec![9].into()], timeout_ms: 5000 },
+        pb::ProposeBatchRequest { commands: vec![put("after")], timeout_ms: 5000 },
+    ];
+    let mut answers =
+        peer.propose_stream(tokio_stream::iter(batches)).await.expect("a member may open it").into_inner();
+    let first = answers.next().await.expect("an answer").expect("the first batch is answered");
+    assert_eq!(first.outcomes.len(), 1);
+    assert_eq!(first.outcomes[0].code, 0, "{:?}", first.outcomes[0]);
+    let refused = answers.next().await.expect("the end").expect_err("the second batch is refused");
+    assert_eq!(refused.code(), Code::InvalidArgument, "{refused:?}");
+    assert!(refused.metadata().contains_key("raftkv-not-applied"), "{refused:?}");
+    assert!(answers.next().await.is_none(), "the stream ended");
+
+    let mut client = c.client(leader).await;
+    for (key, found) in [("first", true), ("refused", false), ("after", false)] {
+        let got = client.get(pb::GetRequest { key: key.into(), ..Default::default() }).await.unwrap().into_inner();
+        assert_eq!(got.found, found, "{key}");
+    }
+    c.shutdown().await;
+}
