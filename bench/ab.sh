@@ -3,7 +3,7 @@
 # `raftkv dev --nodes 3` (NODES=5 for five) and one kvbench run; binaries alternate so drift hits them
 # alike. Default load: the growth load (64 clients over 8 connections, 1 KiB values,
 # 1M-key space, all endpoints). Environment: CLIENTS, CONNS, VALUE (bytes), ROOT (where
-# the data goes: /dev/shm takes fsync out), LEADER=1 (send to the leader only),
+# the data goes: /dev/shm takes fsync out), KEYS (the puts' key space), LEADER=1 (send to the leader only),
 # BACKEND=etcd (kvbench's etcd client, through raftkv's etcd API; default raftkv's own),
 # OP=get (linearizable gets of a 100,000-key space, filled first by `kvbench --prefill`
 # with VALUE-byte values, 256 by default, instead of puts).
@@ -30,7 +30,7 @@ for r in $(seq "$REPS"); do
     sleep 1
     to=$eps
     [ "${LEADER:-0}" = 1 ] && to=$("$b" status --endpoints $eps | awk '$3=="leader"{print $2}')
-    load=(put --value-size "${VALUE:-1024}" --key-space 1000000)
+    load=(put --value-size "${VALUE:-1024}" --key-space "${KEYS:-1000000}")
     if [ "${OP:-put}" = get ]; then
       load=(get --key-space 100000)
       if ! "$K" get --backend "${BACKEND:-raftkv}" --endpoints "$to" --clients 64 --duration 1s --key-space 100000 \

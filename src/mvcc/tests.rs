@@ -38,17 +38,22 @@ fn apply(s: &Store, commands: Vec<Command>) -> Vec<Result<Applied, MvccError>> {
 
 /// A new store with `s`'s state, installed from a snapshot stream of it.
 fn installed_copy(s: &Store) -> (tempfile::TempDir, Store) {
+    let (d, other) = store();
+    install_from(s, &other, d.path());
+    (d, other)
+}
+
+/// Replaces `into`'s state by `from`'s, through a snapshot stream kept in `dir`.
+fn install_from(from: &Store, into: &Store, dir: &std::path::Path) {
     let mut bytes = Vec::new();
-    snapshot::stream(s, 1000, |c| {
+    snapshot::stream(from, 1000, |c| {
         bytes.extend(c);
         true
     })
     .unwrap();
-    let (d, other) = store();
-    let file = d.path().join("stream");
+    let file = dir.join("stream");
     std::fs::write(&file, &bytes).unwrap();
-    other.install(snapshot::build(&other, &file).unwrap()).unwrap();
-    (d, other)
+    into.install(snapshot::build(into, &file).unwrap()).unwrap();
 }
 
 fn revisions(r: &[Result<Applied, MvccError>]) -> Vec<Revision> {
@@ -209,6 +214,27 @@ fn a_snapshot_stream_rebuilds_the_same_state_and_damage_builds_nothing() {
         .filter(|n| n.starts_with("kv-"))
         .collect();
     assert_eq!(engines.len(), 2, "the installed engine and the one it replaced, no failed build: {engines:?}");
+}
+
+/// A snapshot replaces the whole state: the writes after it continue the keys it holds
+/// (creation revision, version) and create anew those it lacks.
+#[test]
+fn a_write_after_an_install_builds_on_the_installed_state() {
+    let (d, s) = store();
+    apply(&s, vec![put("k", "1"), put("k", "2"), put("k", "3"), put("gone", "1")]);
+    let (_e, source) = store();
+    apply(&source, vec![put("x", "1"), put("k", "a"), put("k", "b")]);
+    install_from(&source, &s, d.path());
+    apply(&s, vec![put("k", "c"), put("gone", "2")]);
+    let v = s.read().unwrap();
+    let k = v.get("k", 0).unwrap().unwrap();
+    assert_eq!(
+        (k.value.as_str(), k.create_revision, k.version),
+        ("c", 3, 3),
+        "k as the snapshot had it, written again"
+    );
+    let gone = v.get("gone", 0).unwrap().unwrap();
+    assert_eq!((gone.create_revision, gone.version), (6, 1), "absent from the snapshot: created anew");
 }
 
 #[test]

@@ -115,6 +115,38 @@ fn a_revoked_lease_deletes_its_keys_at_one_revision_and_only_those_still_attache
     assert_eq!(s.status().stored_bytes + lease::LEASE_BYTES, bytes);
 }
 
+/// The keys a revoke deletes are deleted for the writes after it, in the same batch
+/// or a later one, however they were written before.
+#[test]
+fn a_key_deleted_by_its_lease_revoke_is_created_anew_by_the_next_write() {
+    for one_batch in [false, true] {
+        let (_d, s) = store();
+        let mut commands = vec![
+            Command::LeaseGrant { id: 7, ttl: 30 },
+            put("a", "1"),
+            put_with("a", Some("2"), Some(7)),
+            put("b", "1"),
+            put_with("b", None, Some(7)),
+        ];
+        let revoke = Command::LeaseRevoke { id: 7, since: 0 };
+        let after = vec![put("a", "3"), put_with("b", Some("3"), Some(0))];
+        if one_batch {
+            commands.push(revoke);
+            commands.extend(after);
+            assert!(apply(&s, commands).iter().all(|r| r.is_ok()));
+        } else {
+            for batch in [commands, vec![revoke], after] {
+                assert!(apply(&s, batch).iter().all(|r| r.is_ok()));
+            }
+        }
+        let v = s.read().unwrap();
+        let revision = v.revision();
+        let (a, b) = (v.get("a", 0).unwrap().unwrap(), v.get("b", 0).unwrap().unwrap());
+        assert_eq!((a.create_revision, a.version), (revision - 1, 1), "one batch: {one_batch}");
+        assert_eq!((b.create_revision, b.version), (revision, 1), "one batch: {one_batch}");
+    }
+}
+
 /// A node applies most entries for nobody (a follower's): a put among them does
 /// not read the value it replaces, answers no previous key, yet changes the store
 /// exactly as when answered: creation revision, version, a lease kept under
