@@ -65,8 +65,6 @@ impl KvService {
 }
 
 /// How long a request may wait: the client's `grpc-timeout`, capped by the server.
-/// The server gives up a little before the client does (10%, at most 100 ms) so
-/// that the client receives the server's explanation rather than its own timeout.
 pub fn deadline<T>(req: &Request<T>) -> Duration {
     let client = req
         .metadata()
@@ -74,6 +72,13 @@ pub fn deadline<T>(req: &Request<T>) -> Duration {
         .and_then(|v| v.to_str().ok())
         .and_then(parse_grpc_timeout)
         .unwrap_or(MAX_REQUEST_WAIT);
+    server_wait(client)
+}
+
+/// How long the server works on a request whose client waits `client`: a little less
+/// (10%, at most 100 ms), so that the client receives the server's explanation rather
+/// than its own timeout, and never more than `MAX_REQUEST_WAIT`.
+pub fn server_wait(client: Duration) -> Duration {
     let margin = (client / 10).min(Duration::from_millis(100));
     (client - margin).min(MAX_REQUEST_WAIT)
 }

@@ -114,13 +114,9 @@ pub(super) fn spawn(
                         // The leader serves no stream: nothing on it was proposed.
                         tracing::info!(peer, "the leader serves no stream of forwarded writes; one call per batch");
                         unary_until = Some(Instant::now() + UNARY_BATCHES_FOR);
-                        for mut batch in back {
-                            batch.retain(|f| !f.reply.is_closed());
-                            if moved(&now.borrow()) {
-                                batch.into_iter().for_each(give_back);
-                            } else if !batch.is_empty() {
-                                calls.spawn(send(route.client.clone(), batch));
-                            }
+                        for batch in back {
+                            let elsewhere = moved(&now.borrow());
+                            dispatch(batch, elsewhere, &route, &mut stream, &mut calls, &mut unary_until);
                         }
                     }
                 }
@@ -157,18 +153,8 @@ pub(super) fn spawn(
                             Err(_) => break,
                         }
                     }
-                    // A caller that gave up (its deadline passed) was told the write may
-                    // still commit: not sending it keeps that true.
-                    batch.retain(|f| !f.reply.is_closed());
-                    if moved(&now.borrow()) {
-                        batch.into_iter().for_each(give_back);
-                    } else if batch.is_empty() {
-                    } else if unary_until.is_some_and(|t| Instant::now() < t) {
-                        calls.spawn(send(route.client.clone(), batch));
-                    } else {
-                        unary_until = None;
-                        send_streamed(&mut stream, &route, batch);
-                    }
+                    let elsewhere = moved(&now.borrow());
+                    dispatch(batch, elsewhere, &route, &mut stream, &mut calls, &mut unary_until);
                 }
                 // Woken when another member starts leading, so that the writes
                 // queued meanwhile go back (the branch above).
@@ -177,6 +163,31 @@ pub(super) fn spawn(
         }
     });
     tx
+}
+
+/// Sends `batch` to the leader: on the stream, or as one call while the leader serves
+/// none (until `unary_until`). If another member leads now (`elsewhere`), its writes
+/// go back unsent instead.
+fn dispatch(
+    mut batch: Vec<Forward>,
+    elsewhere: bool,
+    route: &Route,
+    stream: &mut Option<BatchStream>,
+    calls: &mut tokio::task::JoinSet<()>,
+    unary_until: &mut Option<Instant>,
+) {
+    // A caller that gave up (its deadline passed) was told the write may still commit:
+    // not sending it keeps that true.
+    batch.retain(|f| !f.reply.is_closed());
+    if elsewhere {
+        batch.into_iter().for_each(give_back);
+    } else if batch.is_empty() {
+    } else if unary_until.is_some_and(|t| Instant::now() < t) {
+        calls.spawn(send(route.client.clone(), batch));
+    } else {
+        *unary_until = None;
+        send_streamed(stream, route, batch);
+    }
 }
 
 async fn next_write(carried: &mut Option<Forward>, rx: &mut mpsc::Receiver<Forward>) -> Option<Forward> {

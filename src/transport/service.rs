@@ -99,8 +99,8 @@ impl RaftService {
 /// more until answers go (the leader keeps at most this many in flight).
 pub const STREAM_WINDOW: usize = 64;
 
-type Answer = Pin<Box<dyn Future<Output = Result<pb::AppendEntriesResponse, Status>> + Send>>;
-type BatchAnswer = Pin<Box<dyn Future<Output = Result<pb::ProposeBatchResponse, Status>> + Send>>;
+/// The answer to one request of a stream, once its work is done.
+type Answer<T> = Pin<Box<dyn Future<Output = Result<T, Status>> + Send>>;
 type Answers<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send>>;
 
 /// Serves a stream of requests in order: one task reads them and hands each to `step`
@@ -113,7 +113,7 @@ where
     Req: Send + 'static,
     T: Send + 'static,
     S: FnMut(Req) -> F + Send + 'static,
-    F: Future<Output = Result<Pin<Box<dyn Future<Output = Result<T, Status>> + Send>>, Status>> + Send,
+    F: Future<Output = Result<Answer<T>, Status>> + Send,
 {
     let (tx, rx) = tokio::sync::mpsc::channel(STREAM_WINDOW);
     tokio::spawn(async move {
@@ -161,7 +161,11 @@ fn not_applied(mut refused: Status) -> Status {
 
 /// Checks a batch of forwarded writes, then proposes them together (the driver takes
 /// them in one batch); the answer, in order, once each is applied or has failed.
-fn propose_forwarded(node: NodeHandle, commands: Vec<bytes::Bytes>, deadline: Duration) -> Result<BatchAnswer, Status> {
+fn propose_forwarded(
+    node: NodeHandle,
+    commands: Vec<bytes::Bytes>,
+    deadline: Duration,
+) -> Result<Answer<pb::ProposeBatchResponse>, Status> {
     if commands.len() > MAX_FORWARDED_BATCH {
         return Err(Status::invalid_argument(format!(
             "a batch of {} forwarded writes (at most {MAX_FORWARDED_BATCH})",
@@ -189,7 +193,7 @@ async fn step_streamed(
     r: pb::AppendEntriesRequest,
     certs: Option<&Option<Arc<Vec<CertificateDer<'static>>>>>,
     isolation: Option<&(Faults, String)>,
-) -> Result<Answer, Status> {
+) -> Result<Answer<pb::AppendEntriesResponse>, Status> {
     if let Some((faults, me)) = isolation {
         if faults.is_isolated(me) {
             return Err(Status::unavailable(format!("fault injection: {me} is isolated")));
@@ -315,10 +319,9 @@ impl pb::raft_server::Raft for RaftService {
                         return Err(not_applied(Status::unavailable(format!("fault injection: {me} is isolated"))));
                     }
                 }
-                let limit = crate::config::MAX_REQUEST_WAIT;
                 let deadline = match batch.timeout_ms {
-                    0 => limit,
-                    ms => Duration::from_millis(ms).min(limit),
+                    0 => crate::config::MAX_REQUEST_WAIT,
+                    ms => crate::api::server_wait(Duration::from_millis(ms)),
                 };
                 propose_forwarded(node, batch.commands, deadline).map_err(not_applied)
             }
