@@ -236,9 +236,10 @@ impl<'a> Applying<'a> {
                     let needs_value = self.answer || value.is_none();
                     let prev = if needs_value { self.current(key)? } else { None };
                     let prior = if needs_value { prev.as_ref().map(Prior::from) } else { self.prior(key)? };
-                    let value = match (value, &prev) {
-                        (Some(v), _) => v.clone(),
-                        (None, Some(p)) => p.value.clone(),
+                    // A value kept (`ignore_value`) stays what it was, a JSON text included.
+                    let (value, json) = match (value, &prev) {
+                        (Some(v), _) => (v.clone(), false),
+                        (None, Some(p)) => (p.value.clone(), p.json),
                         (None, None) => return Err(MvccError::KeyNotFound),
                     };
                     let lease = match (lease, prior) {
@@ -249,7 +250,7 @@ impl<'a> Applying<'a> {
                     if lease != 0 && !self.leases.exists(lease) {
                         return Err(MvccError::LeaseNotFound);
                     }
-                    self.write(key, Some((value, lease)), prior);
+                    self.write(key, Some((value, lease, json)), prior);
                     OpResult::Put { prev }
                 }
                 TxnOp::Delete { range } => {
@@ -329,19 +330,21 @@ impl<'a> Applying<'a> {
         Ok(RangeResult { kvs, count, more })
     }
 
-    /// Writes `key` (a put of `(value, lease)`, or a delete) as the next sub-revision.
-    fn write(&mut self, key: &str, put: Option<(String, i64)>, prev: Option<Prior>) {
+    /// Writes `key` (a put of `(value, lease, json)`, or a delete) as the next
+    /// sub-revision.
+    fn write(&mut self, key: &str, put: Option<(String, i64, bool)>, prev: Option<Prior>) {
         let (rev, sub) = (self.revision, self.sub);
         self.sub += 1;
         let e = self.entry;
-        let (value, lease) = match put {
-            Some((v, l)) => (Some(v), l),
-            None => (None, 0),
+        let (value, lease, json) = match put {
+            Some((v, l, json)) => (Some(v), l, json),
+            None => (None, 0, false),
         };
+        let put = if json { EventKind::PutJson } else { EventKind::Put };
         let (kind, create_revision, version) = match (&value, prev) {
             (None, _) => (EventKind::Delete, 0, 0),
-            (Some(_), Some(p)) => (EventKind::Put, p.create_revision, p.version + 1),
-            (Some(_), None) => (EventKind::Put, rev, 1),
+            (Some(_), Some(p)) => (put, p.create_revision, p.version + 1),
+            (Some(_), None) => (put, rev, 1),
         };
         let event = Event {
             revision: rev,
@@ -358,7 +361,7 @@ impl<'a> Applying<'a> {
         let m = value.as_ref().map(|_| KeyMeta { create_revision, mod_revision: rev, mod_sub: sub, version, lease });
         match &m {
             None => self.batch.remove(&self.engine.keys, k),
-            Some(m) => self.batch.insert(&self.engine.keys, k, m.encode_record(false, &event.value).as_slice()),
+            Some(m) => self.batch.insert(&self.engine.keys, k, m.encode_record(json, &event.value).as_slice()),
         }
         attach(self.engine, self.batch, k, prev.map_or(0, |p| p.lease), lease);
         self.batch.insert(&self.engine.revs, rev_key(rev, sub).as_slice(), encode_event(&event));

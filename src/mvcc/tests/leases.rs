@@ -147,6 +147,25 @@ fn a_key_deleted_by_its_lease_revoke_is_created_anew_by_the_next_write() {
     }
 }
 
+/// A put that keeps the value (etcd's `ignore_value`, say to attach a lease) keeps it
+/// as it was: a JSON value stored through raftkv's API stays JSON, whether anyone on
+/// this node waits for the put or not.
+#[test]
+fn a_put_that_keeps_the_value_keeps_a_json_value_json() {
+    for answered in [true, false] {
+        let (_d, s) = store();
+        let json = Command::PutJson { key: "j".into(), json: r#"{"a":1}"#.into() };
+        apply(&s, vec![json, Command::LeaseGrant { id: 7, ttl: 30 }]);
+        let keep = entry(s.applied() + 1, put_with("j", None, Some(7)));
+        assert!(s.apply_answering(&[keep], |_| answered).unwrap()[0].1.is_ok());
+        let v = s.read().unwrap();
+        let j = v.get("j", 0).unwrap().unwrap();
+        assert_eq!((j.value.as_str(), j.json, j.lease, j.version), (r#"{"a":1}"#, true, 7, 2), "answered: {answered}");
+        let last = v.history(0, usize::MAX, usize::MAX).unwrap().events.pop().unwrap();
+        assert_eq!(last.kind, EventKind::PutJson, "answered: {answered}");
+    }
+}
+
 /// A node applies most entries for nobody (a follower's): a put among them does
 /// not read the value it replaces, answers no previous key, yet changes the store
 /// exactly as when answered: creation revision, version, a lease kept under
