@@ -152,17 +152,20 @@ fn a_key_deleted_by_its_lease_revoke_is_created_anew_by_the_next_write() {
 /// this node waits for the put or not.
 #[test]
 fn a_put_that_keeps_the_value_keeps_a_json_value_json() {
-    for answered in [true, false] {
+    // Kept in the key's record, and too large for it (read from the history).
+    let large = format!(r#"["{}"]"#, "x".repeat(super::super::record::INLINE_VALUE_MAX));
+    for (value, answered) in [(r#"{"a":1}"#, true), (r#"{"a":1}"#, false), (&large, true), (&large, false)] {
         let (_d, s) = store();
-        let json = Command::PutJson { key: "j".into(), json: r#"{"a":1}"#.into() };
+        let json = Command::PutJson { key: "j".into(), json: value.into() };
         apply(&s, vec![json, Command::LeaseGrant { id: 7, ttl: 30 }]);
         let keep = entry(s.applied() + 1, put_with("j", None, Some(7)));
         assert!(s.apply_answering(&[keep], |_| answered).unwrap()[0].1.is_ok());
         let v = s.read().unwrap();
         let j = v.get("j", 0).unwrap().unwrap();
-        assert_eq!((j.value.as_str(), j.json, j.lease, j.version), (r#"{"a":1}"#, true, 7, 2), "answered: {answered}");
+        let case = format!("{} bytes, answered: {answered}", value.len());
+        assert_eq!((j.value.as_str(), j.json, j.lease, j.version), (value, true, 7, 2), "{case}");
         let last = v.history(0, usize::MAX, usize::MAX).unwrap().events.pop().unwrap();
-        assert_eq!(last.kind, EventKind::PutJson, "answered: {answered}");
+        assert_eq!(last.kind, EventKind::PutJson, "{case}");
     }
 }
 
