@@ -62,8 +62,9 @@ pub struct RangeRead {
 pub fn range_read(r: &epb::RangeRequest) -> Result<RangeRead, Status> {
     let range = key_range(&r.key, &r.range_end)?;
     let limit = if needs_post(r) { 0 } else { r.limit.max(0) as u64 };
-    // Sorting by value needs the values; keys_only is then applied here.
-    let keys_only = r.keys_only && !needs_post(r);
+    // Sorting by value needs the values; keys_only is then applied here. A count
+    // shows no value at all.
+    let keys_only = r.count_only || (r.keys_only && !needs_post(r));
     Ok(RangeRead { range, revision: r.revision.max(0) as u64, limit, keys_only })
 }
 

@@ -215,6 +215,23 @@ impl ReadView {
         }))
     }
 
+    /// The live key `key` whose record is `record`, its value left out and never read
+    /// (a keys-only range: a value too large for the record would take a read of its
+    /// history event).
+    fn live_key(&self, key: &[u8], record: &[u8]) -> Result<Option<KeyValue>, MvccError> {
+        let m = KeyMeta::decode(record)?;
+        let key = std::str::from_utf8(key).map_err(|_| MvccError::Engine("damaged key record in the store".into()))?;
+        Ok(Some(KeyValue {
+            key: key.to_string(),
+            value: String::new(),
+            json: false,
+            create_revision: m.create_revision,
+            mod_revision: m.mod_revision,
+            version: m.version,
+            lease: m.lease,
+        }))
+    }
+
     /// `key` at revision `at` (0: the latest).
     pub fn get(&self, key: &str, at: Revision) -> Result<Option<KeyValue>, MvccError> {
         let unstorable = !storable(key.as_bytes());
@@ -271,7 +288,8 @@ impl ReadView {
                 return Ok(out);
             }
             if let Some(record) = self.snap.get(&self.engine.keys, k)? {
-                take(&mut out, self.live(k, &record)?);
+                let kv = if keys_only { self.live_key(k, &record)? } else { self.live(k, &record)? };
+                take(&mut out, kv);
             }
             return Ok(out);
         }
@@ -291,7 +309,8 @@ impl ReadView {
                     out.more = true;
                     continue;
                 }
-                take(&mut out, self.live(&k, &record)?);
+                let kv = if keys_only { self.live_key(&k, &record)? } else { self.live(&k, &record)? };
+                take(&mut out, kv);
             }
             return Ok(out);
         }

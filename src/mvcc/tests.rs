@@ -544,6 +544,17 @@ fn values_read_alike_from_their_key_record_or_from_the_history() {
         assert_eq!(values, ["2", big.as_str(), "[1]"]);
         let point = v.range(&KeyRange::Key(b"j".to_vec()), 0, 0, false).unwrap();
         assert!(point.kvs[0].json);
+        // Keys only: the same keys and metadata, no value (none is read), however kept.
+        let meta = |kvs: &[KeyValue]| -> Vec<_> {
+            kvs.iter().map(|kv| (kv.key.clone(), kv.create_revision, kv.mod_revision, kv.version, kv.lease)).collect()
+        };
+        for range in [KeyRange::Span { start: b"a".to_vec(), end: None }, KeyRange::Key(b"big".to_vec())] {
+            let keys = v.range(&range, 0, 0, true).unwrap();
+            let full = v.range(&range, 0, 0, false).unwrap();
+            assert_eq!(meta(&keys.kvs), meta(&full.kvs), "{range:?}");
+            assert_eq!(keys.count, full.count);
+            assert!(keys.kvs.iter().all(|kv| kv.value.is_empty()), "{range:?}");
+        }
     };
     expect(&s.read().unwrap());
     // A store written before values were kept with their keys holds the metadata
