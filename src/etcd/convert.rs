@@ -61,9 +61,14 @@ pub struct RangeRead {
 
 pub fn range_read(r: &epb::RangeRequest) -> Result<RangeRead, Status> {
     let range = key_range(&r.key, &r.range_end)?;
-    let limit = if needs_post(r) { 0 } else { r.limit.max(0) as u64 };
-    // Sorting by value needs the values; keys_only is then applied here. A count
-    // shows no value at all.
+    // A count shows no key: the store counts the keys past its limit without reading
+    // them (etcd's count ignores the filters too).
+    let limit = match (r.count_only, needs_post(r)) {
+        (true, _) => 1,
+        (false, true) => 0,
+        (false, false) => r.limit.max(0) as u64,
+    };
+    // Sorting by value needs the values; keys_only is then applied here.
     let keys_only = r.count_only || (r.keys_only && !needs_post(r));
     Ok(RangeRead { range, revision: r.revision.max(0) as u64, limit, keys_only })
 }
@@ -110,7 +115,9 @@ pub fn range_response(
         }
     }
     if r.count_only {
+        // As etcd 3.4: no key, so none left out either.
         kvs.clear();
+        more = false;
     }
     if r.keys_only {
         kvs.iter_mut().for_each(|kv| kv.value.clear());
