@@ -3,6 +3,7 @@ use std::process::{ExitCode, Stdio};
 use std::time::Duration;
 
 use clap::Args;
+use raftkv::view::ViewError;
 use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::process::{Child, Command};
 
@@ -182,15 +183,17 @@ impl Fleet {
 }
 
 impl raftkv::view::Control for Fleet {
-    fn act(&self, endpoint: &str, action: raftkv::view::Action) -> Result<String, String> {
+    fn act(&self, endpoint: &str, action: raftkv::view::Action) -> Result<String, ViewError> {
         use raftkv::view::Action;
+        let failed = ViewError::Failed;
         use std::sync::atomic::Ordering;
         let mut nodes = self.lock();
         if self.stopping.load(Ordering::Relaxed) {
-            return Err("raftkv dev is stopping".into());
+            return Err(failed("raftkv dev is stopping".into()));
         }
         self.acted.store(true, Ordering::Relaxed);
-        let node = nodes.iter_mut().find(|n| n.client == endpoint).ok_or(format!("no node at {endpoint}"))?;
+        let node =
+            nodes.iter_mut().find(|n| n.client == endpoint).ok_or_else(|| failed(format!("no node at {endpoint}")))?;
         let signal = |node: &DevNode, sig: i32| {
             // SAFETY: a signal to our own child process, by its PID.
             unsafe { libc::kill(node.pid as i32, sig) };
@@ -212,20 +215,22 @@ impl raftkv::view::Control for Fleet {
                 format!("resumed {name} (SIGCONT to {pid})")
             }
             (Action::Restart, None) => {
-                // `Control::act` answers the page with text (the view's contract).
-                self.spawn(node).map_err(|e| e.to_string())?;
+                self.spawn(node).map_err(|e| failed(e.to_string()))?;
                 format!("restarted {name} (pid {})", node.pid)
             }
             (Action::Isolate | Action::Heal, Some(_)) => {
                 let isolate = action == Action::Isolate;
                 if node.isolated == isolate {
-                    return Err(format!("{name} is {} already", if isolate { "isolated" } else { "connected" }));
+                    return Err(failed(format!(
+                        "{name} is {} already",
+                        if isolate { "isolated" } else { "connected" }
+                    )));
                 }
                 let line = if isolate { "isolate" } else { "heal" };
                 node.faults
                     .as_ref()
                     .and_then(|f| f.send(line).ok())
-                    .ok_or(format!("{name} takes no fault commands"))?;
+                    .ok_or_else(|| failed(format!("{name} takes no fault commands")))?;
                 node.isolated = isolate;
                 if isolate {
                     format!("cut {name} off from every other node")
@@ -233,10 +238,10 @@ impl raftkv::view::Control for Fleet {
                     format!("reconnected {name}")
                 }
             }
-            (Action::Restart, Some(_)) => return Err(format!("{name} is running; kill it first")),
-            (_, None) => return Err(format!("{name} is not running")),
-            (Action::Pause, _) => return Err(format!("{name} is paused already")),
-            (Action::Resume, _) => return Err(format!("{name} is not paused")),
+            (Action::Restart, Some(_)) => return Err(failed(format!("{name} is running; kill it first"))),
+            (_, None) => return Err(failed(format!("{name} is not running"))),
+            (Action::Pause, _) => return Err(failed(format!("{name} is paused already"))),
+            (Action::Resume, _) => return Err(failed(format!("{name} is not paused"))),
         };
         println!("raftkv dev: {done}");
         Ok(done)

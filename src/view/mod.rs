@@ -22,6 +22,31 @@ use tokio::sync::{broadcast, mpsc};
 
 pub use nodes::{Action, Control, Nodes, Slot};
 
+/// Why the view did not do what a page asked: answered with its HTTP status and
+/// `{"error": message}`.
+#[derive(Debug, thiserror::Error)]
+pub enum ViewError {
+    /// The request itself is wrong (400).
+    #[error("{0}")]
+    BadRequest(String),
+    /// Another site's page posted it (403).
+    #[error("cross-origin requests are refused")]
+    CrossOrigin,
+    /// The cluster, or the process of a node, could not do it (502).
+    #[error("{0}")]
+    Failed(String),
+}
+
+impl ViewError {
+    fn status(&self) -> StatusCode {
+        match self {
+            ViewError::BadRequest(_) => StatusCode::BAD_REQUEST,
+            ViewError::CrossOrigin => StatusCode::FORBIDDEN,
+            ViewError::Failed(_) => StatusCode::BAD_GATEWAY,
+        }
+    }
+}
+
 const INDEX_HTML: &str = include_str!("page/index.html");
 const APP_JS: &str = include_str!("page/app.js");
 const STYLE_CSS: &str = include_str!("page/style.css");
@@ -122,7 +147,7 @@ async fn route(nodes: &Arc<Nodes>, req: Request<hyper::body::Incoming>) -> Respo
         (&Method::GET, "/events") => events(nodes),
         (&Method::POST, "/api/put" | "/api/transfer" | "/api/node") => match action(nodes, &path, req).await {
             Ok(v) => json_answer(StatusCode::OK, v),
-            Err((status, message)) => json_answer(status, json!({ "error": message })),
+            Err(e) => json_answer(e.status(), json!({ "error": e.to_string() })),
         },
         (&Method::GET, _) => answer(StatusCode::NOT_FOUND, "text/plain; charset=utf-8", "not found\n"),
         _ => answer(StatusCode::METHOD_NOT_ALLOWED, "text/plain; charset=utf-8", "method not allowed\n"),
@@ -174,12 +199,10 @@ fn events(nodes: &Arc<Nodes>) -> Response<Body> {
     r
 }
 
-type Refusal = (StatusCode, String);
-
 /// Runs one of the page's actions. Only a same-origin JSON request is taken, so that
 /// another site's page cannot post to this one through its visitor's browser.
-async fn action(nodes: &Nodes, path: &str, req: Request<hyper::body::Incoming>) -> Result<Value, Refusal> {
-    let bad = |m: String| (StatusCode::BAD_REQUEST, m);
+async fn action(nodes: &Nodes, path: &str, req: Request<hyper::body::Incoming>) -> Result<Value, ViewError> {
+    let bad = ViewError::BadRequest;
     let is_json = req
         .headers()
         .get(hyper::header::CONTENT_TYPE)
@@ -191,7 +214,7 @@ async fn action(nodes: &Nodes, path: &str, req: Request<hyper::body::Incoming>) 
     let host = req.headers().get(hyper::header::HOST).and_then(|v| v.to_str().ok()).unwrap_or("");
     if let Some(origin) = req.headers().get(hyper::header::ORIGIN) {
         if origin.to_str().ok() != Some(&format!("http://{host}")) {
-            return Err((StatusCode::FORBIDDEN, "cross-origin requests are refused".into()));
+            return Err(ViewError::CrossOrigin);
         }
     }
     let body = Limited::new(req.into_body(), MAX_BODY)
@@ -200,26 +223,25 @@ async fn action(nodes: &Nodes, path: &str, req: Request<hyper::body::Incoming>) 
         .map_err(|e| bad(format!("cannot read the body: {e}")))?
         .to_bytes();
     let body: Value = serde_json::from_slice(&body).map_err(|e| bad(format!("the body is not JSON: {e}")))?;
-    let field = |name: &str| -> Result<String, Refusal> {
+    let field = |name: &str| -> Result<String, ViewError> {
         match &body[name] {
             Value::String(s) => Ok(s.clone()),
             Value::Null => Ok(String::new()),
             _ => Err(bad(format!("{name} must be a string"))),
         }
     };
-    let failed = |m: String| (StatusCode::BAD_GATEWAY, m);
     match path {
         "/api/put" => {
             let key = field("key")?;
             if key.is_empty() {
                 return Err(bad("the key is empty".into()));
             }
-            nodes.put(key, field("value")?).await.map_err(failed)
+            nodes.put(key, field("value")?).await
         }
-        "/api/transfer" => nodes.transfer(field("to")?).await.map_err(failed),
+        "/api/transfer" => nodes.transfer(field("to")?).await,
         _ => {
-            let action: Action = field("action")?.parse().map_err(bad)?;
-            nodes.act(&field("endpoint")?, action).map_err(failed)
+            let action: Action = field("action")?.parse()?;
+            nodes.act(&field("endpoint")?, action)
         }
     }
 }

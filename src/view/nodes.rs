@@ -7,6 +7,7 @@ use serde_json::{json, Value};
 use tokio::sync::broadcast;
 use tonic::transport::Channel;
 
+use super::ViewError;
 use crate::proto::{self as pb, key_value_client::KeyValueClient};
 
 /// Log entries each node's card shows.
@@ -30,8 +31,8 @@ pub enum Action {
 }
 
 impl std::str::FromStr for Action {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Action, String> {
+    type Err = ViewError;
+    fn from_str(s: &str) -> Result<Action, ViewError> {
         match s {
             "kill" => Ok(Action::Kill),
             "restart" => Ok(Action::Restart),
@@ -39,7 +40,9 @@ impl std::str::FromStr for Action {
             "resume" => Ok(Action::Resume),
             "isolate" => Ok(Action::Isolate),
             "heal" => Ok(Action::Heal),
-            _ => Err(format!("unknown action {s:?}: kill, restart, pause, resume, isolate or heal")),
+            _ => Err(ViewError::BadRequest(format!(
+                "unknown action {s:?}: kill, restart, pause, resume, isolate or heal"
+            ))),
         }
     }
 }
@@ -47,7 +50,7 @@ impl std::str::FromStr for Action {
 /// The processes behind the endpoints, for a view that may act on them.
 pub trait Control: Send + Sync {
     /// Does `action` to the node serving clients at `endpoint`; says what it did.
-    fn act(&self, endpoint: &str, action: Action) -> Result<String, String>;
+    fn act(&self, endpoint: &str, action: Action) -> Result<String, ViewError>;
     /// "running", "isolated", "paused" or "stopped".
     fn process(&self, endpoint: &str) -> &'static str;
 }
@@ -147,7 +150,7 @@ impl Nodes {
     }
 
     /// Writes `key` = `value` through the leader (or any node that answers).
-    pub async fn put(&self, key: String, value: String) -> Result<Value, String> {
+    pub async fn put(&self, key: String, value: String) -> Result<Value, ViewError> {
         let mut last = "no node answers".to_string();
         for i in self.by_preference() {
             let req = self.request(pb::StoreRequest { key: key.clone(), value: value.clone() });
@@ -162,24 +165,27 @@ impl Nodes {
                 }
                 // Only a refusal that says nothing was written may be tried elsewhere.
                 Err(e) if crate::client::never_applied(&e) => last = e.message().to_string(),
-                Err(e) => return Err(crate::client::describe(&e)),
+                Err(e) => return Err(ViewError::Failed(crate::client::describe(&e))),
             }
         }
-        Err(format!("put {key}: {last}"))
+        Err(ViewError::Failed(format!("put {key}: {last}")))
     }
 
     /// Hands leadership to the member `to` (or the most up-to-date follower).
-    pub async fn transfer(&self, to: String) -> Result<Value, String> {
-        let Some(&i) = self.by_preference().first() else { return Err("no node answers".into()) };
+    pub async fn transfer(&self, to: String) -> Result<Value, ViewError> {
+        let Some(&i) = self.by_preference().first() else { return Err(ViewError::Failed("no node answers".into())) };
         let req = self.request(pb::TransferLeaderRequest { target: to });
-        let r = self.client(i).transfer_leader(req).await.map_err(|e| e.message().to_string())?.into_inner();
+        let r = self.client(i).transfer_leader(req).await.map_err(|e| ViewError::Failed(e.message().to_string()))?;
+        let r = r.into_inner();
         Ok(json!({"message": format!("{} leads term {}", r.leader, r.term)}))
     }
 
     /// Acts on the process of the node at `endpoint`.
-    pub fn act(&self, endpoint: &str, action: Action) -> Result<Value, String> {
-        let control = self.control.as_ref().ok_or("this view does not control the nodes' processes")?;
-        let i = self.slots.iter().position(|s| s.endpoint == endpoint).ok_or(format!("no node at {endpoint:?}"))?;
+    pub fn act(&self, endpoint: &str, action: Action) -> Result<Value, ViewError> {
+        let failed = ViewError::Failed;
+        let control = self.control.as_ref().ok_or(failed("this view does not control the nodes' processes".into()))?;
+        let i =
+            self.slots.iter().position(|s| s.endpoint == endpoint).ok_or(failed(format!("no node at {endpoint:?}")))?;
         let message = control.act(endpoint, action)?;
         self.refresh(i);
         Ok(json!({"message": message}))
