@@ -2,14 +2,14 @@
 # A keys-only range over many large values, through etcd's API: a fresh `raftkv dev --nodes 3`
 # from BINARY, filled by kvbench (64 clients, 10 s, 20,000 keys of 2 KiB), then ten
 # `etcdctl get key/ --prefix --keys-only` calls timed, and ten gets of one key (etcdctl's
-# own start). Needs etcdctl (Debian: etcd-client). Run from the project's root.
+# own start). Needs etcdctl (Debian: etcd-client) and python3. Run from the project's root.
 #   bash bench/keys-only.sh BINARY
 set -euo pipefail
 [ $# -eq 1 ] || { echo "usage: bench/keys-only.sh BINARY" >&2; exit 2; }
 B=$1; K=$(../shared/bench/build-kvbench.sh); eps=127.0.0.1:7001,127.0.0.1:7002,127.0.0.1:7003
-RD=$(mktemp -d /tmp/ko-run.XXXX)
+RD=$(mktemp -d /tmp/ko-run.XXXX); dp=
+trap 'if [ -n "$dp" ]; then kill -INT "$dp" 2>/dev/null || true; wait "$dp" 2>/dev/null || true; fi; rm -rf "$RD" "$RD.log"' EXIT
 setsid "$B" dev --nodes 3 --fresh --no-view --data-root "$RD" >"$RD.log" 2>&1 & dp=$!
-trap 'kill -INT $dp; wait $dp 2>/dev/null || true; rm -rf "$RD" "$RD.log"' EXIT
 for _ in $(seq 100); do st=$("$B" status --endpoints $eps 2>/dev/null || true); [[ $st == *" leader "* ]] && break; sleep 0.1; done
 sleep 1
 echo "filling 20,000 keys of 2 KiB for 10 s ..." >&2

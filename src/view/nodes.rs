@@ -183,9 +183,10 @@ impl Nodes {
     /// Acts on the process of the node at `endpoint`.
     pub fn act(&self, endpoint: &str, action: Action) -> Result<Value, ViewError> {
         let failed = ViewError::Failed;
-        let control = self.control.as_ref().ok_or(failed("this view does not control the nodes' processes".into()))?;
-        let i =
-            self.slots.iter().position(|s| s.endpoint == endpoint).ok_or(failed(format!("no node at {endpoint:?}")))?;
+        let control =
+            self.control.as_ref().ok_or_else(|| failed("this view does not control the nodes' processes".into()))?;
+        let position = self.slots.iter().position(|s| s.endpoint == endpoint);
+        let i = position.ok_or_else(|| failed(format!("no node at {endpoint:?}")))?;
         let message = control.act(endpoint, action)?;
         self.refresh(i);
         Ok(json!({"message": message}))
