@@ -68,12 +68,7 @@ impl BatchStream {
     fn open(mut client: PeerClient) -> BatchStream {
         let (requests, queued) = mpsc::channel(MAX_IN_FLIGHT);
         let opened = async move { client.propose_stream(tokio_stream::wrappers::ReceiverStream::new(queued)).await };
-        let answers = futures::stream::once(opened)
-            .flat_map(|opened| match opened {
-                Ok(answers) => answers.into_inner().boxed(),
-                Err(refused) => futures::stream::once(std::future::ready(Err(refused))).boxed(),
-            })
-            .boxed();
+        let answers = crate::transport::answers_once_opened(opened);
         BatchStream { requests, answers, sent: VecDeque::new(), answered: false }
     }
 }

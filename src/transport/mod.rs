@@ -8,7 +8,7 @@ use std::collections::VecDeque;
 use std::sync::Arc;
 use std::time::Duration;
 
-use futures::stream::{FuturesUnordered, StreamExt};
+use futures::stream::{BoxStream, FuturesUnordered, StreamExt};
 use tokio::sync::mpsc;
 use tokio::time::Instant;
 use tonic::transport::Endpoint;
@@ -141,13 +141,24 @@ pub fn spawn_peer(
     tx
 }
 
-/// A peer's answers to the appends sent on the current stream, once it opened.
-type Answers = std::pin::Pin<Box<dyn futures::Stream<Item = Result<pb::AppendEntriesResponse, tonic::Status>> + Send>>;
+/// The answers on a stream being opened, once it is: a refusal to open it comes as its
+/// only item (the stream of appends, and of forwarded writes).
+pub(crate) fn answers_once_opened<T: Send + 'static>(
+    opened: impl std::future::Future<Output = Result<tonic::Response<tonic::Streaming<T>>, tonic::Status>> + Send + 'static,
+) -> BoxStream<'static, Result<T, tonic::Status>> {
+    futures::stream::once(opened)
+        .flat_map(|opened| match opened {
+            Ok(answers) => answers.into_inner().boxed(),
+            Err(refused) => futures::stream::once(std::future::ready(Err(refused))).boxed(),
+        })
+        .boxed()
+}
 
 /// The appends to one peer on one stream, answered in the order sent.
 struct AppendStream {
     requests: mpsc::Sender<pb::AppendEntriesRequest>,
-    answers: Answers,
+    /// The peer's answers to the appends sent on it, in order.
+    answers: BoxStream<'static, Result<pb::AppendEntriesResponse, tonic::Status>>,
     /// When each unanswered append is given up, oldest first.
     deadlines: VecDeque<Instant>,
 }
@@ -157,12 +168,7 @@ impl AppendStream {
     fn open(mut client: PeerClient) -> AppendStream {
         let (requests, queued) = mpsc::channel(service::STREAM_WINDOW);
         let opened = async move { client.append_stream(tokio_stream::wrappers::ReceiverStream::new(queued)).await };
-        let answers = futures::stream::once(opened)
-            .flat_map(|opened| match opened {
-                Ok(answers) => answers.into_inner().boxed(),
-                Err(refused) => futures::stream::once(std::future::ready(Err(refused))).boxed(),
-            })
-            .boxed();
+        let answers = answers_once_opened(opened);
         AppendStream { requests, answers, deadlines: VecDeque::new() }
     }
 }
