@@ -417,4 +417,52 @@ mod tests {
         let ok = outcome(to_outcome(Ok(Applied::new(7, 2, 5)))).unwrap();
         assert_eq!((ok.index, ok.term, ok.revision), (7, 2, 5));
     }
+
+    /// Sent batches, each of one write, and the receivers of their outcomes.
+    fn sent_batches(n: usize) -> (VecDeque<Sent>, Vec<oneshot::Receiver<Result<Applied>>>) {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        let (mut sent, mut outcomes) = (VecDeque::new(), Vec::new());
+        for _ in 0..n {
+            let (reply, rx) = oneshot::channel();
+            sent.push_back(Sent { batch: vec![Forward { command: Bytes::new(), deadline, reply }], deadline });
+            outcomes.push(rx);
+        }
+        (sent, outcomes)
+    }
+
+    /// A stream ending with a status marked "not applied" (a refused batch, or a
+    /// stopping leader) says the oldest unanswered batch and all after it were never
+    /// proposed: their writes are retried elsewhere, never reported as of unknown
+    /// outcome. Any other status leaves every unanswered write's outcome unknown.
+    #[tokio::test]
+    async fn a_refusal_marked_not_applied_makes_the_unanswered_writes_retryable() {
+        let client = crate::transport::connect("127.0.0.1:1", "node1", "node2", None, None).unwrap();
+        let route = Route { peer: 2, client, faults: None };
+        let stream_of = |sent| {
+            let (requests, _) = mpsc::channel(MAX_IN_FLIGHT);
+            Some(BatchStream { requests, answers: futures::stream::empty().boxed(), sent, answered: true })
+        };
+
+        let (sent, outcomes) = sent_batches(3);
+        let mut stream = stream_of(sent);
+        let mut refused = tonic::Status::unavailable("the node is stopping");
+        refused.metadata_mut().insert(NOT_APPLIED_METADATA, tonic::metadata::MetadataValue::from_static("1"));
+        assert!(answered(&mut stream, Some(Err(refused)), &route).is_none());
+        assert!(stream.is_none(), "a stream that ended is dropped");
+        let mut outcomes = outcomes.into_iter();
+        let first = outcomes.next().unwrap().await.unwrap();
+        assert!(matches!(first, Err(Error::NoLeader)), "{first:?}");
+        for rx in outcomes {
+            let later = rx.await.unwrap();
+            assert!(matches!(later, Err(Error::LeaderUnreachable(_))), "{later:?}");
+        }
+
+        let (sent, outcomes) = sent_batches(2);
+        let mut stream = stream_of(sent);
+        assert!(answered(&mut stream, Some(Err(tonic::Status::unavailable("connection reset"))), &route).is_none());
+        for rx in outcomes {
+            let lost = rx.await.unwrap();
+            assert!(matches!(lost, Err(Error::OutcomeUnknown(_))), "{lost:?}");
+        }
+    }
 }

@@ -106,31 +106,37 @@ type Answers<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send>>;
 /// Serves a stream of requests in order: one task reads them and hands each to `step`
 /// (which checks it and starts its work), and the answers go back in that order as
 /// each is ready. A request `step` refuses ends the stream, after the answers to those
-/// before it, with why; so does a stopping node (its server waits for every call to
-/// end), or a sender that closed its side.
-fn in_order<Req, T, S, F>(node: NodeHandle, mut inbound: Streaming<Req>, mut step: S) -> Answers<T>
+/// before it, with why. So does a stopping node (`stopped`; its server waits for every
+/// call to end), with `stopping`: nothing after the answered requests was started. A
+/// sender that closed its side ends it with no status.
+fn in_order<Req, T, S, F, I>(
+    stopped: impl Future<Output = ()> + Send + 'static,
+    stopping: Status,
+    mut inbound: I,
+    mut step: S,
+) -> Answers<T>
 where
     Req: Send + 'static,
     T: Send + 'static,
+    I: Stream<Item = Result<Req, Status>> + Send + Unpin + 'static,
     S: FnMut(Req) -> F + Send + 'static,
     F: Future<Output = Result<Answer<T>, Status>> + Send,
 {
     let (tx, rx) = tokio::sync::mpsc::channel(STREAM_WINDOW);
     tokio::spawn(async move {
         let mut answers = FuturesOrdered::new();
-        let stopped = node.stopped();
         tokio::pin!(stopped);
         let refused = loop {
             tokio::select! {
                 biased;
-                _ = &mut stopped => break None,
+                _ = &mut stopped => break Some(stopping),
                 Some(answer) = answers.next() => {
                     if tx.send(answer).await.is_err() {
                         return;
                     }
                 }
-                next = inbound.message(), if answers.len() < STREAM_WINDOW => {
-                    let Ok(Some(r)) = next else { break None };
+                next = inbound.next(), if answers.len() < STREAM_WINDOW => {
+                    let Some(Ok(r)) = next else { break None };
                     match step(r).await {
                         Ok(answer) => answers.push_back(answer),
                         Err(refused) => break Some(refused),
@@ -149,6 +155,11 @@ where
         }
     });
     Box::pin(tokio_stream::wrappers::ReceiverStream::new(rx))
+}
+
+/// Why a stream ends when its node stops.
+fn stopping() -> Status {
+    Status::unavailable("the node is stopping")
 }
 
 /// A batch refused on a stream of forwarded writes ends the stream: neither it nor any
@@ -269,7 +280,11 @@ impl pb::raft_server::Raft for RaftService {
         }
         let certs = if self.certified_peers { Some(req.peer_certs()) } else { None };
         let (node, isolation) = (self.node.clone(), self.faults.clone());
-        let answers = in_order(self.node.clone(), req.into_inner(), move |r| {
+        let stopped = {
+            let node = self.node.clone();
+            async move { node.stopped().await }
+        };
+        let answers = in_order(stopped, stopping(), req.into_inner(), move |r| {
             let (node, certs, isolation) = (node.clone(), certs.clone(), isolation.clone());
             async move { step_streamed(&node, r, certs.as_ref(), isolation.as_ref()).await }
         });
@@ -311,21 +326,28 @@ impl pb::raft_server::Raft for RaftService {
         // connection's).
         self.check_member(&req)?;
         let (node, isolation) = (self.node.clone(), self.faults.clone());
-        let answers = in_order(self.node.clone(), req.into_inner(), move |batch: pb::ProposeBatchRequest| {
-            let (node, isolation) = (node.clone(), isolation.clone());
-            async move {
-                if let Some((faults, me)) = &isolation {
-                    if faults.is_isolated(me) {
-                        return Err(not_applied(Status::unavailable(format!("fault injection: {me} is isolated"))));
+        // A stopping leader proposes none of the batches it has not read: their writes go
+        // to the next leader.
+        let stopped = {
+            let node = self.node.clone();
+            async move { node.stopped().await }
+        };
+        let answers =
+            in_order(stopped, not_applied(stopping()), req.into_inner(), move |batch: pb::ProposeBatchRequest| {
+                let (node, isolation) = (node.clone(), isolation.clone());
+                async move {
+                    if let Some((faults, me)) = &isolation {
+                        if faults.is_isolated(me) {
+                            return Err(not_applied(Status::unavailable(format!("fault injection: {me} is isolated"))));
+                        }
                     }
+                    let deadline = match batch.timeout_ms {
+                        0 => crate::config::MAX_REQUEST_WAIT,
+                        ms => crate::api::server_wait(Duration::from_millis(ms)),
+                    };
+                    propose_forwarded(node, batch.commands, deadline).map_err(not_applied)
                 }
-                let deadline = match batch.timeout_ms {
-                    0 => crate::config::MAX_REQUEST_WAIT,
-                    ms => crate::api::server_wait(Duration::from_millis(ms)),
-                };
-                propose_forwarded(node, batch.commands, deadline).map_err(not_applied)
-            }
-        });
+            });
         Ok(Response::new(answers))
     }
 
@@ -462,5 +484,64 @@ impl pb::raft_server::Raft for RaftService {
         let deadline = crate::api::deadline(&req);
         let index = self.node.forwarded(deadline, || self.node.read_index_here(deadline)).await?;
         Ok(Response::new(pb::ReadIndexResponse { index }))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use tokio::sync::{mpsc, oneshot, watch};
+
+    /// A stopping node answers what it started, then says that it stops: the requests
+    /// it had not read were not started, and a forwarded batch among them is marked
+    /// not applied, so that its writes go to the next leader.
+    #[tokio::test]
+    async fn a_stopping_node_answers_what_it_started_then_says_it_stops() {
+        let (requests, inbound) = mpsc::unbounded_channel::<Result<u32, Status>>();
+        let (stop, mut stop_rx) = watch::channel(false);
+        let stopped = async move {
+            let _ = stop_rx.wait_for(|s| *s).await;
+        };
+        let stepped = Arc::new(AtomicUsize::new(0));
+        let (release, released) = oneshot::channel::<()>();
+        let mut released = Some(released);
+        let counted = stepped.clone();
+        let mut answers = in_order(
+            stopped,
+            not_applied(stopping()),
+            tokio_stream::wrappers::UnboundedReceiverStream::new(inbound),
+            move |r: u32| {
+                counted.fetch_add(1, Ordering::SeqCst);
+                let gate = released.take();
+                async move {
+                    let answer: Answer<u32> = Box::pin(async move {
+                        if let Some(gate) = gate {
+                            let _ = gate.await;
+                        }
+                        Ok(r * 10)
+                    });
+                    Ok(answer)
+                }
+            },
+        );
+        requests.send(Ok(1)).unwrap();
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while stepped.load(Ordering::SeqCst) < 1 {
+            assert!(std::time::Instant::now() < deadline, "the first request was never started");
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        stop.send(true).unwrap();
+        // Sent after the stop: never started (the stop is taken before any request).
+        requests.send(Ok(2)).unwrap();
+        release.send(()).unwrap();
+        let first = tokio::time::timeout(Duration::from_secs(10), answers.next()).await.unwrap();
+        assert_eq!(first.unwrap().unwrap(), 10);
+        let last = tokio::time::timeout(Duration::from_secs(10), answers.next()).await.unwrap();
+        let status = last.expect("a status after the answers").expect_err("the stop ends the stream with a status");
+        assert_eq!(status.code(), tonic::Code::Unavailable);
+        assert!(status.metadata().contains_key(crate::error::NOT_APPLIED_METADATA), "{status:?}");
+        assert!(tokio::time::timeout(Duration::from_secs(10), answers.next()).await.unwrap().is_none());
+        assert_eq!(stepped.load(Ordering::SeqCst), 1, "a request read after the stop was started");
     }
 }
