@@ -11,6 +11,9 @@
 //! left where it lies, h2's buffer (its frames and the payload's first KiB) written
 //! first: that buffer is held here and goes out with the payload, in one vectored write,
 //! as before.
+//!
+//! A flush waits for one turn of the runtime first, so that answers finished together
+//! leave together.
 
 use std::io::IoSlice;
 use std::pin::Pin;
@@ -30,11 +33,13 @@ pub struct Coalesced<IO> {
     io: IO,
     /// Taken and not yet written.
     held: Vec<u8>,
+    /// The connection's task went to the back of the queue once before this flush.
+    yielded: bool,
 }
 
 impl<IO> Coalesced<IO> {
     pub fn new(io: IO) -> Self {
-        Coalesced { io, held: Vec::new() }
+        Coalesced { io, held: Vec::new(), yielded: false }
     }
 }
 
@@ -101,6 +106,17 @@ impl<IO: AsyncWrite + Unpin> AsyncWrite for Coalesced<IO> {
 
     fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
         let me = self.get_mut();
+        // Answers finished together (the reads one ReadIndex round released, the
+        // writes one apply batch answered) go out in one write: the connection's task
+        // goes once to the back of the queue, behind the tasks of those answers, before
+        // it writes. Otherwise the first answer's task wakes it next, and each answer
+        // leaves in a write of its own.
+        if !me.held.is_empty() && !me.yielded {
+            me.yielded = true;
+            cx.waker().wake_by_ref();
+            return Poll::Pending;
+        }
+        me.yielded = false;
         ready!(me.poll_release(cx))?;
         Pin::new(&mut me.io).poll_flush(cx)
     }
@@ -206,6 +222,37 @@ mod tests {
         }
     }
 
+    /// Answers every call with `message` once `open` turns true; counts the calls.
+    #[derive(Clone)]
+    struct Gated {
+        message: Bytes,
+        open: tokio::sync::watch::Receiver<bool>,
+        calls: Arc<std::sync::atomic::AtomicUsize>,
+    }
+
+    impl tonic::server::NamedService for Gated {
+        const NAME: &'static str = "test.Answer";
+    }
+
+    impl Service<http::Request<BoxBody>> for Gated {
+        type Response = http::Response<BoxBody>;
+        type Error = Infallible;
+        type Future = futures::future::BoxFuture<'static, Result<Self::Response, Infallible>>;
+
+        fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
+            Poll::Ready(Ok(()))
+        }
+
+        fn call(&mut self, r: http::Request<BoxBody>) -> Self::Future {
+            self.calls.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            let (mut open, mut answer) = (self.open.clone(), Answer(self.message.clone()));
+            Box::pin(async move {
+                let _ = open.wait_for(|o| *o).await;
+                answer.call(r).await
+            })
+        }
+    }
+
     /// The HTTP/2 frames in `bytes`: (type, flags, stream, payload length).
     fn frames(mut bytes: &[u8]) -> Vec<(u8, u8, u32, usize)> {
         let mut out = Vec::new();
@@ -227,18 +274,30 @@ mod tests {
         (0..len).map(|i| (i % 251) as u8).collect::<Vec<u8>>().into()
     }
 
-    /// Serves one call answered with `message` over a `Coalesced` recording connection;
-    /// the writes it made, each parsed into HTTP/2 frames, for those that carry the
-    /// message whole.
-    async fn served_writes(message: Bytes) -> Vec<Vec<(u8, u8, u32, usize)>> {
+    /// A client channel to `service`, served over one `Coalesced` recording connection:
+    /// the channel, the writes the server made, and its task.
+    type Writes = Arc<Mutex<Vec<Vec<u8>>>>;
+
+    async fn serve<S>(service: S) -> (tonic::transport::Channel, Writes, tokio::task::JoinHandle<()>)
+    where
+        S: Service<http::Request<BoxBody>, Response = http::Response<BoxBody>, Error = Infallible>
+            + tonic::server::NamedService
+            + Clone
+            + Send
+            + Sync
+            + 'static,
+        S::Future: Send + 'static,
+    {
         let (client_io, server_io) = tokio::io::duplex(1 << 20);
         let writes = Arc::new(Mutex::new(Vec::new()));
         let served = Coalesced::new(Recording { io: server_io, writes: writes.clone() });
-        let server = Server::builder()
-            .add_service(Answer(message.clone()))
-            .serve_with_incoming(futures::stream::iter([Ok::<_, std::io::Error>(served)]));
-        let server = tokio::spawn(server);
-
+        let server =
+            Server::builder()
+                .add_service(service)
+                .serve_with_incoming(futures::stream::iter([Ok::<_, std::io::Error>(served)]));
+        let server = tokio::spawn(async move {
+            let _ = server.await;
+        });
         let mut client_io = Some(client_io);
         let channel = Endpoint::from_static("http://in-memory")
             .connect_with_connector(tower::service_fn(move |_: http::Uri| {
@@ -247,14 +306,26 @@ mod tests {
             }))
             .await
             .unwrap();
-        let call = http::Request::builder()
+        (channel, writes, server)
+    }
+
+    /// A unary call of `test.Answer/Get`.
+    fn call() -> http::Request<BoxBody> {
+        http::Request::builder()
             .method("POST")
             .uri("http://in-memory/test.Answer/Get")
             .header("content-type", "application/grpc")
             .header("te", "trailers")
             .body(tonic::body::empty_body())
-            .unwrap();
-        let answer = channel.oneshot(call).await.unwrap().into_body().collect().await.unwrap();
+            .unwrap()
+    }
+
+    /// Serves one call answered with `message` over a `Coalesced` recording connection;
+    /// the writes it made, each parsed into HTTP/2 frames, for those that carry the
+    /// message whole.
+    async fn served_writes(message: Bytes) -> Vec<Vec<(u8, u8, u32, usize)>> {
+        let (channel, writes, server) = serve(Answer(message.clone())).await;
+        let answer = channel.oneshot(call()).await.unwrap().into_body().collect().await.unwrap();
         assert_eq!(answer.trailers().and_then(|t| t.get("grpc-status")).map(|v| v.as_bytes()), Some(&b"0"[..]));
         assert_eq!(answer.to_bytes(), message);
         server.abort();
@@ -289,5 +360,43 @@ mod tests {
             frames[..data].iter().any(|&(kind, flags, s, _)| kind == HEADERS && flags & END_STREAM == 0 && s == stream),
             "the answer's headers leave in the write that carries the message: {frames:?}"
         );
+    }
+
+    /// Answers that finish together (released at once, as the reads of one ReadIndex
+    /// round are) leave in one write, not one write each. One worker thread, as a node
+    /// of `raftkv dev` on this machine has: there the task an answer wakes runs next.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 1)]
+    async fn answers_finished_together_leave_together() {
+        const CALLS: usize = 8;
+        let message = message(300);
+        let (open, gate) = tokio::sync::watch::channel(false);
+        let calls = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let (channel, writes, server) =
+            serve(Gated { message: message.clone(), open: gate, calls: calls.clone() }).await;
+        let answers: Vec<_> = (0..CALLS)
+            .map(|_| {
+                let channel = channel.clone();
+                tokio::spawn(async move { channel.oneshot(call()).await.unwrap().into_body().collect().await.unwrap() })
+            })
+            .collect();
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        while calls.load(std::sync::atomic::Ordering::SeqCst) < CALLS {
+            assert!(std::time::Instant::now() < deadline, "the calls never all reached the service");
+            tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+        }
+        // Released from a task of the runtime (the driver, which ends ReadIndex rounds, is one).
+        tokio::spawn(async move { open.send(true).unwrap() }).await.unwrap();
+        for answer in answers {
+            assert_eq!(answer.await.unwrap().to_bytes(), message);
+        }
+        server.abort();
+        let writes = writes.lock().unwrap();
+        let carrying: Vec<usize> = writes
+            .iter()
+            .map(|w| w.windows(message.len()).filter(|s| *s == &message[..]).count())
+            .filter(|&n| n > 0)
+            .collect();
+        assert_eq!(carrying.iter().sum::<usize>(), CALLS, "every answer written once: {carrying:?}");
+        assert!(carrying.len() <= 2, "{CALLS} answers released together took {} writes: {carrying:?}", carrying.len());
     }
 }
