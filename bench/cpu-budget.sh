@@ -7,6 +7,8 @@
 # "3x etcd's ops/s" would need on this machine: at 3x etcd's rate the load generator
 # alone takes rate x its CPU per operation of the cores, and the servers may spend at
 # most what is left, per operation; compare with raftkv's kernel CPU per operation.
+# The servers' CPU is counted from just before kvbench starts to just after it ends, so
+# it includes kvbench's connecting (the same for both systems), against its ops.
 #   bash bench/cpu-budget.sh [REPS]     (after cargo build --release and
 #                                        apt-get install etcd-server; ~30 s per rep;
 #                                        RK=path/to/raftkv for another binary)
@@ -30,13 +32,21 @@ cleanup() {
   true
 }
 trap cleanup EXIT
-# User and system ticks of the processes named, summed: "user system".
-ticks() { local u=0 s=0 p a b; for p in "$@"; do read -r a b < <(awk '{print $14, $15}' "/proc/$p/stat"); u=$((u + a)); s=$((s + b)); done; echo "$u $s"; }
+# User and system ticks of the processes named, summed: "user system"; fails if one is
+# gone (a server that died would read as a cheap one).
+ticks() {
+  local u=0 s=0 p a b
+  for p in "$@"; do
+    read -r a b < <(awk '{print $14, $15}' "/proc/$p/stat" 2>/dev/null) || { echo "server $p is gone" >&2; return 1; }
+    u=$((u + a)); s=$((s + b))
+  done
+  echo "$u $s"
+}
 # Gets read 100,000 keys written first (not measured).
 prefill() {
   [[ $OP == get ]] || return 0
   "$K" get --backend "$1" --endpoints "$2" --key-space 100000 --clients 64 --duration 1s --value-size 256 \
-    --prefill >/dev/null 2>&1
+    --prefill >/dev/null || { echo "filling $1 for the gets failed" >&2; exit 1; }
 }
 # kvbench under a Python parent that reads its own children's CPU: prints
 # "ops duration_s user_s system_s".
@@ -69,17 +79,20 @@ for r in $(seq "$REPS"); do
   "$C" start -n 3 -d "$ED" >/dev/null 2>&1
   pids=$(awk '{print $2}' "$ED/pids" | tr '\n' ' ')
   prefill etcd "$("$C" endpoints -d "$ED")"
-  before=$(ticks $pids); figures=$(load etcd "$("$C" endpoints -d "$ED")"); after=$(ticks $pids)
+  before=$(ticks $pids) && figures=$(load etcd "$("$C" endpoints -d "$ED")") && after=$(ticks $pids) || exit 1
   record etcd $before $after $figures
   "$C" stop -d "$ED" >/dev/null 2>&1
   echo "run $r of $REPS: raftkv" >&2
   RD=$(mktemp -d /tmp/raftkv-budget.XXXX)
   setsid "$RK" dev --nodes 3 --fresh --no-view --data-root "$RD" >"$RD.log" 2>&1 & dev=$!
-  for _ in $(seq 100); do st=$("$RK" status --endpoints $eps 2>/dev/null || true); [[ $st == *" leader "* ]] && break; sleep 0.1; done
+  led=0
+  for _ in $(seq 100); do st=$("$RK" status --endpoints $eps 2>/dev/null || true); [[ $st == *" leader "* ]] && { led=1; break; }; sleep 0.1; done
+  ((led)) || { echo "the raftkv cluster elected no leader in 10 s (log: $RD.log)" >&2; exit 1; }
   sleep 1
-  pids=$(pgrep -P "$dev" | tr '\n' ' ')
+  pids=$(pgrep -P "$dev" | tr '\n' ' ' || true)
+  [ -n "$pids" ] || { echo "raftkv dev started no nodes (log: $RD.log)" >&2; exit 1; }
   prefill raftkv $eps
-  before=$(ticks $pids); figures=$(load raftkv $eps); after=$(ticks $pids)
+  before=$(ticks $pids) && figures=$(load raftkv $eps) && after=$(ticks $pids) || exit 1
   record raftkv $before $after $figures
   kill -INT "$dev"; wait "$dev" 2>/dev/null || true; dev=
   rm -rf "$RD" "$RD.log"; RD=

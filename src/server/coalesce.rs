@@ -116,8 +116,10 @@ impl<IO: AsyncWrite + Unpin> AsyncWrite for Coalesced<IO> {
             cx.waker().wake_by_ref();
             return Poll::Pending;
         }
-        me.yielded = false;
         ready!(me.poll_release(cx))?;
+        // Reset once written: a socket that is full wakes the task again, and that
+        // wake-up writes at once.
+        me.yielded = false;
         Pin::new(&mut me.io).poll_flush(cx)
     }
 

@@ -157,6 +157,11 @@ where
     Box::pin(tokio_stream::wrappers::ReceiverStream::new(rx))
 }
 
+/// Resolves once `node` stops.
+async fn stopped(node: NodeHandle) {
+    node.stopped().await
+}
+
 /// Why a stream ends when its node stops.
 fn stopping() -> Status {
     Status::unavailable("the node is stopping")
@@ -280,11 +285,7 @@ impl pb::raft_server::Raft for RaftService {
         }
         let certs = if self.certified_peers { Some(req.peer_certs()) } else { None };
         let (node, isolation) = (self.node.clone(), self.faults.clone());
-        let stopped = {
-            let node = self.node.clone();
-            async move { node.stopped().await }
-        };
-        let answers = in_order(stopped, stopping(), req.into_inner(), move |r| {
+        let answers = in_order(stopped(self.node.clone()), stopping(), req.into_inner(), move |r| {
             let (node, certs, isolation) = (node.clone(), certs.clone(), isolation.clone());
             async move { step_streamed(&node, r, certs.as_ref(), isolation.as_ref()).await }
         });
@@ -328,12 +329,11 @@ impl pb::raft_server::Raft for RaftService {
         let (node, isolation) = (self.node.clone(), self.faults.clone());
         // A stopping leader proposes none of the batches it has not read: their writes go
         // to the next leader.
-        let stopped = {
-            let node = self.node.clone();
-            async move { node.stopped().await }
-        };
-        let answers =
-            in_order(stopped, not_applied(stopping()), req.into_inner(), move |batch: pb::ProposeBatchRequest| {
+        let answers = in_order(
+            stopped(self.node.clone()),
+            not_applied(stopping()),
+            req.into_inner(),
+            move |batch: pb::ProposeBatchRequest| {
                 let (node, isolation) = (node.clone(), isolation.clone());
                 async move {
                     if let Some((faults, me)) = &isolation {
@@ -347,7 +347,8 @@ impl pb::raft_server::Raft for RaftService {
                     };
                     propose_forwarded(node, batch.commands, deadline).map_err(not_applied)
                 }
-            });
+            },
+        );
         Ok(Response::new(answers))
     }
 
